@@ -1,1 +1,9 @@
+//! The cluster model (Patroni-compatible keys and JSON, pure) and the DCS client: the `Dcs`
+//! trait and its etcd v3 implementation.
+#![forbid(unsafe_code)]
 
+pub mod etcd;
+pub mod model;
+
+pub use etcd::{DcsError, EtcdDcs, EtcdSettings};
+pub use model::*;

@@ -1,0 +1,657 @@
+//! The etcd v3 client: one lease per process, leader key by transaction, compare-and-swap writes,
+//! linearizable snapshot reads and a prefix watch that never leaves a stale view.
+//!
+//! Dangerous part: leadership. The leader key is created only by `create_revision == 0`, kept
+//! alive only by lease keep-alive, checked by a linearizable transaction (never by a possibly
+//! stale read) and deleted only by `value == me`. The lease deadline is computed from the *send*
+//! time of the last acknowledged keep-alive, so the holder can step down before etcd expires it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use tokio::sync::{watch, Mutex};
+use tokio::time::{timeout, Instant};
+
+use crate::model::{keys, Cluster, Kv, Status};
+
+/// Errors callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum DcsError {
+    /// etcd did not answer within the deadline, or the connection failed.
+    #[error("etcd unavailable: {0}")]
+    Unavailable(String),
+    /// The lease we wrote with no longer exists.
+    #[error("lease not found")]
+    LeaseNotFound,
+    /// Anything else etcd refused.
+    #[error("etcd error: {0}")]
+    Other(String),
+}
+
+fn classify(e: etcd_client::Error) -> DcsError {
+    let text = e.to_string();
+    if text.contains("requested lease not found") || text.contains("lease not found") {
+        return DcsError::LeaseNotFound;
+    }
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+            DcsError::Unavailable(text)
+        }
+        etcd_client::Error::GRpcStatus(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ) =>
+        {
+            DcsError::Unavailable(text)
+        }
+        _ => DcsError::Other(text),
+    }
+}
+
+/// How to reach etcd and what this process is.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `/<namespace>/<scope>/`.
+    pub prefix: String,
+    /// This member's name (the leader key's value when we hold it).
+    pub member_name: String,
+}
+
+struct LeaseState {
+    id: Option<i64>,
+    ttl: u64,
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// When etcd may expire the lease at the earliest, from the send time of the last
+    /// acknowledged keep-alive (or grant).
+    deadline: Option<Instant>,
+}
+
+/// The etcd v3 DCS.
+pub struct EtcdDcs {
+    client: Client,
+    prefix: String,
+    name: String,
+    retry_timeout: std::sync::Mutex<Duration>,
+    lease: Mutex<LeaseState>,
+}
+
+/// Outcome of a lease refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: i64,
+    pub deadline: Instant,
+}
+
+impl EtcdDcs {
+    /// Connects (lazily: etcd may be down at start; calls fail with `Unavailable` until it is up).
+    pub async fn connect(
+        settings: &EtcdSettings,
+        ttl: u64,
+        retry_timeout: Duration,
+    ) -> Result<EtcdDcs, DcsError> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(retry_timeout)
+            .with_timeout(retry_timeout)
+            .with_keep_alive(Duration::from_secs(2), retry_timeout);
+        if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
+            opts = opts.with_user(u.clone(), p.clone());
+        }
+        let client = timeout(
+            retry_timeout,
+            Client::connect(settings.endpoints.clone(), Some(opts)),
+        )
+        .await
+        .map_err(|_| DcsError::Unavailable("connect timed out".into()))?
+        .map_err(classify)?;
+        Ok(EtcdDcs {
+            client,
+            prefix: settings.prefix.clone(),
+            name: settings.member_name.clone(),
+            retry_timeout: std::sync::Mutex::new(retry_timeout),
+            lease: Mutex::new(LeaseState {
+                id: None,
+                ttl,
+                keeper: None,
+                deadline: None,
+            }),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn member_name(&self) -> &str {
+        &self.name
+    }
+
+    fn key(&self, rel: &str) -> String {
+        format!("{}{}", self.prefix, rel)
+    }
+
+    fn deadline(&self) -> Duration {
+        *self.retry_timeout.lock().expect("retry_timeout lock poisoned")
+    }
+
+    /// Applies new timing from the dynamic config. A changed ttl drops the lease so the next
+    /// refresh grants one with the new TTL (and keys are re-attached by the next writes).
+    pub async fn set_timing(&self, ttl: u64, retry_timeout: Duration) {
+        *self.retry_timeout.lock().expect("retry_timeout lock poisoned") = retry_timeout;
+        let mut l = self.lease.lock().await;
+        if l.ttl != ttl {
+            l.ttl = ttl;
+            l.id = None;
+            l.keeper = None;
+            l.deadline = None;
+        }
+    }
+
+    async fn call<T, F>(&self, f: F) -> Result<T, DcsError>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match timeout(self.deadline(), f).await {
+            Ok(r) => r.map_err(classify),
+            Err(_) => Err(DcsError::Unavailable(format!(
+                "no answer within {:?}",
+                self.deadline()
+            ))),
+        }
+    }
+
+    /// One linearizable prefix read: the whole cluster with the revision it reflects.
+    pub async fn get_cluster(&self) -> Result<Cluster, DcsError> {
+        let (rev, kvs) = self.read_prefix().await?;
+        Ok(Cluster::from_kvs(rev, &kvs))
+    }
+
+    async fn read_prefix(&self) -> Result<(i64, Vec<Kv>), DcsError> {
+        let mut c = self.client.clone();
+        let resp = self
+            .call(c.get(self.prefix.clone(), Some(GetOptions::new().with_prefix())))
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let kvs = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.to_kv(kv))
+            .collect();
+        Ok((rev, kvs))
+    }
+
+    fn to_kv(&self, kv: &etcd_client::KeyValue) -> Option<Kv> {
+        let key = kv.key_str().ok()?;
+        let rel = key.strip_prefix(&self.prefix)?;
+        Some(Kv {
+            key: rel.to_string(),
+            value: String::from_utf8_lossy(kv.value()).into_owned(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        })
+    }
+
+    /// The current lease id, granting one if needed (no keep-alive).
+    async fn lease_id(&self) -> Result<i64, DcsError> {
+        let mut l = self.lease.lock().await;
+        if let Some(id) = l.id {
+            return Ok(id);
+        }
+        self.grant(&mut l).await
+    }
+
+    async fn grant(&self, l: &mut LeaseState) -> Result<i64, DcsError> {
+        let sent = Instant::now();
+        let mut c = self.client.clone();
+        let ttl = l.ttl as i64;
+        let resp = self.call(c.lease_grant(ttl, None)).await?;
+        l.id = Some(resp.id());
+        l.keeper = None;
+        l.deadline = Some(sent + Duration::from_secs(resp.ttl().max(0) as u64));
+        Ok(resp.id())
+    }
+
+    /// Keeps the lease alive (granting a new one if it is gone). Returns the lease and the
+    /// deadline before which etcd cannot have expired it.
+    pub async fn refresh_lease(&self) -> Result<LeaseInfo, DcsError> {
+        let mut l = self.lease.lock().await;
+        let Some(id) = l.id else {
+            let id = self.grant(&mut l).await?;
+            let deadline = l.deadline.expect("grant sets the deadline");
+            return Ok(LeaseInfo { id, deadline });
+        };
+        let sent = Instant::now();
+        let deadline = self.deadline();
+        let result = timeout(deadline, async {
+            if l.keeper.is_none() {
+                let mut c = self.client.clone();
+                l.keeper = Some(c.lease_keep_alive(id).await?);
+            }
+            let (keeper, stream) = l.keeper.as_mut().expect("keeper was just set");
+            keeper.keep_alive().await?;
+            stream.message().await
+        })
+        .await;
+        match result {
+            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                let d = sent + Duration::from_secs(resp.ttl() as u64);
+                l.deadline = Some(d);
+                Ok(LeaseInfo { id, deadline: d })
+            }
+            Ok(Ok(Some(_))) => {
+                // TTL 0: the lease expired; everything on it is gone. Grant a new one.
+                tracing::warn!(lease = id, "lease expired in etcd, granting a new one");
+                l.id = None;
+                l.keeper = None;
+                l.deadline = None;
+                let id = self.grant(&mut l).await?;
+                let deadline = l.deadline.expect("grant sets the deadline");
+                Ok(LeaseInfo { id, deadline })
+            }
+            Ok(Ok(None)) => {
+                l.keeper = None;
+                Err(DcsError::Unavailable("keep-alive stream closed".into()))
+            }
+            Ok(Err(e)) => {
+                l.keeper = None;
+                Err(classify(e))
+            }
+            Err(_) => {
+                l.keeper = None;
+                Err(DcsError::Unavailable(format!(
+                    "keep-alive not acknowledged within {deadline:?}"
+                )))
+            }
+        }
+    }
+
+    /// The deadline of the last acknowledged keep-alive, if any.
+    pub async fn lease_deadline(&self) -> Option<Instant> {
+        self.lease.lock().await.deadline
+    }
+
+    async fn forget_lease(&self, id: i64) {
+        let mut l = self.lease.lock().await;
+        if l.id == Some(id) {
+            l.id = None;
+            l.keeper = None;
+            l.deadline = None;
+        }
+    }
+
+    /// Runs `f` with the current lease; if etcd says the lease is gone, grants a new one and
+    /// retries once.
+    async fn with_lease<T, F, Fut>(&self, f: F) -> Result<T, DcsError>
+    where
+        F: Fn(i64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DcsError>>,
+    {
+        let id = self.lease_id().await?;
+        match f(id).await {
+            Err(DcsError::LeaseNotFound) => {
+                self.forget_lease(id).await;
+                let id = self.lease_id().await?;
+                f(id).await
+            }
+            other => other,
+        }
+    }
+
+    /// Writes our member key on our lease.
+    pub async fn touch_member(&self, json: &str) -> Result<(), DcsError> {
+        let key = self.key(&format!("{}{}", keys::MEMBERS, self.name));
+        self.with_lease(|id| {
+            let mut c = self.client.clone();
+            let key = key.clone();
+            async move {
+                self.call(c.put(key, json, Some(PutOptions::new().with_lease(id))))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    /// The leader race: create the leader key on our lease if and only if it does not exist.
+    pub async fn attempt_to_acquire_leader(&self) -> Result<bool, DcsError> {
+        self.refresh_lease().await?;
+        let key = self.key(keys::LEADER);
+        self.with_lease(|id| {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    self.name.clone(),
+                    Some(PutOptions::new().with_lease(id)),
+                )]);
+            let mut c = self.client.clone();
+            async move { self.call(c.txn(txn)).await.map(|r| r.succeeded()) }
+        })
+        .await
+    }
+
+    /// The leader's heartbeat: keep the lease alive, then confirm with a linearizable
+    /// transaction that the key still holds our name on our lease. When the lease was re-created
+    /// the key is re-put (`value == me`), or re-created if it vanished (`create_revision == 0`).
+    /// `Ok(false)` means someone else holds the key: we are not the leader.
+    pub async fn update_leader(&self) -> Result<(bool, LeaseInfo), DcsError> {
+        let lease = self.refresh_lease().await?;
+        let key = self.key(keys::LEADER);
+        let put = || {
+            TxnOp::put(
+                key.clone(),
+                self.name.clone(),
+                Some(PutOptions::new().with_lease(lease.id)),
+            )
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::value(key.clone(), CompareOp::Equal, self.name.clone()),
+                Compare::lease(key.clone(), CompareOp::Equal, lease.id),
+            ])
+            .or_else([TxnOp::txn(
+                Txn::new()
+                    .when([Compare::value(
+                        key.clone(),
+                        CompareOp::Equal,
+                        self.name.clone(),
+                    )])
+                    .and_then([put()])
+                    .or_else([TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                            .and_then([put()]),
+                    )]),
+            )]);
+        let mut c = self.client.clone();
+        let resp = self.call(c.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok((true, lease));
+        }
+        let mut held = false;
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Txn(inner) = op {
+                if inner.succeeded() {
+                    held = true;
+                } else {
+                    for op2 in inner.op_responses() {
+                        if let TxnOpResponse::Txn(inner2) = op2 {
+                            held = inner2.succeeded();
+                        }
+                    }
+                }
+            }
+        }
+        if held {
+            tracing::info!(lease = lease.id, "leader key re-attached to the current lease");
+        }
+        Ok((held, lease))
+    }
+
+    /// Puts the leader key unconditionally on our lease (after bootstrap, as Patroni's
+    /// `take_leader`). Only the winner of the `initialize` race may call this.
+    pub async fn take_leader(&self) -> Result<(), DcsError> {
+        self.refresh_lease().await?;
+        let key = self.key(keys::LEADER);
+        self.with_lease(|id| {
+            let mut c = self.client.clone();
+            let key = key.clone();
+            async move {
+                self.call(c.put(key, self.name.clone(), Some(PutOptions::new().with_lease(id))))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    /// Releases the leader key if and only if it holds our name. Writes `status` with the
+    /// final WAL position first when known.
+    pub async fn delete_leader(&self, last_lsn: Option<u64>) -> Result<bool, DcsError> {
+        if let Some(lsn) = last_lsn {
+            let status = Status {
+                optime: Some(lsn),
+                ..Status::default()
+            };
+            self.put_plain(keys::STATUS, &status.to_json()).await?;
+        }
+        let key = self.key(keys::LEADER);
+        let txn = Txn::new()
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.name.clone(),
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut c = self.client.clone();
+        Ok(self.call(c.txn(txn)).await?.succeeded())
+    }
+
+    /// The `initialize` race (`create_new`: create `""` if absent), or storing the sysid.
+    pub async fn initialize(&self, create_new: bool, sysid: &str) -> Result<bool, DcsError> {
+        let key = self.key(keys::INITIALIZE);
+        if create_new {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, sysid, None)]);
+            let mut c = self.client.clone();
+            return Ok(self.call(c.txn(txn)).await?.succeeded());
+        }
+        self.put_plain(keys::INITIALIZE, sysid).await?;
+        Ok(true)
+    }
+
+    /// Removes `initialize` after a failed bootstrap.
+    pub async fn cancel_initialization(&self) -> Result<(), DcsError> {
+        let mut c = self.client.clone();
+        self.call(c.delete(self.key(keys::INITIALIZE), None))
+            .await
+            .map(|_| ())
+    }
+
+    async fn put_plain(&self, rel: &str, value: &str) -> Result<i64, DcsError> {
+        let mut c = self.client.clone();
+        let r = self.call(c.put(self.key(rel), value, None)).await?;
+        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Put with `mod_revision == version` when a version is given. Returns the new revision on
+    /// success, `None` when the compare failed.
+    async fn put_cas(
+        &self,
+        rel: &str,
+        value: &str,
+        version: Option<i64>,
+    ) -> Result<Option<i64>, DcsError> {
+        let Some(v) = version else {
+            return self.put_plain(rel, value).await.map(Some);
+        };
+        let key = self.key(rel);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, v)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let mut c = self.client.clone();
+        let r = self.call(c.txn(txn)).await?;
+        Ok(r.succeeded()
+            .then(|| r.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    pub async fn set_config(&self, json: &str, version: Option<i64>) -> Result<bool, DcsError> {
+        Ok(self.put_cas(keys::CONFIG, json, version).await?.is_some())
+    }
+
+    pub async fn set_failover(&self, json: &str, version: Option<i64>) -> Result<bool, DcsError> {
+        Ok(self.put_cas(keys::FAILOVER, json, version).await?.is_some())
+    }
+
+    /// Returns the new revision (the version for the next compare) or `None` on conflict.
+    pub async fn set_sync(&self, json: &str, version: Option<i64>) -> Result<Option<i64>, DcsError> {
+        self.put_cas(keys::SYNC, json, version).await
+    }
+
+    pub async fn delete_sync(&self, version: Option<i64>) -> Result<bool, DcsError> {
+        let key = self.key(keys::SYNC);
+        let mut txn = Txn::new();
+        if let Some(v) = version {
+            txn = txn.when([Compare::mod_revision(key.clone(), CompareOp::Equal, v)]);
+        }
+        let txn = txn.and_then([TxnOp::delete(key, None)]);
+        let mut c = self.client.clone();
+        Ok(self.call(c.txn(txn)).await?.succeeded())
+    }
+
+    pub async fn set_history(&self, json: &str) -> Result<(), DcsError> {
+        self.put_plain(keys::HISTORY, json).await.map(|_| ())
+    }
+
+    pub async fn set_status(&self, json: &str) -> Result<(), DcsError> {
+        self.put_plain(keys::STATUS, json).await.map(|_| ())
+    }
+
+    pub async fn set_failsafe(&self, json: &str) -> Result<(), DcsError> {
+        self.put_plain(keys::FAILSAFE, json).await.map(|_| ())
+    }
+
+    /// Deletes the whole cluster prefix (`patronictl remove`).
+    pub async fn delete_cluster(&self) -> Result<(), DcsError> {
+        let mut c = self.client.clone();
+        self.call(c.delete(self.prefix.clone(), Some(DeleteOptions::new().with_prefix())))
+            .await
+            .map(|_| ())
+    }
+
+    /// Starts the background watch: one prefix read, a prefix watch from its revision, and on
+    /// any loss of the stream a fresh read before resuming. Every change publishes a new
+    /// `Arc<Cluster>`; `None` until the first read succeeds.
+    pub fn watch_cluster(&self) -> watch::Receiver<Option<Arc<Cluster>>> {
+        let (tx, rx) = watch::channel(None);
+        let client = self.client.clone();
+        let prefix = self.prefix.clone();
+        let retry = self.deadline();
+        tokio::spawn(run_watch(client, prefix, retry, tx));
+        rx
+    }
+}
+
+async fn run_watch(
+    client: Client,
+    prefix: String,
+    retry: Duration,
+    tx: watch::Sender<Option<Arc<Cluster>>>,
+) {
+    let rel = |key: &[u8]| -> Option<String> {
+        std::str::from_utf8(key)
+            .ok()?
+            .strip_prefix(prefix.as_str())
+            .map(String::from)
+    };
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        // 1. Snapshot.
+        let mut c = client.clone();
+        let snapshot = timeout(
+            retry,
+            c.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await;
+        let resp = match snapshot {
+            Ok(Ok(r)) => r,
+            other => {
+                tracing::debug!(?other, "cluster watch: snapshot read failed, retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        let mut rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut map: BTreeMap<String, Kv> = BTreeMap::new();
+        for kv in resp.kvs() {
+            if let Some(k) = rel(kv.key()) {
+                map.insert(
+                    k.clone(),
+                    Kv {
+                        key: k,
+                        value: String::from_utf8_lossy(kv.value()).into_owned(),
+                        mod_revision: kv.mod_revision(),
+                        lease: kv.lease(),
+                    },
+                );
+            }
+        }
+        let publish = |rev: i64, map: &BTreeMap<String, Kv>| {
+            let kvs: Vec<Kv> = map.values().cloned().collect();
+            tx.send_replace(Some(Arc::new(Cluster::from_kvs(rev, &kvs))));
+        };
+        publish(rev, &map);
+        // 2. Watch from the snapshot's revision.
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1)
+            .with_progress_notify();
+        let mut stream = match timeout(retry, c.watch(prefix.clone(), Some(opts))).await {
+            Ok(Ok(s)) => s,
+            other => {
+                tracing::debug!(?other, "cluster watch: watch failed, re-reading");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        loop {
+            // etcd sends progress notifications every ~10 minutes by default; we do not rely on
+            // them, but a dead connection is caught by the gRPC keep-alive on the channel.
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = tx.closed() => return,
+            };
+            let resp = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(_) => {
+                    tracing::debug!("cluster watch: stream lost, re-reading");
+                    break;
+                }
+            };
+            if resp.canceled() || resp.compact_revision() > 0 {
+                tracing::debug!("cluster watch: canceled or compacted, re-reading");
+                break;
+            }
+            let mut changed = false;
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let Some(k) = rel(kv.key()) else { continue };
+                changed = true;
+                match ev.event_type() {
+                    EventType::Put => {
+                        map.insert(
+                            k.clone(),
+                            Kv {
+                                key: k,
+                                value: String::from_utf8_lossy(kv.value()).into_owned(),
+                                mod_revision: kv.mod_revision(),
+                                lease: kv.lease(),
+                            },
+                        );
+                    }
+                    EventType::Delete => {
+                        map.remove(&k);
+                    }
+                }
+            }
+            if let Some(h) = resp.header() {
+                rev = rev.max(h.revision());
+            }
+            if changed {
+                publish(rev, &map);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
