@@ -1,1 +1,70 @@
-fn main() {}
+//! `patrol`: the HA agent. Parse arguments, load and validate the configuration (before any
+//! port is bound), set up logging, run, map the result to an exit code.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use patrol_agent::config::{self, ConfigSource};
+
+/// PostgreSQL high availability, a drop-in replacement for Patroni.
+#[derive(Parser, Debug)]
+#[command(name = "patrol", version, about)]
+struct Args {
+    /// Check the configuration file (or PATRONI_* environment) and exit.
+    #[arg(long)]
+    validate_config: bool,
+    /// Patroni YAML configuration file, or a directory of *.yml/*.yaml files.
+    configfile: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let source = match &args.configfile {
+        Some(p) if p.exists() || args.validate_config => ConfigSource::File(p),
+        _ => ConfigSource::EnvOnly,
+    };
+    let loaded = match config::load(source, &env) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("patrol: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if args.validate_config {
+        for w in &loaded.warnings {
+            println!("warning: {w}");
+        }
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    // Children (PostgreSQL, scripts) must not inherit our secrets (Patroni removes them too).
+    for k in env.keys().filter(|k| k.starts_with("PATRONI_")) {
+        std::env::remove_var(k);
+    }
+    patrol_agent::logging::init(&loaded.config);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("patrol: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(patrol_agent::run(loaded.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -139,13 +139,19 @@ impl EtcdDcs {
     }
 
     fn deadline(&self) -> Duration {
-        *self.retry_timeout.lock().expect("retry_timeout lock poisoned")
+        *self
+            .retry_timeout
+            .lock()
+            .expect("retry_timeout lock poisoned")
     }
 
     /// Applies new timing from the dynamic config. A changed ttl drops the lease so the next
     /// refresh grants one with the new TTL (and keys are re-attached by the next writes).
     pub async fn set_timing(&self, ttl: u64, retry_timeout: Duration) {
-        *self.retry_timeout.lock().expect("retry_timeout lock poisoned") = retry_timeout;
+        *self
+            .retry_timeout
+            .lock()
+            .expect("retry_timeout lock poisoned") = retry_timeout;
         let mut l = self.lease.lock().await;
         if l.ttl != ttl {
             l.ttl = ttl;
@@ -180,11 +186,7 @@ impl EtcdDcs {
             .call(c.get(self.prefix.clone(), Some(GetOptions::new().with_prefix())))
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.to_kv(kv))
-            .collect();
+        let kvs = resp.kvs().iter().filter_map(|kv| self.to_kv(kv)).collect();
         Ok((rev, kvs))
     }
 
@@ -391,7 +393,10 @@ impl EtcdDcs {
             }
         }
         if held {
-            tracing::info!(lease = lease.id, "leader key re-attached to the current lease");
+            tracing::info!(
+                lease = lease.id,
+                "leader key re-attached to the current lease"
+            );
         }
         Ok((held, lease))
     }
@@ -405,9 +410,13 @@ impl EtcdDcs {
             let mut c = self.client.clone();
             let key = key.clone();
             async move {
-                self.call(c.put(key, self.name.clone(), Some(PutOptions::new().with_lease(id))))
-                    .await
-                    .map(|_| ())
+                self.call(c.put(
+                    key,
+                    self.name.clone(),
+                    Some(PutOptions::new().with_lease(id)),
+                ))
+                .await
+                .map(|_| ())
             }
         })
         .await
@@ -493,7 +502,11 @@ impl EtcdDcs {
     }
 
     /// Returns the new revision (the version for the next compare) or `None` on conflict.
-    pub async fn set_sync(&self, json: &str, version: Option<i64>) -> Result<Option<i64>, DcsError> {
+    pub async fn set_sync(
+        &self,
+        json: &str,
+        version: Option<i64>,
+    ) -> Result<Option<i64>, DcsError> {
         self.put_cas(keys::SYNC, json, version).await
     }
 
@@ -523,9 +536,12 @@ impl EtcdDcs {
     /// Deletes the whole cluster prefix (`patronictl remove`).
     pub async fn delete_cluster(&self) -> Result<(), DcsError> {
         let mut c = self.client.clone();
-        self.call(c.delete(self.prefix.clone(), Some(DeleteOptions::new().with_prefix())))
-            .await
-            .map(|_| ())
+        self.call(c.delete(
+            self.prefix.clone(),
+            Some(DeleteOptions::new().with_prefix()),
+        ))
+        .await
+        .map(|_| ())
     }
 
     /// Starts the background watch: one prefix read, a prefix watch from its revision, and on

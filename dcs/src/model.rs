@@ -172,7 +172,13 @@ impl MemberData {
     /// Lenient parse: unparsable JSON gives an empty member; a bare `postgres://...` string is the
     /// conn_url of an old-format member (as Patroni's `Member.from_node`).
     pub fn parse(value: &str) -> MemberData {
-        let mut m = MemberData::new(String::new(), String::new(), "", Role::Other(String::new()), "");
+        let mut m = MemberData::new(
+            String::new(),
+            String::new(),
+            "",
+            Role::Other(String::new()),
+            "",
+        );
         let Some(obj) = parse_object(value) else {
             if value.starts_with("postgres") {
                 m.conn_url = value.to_string();
@@ -429,7 +435,10 @@ impl SyncState {
         let mut o = Map::new();
         o.insert(
             "leader".into(),
-            self.leader.clone().map(Value::String).unwrap_or(Value::Null),
+            self.leader
+                .clone()
+                .map(Value::String)
+                .unwrap_or(Value::Null),
         );
         o.insert("quorum".into(), self.quorum.into());
         o.insert("sync_standby".into(), standby);
@@ -645,12 +654,12 @@ impl ClusterConfig {
     }
 
     pub fn timing(&self) -> Timing {
-        let get = |k: &str, d: u64| {
-            self.int(k)
-                .and_then(|i| u64::try_from(i).ok())
-                .unwrap_or(d)
-        };
-        Timing::adjusted(get("ttl", 30), get("loop_wait", 10), get("retry_timeout", 10))
+        let get = |k: &str, d: u64| self.int(k).and_then(|i| u64::try_from(i).ok()).unwrap_or(d);
+        Timing::adjusted(
+            get("ttl", 30),
+            get("loop_wait", 10),
+            get("retry_timeout", 10),
+        )
     }
 
     pub fn maximum_lag_on_failover(&self) -> i64 {
@@ -745,7 +754,11 @@ pub mod keys {
 
 /// The cluster prefix `/<namespace>/<scope>/` with repeated slashes collapsed.
 pub fn cluster_prefix(namespace: &str, scope: &str) -> String {
-    let raw = format!("/{}/{}/", namespace.trim_matches('/'), scope.trim_matches('/'));
+    let raw = format!(
+        "/{}/{}/",
+        namespace.trim_matches('/'),
+        scope.trim_matches('/')
+    );
     let mut out = String::with_capacity(raw.len());
     for c in raw.chars() {
         if c == '/' && out.ends_with('/') {

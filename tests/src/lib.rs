@@ -1,1 +1,30 @@
+//! Test harness: starts real etcd, real PostgreSQL (through real `patrol` agents) and Patroni's
+//! `patronictl` on free loopback ports in temp dirs, and kills all of it on drop.
+//!
+//! Dangerous: when the tests run as root, agents run as an unprivileged user that this crate
+//! creates with `useradd` if missing (`$PATROL_TEST_USER`, default `patrol`), because PostgreSQL
+//! refuses to run as root. Cleanup kills every process whose command line or working directory
+//! lies under a cluster's temp dir.
 
+#![forbid(unsafe_code)]
+
+mod bins;
+mod cluster;
+mod etcd;
+mod patroni;
+mod ports;
+mod process;
+mod user;
+mod util;
+mod wait;
+
+pub use bins::{bin, workspace_dir};
+pub use cluster::{Cluster, NAMESPACE};
+pub use etcd::Etcd;
+pub use nix::sys::signal::Signal;
+pub use patroni::patronictl;
+pub use ports::free_port;
+pub use process::Proc;
+pub use user::{as_agent_user, chown_to_agent, ensure_user, make_agent_dir, AgentUser};
+pub use util::tail_lines;
+pub use wait::wait_until;

@@ -43,7 +43,15 @@ fn failover_priority_zero_means_nofailover() {
 
 #[test]
 fn garbage_parses_to_defaults() {
-    for s in ["", "{", "[]", "null", "42", "\"x\"", "{\"xlog_location\":\"abc\",\"timeline\":-1}"] {
+    for s in [
+        "",
+        "{",
+        "[]",
+        "null",
+        "42",
+        "\"x\"",
+        "{\"xlog_location\":\"abc\",\"timeline\":-1}",
+    ] {
         let m = MemberData::parse(s);
         assert_eq!(m.xlog_location, None);
         assert_eq!(m.timeline, None);
@@ -70,12 +78,18 @@ fn sync_state_format() {
         sync_standby: vec!["node2".into(), "node1".into()],
         quorum: 0,
     };
-    assert_eq!(s.to_json(), r#"{"leader":"node0","quorum":0,"sync_standby":"node1,node2"}"#);
+    assert_eq!(
+        s.to_json(),
+        r#"{"leader":"node0","quorum":0,"sync_standby":"node1,node2"}"#
+    );
     let empty = SyncState {
         leader: Some("node0".into()),
         ..SyncState::default()
     };
-    assert_eq!(empty.to_json(), r#"{"leader":"node0","quorum":0,"sync_standby":null}"#);
+    assert_eq!(
+        empty.to_json(),
+        r#"{"leader":"node0","quorum":0,"sync_standby":null}"#
+    );
     let parsed = SyncState::parse(r#"{"leader":"node0","quorum":1,"sync_standby":"Node1,node2"}"#);
     assert!(parsed.matches("node1"));
     assert_eq!(parsed.quorum, 1);
@@ -85,7 +99,9 @@ fn sync_state_format() {
 fn failover_formats() {
     assert!(Failover::parse("{}").is_empty());
     assert_eq!(Failover::default().to_json(), "{}");
-    let f = Failover::parse(r#"{"leader":"a","member":"b","scheduled_at":"2023-09-24T10:36:00+02:00"}"#);
+    let f = Failover::parse(
+        r#"{"leader":"a","member":"b","scheduled_at":"2023-09-24T10:36:00+02:00"}"#,
+    );
     assert_eq!(f.member.as_deref(), Some("b"));
     assert_eq!(
         f.to_json(),
@@ -115,14 +131,49 @@ fn status_formats() {
 
 #[test]
 fn timing_rule_matches_patroni() {
-    assert_eq!(Timing::adjusted(30, 10, 10), Timing { ttl: 30, loop_wait: 10, retry_timeout: 10 });
+    assert_eq!(
+        Timing::adjusted(30, 10, 10),
+        Timing {
+            ttl: 30,
+            loop_wait: 10,
+            retry_timeout: 10
+        }
+    );
     // loop_wait shrinks first.
-    assert_eq!(Timing::adjusted(20, 10, 8), Timing { ttl: 20, loop_wait: 4, retry_timeout: 8 });
+    assert_eq!(
+        Timing::adjusted(20, 10, 8),
+        Timing {
+            ttl: 20,
+            loop_wait: 4,
+            retry_timeout: 8
+        }
+    );
     // then retry_timeout.
-    assert_eq!(Timing::adjusted(20, 10, 10), Timing { ttl: 20, loop_wait: 1, retry_timeout: 9 });
+    assert_eq!(
+        Timing::adjusted(20, 10, 10),
+        Timing {
+            ttl: 20,
+            loop_wait: 1,
+            retry_timeout: 9
+        }
+    );
     // Patrol accepts short ttls.
-    assert_eq!(Timing::adjusted(10, 1, 3), Timing { ttl: 10, loop_wait: 1, retry_timeout: 3 });
-    assert_eq!(Timing::adjusted(0, 0, 0), Timing { ttl: 3, loop_wait: 1, retry_timeout: 1 });
+    assert_eq!(
+        Timing::adjusted(10, 1, 3),
+        Timing {
+            ttl: 10,
+            loop_wait: 1,
+            retry_timeout: 3
+        }
+    );
+    assert_eq!(
+        Timing::adjusted(0, 0, 0),
+        Timing {
+            ttl: 3,
+            loop_wait: 1,
+            retry_timeout: 1
+        }
+    );
 }
 
 #[test]
@@ -146,13 +197,25 @@ fn cluster_from_kvs() {
         ],
     );
     assert_eq!(c.revision, 42);
-    assert_eq!(c.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["pg0", "pg1"]);
-    assert_eq!(c.leader.as_ref().map(|l| (l.name.as_str(), l.session)), Some(("pg0", 9)));
+    assert_eq!(
+        c.members
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>(),
+        ["pg0", "pg1"]
+    );
+    assert_eq!(
+        c.leader.as_ref().map(|l| (l.name.as_str(), l.session)),
+        Some(("pg0", 9))
+    );
     assert_eq!(c.initialized_sysid(), Some("7277694203142172922"));
     assert!(c.is_paused());
     assert_eq!(c.status.optime, Some(100));
     assert_eq!(c.timeline(), 0);
-    assert_eq!(c.leader_member().map(|m| m.data.role.clone()), Some(Role::Primary));
+    assert_eq!(
+        c.leader_member().map(|m| m.data.role.clone()),
+        Some(Role::Primary)
+    );
 }
 
 #[test]

@@ -1,0 +1,916 @@
+//! The HA loop: observe (DCS snapshot + local PostgreSQL), decide (pure), execute the actions
+//! in order, publish our member key, sleep until `loop_wait` or an earlier wake-up.
+//!
+//! Dangerous part: leadership. We act as leader only after a successful lease keep-alive and
+//! leader-key transaction in this cycle; a failed refresh of a running primary demotes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use patrol_dcs::{Cluster, ClusterConfig, DcsError, EtcdDcs, MemberData, Role, Status};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::decide::{decide, Action, DataState, LocalPg, Observation, Task, TaskResult, Upstream};
+use super::state::{NodeState, SharedState};
+use crate::config::Config;
+use crate::postgres::{
+    primary_conninfo, ConfigFiles, DataDir, LocalStatus, PgClient, Postgres, Recovery,
+};
+
+/// The version we publish: Patroni-compatible (4.x) so peers and tools take the 4.x paths.
+pub const PATRONI_VERSION: &str = "4.1.4";
+
+pub struct Ha {
+    cfg: Arc<Config>,
+    dcs: Arc<EtcdDcs>,
+    pg: Postgres,
+    client: Arc<PgClient>,
+    shared: Arc<SharedState>,
+    in_flight: Option<(Task, JoinHandle<Result<(), String>>)>,
+    last_result: Option<TaskResult>,
+    bootstrapping: bool,
+    following: Option<String>,
+    last_reason: String,
+    last_member_json: Option<(String, i64)>,
+    dynamic: ClusterConfig,
+    lease_deadline: Option<Instant>,
+    /// PostgreSQL was running under us and went away without our doing.
+    was_running: bool,
+}
+
+/// What ends the loop.
+#[derive(Debug)]
+pub enum Exit {
+    Shutdown,
+    Fatal(String),
+}
+
+impl Ha {
+    pub fn new(cfg: Arc<Config>, dcs: Arc<EtcdDcs>, shared: Arc<SharedState>) -> Ha {
+        let pg = Postgres::new(&cfg);
+        let client = Arc::new(PgClient::new(pg.local_conn_config()));
+        let dynamic = ClusterConfig::from_map(cfg.bootstrap.dcs.clone());
+        Ha {
+            cfg,
+            dcs,
+            pg,
+            client,
+            shared,
+            in_flight: None,
+            last_result: None,
+            bootstrapping: false,
+            following: None,
+            last_reason: String::new(),
+            last_member_json: None,
+            dynamic,
+            lease_deadline: None,
+            was_running: false,
+        }
+    }
+
+    fn timing(&self) -> patrol_dcs::Timing {
+        self.dynamic.timing()
+    }
+
+    /// Runs cycles until shutdown or a fatal condition.
+    pub async fn run(
+        mut self,
+        mut cluster_rx: watch::Receiver<Option<Arc<Cluster>>>,
+        shutdown: CancellationToken,
+    ) -> Exit {
+        let mut cycle: u64 = 0;
+        loop {
+            cycle += 1;
+            let started = Instant::now();
+            let span = tracing::info_span!("cycle", member = %self.cfg.name, cycle);
+            let result = {
+                let _e = span.enter();
+                self.cycle().await
+            };
+            if let Err(reason) = result {
+                return Exit::Fatal(reason);
+            }
+            let wait = Duration::from_secs(self.timing().loop_wait);
+            let deadline = started + wait;
+            let before = cluster_rx.borrow().clone();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        self.shutdown().await;
+                        return Exit::Shutdown;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = wait_task(&mut self.in_flight) => break,
+                    _ = self.shared.wakeup.notified() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)), if self.was_running => {
+                        // Notice a PostgreSQL crash within a second, not a full loop_wait.
+                        if !self.pg.is_running() && self.in_flight.is_none() { break; }
+                    }
+                    changed = cluster_rx.changed() => {
+                        if changed.is_err() { tokio::time::sleep_until(deadline).await; break; }
+                        let now = cluster_rx.borrow().clone();
+                        if wake_worthy(before.as_deref(), now.as_deref(), &self.cfg.name) { break; }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn cycle(&mut self) -> Result<(), String> {
+        // Collect a finished long operation.
+        if let Some((task, handle)) = &self.in_flight {
+            if handle.is_finished() {
+                let task = *task;
+                let (_, handle) = self.in_flight.take().expect("checked above");
+                let r = match handle.await {
+                    Ok(Ok(())) => TaskResult::Succeeded(task),
+                    Ok(Err(e)) => TaskResult::Failed(task, e),
+                    Err(e) => TaskResult::Failed(task, format!("task panicked: {e}")),
+                };
+                match &r {
+                    TaskResult::Succeeded(t) => tracing::info!("{t:?} finished"),
+                    TaskResult::Failed(t, e) => tracing::error!("{t:?} failed: {e}"),
+                }
+                self.client.reset().await;
+                self.last_result = Some(r);
+            }
+        }
+
+        let cluster = match self.dcs.get_cluster().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.handle_dcs_error(&e).await;
+                return Ok(());
+            }
+        };
+        self.shared.dcs_seen();
+        if let Some(cfg) = &cluster.config {
+            self.apply_dynamic(cfg.value.clone()).await;
+        }
+
+        let (local, status) = self.observe_local().await;
+        let obs = Observation {
+            me: self.cfg.name.clone(),
+            cluster: cluster.clone(),
+            local,
+            dynamic: self.dynamic.clone(),
+            in_flight: self.in_flight.as_ref().map(|(t, _)| *t),
+            last_result: self.last_result.take(),
+            bootstrapping: self.bootstrapping,
+            can_bootstrap: self.cfg.bootstrap.present,
+            nofailover: member_nofailover(&self.cfg.tags),
+            lease_left: self
+                .lease_deadline
+                .map(|d| d.saturating_duration_since(Instant::now())),
+        };
+        let dec = decide(&obs);
+        if dec.reason != self.last_reason {
+            tracing::info!("{}", dec.reason);
+            self.last_reason = dec.reason.clone();
+        } else {
+            tracing::debug!("{}", dec.reason);
+        }
+        let mut leader_ok = None;
+        for action in &dec.actions {
+            match self.execute(action, &cluster).await {
+                Ok(Some(held)) => leader_ok = Some(held),
+                Ok(None) => {}
+                Err(Step::Stop(why)) => {
+                    tracing::info!("{why}");
+                    break;
+                }
+                Err(Step::Fatal(why)) => return Err(why),
+            }
+        }
+        if let Some(held) = leader_ok {
+            self.shared.set_leader(held, self.lease_deadline);
+        } else if cluster.leader_name() != Some(self.cfg.name.as_str()) {
+            self.shared.set_leader(false, None);
+        }
+        let running = self.pg.is_running();
+        let state = self.member_state(running);
+        self.publish(&cluster, status.as_ref(), &state).await;
+        self.shared.update(NodeState {
+            cluster: Some(Arc::new(cluster)),
+            status,
+            state,
+            role: self.role_now(),
+            sysid: match &obs.local.data {
+                DataState::Initialized { sysid, .. } => Some(sysid.clone()),
+                _ => None,
+            },
+            paused: self.dynamic.pause(),
+            ttl: self.timing().ttl,
+            maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover(),
+        });
+        self.was_running = running;
+        Ok(())
+    }
+
+    async fn apply_dynamic(&mut self, cfg: ClusterConfig) {
+        if cfg == self.dynamic {
+            return;
+        }
+        let old = self.timing();
+        self.dynamic = cfg;
+        let new = self.timing();
+        if old != new {
+            tracing::info!(
+                ttl = new.ttl,
+                loop_wait = new.loop_wait,
+                retry_timeout = new.retry_timeout,
+                "timing changed"
+            );
+            self.dcs
+                .set_timing(new.ttl, Duration::from_secs(new.retry_timeout))
+                .await;
+        }
+    }
+
+    /// DCS unreachable: a running primary that cannot prove its lease steps down before the
+    /// lease can expire (spec 5.4, `demote('offline')`); others just wait.
+    async fn handle_dcs_error(&mut self, e: &DcsError) {
+        tracing::warn!("DCS is not accessible: {e}");
+        let primary = self.pg.is_running()
+            && self
+                .client
+                .status()
+                .await
+                .map(|s| !s.in_recovery)
+                .unwrap_or(false);
+        if primary && !self.dynamic.pause() {
+            tracing::warn!("demoted self because DCS is not accessible and I was a leader");
+            self.shared.set_leader(false, None);
+            if let Err(e) = self.demote(None).await {
+                tracing::error!("demotion failed: {e}");
+            }
+        }
+    }
+
+    async fn observe_local(&mut self) -> (LocalPg, Option<LocalStatus>) {
+        let data = match self.pg.data_dir_state() {
+            DataDir::Empty => DataState::Empty,
+            DataDir::Invalid(why) => DataState::Invalid(why),
+            DataDir::Initialized(cd) => DataState::Initialized {
+                sysid: cd.sysid,
+                cluster_state: cd.state,
+            },
+        };
+        let running = self.pg.is_running();
+        let status = if running && self.in_flight.is_none() {
+            match self.client.status().await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::debug!("status query failed: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let local = LocalPg {
+            data,
+            running,
+            in_recovery: status.as_ref().map(|s| s.in_recovery),
+            wal_position: status.as_ref().and_then(|s| {
+                if s.in_recovery {
+                    s.receive_lsn.max(s.replay_lsn)
+                } else {
+                    s.wal_position
+                }
+            }),
+            timeline: status.as_ref().map(|s| s.timeline),
+            following: self.following.clone(),
+        };
+        (local, status)
+    }
+
+    fn member_state(&self, running: bool) -> String {
+        match self.in_flight.as_ref().map(|(t, _)| *t) {
+            Some(Task::Bootstrap) => "initializing new cluster".into(),
+            Some(Task::Clone) => "creating replica".into(),
+            Some(Task::Start) => "starting".into(),
+            Some(Task::Promote) | Some(Task::Demote) if running => "running".into(),
+            Some(_) => "starting".into(),
+            None if running => "running".into(),
+            None if self.was_running => "crashed".into(),
+            None => "stopped".into(),
+        }
+    }
+
+    fn role_now(&self) -> Role {
+        match self.pg.data_dir_state() {
+            DataDir::Initialized(_) => {}
+            _ => return Role::Uninitialized,
+        }
+        let st = self.shared.snapshot().status;
+        match st {
+            Some(s) if !s.in_recovery => Role::Primary,
+            _ => Role::Replica,
+        }
+    }
+
+    /// Publishes our member key when its content (or the lease) changed.
+    async fn publish(&mut self, cluster: &Cluster, status: Option<&LocalStatus>, state: &str) {
+        let api = &self.cfg.restapi;
+        let pgc = &self.cfg.postgresql;
+        let conn_url = format!("postgres://{}/{}", pgc.connect_address, pgc.database);
+        let api_url = format!(
+            "{}://{}/patroni",
+            api_scheme(&self.cfg),
+            api.connect_address
+        );
+        let role = match (self.pg.data_dir_state(), status) {
+            (DataDir::Initialized(_), Some(s)) if !s.in_recovery => Role::Primary,
+            (DataDir::Initialized(_), _) => Role::Replica,
+            _ => Role::Uninitialized,
+        };
+        let mut m = MemberData::new(conn_url, api_url, state, role, PATRONI_VERSION);
+        m.proxy_url = pgc
+            .proxy_address
+            .as_ref()
+            .map(|p| format!("postgres://{}/{}", p, pgc.database));
+        m.tags = publishable_tags(&self.cfg.tags);
+        m.pause = self.dynamic.pause();
+        if let Some(s) = status {
+            if s.in_recovery {
+                m.xlog_location = s.receive_lsn.max(s.replay_lsn);
+                m.replay_lsn = s.replay_lsn;
+                m.receive_lsn = s.receive_lsn;
+                m.replication_state = s.replication_state.clone();
+            } else {
+                m.xlog_location = s.wal_position;
+            }
+            m.timeline = Some(s.timeline);
+        }
+        let json = m.to_json();
+        let session = cluster
+            .member(&self.cfg.name)
+            .map(|mm| mm.session)
+            .unwrap_or(0);
+        let lease = self
+            .dcs
+            .lease_deadline()
+            .await
+            .map(|_| session)
+            .unwrap_or(0);
+        let unchanged = self
+            .last_member_json
+            .as_ref()
+            .is_some_and(|(j, s)| *j == json && *s == session && session != 0)
+            && cluster.member(&self.cfg.name).is_some();
+        let _ = lease;
+        // Keep the lease alive every cycle (the member key lives on it).
+        if let Err(e) = self.dcs.refresh_lease().await {
+            tracing::warn!("lease keep-alive failed: {e}");
+        }
+        if unchanged {
+            return;
+        }
+        match self.dcs.touch_member(&json).await {
+            Ok(()) => self.last_member_json = Some((json, session)),
+            Err(e) => tracing::warn!("failed to update member key: {e}"),
+        }
+    }
+
+    /// Executes one action. `Ok(Some(held))` reports the leader key state.
+    async fn execute(&mut self, action: &Action, cluster: &Cluster) -> Result<Option<bool>, Step> {
+        match action {
+            Action::RaceInitialize => {
+                let won = self.dcs.initialize(true, "").await.map_err(dcs_stop)?;
+                if !won {
+                    return Err(Step::Stop("failed to acquire initialize lock".into()));
+                }
+                tracing::info!("won the initialize race: bootstrapping a new cluster");
+                self.bootstrapping = true;
+                Ok(None)
+            }
+            Action::Bootstrap => {
+                let pg = self.pg.clone();
+                let client = self.client.clone();
+                let cfg = self.cfg.clone();
+                let dynamic = self.dynamic.clone();
+                self.spawn(Task::Bootstrap, async move {
+                    bootstrap(&pg, &client, &cfg, &dynamic)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                });
+                Ok(None)
+            }
+            Action::FinishBootstrap { sysid } => {
+                self.dcs.initialize(false, sysid).await.map_err(dcs_stop)?;
+                self.dcs
+                    .set_config(&self.dynamic.to_json(), None)
+                    .await
+                    .map_err(dcs_stop)?;
+                self.dcs.take_leader().await.map_err(dcs_stop)?;
+                self.lease_deadline = self.dcs.lease_deadline().await;
+                self.bootstrapping = false;
+                tracing::info!(sysid = %sysid, "initialized a new cluster");
+                Ok(Some(true))
+            }
+            Action::AbortBootstrap { reason } => {
+                tracing::error!(
+                    "bootstrap failed: {reason}; removing initialize key and data directory"
+                );
+                let _ = self.dcs.delete_leader(None).await;
+                let _ = self.dcs.cancel_initialization().await;
+                let _ = self.pg.stop("immediate", Duration::from_secs(30)).await;
+                if let Err(e) = self.pg.remove_data_dir() {
+                    tracing::error!("could not remove the data directory: {e}");
+                }
+                Err(Step::Fatal(format!("bootstrap failed: {reason}")))
+            }
+            Action::CloneFrom(up) => {
+                let conninfo = self.upstream_conninfo(up).map_err(Step::Stop)?;
+                let pg = self.pg.clone();
+                let client = self.client.clone();
+                let files = self.config_files(Some(Some(up.clone())));
+                let params = self.pg.cmdline_params(&self.dynamic.parameters());
+                let wait = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                self.following = Some(up.name.clone());
+                tracing::info!("cloning from {} with pg_basebackup", up.name);
+                self.spawn(Task::Clone, async move {
+                    let r = async {
+                        pg.basebackup(&conninfo).await?;
+                        pg.write_config(&files)?;
+                        pg.start(&params, wait).await?;
+                        client.reset().await;
+                        Ok::<_, crate::postgres::PgError>(())
+                    }
+                    .await;
+                    if let Err(e) = &r {
+                        // A half-copied directory is useless: remove it so the next cycle
+                        // clones again.
+                        let _ = pg.stop("immediate", Duration::from_secs(10)).await;
+                        let _ = pg.remove_data_dir();
+                        return Err(e.to_string());
+                    }
+                    Ok(())
+                });
+                Ok(None)
+            }
+            Action::WriteInitialize { sysid } => {
+                let won = self.dcs.initialize(true, sysid).await.map_err(dcs_stop)?;
+                if !won {
+                    return Err(Step::Stop(
+                        "initialize key was written by another node".into(),
+                    ));
+                }
+                Ok(None)
+            }
+            Action::Start { standby_of } => {
+                let files = self.config_files(standby_of.clone());
+                self.following = standby_of.clone().flatten().map(|u| u.name);
+                let pg = self.pg.clone();
+                let client = self.client.clone();
+                let params = self.pg.cmdline_params(&self.dynamic.parameters());
+                let wait = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                if let Err(e) = self.pg.write_pgpass() {
+                    return Err(Step::Stop(format!("could not write the passfile: {e}")));
+                }
+                self.spawn(Task::Start, async move {
+                    pg.write_config(&files).map_err(|e| e.to_string())?;
+                    pg.start(&params, wait).await.map_err(|e| e.to_string())?;
+                    client.reset().await;
+                    Ok(())
+                });
+                Ok(None)
+            }
+            Action::AcquireLeaderKey => {
+                let won = self
+                    .dcs
+                    .attempt_to_acquire_leader()
+                    .await
+                    .map_err(dcs_stop)?;
+                if !won {
+                    return Err(Step::Stop("failed to acquire the leader key".into()));
+                }
+                self.lease_deadline = self.dcs.lease_deadline().await;
+                tracing::info!("acquired the leader key");
+                Ok(Some(true))
+            }
+            Action::RefreshLeaderKey => match self.dcs.update_leader().await {
+                Ok((true, lease)) => {
+                    self.lease_deadline = Some(lease.deadline);
+                    self.maybe_write_status(cluster).await;
+                    Ok(Some(true))
+                }
+                Ok((false, _)) => {
+                    self.lease_deadline = None;
+                    self.shared.set_leader(false, None);
+                    if self.is_primary_now().await {
+                        tracing::warn!("demoting self because failed to update leader lock in DCS");
+                        let leader = cluster.leader_member().map(|m| Upstream {
+                            name: m.name.clone(),
+                            conn_url: m.data.conn_url.clone(),
+                        });
+                        self.demote(leader).await.map_err(Step::Stop)?;
+                    }
+                    Err(Step::Stop("lost the leader key".into()))
+                }
+                Err(e) => {
+                    self.handle_dcs_error(&e).await;
+                    Err(Step::Stop(format!("could not refresh the leader key: {e}")))
+                }
+            },
+            Action::ReleaseLeaderKey => {
+                self.dcs.delete_leader(None).await.map_err(dcs_stop)?;
+                self.shared.set_leader(false, None);
+                Ok(Some(false))
+            }
+            Action::Promote => {
+                let pg = self.pg.clone();
+                let client = self.client.clone();
+                let wait = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                self.following = None;
+                let files = self.config_files(None);
+                tracing::info!("promoting PostgreSQL");
+                self.spawn(Task::Promote, async move {
+                    pg.promote(wait).await.map_err(|e| e.to_string())?;
+                    pg.write_config(&files).map_err(|e| e.to_string())?;
+                    client.reset().await;
+                    Ok(())
+                });
+                Ok(None)
+            }
+            Action::Demote { leader } => {
+                self.demote(leader.clone()).await.map_err(Step::Stop)?;
+                Ok(None)
+            }
+            Action::Follow(up) => {
+                if self.following.as_deref() == Some(up.name.as_str()) {
+                    return Ok(None);
+                }
+                tracing::info!("following a new leader: {}", up.name);
+                let files = self.config_files(Some(Some(up.clone())));
+                self.pg
+                    .write_config(&files)
+                    .map_err(|e| Step::Stop(e.to_string()))?;
+                self.pg
+                    .reload()
+                    .await
+                    .map_err(|e| Step::Stop(e.to_string()))?;
+                self.following = Some(up.name.clone());
+                Ok(None)
+            }
+            Action::EnsureSlots { names } => {
+                let existing = match self.client.physical_slots().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("could not list replication slots: {e}");
+                        return Ok(None);
+                    }
+                };
+                for n in names.iter().filter(|n| !existing.contains(n)) {
+                    match self.client.create_physical_slot(n).await {
+                        Ok(()) => tracing::info!("created physical replication slot {n}"),
+                        Err(e) => tracing::warn!("could not create replication slot {n}: {e}"),
+                    }
+                }
+                Ok(None)
+            }
+            Action::Fatal { reason } => Err(Step::Fatal(reason.clone())),
+        }
+    }
+
+    /// The leader writes `status` (its WAL position) when it changed.
+    async fn maybe_write_status(&self, cluster: &Cluster) {
+        let Ok(s) = self.client.status().await else {
+            return;
+        };
+        if s.in_recovery {
+            return;
+        }
+        let Some(pos) = s.wal_position else { return };
+        if cluster.status.optime == Some(pos) {
+            return;
+        }
+        let status = Status {
+            optime: Some(pos),
+            ..cluster.status.clone()
+        };
+        if let Err(e) = self.dcs.set_status(&status.to_json()).await {
+            tracing::warn!("could not write status: {e}");
+        }
+    }
+
+    async fn is_primary_now(&self) -> bool {
+        self.pg.is_running()
+            && self
+                .client
+                .status()
+                .await
+                .map(|s| !s.in_recovery)
+                .unwrap_or(true)
+    }
+
+    /// Immediate stop, then start as a standby of `leader` (or of nobody).
+    async fn demote(&mut self, leader: Option<Upstream>) -> Result<(), String> {
+        tracing::info!("demoting PostgreSQL (immediate stop, restart as a standby)");
+        self.pg
+            .stop("immediate", Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.client.reset().await;
+        let files = self.config_files(Some(leader.clone()));
+        self.following = leader.map(|u| u.name);
+        let pg = self.pg.clone();
+        let client = self.client.clone();
+        let params = self.pg.cmdline_params(&self.dynamic.parameters());
+        let wait = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+        self.spawn(Task::Demote, async move {
+            pg.write_config(&files).map_err(|e| e.to_string())?;
+            pg.start(&params, wait).await.map_err(|e| e.to_string())?;
+            client.reset().await;
+            Ok(())
+        });
+        Ok(())
+    }
+
+    fn spawn<F>(&mut self, task: Task, f: F)
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.in_flight = Some((task, tokio::spawn(f)));
+    }
+
+    fn upstream_conninfo(&self, up: &Upstream) -> Result<String, String> {
+        let (host, port) = patrol_dcs::parse_conn_url(&up.conn_url)
+            .ok_or_else(|| format!("member {} has no usable conn_url", up.name))?;
+        let repl = &self.cfg.postgresql.authentication.replication;
+        Ok(primary_conninfo(
+            &host,
+            port,
+            &repl.username,
+            &self.cfg.postgresql.pgpass,
+            &self.cfg.name,
+            &repl.extra,
+        ))
+    }
+
+    /// The configuration files for a role: `None` = primary, `Some(up)` = standby of `up`.
+    fn config_files(&self, standby_of: Option<Option<Upstream>>) -> ConfigFiles {
+        let mut parameters = self.dynamic.parameters();
+        for (k, v) in &self.cfg.postgresql.parameters {
+            parameters.insert(k.clone(), v.clone());
+        }
+        let recovery = standby_of.map(|up| Recovery {
+            primary_conninfo: up.as_ref().and_then(|u| self.upstream_conninfo(u).ok()),
+            primary_slot_name: (self.dynamic.use_slots() && up.is_some())
+                .then(|| patrol_dcs::slot_name_from_member_name(&self.cfg.name)),
+        });
+        ConfigFiles {
+            parameters,
+            pg_hba: self
+                .cfg
+                .postgresql
+                .pg_hba
+                .clone()
+                .or_else(|| self.dynamic.pg_hba()),
+            pg_ident: self.cfg.postgresql.pg_ident.clone(),
+            recovery,
+        }
+    }
+
+    /// SIGTERM: stop PostgreSQL (fast) and release the leader key (unless paused).
+    async fn shutdown(&mut self) {
+        if let Some((_, h)) = self.in_flight.take() {
+            h.abort();
+        }
+        if self.dynamic.pause() {
+            tracing::info!("paused: leaving PostgreSQL and the leader key alone");
+            return;
+        }
+        let was_leader = self.shared.snapshot().is_leader;
+        tracing::info!("shutting down: stopping PostgreSQL");
+        let wait = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+        if let Err(e) = self.pg.stop("fast", wait).await {
+            tracing::error!("could not stop PostgreSQL: {e}");
+        }
+        if was_leader {
+            let lsn = match self.pg.data_dir_state() {
+                DataDir::Initialized(cd) => cd
+                    .fields
+                    .get("Latest checkpoint location")
+                    .and_then(|s| patrol_dcs::parse_lsn(s)),
+                _ => None,
+            };
+            match self.dcs.delete_leader(lsn).await {
+                Ok(true) => tracing::info!("released the leader key"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("could not release the leader key: {e}"),
+            }
+        }
+        let mut m = self.last_member_json.clone();
+        if let Some((json, _)) = m.take() {
+            let mut d = MemberData::parse(&json);
+            d.state = "stopped".into();
+            d.xlog_location = None;
+            d.replay_lsn = None;
+            d.receive_lsn = None;
+            d.replication_state = None;
+            let _ = self.dcs.touch_member(&d.to_json()).await;
+        }
+    }
+}
+
+/// How an action ended the cycle.
+enum Step {
+    /// Stop this cycle; the next one decides again.
+    Stop(String),
+    /// Exit the process.
+    Fatal(String),
+}
+
+fn dcs_stop(e: DcsError) -> Step {
+    Step::Stop(format!("DCS: {e}"))
+}
+
+async fn wait_task(t: &mut Option<(Task, JoinHandle<Result<(), String>>)>) {
+    match t {
+        Some((_, h)) => {
+            while !h.is_finished() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Wake the loop early when what the decision depends on changed: the leader key, config,
+/// initialize, failover, or (for followers) status.
+fn wake_worthy(before: Option<&Cluster>, now: Option<&Cluster>, me: &str) -> bool {
+    let (Some(b), Some(n)) = (before, now) else {
+        return now.is_some();
+    };
+    b.leader != n.leader
+        || b.config != n.config
+        || b.initialize != n.initialize
+        || b.failover.as_ref().map(|f| &f.value) != n.failover.as_ref().map(|f| &f.value)
+        || (n.leader_name() != Some(me) && b.status != n.status)
+}
+
+fn api_scheme(cfg: &Config) -> &'static str {
+    if cfg.restapi.certfile.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+fn member_nofailover(tags: &serde_json::Map<String, serde_json::Value>) -> bool {
+    match patrol_dcs::lenient_bool(tags.get("nofailover")) {
+        Some(b) => b,
+        None => patrol_dcs::lenient_i64(tags.get("failover_priority")) == Some(0),
+    }
+}
+
+/// Tags as Patroni publishes them: boolean built-ins omitted when false (except `nofailover`
+/// when `failover_priority` is set, `nosync` when `sync_priority` is set).
+pub fn publishable_tags(
+    tags: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in tags {
+        let builtin_bool = [
+            "clonefrom",
+            "nofailover",
+            "noloadbalance",
+            "nosync",
+            "nostream",
+        ]
+        .contains(&k.as_str());
+        if builtin_bool && patrol_dcs::lenient_bool(Some(v)) == Some(false) {
+            let keep = (k == "nofailover" && tags.contains_key("failover_priority"))
+                || (k == "nosync" && tags.contains_key("sync_priority"));
+            if !keep {
+                continue;
+            }
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    out
+}
+
+/// The bootstrap long operation (flow ② 1.5): initdb, pg_hba, configuration, start as primary,
+/// roles. Writing `initialize`, `config` and the leader key is `FinishBootstrap`.
+async fn bootstrap(
+    pg: &Postgres,
+    client: &PgClient,
+    cfg: &Config,
+    dynamic: &ClusterConfig,
+) -> anyhow::Result<()> {
+    if cfg.bootstrap.method != "initdb" {
+        anyhow::bail!(
+            "bootstrap method {:?} is not supported yet (only initdb)",
+            cfg.bootstrap.method
+        );
+    }
+    pg.initdb(&cfg.bootstrap.initdb).await.context("initdb")?;
+    if cfg.postgresql.pg_hba.is_none() && !cfg.bootstrap.pg_hba.is_empty() {
+        crate::postgres::append_pg_hba(&pg.config_dir, &cfg.bootstrap.pg_hba)
+            .context("writing pg_hba.conf")?;
+    }
+    let mut parameters = dynamic.parameters();
+    for (k, v) in &cfg.postgresql.parameters {
+        parameters.insert(k.clone(), v.clone());
+    }
+    let files = ConfigFiles {
+        parameters,
+        pg_hba: cfg.postgresql.pg_hba.clone().or_else(|| dynamic.pg_hba()),
+        pg_ident: cfg.postgresql.pg_ident.clone(),
+        recovery: None,
+    };
+    pg.write_config(&files).context("writing configuration")?;
+    pg.write_pgpass().context("writing the passfile")?;
+    let params = pg.cmdline_params(&dynamic.parameters());
+    pg.start(&params, Duration::from_secs(cfg.postgresql.pg_ctl_timeout))
+        .await
+        .context("starting PostgreSQL")?;
+    client.reset().await;
+    client
+        .execute(&roles_sql(cfg))
+        .await
+        .context("creating roles")?;
+    if let Some(script) = &cfg.bootstrap.post_bootstrap {
+        run_post_bootstrap(script, cfg).await?;
+    }
+    Ok(())
+}
+
+/// Superuser password, replication role and rewind role (spec 5.3).
+fn roles_sql(cfg: &Config) -> String {
+    use crate::postgres::{quote_ident, quote_literal};
+    let auth = &cfg.postgresql.authentication;
+    let mut sql = String::from("SET synchronous_commit = 'local';\n");
+    let ensure = |sql: &mut String, user: &str, pw: Option<&str>, opts: &str| {
+        let pw = pw
+            .map(|p| format!(" PASSWORD {}", quote_literal(p)))
+            .unwrap_or_default();
+        sql.push_str(&format!(
+            "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit}) THEN CREATE ROLE {id} {opts}; END IF; END$$;\nALTER ROLE {id} WITH {opts}{pw};\n",
+            lit = quote_literal(user),
+            id = quote_ident(user),
+        ));
+    };
+    ensure(
+        &mut sql,
+        &auth.superuser.username,
+        auth.superuser.password.as_deref(),
+        "SUPERUSER LOGIN",
+    );
+    if auth.replication.username != auth.superuser.username {
+        ensure(
+            &mut sql,
+            &auth.replication.username,
+            auth.replication.password.as_deref(),
+            "REPLICATION LOGIN",
+        );
+    }
+    if let Some(rw) = &auth.rewind {
+        if rw.username != auth.superuser.username {
+            ensure(&mut sql, &rw.username, rw.password.as_deref(), "LOGIN");
+            let id = quote_ident(&rw.username);
+            for f in [
+                "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+                "pg_catalog.pg_stat_file(text, boolean)",
+                "pg_catalog.pg_read_binary_file(text)",
+                "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+            ] {
+                sql.push_str(&format!("GRANT EXECUTE ON FUNCTION {f} TO {id};\n"));
+            }
+        }
+    }
+    sql
+}
+
+async fn run_post_bootstrap(script: &str, cfg: &Config) -> anyhow::Result<()> {
+    let su = &cfg.postgresql.authentication.superuser;
+    let host = crate::postgres::local_host(&cfg.postgresql.listen_addresses);
+    let url = format!(
+        "postgres://{}@{}:{}/{}",
+        su.username, host, cfg.postgresql.port, cfg.postgresql.database
+    );
+    let mut parts = script.split_whitespace();
+    let prog = parts.next().context("post_bootstrap is empty")?;
+    let status = tokio::process::Command::new(prog)
+        .args(parts)
+        .arg(&url)
+        .env("PGPASSFILE", &cfg.postgresql.pgpass)
+        .env(
+            "PGOPTIONS",
+            "-c synchronous_commit=local -c statement_timeout=0",
+        )
+        .status()
+        .await
+        .with_context(|| format!("running post_bootstrap {script:?}"))?;
+    if !status.success() {
+        anyhow::bail!("post_bootstrap {script:?} exited with {status}");
+    }
+    Ok(())
+}

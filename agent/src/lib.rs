@@ -1,0 +1,11 @@
+//! The `patrol` agent: configuration, the HA loop, local PostgreSQL control and the REST API.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod ha;
+pub mod logging;
+pub mod postgres;
+mod run;
+
+pub use run::run;

@@ -1,0 +1,324 @@
+//! Generating PostgreSQL's configuration: `postgresql.conf` (including `postgresql.base.conf`),
+//! `pg_hba.conf`, `standby.signal` and the recovery settings, and the parameters Patroni
+//! controls on the command line.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::config::Postgresql;
+
+/// Recovery settings for a replica (PostgreSQL 12+: in postgresql.conf plus `standby.signal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// `None` = no upstream yet (a read-only node waiting for a leader).
+    pub primary_conninfo: Option<String>,
+    pub primary_slot_name: Option<String>,
+}
+
+/// Everything written before PostgreSQL starts or reloads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigFiles {
+    /// User parameters (local over dynamic), without the command-line ones.
+    pub parameters: Map<String, Value>,
+    /// Full pg_hba.conf content when managed (`postgresql.pg_hba`), else left alone.
+    pub pg_hba: Option<Vec<String>>,
+    pub pg_ident: Option<Vec<String>>,
+    /// `Some` = start as a standby.
+    pub recovery: Option<Recovery>,
+}
+
+/// Parameters always passed on the command line, with Patroni's defaults and minimums.
+const CMDLINE: &[(&str, &str, i64)] = &[
+    ("max_connections", "100", 25),
+    ("max_wal_senders", "10", 3),
+    ("max_prepared_transactions", "0", 0),
+    ("max_locks_per_transaction", "64", 32),
+    ("max_replication_slots", "10", 4),
+    ("max_worker_processes", "8", 2),
+];
+
+const CMDLINE_OTHER: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "cluster_name",
+    "wal_level",
+    "hot_standby",
+    "track_commit_timestamp",
+    "wal_log_hints",
+];
+
+pub fn is_cmdline_param(name: &str) -> bool {
+    CMDLINE.iter().any(|(n, _, _)| *n == name) || CMDLINE_OTHER.contains(&name)
+}
+
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(if *b { "on".into() } else { "off".into() }),
+        _ => None,
+    }
+}
+
+/// The controlled parameters: listen address and port from the local config, `cluster_name` =
+/// scope, and the rest from the dynamic config (values below the minimum fall back to the
+/// default), never from the local `parameters`.
+pub fn cmdline_params(
+    pg: &Postgresql,
+    scope: &str,
+    dynamic: &Map<String, Value>,
+) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("listen_addresses".to_string(), pg.listen_addresses.clone()),
+        ("port".to_string(), pg.port.to_string()),
+        ("cluster_name".to_string(), scope.to_string()),
+    ];
+    let wal_level = dynamic
+        .get("wal_level")
+        .and_then(value_text)
+        .map(|w| match w.as_str() {
+            "logical" => "logical",
+            _ => "replica",
+        })
+        .unwrap_or("replica");
+    out.push(("wal_level".into(), wal_level.into()));
+    out.push(("hot_standby".into(), "on".into()));
+    for (name, default, min) in CMDLINE {
+        let v = dynamic
+            .get(*name)
+            .and_then(value_text)
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|v| *v >= *min)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| default.to_string());
+        out.push((name.to_string(), v));
+    }
+    let onoff = |name: &str, default: &str| {
+        dynamic
+            .get(name)
+            .and_then(value_text)
+            .map(|s| match s.to_ascii_lowercase().as_str() {
+                "on" | "true" | "yes" | "1" => "on".to_string(),
+                _ => "off".to_string(),
+            })
+            .unwrap_or_else(|| default.to_string())
+    };
+    out.push((
+        "track_commit_timestamp".into(),
+        onoff("track_commit_timestamp", "off"),
+    ));
+    out.push(("wal_log_hints".into(), onoff("wal_log_hints", "on")));
+    out
+}
+
+/// Quotes a value for postgresql.conf.
+fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Quotes a value for a libpq connection string when needed.
+fn libpq_quote(s: &str) -> String {
+    if !s.is_empty() && !s.contains([' ', '\'', '\\']) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The `primary_conninfo` for following `host:port` as `application_name` = our member name,
+/// with the password in the passfile (never in the string).
+pub fn primary_conninfo(
+    host: &str,
+    port: u16,
+    user: &str,
+    passfile: &Path,
+    application_name: &str,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let mut parts = vec![
+        format!("user={}", libpq_quote(user)),
+        format!("passfile={}", libpq_quote(&passfile.display().to_string())),
+        format!("host={}", libpq_quote(host)),
+        format!("port={port}"),
+    ];
+    let sslmode = extra.get("sslmode").map(String::as_str).unwrap_or("prefer");
+    parts.push(format!("sslmode={}", libpq_quote(sslmode)));
+    for (k, v) in extra {
+        if k != "sslmode" && k != "password" {
+            parts.push(format!("{}={}", k, libpq_quote(v)));
+        }
+    }
+    parts.push(format!(
+        "application_name={}",
+        libpq_quote(application_name)
+    ));
+    parts.push("gssencmode=prefer".into());
+    parts.push("channel_binding=prefer".into());
+    parts.join(" ")
+}
+
+impl ConfigFiles {
+    pub fn render_postgresql_conf(&self, config_dir: &Path) -> String {
+        let mut s = String::from(
+            "# Do not edit this file manually!\n# It will be overwritten by Patrol!\ninclude 'postgresql.base.conf'\n\n",
+        );
+        let mut params: Vec<(&String, &Value)> = self.parameters.iter().collect();
+        params.sort_by(|a, b| a.0.cmp(b.0));
+        let mut has_hba = false;
+        let mut has_ident = false;
+        for (k, v) in params {
+            if is_cmdline_param(k) || is_recovery_param(k) {
+                continue;
+            }
+            has_hba |= k == "hba_file";
+            has_ident |= k == "ident_file";
+            if let Some(t) = value_text(v) {
+                s.push_str(&format!("{k} = {}\n", conf_quote(&t)));
+            }
+        }
+        if !has_hba {
+            s.push_str(&format!(
+                "hba_file = {}\n",
+                conf_quote(&config_dir.join("pg_hba.conf").display().to_string())
+            ));
+        }
+        if !has_ident {
+            s.push_str(&format!(
+                "ident_file = {}\n",
+                conf_quote(&config_dir.join("pg_ident.conf").display().to_string())
+            ));
+        }
+        if let Some(r) = &self.recovery {
+            s.push_str("\n# recovery\n");
+            if let Some(ci) = &r.primary_conninfo {
+                s.push_str(&format!("primary_conninfo = {}\n", conf_quote(ci)));
+            }
+            if let Some(slot) = &r.primary_slot_name {
+                s.push_str(&format!("primary_slot_name = {}\n", conf_quote(slot)));
+            }
+            s.push_str("recovery_target_timeline = 'latest'\n");
+            for k in [
+                "recovery_target",
+                "recovery_target_lsn",
+                "recovery_target_name",
+                "recovery_target_time",
+                "recovery_target_xid",
+            ] {
+                s.push_str(&format!("{k} = ''\n"));
+            }
+        }
+        s
+    }
+
+    /// Writes the files. The original `postgresql.conf` from initdb/basebackup is kept as
+    /// `postgresql.base.conf` (created empty when absent).
+    pub fn write(&self, data_dir: &Path, config_dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(config_dir)?;
+        let conf = config_dir.join("postgresql.conf");
+        let base = config_dir.join("postgresql.base.conf");
+        if !base.exists() {
+            if conf.exists() && !is_ours(&conf) {
+                std::fs::rename(&conf, &base)?;
+            } else {
+                std::fs::write(&base, "")?;
+            }
+        }
+        write_atomic(&conf, &self.render_postgresql_conf(config_dir))?;
+        if let Some(hba) = &self.pg_hba {
+            write_atomic(&config_dir.join("pg_hba.conf"), &(hba.join("\n") + "\n"))?;
+        }
+        if let Some(ident) = &self.pg_ident {
+            write_atomic(
+                &config_dir.join("pg_ident.conf"),
+                &(ident.join("\n") + "\n"),
+            )?;
+        }
+        let ident = config_dir.join("pg_ident.conf");
+        if !ident.exists() {
+            std::fs::write(&ident, "")?;
+        }
+        let signal = data_dir.join("standby.signal");
+        if self.recovery.is_some() {
+            if !signal.exists() {
+                std::fs::write(&signal, "")?;
+            }
+        } else if signal.exists() {
+            std::fs::remove_file(&signal)?;
+        }
+        Ok(())
+    }
+}
+
+fn is_recovery_param(k: &str) -> bool {
+    k == "primary_conninfo" || k == "primary_slot_name" || k.starts_with("recovery_target")
+}
+
+fn is_ours(conf: &Path) -> bool {
+    std::fs::read_to_string(conf)
+        .map(|s| s.contains("It will be overwritten by Patrol!"))
+        .unwrap_or(false)
+}
+
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("patrol-tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Appends lines to pg_hba.conf (bootstrap.pg_hba after initdb, as Patroni does).
+pub fn append_pg_hba(config_dir: &Path, lines: &[String]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(config_dir.join("pg_hba.conf"))?;
+    for l in lines {
+        writeln!(f, "{l}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_has_no_password_and_names_us() {
+        let ci = primary_conninfo(
+            "10.0.0.1",
+            5432,
+            "replicator",
+            Path::new("/tmp/my pass"),
+            "pg1",
+            &Default::default(),
+        );
+        assert_eq!(
+            ci,
+            "user=replicator passfile='/tmp/my pass' host=10.0.0.1 port=5432 sslmode=prefer application_name=pg1 gssencmode=prefer channel_binding=prefer"
+        );
+    }
+
+    #[test]
+    fn conf_skips_cmdline_and_quotes() {
+        let mut p = Map::new();
+        p.insert("max_connections".into(), 5.into());
+        p.insert("work_mem".into(), "4MB".into());
+        p.insert("search_path".into(), "'$user', public".into());
+        let f = ConfigFiles {
+            parameters: p,
+            pg_hba: None,
+            pg_ident: None,
+            recovery: Some(Recovery {
+                primary_conninfo: Some("host=a".into()),
+                primary_slot_name: Some("pg1".into()),
+            }),
+        };
+        let s = f.render_postgresql_conf(Path::new("/d"));
+        assert!(!s.contains("max_connections"));
+        assert!(s.contains("work_mem = '4MB'\n"));
+        assert!(s.contains("search_path = '''$user'', public'\n"));
+        assert!(s.contains("primary_conninfo = 'host=a'\n"));
+        assert!(s.contains("primary_slot_name = 'pg1'\n"));
+        assert!(s.contains("hba_file = '/d/pg_hba.conf'\n"));
+    }
+}

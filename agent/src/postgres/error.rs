@@ -1,0 +1,30 @@
+//! Failures of local PostgreSQL operations.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("could not run {0}: {1}")]
+    Spawn(String, #[source] std::io::Error),
+    #[error("{what} failed: {detail}")]
+    Failed { what: String, detail: String },
+    #[error("{0} did not finish within {1:?}")]
+    Timeout(String, Duration),
+    #[error("PostgreSQL is not running")]
+    NotRunning,
+    #[error("query failed: {}", describe(.0))]
+    Query(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Io(std::io::Error),
+}
+
+/// tokio-postgres prints only "db error"; include the server's message.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    }
+}

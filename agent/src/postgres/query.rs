@@ -1,0 +1,216 @@
+//! The agent's own connection to its PostgreSQL and the monitoring query.
+
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+
+use super::PgError;
+
+/// What the monitoring query returns (one round trip per HA cycle).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LocalStatus {
+    pub in_recovery: bool,
+    pub server_version: i32,
+    pub timeline: u64,
+    /// Primary: current WAL flush position.
+    pub wal_position: Option<u64>,
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    pub replayed_timestamp: Option<String>,
+    pub replay_paused: bool,
+    /// `streaming` / `in archive recovery` (standby only).
+    pub replication_state: Option<String>,
+    /// Upstream end position seen by the WAL receiver (`latest_end_lsn`).
+    pub latest_end_lsn: Option<u64>,
+    pub postmaster_start_time: Option<String>,
+    pub replication: Vec<ReplicationRow>,
+}
+
+/// One walsender, from `pg_stat_replication`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReplicationRow {
+    pub usename: String,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: String,
+    pub sync_state: String,
+    pub sync_priority: i32,
+}
+
+/// A lazily (re)connected client.
+pub struct PgClient {
+    config: tokio_postgres::Config,
+    client: Mutex<Option<Client>>,
+}
+
+const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('server_version_num')::int,
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint END,
+  CASE WHEN pg_is_in_recovery() THEN (GREATEST(pg_last_wal_receive_lsn(), r.written_lsn) - '0/0'::pg_lsn)::bigint END,
+  CASE WHEN pg_is_in_recovery() THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint END,
+  to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00:00',
+  CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END,
+  r.status, (r.latest_end_lsn - '0/0'::pg_lsn)::bigint, r.received_tli,
+  CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())::bigint
+       ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
+  to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00:00'
+FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true";
+
+const REPLICATION_SQL: &str =
+    "SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority
+FROM pg_stat_replication ORDER BY application_name";
+
+fn to_u64(v: Option<i64>) -> Option<u64> {
+    v.and_then(|n| u64::try_from(n).ok())
+}
+
+impl PgClient {
+    pub fn new(config: tokio_postgres::Config) -> PgClient {
+        PgClient {
+            config,
+            client: Mutex::new(None),
+        }
+    }
+
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, PgError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_some_and(|c| c.is_closed()) {
+            *guard = None;
+        }
+        if guard.is_none() {
+            let (client, conn) = self.config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("local PostgreSQL connection ended: {e}");
+                }
+            });
+            *guard = Some(client);
+        }
+        Ok(guard)
+    }
+
+    /// Drops the cached connection (after a restart).
+    pub async fn reset(&self) {
+        *self.client.lock().await = None;
+    }
+
+    pub async fn status(&self) -> Result<LocalStatus, PgError> {
+        let run = async {
+            let guard = self.client().await?;
+            let c = guard.as_ref().expect("client() fills the slot");
+            let row = c.query_one(STATUS_SQL, &[]).await?;
+            let rows = c.query(REPLICATION_SQL, &[]).await?;
+            Ok::<_, PgError>((row, rows))
+        };
+        let (row, rows) = match tokio::time::timeout(Duration::from_secs(5), run).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.reset().await;
+                return Err(e);
+            }
+            Err(_) => {
+                self.reset().await;
+                return Err(PgError::Timeout(
+                    "status query".into(),
+                    Duration::from_secs(5),
+                ));
+            }
+        };
+        let in_recovery: bool = row.try_get(0)?;
+        let receiver_status: Option<String> = row.try_get(7)?;
+        let received_tli: Option<i32> = row.try_get(9)?;
+        let checkpoint_tli: Option<i64> = row.try_get(10)?;
+        let timeline = if in_recovery {
+            received_tli
+                .map(|t| t as i64)
+                .or(checkpoint_tli)
+                .unwrap_or(0)
+        } else {
+            checkpoint_tli.unwrap_or(0)
+        };
+        Ok(LocalStatus {
+            in_recovery,
+            server_version: row.try_get(1)?,
+            wal_position: to_u64(row.try_get(2)?),
+            receive_lsn: to_u64(row.try_get(3)?),
+            replay_lsn: to_u64(row.try_get(4)?),
+            replayed_timestamp: row.try_get(5)?,
+            replay_paused: row.try_get(6)?,
+            replication_state: in_recovery.then(|| {
+                if receiver_status.as_deref() == Some("streaming") {
+                    "streaming".to_string()
+                } else {
+                    "in archive recovery".to_string()
+                }
+            }),
+            latest_end_lsn: to_u64(row.try_get(8)?),
+            timeline: u64::try_from(timeline).unwrap_or(0),
+            postmaster_start_time: row.try_get(11)?,
+            replication: rows
+                .iter()
+                .map(|r| ReplicationRow {
+                    usename: r.get::<_, Option<String>>(0).unwrap_or_default(),
+                    application_name: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                    client_addr: r.get(2),
+                    state: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                    sync_state: r.get::<_, Option<String>>(4).unwrap_or_default(),
+                    sync_priority: r.get::<_, Option<i32>>(5).unwrap_or(0),
+                })
+                .collect(),
+        })
+    }
+
+    /// Runs statements (no parameters) in one simple-query round trip.
+    pub async fn execute(&self, sql: &str) -> Result<(), PgError> {
+        let r = async {
+            let guard = self.client().await?;
+            let c = guard.as_ref().expect("client() fills the slot");
+            c.batch_execute(sql).await?;
+            Ok::<_, PgError>(())
+        }
+        .await;
+        if r.is_err() {
+            self.reset().await;
+        }
+        r
+    }
+
+    /// Names of the physical replication slots that exist.
+    pub async fn physical_slots(&self) -> Result<Vec<String>, PgError> {
+        let guard = self.client().await?;
+        let c = guard.as_ref().expect("client() fills the slot");
+        let rows = c
+            .query(
+                "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn create_physical_slot(&self, name: &str) -> Result<(), PgError> {
+        let guard = self.client().await?;
+        let c = guard.as_ref().expect("client() fills the slot");
+        c.execute(
+            "SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&name],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `CHECKPOINT` (after promote, before rewind by peers).
+    pub async fn checkpoint(&self) -> Result<(), PgError> {
+        self.execute("CHECKPOINT").await
+    }
+}
+
+/// Quotes an identifier for SQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

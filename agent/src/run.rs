@@ -1,0 +1,121 @@
+//! Process lifecycle (spec 5.1): connect to the DCS, refuse a duplicate name, bind the REST API,
+//! run the HA loop and the watch, and shut down on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use patrol_dcs::{cluster_prefix, ClusterConfig, EtcdDcs, EtcdSettings};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiContext};
+use crate::config::Config;
+use crate::ha::{Exit, Ha, SharedState};
+
+/// Runs the agent until a signal or a fatal condition.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let timing = ClusterConfig::from_map(cfg.bootstrap.dcs.clone()).timing();
+    let settings = EtcdSettings {
+        endpoints: cfg.etcd.endpoints.clone(),
+        username: cfg.etcd.username.clone(),
+        password: cfg.etcd.password.clone(),
+        prefix: cluster_prefix(&cfg.namespace, &cfg.scope),
+        member_name: cfg.name.clone(),
+    };
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+
+    // Connect and read the cluster, retrying until etcd answers (spec 5.1).
+    let retry = Duration::from_secs(timing.retry_timeout);
+    let (dcs, cluster) = loop {
+        let attempt = async {
+            let dcs = EtcdDcs::connect(&settings, timing.ttl, retry).await?;
+            let cluster = dcs.get_cluster().await?;
+            Ok::<_, patrol_dcs::DcsError>((dcs, cluster))
+        };
+        match attempt.await {
+            Ok(x) => break x,
+            Err(e) => {
+                tracing::error!("Can not get cluster from dcs: {e}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    let dcs = Arc::new(dcs);
+
+    // A second agent with the same name must not start (spec 5.1).
+    if let Some(m) = cluster.member(&cfg.name) {
+        if member_alive(&m.data.api_url).await {
+            anyhow::bail!(
+                "Can't start; there is already a node named '{}' running",
+                cfg.name
+            );
+        }
+    }
+
+    let listener = api::bind(&cfg).await?;
+    let shared = Arc::new(SharedState::default());
+    let ctx = Arc::new(ApiContext {
+        cfg: cfg.clone(),
+        shared: shared.clone(),
+    });
+    let api_task = tokio::spawn(api::serve(listener, ctx, shutdown.child_token()));
+    tracing::info!(
+        "patrol {} starting: member {} of cluster {} (prefix {})",
+        env!("CARGO_PKG_VERSION"),
+        cfg.name,
+        cfg.scope,
+        dcs.prefix()
+    );
+
+    let cluster_rx = dcs.watch_cluster();
+    let ha = Ha::new(cfg.clone(), dcs.clone(), shared);
+    let exit = ha.run(cluster_rx, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
+    match exit {
+        Exit::Shutdown => {
+            tracing::info!("patrol stopped");
+            Ok(())
+        }
+        Exit::Fatal(reason) => Err(anyhow::anyhow!(reason)),
+    }
+}
+
+/// Another process answers `GET /liveness` at the member's `api_url` within 3 s.
+async fn member_alive(api_url: &str) -> bool {
+    let Some(base) = api_url.strip_suffix("/patroni") else {
+        return false;
+    };
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    else {
+        return false;
+    };
+    match client.get(format!("{base}/liveness")).send().await {
+        Ok(r) => r.status().is_success(),
+        Err(_) => false,
+    }
+}
+
+fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("received SIGTERM"); token.cancel(); return; }
+                _ = int.recv() => { tracing::info!("received SIGINT"); token.cancel(); return; }
+                _ = hup.recv() => { tracing::warn!("SIGHUP: reloading the local configuration is not implemented yet; restart the agent to apply changes"); }
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! `Etcd`: a single-member etcd on free loopback ports with its own temp data dir, killed and
+//! removed on drop. Faults: `pause`/`resume` (SIGSTOP/SIGCONT), `kill`, `restart`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
+
+use crate::ports::free_port;
+use crate::process::Proc;
+use crate::util::{block_on_thread, random_u64, tail_lines};
+
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running single-member etcd (v3 API on `endpoint()`).
+#[derive(Debug)]
+pub struct Etcd {
+    // Field order matters: the process dies before its dir is removed.
+    proc: Proc,
+    extra_args: Vec<String>,
+    client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn etcd_binary() -> PathBuf {
+    let usr = Path::new("/usr/bin/etcd");
+    if usr.is_file() {
+        usr.to_path_buf()
+    } else {
+        PathBuf::from("etcd")
+    }
+}
+
+impl Etcd {
+    /// Starts etcd and waits (up to 20 s) until `/health` reports healthy.
+    pub fn start() -> anyhow::Result<Etcd> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Etcd::start`] with extra command-line flags (e.g. `--quota-backend-bytes=...`).
+    /// Retries with new ports if etcd exits early (a port taken between check and bind).
+    pub fn start_with(extra_args: &[&str]) -> anyhow::Result<Etcd> {
+        let mut dir = tempfile::Builder::new()
+            .prefix("patrol-etcd-")
+            .tempdir()
+            .context("creating etcd temp dir")?;
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut last_err = None;
+        for _ in 0..3 {
+            let client_port = free_port();
+            let peer_port = free_port();
+            let data = dir.path().join("data");
+            if data.exists() {
+                std::fs::remove_dir_all(&data)
+                    .with_context(|| format!("removing {}", data.display()))?;
+            }
+            let proc = spawn(dir.path(), client_port, peer_port, &extra_args)?;
+            let mut etcd = Etcd {
+                proc,
+                extra_args: extra_args.clone(),
+                client_port,
+                peer_port,
+                dir,
+            };
+            match etcd.wait_healthy(HEALTH_TIMEOUT) {
+                Ok(()) => return Ok(etcd),
+                Err(e) if !etcd.proc.is_running() => {
+                    last_err = Some(e);
+                    etcd.proc.kill();
+                    // Take the dir back out for the next attempt.
+                    let Etcd { dir: d, .. } = etcd;
+                    dir = d;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.expect("the loop ran at least once")).context("etcd did not start")
+    }
+
+    /// `http://127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:<client port>`, as Patroni's `etcd3.hosts` wants it.
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    pub fn peer_port(&self) -> u16 {
+        self.peer_port
+    }
+
+    pub fn proc(&self) -> &Proc {
+        &self.proc
+    }
+
+    /// Freezes etcd (SIGSTOP): connections stay open, requests hang.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.proc.signal(Signal::SIGSTOP)
+    }
+
+    /// Thaws etcd after [`Etcd::pause`] (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.proc.signal(Signal::SIGCONT)
+    }
+
+    /// SIGKILLs etcd; its data dir stays, so [`Etcd::restart`] brings the same data back.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Kills etcd if running and starts it again on the same ports and data, then waits
+    /// until healthy.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc.kill();
+        self.proc = spawn(
+            self.dir.path(),
+            self.client_port,
+            self.peer_port,
+            &self.extra_args,
+        )?;
+        self.wait_healthy(HEALTH_TIMEOUT)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        self.proc.log_path()
+    }
+
+    /// The last `n` lines of etcd's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail_lines(self.proc.log_path(), n)
+    }
+
+    /// A connected etcd v3 client.
+    pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        etcd_client::Client::connect([self.endpoint()], Some(opts))
+            .await
+            .with_context(|| format!("connecting to etcd at {}", self.endpoint()))
+    }
+
+    /// Polls `/health` until it says `"health":"true"`, failing early if etcd exits.
+    fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let url = format!("{}/health", self.endpoint());
+        let proc = &mut self.proc;
+        block_on_thread(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(1))
+                .build()?;
+            let deadline = Instant::now() + timeout;
+            loop {
+                if !proc.is_running() {
+                    bail!(
+                        "etcd exited ({:?}) before becoming healthy; log tail:\n{}",
+                        proc.exit_status(),
+                        proc.log_tail(30)
+                    );
+                }
+                let last = match http.get(&url).send().await {
+                    Ok(resp) => match resp.json::<serde_json::Value>().await {
+                        Ok(v) if v["health"] == "true" => return Ok(()),
+                        Ok(v) => format!("unhealthy: {v}"),
+                        Err(e) => format!("bad /health body: {e}"),
+                    },
+                    Err(e) => format!("GET {url}: {e}"),
+                };
+                if Instant::now() >= deadline {
+                    bail!(
+                        "etcd not healthy after {timeout:?} (last: {last}); log tail:\n{}",
+                        proc.log_tail(30)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })?
+    }
+}
+
+fn spawn(dir: &Path, client_port: u16, peer_port: u16, extra: &[String]) -> anyhow::Result<Proc> {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let mut cmd = Command::new(etcd_binary());
+    // Keep the developer's ETCD_* settings out of the test etcd.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ETCD") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("--name=default")
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=default={peer}"))
+        .arg("--initial-cluster-state=new")
+        .arg(format!("--initial-cluster-token=t{:016x}", random_u64()))
+        .arg("--logger=zap")
+        .arg("--log-outputs=stderr")
+        .args(extra)
+        .current_dir(dir);
+    Proc::spawn("etcd", cmd, dir.join("etcd.log"))
+}

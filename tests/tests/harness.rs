@@ -1,0 +1,275 @@
+//! Self-test of the harness library: etcd, ports, process cleanup, waiting, the agent user and
+//! the cluster scaffolding. Needs no agent binary.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use patrol_tests::{
+    as_agent_user, ensure_user, free_port, wait_until, Cluster, Etcd, Proc, Signal,
+};
+
+/// True if `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn etcd_serves_pauses_and_restarts_with_its_data() {
+    let mut etcd = Etcd::start().expect("etcd starts");
+    assert!(etcd.endpoint().starts_with("http://127.0.0.1:"));
+    let mut client = etcd.client().await.expect("client connects");
+    client.put("/harness/k", "v1", None).await.expect("put");
+    let resp = client.get("/harness/k", None).await.expect("get");
+    assert_eq!(resp.kvs()[0].value_str().expect("utf8"), "v1");
+
+    etcd.pause().expect("SIGSTOP");
+    let frozen =
+        tokio::time::timeout(Duration::from_millis(500), client.get("/harness/k", None)).await;
+    assert!(
+        frozen.is_err() || frozen.is_ok_and(|r| r.is_err()),
+        "paused etcd answered"
+    );
+    etcd.resume().expect("SIGCONT");
+    wait_until(
+        "etcd answers after SIGCONT",
+        Duration::from_secs(10),
+        || {
+            let mut c = client.clone();
+            async move { Ok(c.get("/harness/k", None).await.ok().map(|_| ())) }
+        },
+    )
+    .await
+    .expect("etcd resumes");
+
+    etcd.kill();
+    assert!(!etcd.proc().log_path().as_os_str().is_empty());
+    etcd.restart().expect("etcd restarts");
+    let mut client = etcd.client().await.expect("client reconnects");
+    let resp = client
+        .get("/harness/k", None)
+        .await
+        .expect("get after restart");
+    assert_eq!(resp.kvs()[0].value_str().expect("utf8"), "v1");
+    assert!(
+        etcd.log_tail(50).contains("serving client traffic"),
+        "{}",
+        etcd.log_tail(50)
+    );
+}
+
+#[test]
+fn free_ports_are_unique_and_bindable() {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let p = free_port();
+        assert!(seen.insert(p), "port {p} handed out twice");
+        std::net::TcpListener::bind(("127.0.0.1", p)).expect("handed-out port is bindable");
+    }
+}
+
+#[test]
+fn proc_drop_kills_the_process_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("sh.log");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "sleep 1000 & echo child=$!; wait"]);
+    let mut proc = Proc::spawn("sh", cmd, &log).expect("spawn");
+    let pid = proc.pid().as_raw();
+    assert!(proc.is_running());
+    let child: i32 = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(c) = proc.log().lines().find_map(|l| l.strip_prefix("child=")) {
+                break c.trim().parse().expect("numeric pid");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no child pid in log: {}",
+                proc.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(alive(child));
+    proc.signal(Signal::SIGSTOP).expect("SIGSTOP");
+    assert!(proc.is_running(), "stopped counts as running");
+    drop(proc);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "leader {pid} survived drop"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(child) {
+        assert!(
+            Instant::now() < deadline,
+            "group member {child} survived drop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn proc_reports_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "echo hello; exit 3"]);
+    let mut proc = Proc::spawn("sh", cmd, dir.path().join("log")).expect("spawn");
+    let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(3));
+    assert!(!proc.is_running());
+    assert!(proc.log().contains("hello"));
+    assert!(
+        proc.signal(Signal::SIGTERM).is_err(),
+        "signal after reaping must fail"
+    );
+}
+
+#[tokio::test]
+async fn wait_until_returns_value_or_names_what_timed_out() {
+    let mut n = 0;
+    let v = wait_until("third try", Duration::from_secs(5), || {
+        n += 1;
+        let n = n;
+        async move { Ok((n >= 3).then_some(n)) }
+    })
+    .await
+    .expect("succeeds");
+    assert_eq!(v, 3);
+
+    let err = wait_until::<(), _, _>(
+        "the moon to turn blue",
+        Duration::from_millis(400),
+        || async { anyhow::bail!("still white") },
+    )
+    .await
+    .expect_err("times out");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("the moon to turn blue"), "{msg}");
+    assert!(msg.contains("still white"), "{msg}");
+
+    let started = Instant::now();
+    let err = wait_until::<(), _, _>("a hung probe", Duration::from_millis(300), || async {
+        std::future::pending::<anyhow::Result<Option<()>>>().await
+    })
+    .await
+    .expect_err("times out");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a hung attempt must not outlive the deadline"
+    );
+    assert!(format!("{err:#}").contains("a hung probe"));
+}
+
+#[test]
+fn processes_run_as_the_agent_user_when_root() {
+    let user = ensure_user().expect("ensure_user");
+    if !nix::unistd::geteuid().is_root() {
+        assert_eq!(user, None);
+        return;
+    }
+    let user = user.expect("root gets an agent user");
+    assert!(!user.uid.is_root());
+    let looked_up = nix::unistd::User::from_name(&user.name)
+        .expect("lookup")
+        .expect("user exists");
+    assert_eq!(looked_up.uid, user.uid);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("id");
+    cmd.args(["-u"]);
+    as_agent_user(&mut cmd).expect("as_agent_user");
+    let mut proc = Proc::spawn("id", cmd, dir.path().join("id.log")).expect("spawn");
+    let status = proc.wait_exit(Duration::from_secs(10)).expect("id exits");
+    assert!(status.success(), "{}", proc.log());
+    let out = proc.log();
+    let uid = out.lines().last().expect("output").trim();
+    assert_eq!(uid, user.uid.to_string(), "log: {out}");
+}
+
+#[tokio::test]
+async fn cluster_scaffolding_and_cleanup() {
+    let cluster = Cluster::new(2).expect("cluster");
+    assert_eq!(cluster.len(), 2);
+    assert_eq!(cluster.name(1), "pg1");
+    assert_ne!(cluster.pg_port(0), cluster.pg_port(1));
+    assert_ne!(cluster.api_port(0), cluster.pg_port(0));
+
+    // The generated config is valid YAML with the expected shape.
+    let yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&cluster.config_yaml(1)).expect("valid YAML");
+    assert_eq!(yaml["scope"].as_str(), Some(cluster.scope()));
+    assert_eq!(yaml["namespace"].as_str(), Some("/service/"));
+    assert_eq!(yaml["name"].as_str(), Some("pg1"));
+    assert_eq!(
+        yaml["etcd3"]["hosts"][0].as_str(),
+        Some(cluster.etcd().host_port().as_str())
+    );
+    assert_eq!(
+        yaml["postgresql"]["listen"].as_str(),
+        Some(format!("127.0.0.1:{}", cluster.pg_port(1)).as_str())
+    );
+    assert_eq!(
+        yaml["postgresql"]["data_dir"].as_str(),
+        Some(cluster.data_dir(1).to_str().expect("utf8"))
+    );
+    assert_eq!(yaml["bootstrap"]["dcs"]["ttl"].as_u64(), Some(10));
+    assert_eq!(
+        yaml["bootstrap"]["initdb"][1].as_str(),
+        Some("data-checksums")
+    );
+
+    // Node dirs belong to the agent user.
+    if let Some(user) = ensure_user().expect("user") {
+        for p in [cluster.root(), cluster.node_dir(0)] {
+            let meta = std::fs::metadata(p).expect("stat");
+            assert_eq!(meta.uid(), user.uid.as_raw(), "{}", p.display());
+        }
+    }
+
+    assert!(cluster
+        .etcd_get_prefix()
+        .await
+        .expect("get prefix")
+        .is_empty());
+    let mut client = cluster.etcd().client().await.expect("client");
+    let key = format!("{}leader", cluster.prefix());
+    client.put(key.as_str(), "pg0", None).await.expect("put");
+    assert_eq!(
+        cluster.leader().await.expect("leader").as_deref(),
+        Some("pg0")
+    );
+    assert_eq!(
+        cluster.etcd_get_prefix().await.expect("get prefix"),
+        vec![(key, "pg0".to_owned())]
+    );
+
+    // A stray process in a node dir (think: a postmaster) dies with the cluster.
+    let mut stray = Command::new("sleep")
+        .arg("1000")
+        .current_dir(cluster.node_dir(1))
+        .process_group(0)
+        .spawn()
+        .expect("spawn stray");
+    drop(cluster);
+    let status = stray.try_wait().expect("try_wait");
+    let status = match status {
+        Some(s) => s,
+        None => {
+            std::thread::sleep(Duration::from_millis(200));
+            stray
+                .try_wait()
+                .expect("try_wait")
+                .expect("stray killed by Cluster drop")
+        }
+    };
+    assert!(!status.success());
+}
