@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod ctl;
 pub mod ha;
 pub mod logging;
 pub mod postgres;

@@ -610,7 +610,7 @@ impl Timing {
         let mut loop_wait = loop_wait.max(1);
         let mut retry_timeout = retry_timeout.max(1);
         if loop_wait + 2 * retry_timeout > ttl {
-            if 1 + 2 * retry_timeout <= ttl {
+            if 2 * retry_timeout < ttl {
                 loop_wait = ttl - 2 * retry_timeout;
             } else {
                 loop_wait = 1;
@@ -793,14 +793,12 @@ impl Cluster {
                 continue;
             }
             match k {
-                keys::LEADER => {
-                    if !kv.value.is_empty() {
-                        c.leader = Some(Leader {
-                            name: kv.value.clone(),
-                            version: kv.mod_revision,
-                            session: kv.lease,
-                        })
-                    }
+                keys::LEADER if !kv.value.is_empty() => {
+                    c.leader = Some(Leader {
+                        name: kv.value.clone(),
+                        version: kv.mod_revision,
+                        session: kv.lease,
+                    })
                 }
                 keys::INITIALIZE => c.initialize = Some(kv.value.clone()),
                 keys::CONFIG => {

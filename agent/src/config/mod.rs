@@ -92,6 +92,45 @@ pub fn load(
     Ok(Loaded { config, warnings })
 }
 
+/// What a client (`patrolctl`) needs from a configuration file: the DCS, namespace and scope.
+/// Like patronictl, it reads the file and `PATRONI_*` overrides without validating the rest.
+#[derive(Debug, Clone)]
+pub struct CtlTarget {
+    pub endpoints: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub namespace: String,
+    pub scope: Option<String>,
+}
+
+pub fn load_ctl(
+    source: ConfigSource<'_>,
+    env: &BTreeMap<String, String>,
+) -> Result<CtlTarget, ConfigError> {
+    let mut warnings = Vec::new();
+    let mut doc = match source {
+        ConfigSource::File(path) => source::read_path(path)?.0,
+        ConfigSource::EnvOnly => Map::new(),
+    };
+    apply_env(&mut doc, env, &mut warnings);
+    let etcd = parse::parse_dcs(&doc, &mut warnings)?;
+    let namespace = match doc.get("namespace") {
+        Some(Value::String(ns)) => parse::normalise_namespace(ns),
+        _ => "/service".to_string(),
+    };
+    let scope = match doc.get("scope") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    Ok(CtlTarget {
+        endpoints: etcd.endpoints,
+        username: etcd.username,
+        password: etcd.password,
+        namespace,
+        scope,
+    })
+}
+
 fn apply_env(
     doc: &mut Map<String, Value>,
     env: &BTreeMap<String, String>,

@@ -361,7 +361,7 @@ fn format_options(
 
 /// Normalise a namespace to `/name` form: `/service/`, `service` and `service/` all give
 /// `/service`; empty or `/` gives `/` (keys then live directly under `/<scope>`).
-fn normalise_namespace(ns: &str) -> String {
+pub(crate) fn normalise_namespace(ns: &str) -> String {
     let parts: Vec<&str> = ns.split('/').filter(|p| !p.is_empty()).collect();
     format!("/{}", parts.join("/"))
 }
@@ -494,8 +494,12 @@ pub(crate) fn build(doc: &Map<String, Value>, home: &str) -> Result<(Config, Vec
         },
     };
     let scope = req_str(doc, "", "scope")?;
-    let namespace =
-        normalise_namespace(&opt_str(doc, "", "namespace")?.unwrap_or_else(|| "/service/".into()));
+    // An empty namespace is the root (Patroni joins it as is), unlike other empty strings.
+    let namespace = match get(doc, "namespace") {
+        None => "/service".to_string(),
+        Some(Value::String(s)) => normalise_namespace(s),
+        Some(_) => normalise_namespace(&req_str(doc, "", "namespace")?),
+    };
 
     let restapi = parse_restapi(doc, &mut w)?;
     let ctl = parse_ctl(doc, &mut w)?;
@@ -639,7 +643,7 @@ fn parse_ctl(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Ctl> {
     })
 }
 
-fn parse_dcs(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Etcd> {
+pub(crate) fn parse_dcs(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Etcd> {
     let has = |k: &str| doc.contains_key(k);
     let others: Vec<&str> = OTHER_DCS.iter().copied().filter(|k| has(k)).collect();
     let section = if has("etcd3") {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::*;
 
@@ -235,7 +235,10 @@ fn seed_example_loads_with_v2_warning() {
     assert_eq!(c.namespace, "/service");
     assert_eq!(c.base_path(), "/service/batman");
     assert_eq!(c.restapi.listen.to_string(), "192.168.137.108:8008");
-    assert_eq!(c.restapi.connect_address.to_string(), "192.168.137.108:8008");
+    assert_eq!(
+        c.restapi.connect_address.to_string(),
+        "192.168.137.108:8008"
+    );
     assert_eq!(c.etcd.endpoints, vec!["http://192.168.137.108:2379"]);
     assert_warning(&loaded, "etcd v3 API only");
     assert_warning(&loaded, "v3 keyspace");
@@ -264,9 +267,18 @@ fn seed_example_loads_with_v2_warning() {
     assert_eq!(pg.bin("pg_ctl"), PathBuf::from("/home/postgres/bin/pg_ctl"));
     assert_eq!(pg.pgpass, PathBuf::from("/tmp/pgpass"));
     assert_eq!(pg.authentication.superuser.username, "postgres");
-    assert_eq!(pg.authentication.superuser.password.as_deref(), Some("zalando"));
+    assert_eq!(
+        pg.authentication.superuser.password.as_deref(),
+        Some("zalando")
+    );
     assert_eq!(pg.authentication.replication.username, "replicator");
-    assert_eq!(pg.authentication.rewind.as_ref().map(|r| r.username.as_str()), Some("rewind"));
+    assert_eq!(
+        pg.authentication
+            .rewind
+            .as_ref()
+            .map(|r| r.username.as_str()),
+        Some("rewind")
+    );
     assert_eq!(pg.basebackup, vec!["--max-rate=100M"]);
     assert_eq!(pg.create_replica_methods, vec!["basebackup"]);
     assert_eq!(pg.database, "postgres");
@@ -280,7 +292,10 @@ fn seed_example_loads_with_v2_warning() {
     assert_warning(&loaded, "postgresql.parameters.wal_level is ignored");
     assert_warning(&loaded, "postgresql.parameters.max_wal_senders is ignored");
     // ...but the raw document is the file as written.
-    assert_eq!(c.raw["postgresql"]["parameters"]["wal_level"], json!("hot_standby"));
+    assert_eq!(
+        c.raw["postgresql"]["parameters"]["wal_level"],
+        json!("hot_standby")
+    );
     assert!(c.tags.is_empty());
 }
 
@@ -299,7 +314,10 @@ fn postgres0_style_config_loads() {
         })
     );
     assert!(!c.ctl.insecure);
-    assert_eq!(c.bootstrap.initdb, vec!["--encoding=UTF8", "--data-checksums"]);
+    assert_eq!(
+        c.bootstrap.initdb,
+        vec!["--encoding=UTF8", "--data-checksums"]
+    );
     assert_eq!(c.bootstrap.pg_hba.len(), 2);
     assert_eq!(c.bootstrap.dcs["loop_wait"], json!(10));
     assert_eq!(
@@ -310,7 +328,11 @@ fn postgres0_style_config_loads() {
     assert_eq!(c.postgresql.data_dir, PathBuf::from("data/postgresql0"));
     assert_eq!(c.postgresql.bin("initdb"), PathBuf::from("initdb"));
     assert_eq!(
-        c.postgresql.authentication.rewind.as_ref().map(|r| r.username.as_str()),
+        c.postgresql
+            .authentication
+            .rewind
+            .as_ref()
+            .map(|r| r.username.as_str()),
         Some("rewind_user")
     );
     assert_eq!(
@@ -332,9 +354,18 @@ fn unknown_keys_produce_warnings_naming_them() {
     let mut yaml = MINIMAL.to_string();
     yaml.push_str("frobnicate: 1\nrestapi_typo: {}\n");
     let yaml = yaml
-        .replace("  listen: 127.0.0.1:8008\n", "  listen: 127.0.0.1:8008\n  lisen: x\n")
-        .replace("  data_dir: /data\n", "  data_dir: /data\n  datadir: /x\n  callbacks:\n    on_strat: /bin/true\n")
-        .replace("      username: replicator\n", "      username: replicator\n      passwrod: x\n");
+        .replace(
+            "  listen: 127.0.0.1:8008\n",
+            "  listen: 127.0.0.1:8008\n  lisen: x\n",
+        )
+        .replace(
+            "  data_dir: /data\n",
+            "  data_dir: /data\n  datadir: /x\n  callbacks:\n    on_strat: /bin/true\n",
+        )
+        .replace(
+            "      username: replicator\n",
+            "      username: replicator\n      passwrod: x\n",
+        );
     let loaded = load_ok(&yaml, &[]);
     for key in [
         "frobnicate",
@@ -403,18 +434,33 @@ fn env_restapi_overrides() {
             ("PATRONI_RESTAPI_ALLOWLIST", "127.0.0.1,10.0.0.0/8"),
             ("PATRONI_RESTAPI_ALLOWLIST_INCLUDE_MEMBERS", "on"),
             ("PATRONI_RESTAPI_REQUEST_QUEUE_SIZE", "7"),
-            ("PATRONI_RESTAPI_HTTP_EXTRA_HEADERS", "X-Frame-Options: SAMEORIGIN"),
-            ("PATRONI_RESTAPI_HTTPS_EXTRA_HEADERS", "{Strict-Transport-Security: max-age=3}"),
+            (
+                "PATRONI_RESTAPI_HTTP_EXTRA_HEADERS",
+                "X-Frame-Options: SAMEORIGIN",
+            ),
+            (
+                "PATRONI_RESTAPI_HTTPS_EXTRA_HEADERS",
+                "{Strict-Transport-Security: max-age=3}",
+            ),
             ("PATRONI_RESTAPI_SERVER_TOKENS", "Minimal"),
         ],
     )
     .config;
     let r = &c.restapi;
-    assert_eq!(r.listen, HostPort { host: "0.0.0.0".into(), port: 8009 });
+    assert_eq!(
+        r.listen,
+        HostPort {
+            host: "0.0.0.0".into(),
+            port: 8009
+        }
+    );
     assert_eq!(r.connect_address.to_string(), "10.0.0.1:8009");
     assert_eq!(
         r.authentication,
-        Some(Credentials { username: "admin".into(), password: "secret".into() })
+        Some(Credentials {
+            username: "admin".into(),
+            password: "secret".into()
+        })
     );
     assert_eq!(r.certfile.as_deref(), Some(Path::new("/etc/cert.pem")));
     assert_eq!(r.keyfile.as_deref(), Some(Path::new("/etc/key.pem")));
@@ -425,7 +471,10 @@ fn env_restapi_overrides() {
     assert_eq!(r.allowlist, vec!["127.0.0.1", "10.0.0.0/8"]);
     assert!(r.allowlist_include_members);
     assert_eq!(r.request_queue_size, 7);
-    assert_eq!(Value::Object(r.http_extra_headers.clone()), json!({"X-Frame-Options": "SAMEORIGIN"}));
+    assert_eq!(
+        Value::Object(r.http_extra_headers.clone()),
+        json!({"X-Frame-Options": "SAMEORIGIN"})
+    );
     assert_eq!(
         Value::Object(r.https_extra_headers.clone()),
         json!({"Strict-Transport-Security": "max-age=3"})
@@ -455,7 +504,10 @@ fn env_ctl_overrides() {
     assert_eq!(c.ctl.keyfile_password.as_deref(), Some("kp"));
     assert_eq!(
         c.ctl.authentication,
-        Some(Credentials { username: "u".into(), password: "p".into() })
+        Some(Credentials {
+            username: "u".into(),
+            password: "p".into()
+        })
     );
 }
 
@@ -485,9 +537,18 @@ fn env_postgresql_overrides() {
     assert_eq!(pg.data_dir, PathBuf::from("/pg/data"));
     assert_eq!(pg.config_dir, PathBuf::from("/pg/conf"));
     assert_eq!(pg.pgpass, PathBuf::from("/pg/pgpass"));
-    assert_eq!(pg.bin("pg_ctl"), PathBuf::from("/usr/lib/postgresql/16/bin/pg_ctl.wrapper"));
-    assert_eq!(pg.bin("postgres"), PathBuf::from("/usr/lib/postgresql/16/bin/postgres16"));
-    assert_eq!(pg.bin("initdb"), PathBuf::from("/usr/lib/postgresql/16/bin/initdb"));
+    assert_eq!(
+        pg.bin("pg_ctl"),
+        PathBuf::from("/usr/lib/postgresql/16/bin/pg_ctl.wrapper")
+    );
+    assert_eq!(
+        pg.bin("postgres"),
+        PathBuf::from("/usr/lib/postgresql/16/bin/postgres16")
+    );
+    assert_eq!(
+        pg.bin("initdb"),
+        PathBuf::from("/usr/lib/postgresql/16/bin/initdb")
+    );
 }
 
 #[test]
@@ -509,14 +570,23 @@ fn env_credentials_overrides() {
     let a = &c.postgresql.authentication;
     assert_eq!(a.superuser.username, "admin");
     assert_eq!(a.superuser.password.as_deref(), Some("supw"));
-    assert_eq!(a.superuser.extra.get("sslmode").map(String::as_str), Some("verify-full"));
+    assert_eq!(
+        a.superuser.extra.get("sslmode").map(String::as_str),
+        Some("verify-full")
+    );
     // The file's username stays; the environment adds the password.
     assert_eq!(a.replication.username, "replicator");
     assert_eq!(a.replication.password.as_deref(), Some("reppw"));
-    assert_eq!(a.replication.extra.get("sslrootcert").map(String::as_str), Some("/root.crt"));
+    assert_eq!(
+        a.replication.extra.get("sslrootcert").map(String::as_str),
+        Some("/root.crt")
+    );
     let rewind = a.rewind.as_ref().expect("rewind from env");
     assert_eq!(rewind.username, "rewinder");
-    assert_eq!(rewind.extra.get("channel_binding").map(String::as_str), Some("require"));
+    assert_eq!(
+        rewind.extra.get("channel_binding").map(String::as_str),
+        Some("require")
+    );
 }
 
 #[test]
@@ -546,7 +616,11 @@ fn env_etcd3_overrides() {
     assert_eq!(c.etcd.password.as_deref(), Some("etcdpw"));
 
     // Unquoted comma list, and a YAML list.
-    for hosts in ["10.0.0.1:2379,10.0.0.2:2380", "- 10.0.0.1:2379\n- 10.0.0.2:2380", "[10.0.0.1:2379, 10.0.0.2:2380]"] {
+    for hosts in [
+        "10.0.0.1:2379,10.0.0.2:2380",
+        "- 10.0.0.1:2379\n- 10.0.0.2:2380",
+        "[10.0.0.1:2379, 10.0.0.2:2380]",
+    ] {
         let c = load_ok(MINIMAL, &[("PATRONI_ETCD3_HOSTS", hosts)]).config;
         assert_eq!(
             c.etcd.endpoints,
@@ -555,19 +629,36 @@ fn env_etcd3_overrides() {
         );
     }
 
-    let c = load_ok(MINIMAL, &[("PATRONI_ETCD3_URL", "https://u:p@etcd.local:2381/v3")]).config;
+    let c = load_ok(
+        MINIMAL,
+        &[("PATRONI_ETCD3_URL", "https://u:p@etcd.local:2381/v3")],
+    )
+    .config;
     assert_eq!(c.etcd.endpoints, vec!["https://etcd.local:2381"]);
     assert_eq!(c.etcd.username.as_deref(), Some("u"));
     assert_eq!(c.etcd.password.as_deref(), Some("p"));
 
-    let c = load_ok(MINIMAL, &[("PATRONI_ETCD3_HOST", "etcd.local"), ("PATRONI_ETCD3_PORT", "2390")]).config;
+    let c = load_ok(
+        MINIMAL,
+        &[
+            ("PATRONI_ETCD3_HOST", "etcd.local"),
+            ("PATRONI_ETCD3_PORT", "2390"),
+        ],
+    )
+    .config;
     assert_eq!(c.etcd.endpoints, vec!["http://etcd.local:2390"]);
 }
 
 #[test]
 fn env_etcd_v2_section_is_used_with_warning() {
     let yaml = MINIMAL.replace("etcd3:\n  host: 127.0.0.1:2379\n", "");
-    let loaded = load_ok(&yaml, &[("PATRONI_ETCD_HOST", "10.1.1.1:2379"), ("PATRONI_ETCD_USERNAME", "v2user")]);
+    let loaded = load_ok(
+        &yaml,
+        &[
+            ("PATRONI_ETCD_HOST", "10.1.1.1:2379"),
+            ("PATRONI_ETCD_USERNAME", "v2user"),
+        ],
+    );
     assert_eq!(loaded.config.etcd.endpoints, vec!["http://10.1.1.1:2379"]);
     assert_eq!(loaded.config.etcd.username.as_deref(), Some("v2user"));
     assert_warning(&loaded, "etcd v3 API only");
@@ -576,7 +667,10 @@ fn env_etcd_v2_section_is_used_with_warning() {
 #[test]
 fn env_etcd_auth_without_section_is_ignored_with_warning() {
     let loaded = load_ok(MINIMAL, &[("PATRONI_ETCD_PASSWORD", "x")]);
-    assert_warning(&loaded, "PATRONI_ETCD_PASSWORD ignored: there is no etcd section");
+    assert_warning(
+        &loaded,
+        "PATRONI_ETCD_PASSWORD ignored: there is no etcd section",
+    );
     assert!(loaded.config.etcd.password.is_none());
 }
 
@@ -593,9 +687,15 @@ fn env_bad_typed_values_and_unknown_variables_warn() {
         ],
     );
     assert_warning(&loaded, "PATRONI_CTL_INSECURE: 'maybe' is not a boolean");
-    assert_warning(&loaded, "PATRONI_RESTAPI_REQUEST_QUEUE_SIZE: 'many' is not an integer");
+    assert_warning(
+        &loaded,
+        "PATRONI_RESTAPI_REQUEST_QUEUE_SIZE: 'many' is not an integer",
+    );
     assert_warning(&loaded, "PATRONI_ETCD3_PORT: 'x' is not an integer");
-    assert_warning(&loaded, "PATRONI_POSTGRESQL_DATADIR is not a Patroni setting");
+    assert_warning(
+        &loaded,
+        "PATRONI_POSTGRESQL_DATADIR is not a Patroni setting",
+    );
     assert!(!loaded.config.ctl.insecure);
     assert_eq!(loaded.config.postgresql.data_dir, PathBuf::from("/data"));
     // An empty variable counts as unset.
@@ -650,7 +750,10 @@ fn env_only_configuration() {
 
     // Nothing at all: the first missing key is named.
     let err = load(ConfigSource::EnvOnly, &no_env()).expect_err("empty environment");
-    assert_eq!(err.to_string(), "invalid configuration: name: missing (required)");
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: name: missing (required)"
+    );
 }
 
 #[test]
@@ -660,13 +763,19 @@ fn patroni_configuration_variable_is_the_whole_yaml() {
         // Ignored: PATRONI_CONFIGURATION is the whole configuration.
         ("PATRONI_NAME", "other"),
     ];
-    let c = load(ConfigSource::EnvOnly, &env(&vars)).expect("loads").config;
+    let c = load(ConfigSource::EnvOnly, &env(&vars))
+        .expect("loads")
+        .config;
     assert_eq!(c.name, "postgresql0");
 
-    let err = load(ConfigSource::EnvOnly, &env(&[("PATRONI_CONFIGURATION", "a: [")]))
-        .expect_err("bad YAML");
+    let err = load(
+        ConfigSource::EnvOnly,
+        &env(&[("PATRONI_CONFIGURATION", "a: [")]),
+    )
+    .expect_err("bad YAML");
     assert!(
-        err.to_string().starts_with("invalid YAML in PATRONI_CONFIGURATION:"),
+        err.to_string()
+            .starts_with("invalid YAML in PATRONI_CONFIGURATION:"),
         "{err}"
     );
 
@@ -691,7 +800,11 @@ fn directory_source_merges_sorted_files() {
     .expect("write");
     std::fs::write(d.join("30-ignored.txt"), "name: nope\n").expect("write");
     std::fs::create_dir(d.join("40-dir.yml")).expect("mkdir");
-    std::fs::write(d.join("05-first.yml"), "name: overwritten\nscope: overwritten\n").expect("write");
+    std::fs::write(
+        d.join("05-first.yml"),
+        "name: overwritten\nscope: overwritten\n",
+    )
+    .expect("write");
 
     let loaded = load(ConfigSource::File(d), &no_env()).expect("directory loads");
     let c = &loaded.config;
@@ -706,7 +819,13 @@ fn directory_source_merges_sorted_files() {
         Value::Object(c.tags.clone()),
         json!({"nofailover": false, "noloadbalance": false, "clonefrom": false, "nosync": true})
     );
-    assert_eq!(c.restapi.authentication.as_ref().map(|a| a.username.as_str()), Some("username"));
+    assert_eq!(
+        c.restapi
+            .authentication
+            .as_ref()
+            .map(|a| a.username.as_str()),
+        Some("username")
+    );
 
     // Environment still applies on top of a directory.
     let c = load(ConfigSource::File(d), &env(&[("PATRONI_NAME", "envname")]))
@@ -719,13 +838,19 @@ fn directory_source_merges_sorted_files() {
 fn empty_directory_warns_then_fails_on_missing_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let err = load(ConfigSource::File(dir.path()), &no_env()).expect_err("nothing configured");
-    assert_eq!(err.to_string(), "invalid configuration: name: missing (required)");
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: name: missing (required)"
+    );
 }
 
 #[test]
 fn missing_file_error_names_the_path() {
-    let err = load(ConfigSource::File(Path::new("/nonexistent/patroni.yml")), &no_env())
-        .expect_err("missing file");
+    let err = load(
+        ConfigSource::File(Path::new("/nonexistent/patroni.yml")),
+        &no_env(),
+    )
+    .expect_err("missing file");
     assert!(matches!(err, ConfigError::Io { .. }));
     let msg = err.to_string();
     assert!(msg.contains("/nonexistent/patroni.yml"), "{msg}");
@@ -751,7 +876,10 @@ fn yaml_anchors_and_merge_keys_work() {
     let loaded = load_ok(&yaml, &[]);
     assert_eq!(
         loaded.config.ctl.authentication,
-        Some(Credentials { username: "admin".into(), password: "other".into() })
+        Some(Credentials {
+            username: "admin".into(),
+            password: "other".into()
+        })
     );
     assert_warning(&loaded, "unknown configuration key x-auth");
 }
@@ -837,7 +965,7 @@ fn validation_errors_name_their_key() {
     ];
     let mut failures = Vec::new();
     for (path, value, expected) in cases {
-        let yaml = if *path == "etcd3.srv" || *path == "etcd3.protocol" && false {
+        let yaml = if *path == "etcd3.srv" {
             minimal_with("etcd3", &format!("{{srv: {value}}}"))
         } else {
             minimal_with(path, value)
@@ -858,9 +986,15 @@ fn validation_errors_name_their_key() {
 
 #[test]
 fn other_dcs_only_is_an_error_naming_it() {
-    let yaml = MINIMAL.replace("etcd3:\n  host: 127.0.0.1:2379\n", "consul:\n  host: 127.0.0.1:8500\n");
+    let yaml = MINIMAL.replace(
+        "etcd3:\n  host: 127.0.0.1:2379\n",
+        "consul:\n  host: 127.0.0.1:8500\n",
+    );
     let err = load_err(&yaml, &[]);
-    assert!(err.starts_with("invalid configuration: consul: Patrol supports only etcd"), "{err}");
+    assert!(
+        err.starts_with("invalid configuration: consul: Patrol supports only etcd"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -899,13 +1033,21 @@ fn namespace_is_normalised() {
 #[test]
 fn host_port_parses_and_displays() {
     let hp: HostPort = "[::1]:8008".parse().expect("v6");
-    assert_eq!(hp, HostPort { host: "::1".into(), port: 8008 });
+    assert_eq!(
+        hp,
+        HostPort {
+            host: "::1".into(),
+            port: 8008
+        }
+    );
     assert_eq!(hp.to_string(), "[::1]:8008");
     let hp: HostPort = "db.example.com:5432".parse().expect("name");
     assert_eq!(hp.to_string(), "db.example.com:5432");
     let hp: HostPort = ":8008".parse().expect("empty host");
     assert_eq!(hp.host, "");
-    for bad in ["abc", "a:b", "[::1]", "a,b:1", "h:0", "h:65536", "h :1", "[::1:80", ""] {
+    for bad in [
+        "abc", "a:b", "[::1]", "a,b:1", "h:0", "h:65536", "h x:1", "[::1:80", "",
+    ] {
         assert!(bad.parse::<HostPort>().is_err(), "{bad:?} should not parse");
     }
 
@@ -917,7 +1059,12 @@ fn host_port_parses_and_displays() {
 #[test]
 fn postgresql_listen_forms() {
     for (listen, addrs, port, connect) in [
-        ("'127.0.0.1,127.0.0.2:5432'", "127.0.0.1,127.0.0.2", 5432, "127.0.0.1:5432"),
+        (
+            "'127.0.0.1,127.0.0.2:5432'",
+            "127.0.0.1,127.0.0.2",
+            5432,
+            "127.0.0.1:5432",
+        ),
         ("'10.0.0.5'", "10.0.0.5", 5432, "10.0.0.5:5432"),
         ("'[::1]:5433'", "::1", 5433, "[::1]:5433"),
         ("'0.0.0.0:5434'", "0.0.0.0", 5434, "127.0.0.1:5434"),
@@ -933,7 +1080,10 @@ fn postgresql_listen_forms() {
 #[test]
 fn restapi_wildcard_listen_without_connect_address_warns() {
     let loaded = load_ok(&minimal_with("restapi.listen", "'0.0.0.0:8008'"), &[]);
-    assert_eq!(loaded.config.restapi.connect_address.to_string(), "0.0.0.0:8008");
+    assert_eq!(
+        loaded.config.restapi.connect_address.to_string(),
+        "0.0.0.0:8008"
+    );
     assert_warning(&loaded, "restapi.connect_address is not set");
 }
 
@@ -960,9 +1110,12 @@ fn postgresql_defaults() {
     assert_eq!(c.bootstrap.method, "initdb");
 
     // Without HOME the pgpass goes to /tmp.
-    let c = load(ConfigSource::EnvOnly, &env(&[("PATRONI_CONFIGURATION", MINIMAL)]))
-        .expect("loads")
-        .config;
+    let c = load(
+        ConfigSource::EnvOnly,
+        &env(&[("PATRONI_CONFIGURATION", MINIMAL)]),
+    )
+    .expect("loads")
+    .config;
     assert_eq!(c.postgresql.pgpass, PathBuf::from("/tmp/pgpass"));
 }
 
@@ -986,7 +1139,10 @@ fn postgresql_optional_fields() {
         vec!["on_role_change", "on_start"]
     );
     assert_eq!(pg.recovery_conf["restore_command"], json!("cp /a/%f %p"));
-    assert_eq!(pg.pg_hba.as_deref(), Some(&["host all all 0.0.0.0/0 md5".to_string()][..]));
+    assert_eq!(
+        pg.pg_hba.as_deref(),
+        Some(&["host all all 0.0.0.0/0 md5".to_string()][..])
+    );
     assert_eq!(pg.pg_ident.as_deref(), Some(&["map a b".to_string()][..]));
     assert_eq!(pg.custom_conf.as_deref(), Some(Path::new("/etc/pg.conf")));
     assert_eq!(pg.pre_promote.as_deref(), Some("/bin/pre"));
@@ -1003,7 +1159,11 @@ fn option_lists_are_formatted() {
     let c = load_ok(&yaml, &[]).config;
     assert_eq!(
         c.bootstrap.initdb,
-        vec!["--encoding=UTF8", "--locale=en_US.UTF-8", "--data-checksums"]
+        vec![
+            "--encoding=UTF8",
+            "--locale=en_US.UTF-8",
+            "--data-checksums"
+        ]
     );
 
     let yaml = format!(
@@ -1015,11 +1175,19 @@ fn option_lists_are_formatted() {
         vec!["--max-rate=100M", "--checkpoint=fast", "--compress=9"]
     );
 
-    let yaml = format!("{MINIMAL}  basebackup:\n    - verbose\n    - wal-method: fetch\n    - pgdata: /x\n");
+    let yaml = format!(
+        "{MINIMAL}  basebackup:\n    - verbose\n    - wal-method: fetch\n    - pgdata: /x\n"
+    );
     let loaded = load_ok(&yaml, &[]);
     assert_eq!(loaded.config.postgresql.basebackup, vec!["--verbose"]);
-    assert_warning(&loaded, "postgresql.basebackup: option 'wal-method' is not allowed");
-    assert_warning(&loaded, "postgresql.basebackup: option 'pgdata' is not allowed");
+    assert_warning(
+        &loaded,
+        "postgresql.basebackup: option 'wal-method' is not allowed",
+    );
+    assert_warning(
+        &loaded,
+        "postgresql.basebackup: option 'pgdata' is not allowed",
+    );
 }
 
 #[test]
@@ -1042,7 +1210,11 @@ fn bootstrap_section_details() {
     assert_eq!(b.dcs["postgresql"]["use_slots"], json!(false));
     assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
 
-    let c = load_ok(&minimal_with("bootstrap.dcs.synchronous_mode", "quorum"), &[]).config;
+    let c = load_ok(
+        &minimal_with("bootstrap.dcs.synchronous_mode", "quorum"),
+        &[],
+    )
+    .config;
     assert_eq!(c.bootstrap.dcs["synchronous_mode"], json!("quorum"));
 
     // A custom method without a command falls back to initdb.
@@ -1052,8 +1224,18 @@ fn bootstrap_section_details() {
     assert_warning(&loaded, "bootstrap.wal_g.command is not set");
 
     // `bootstrap: {}` is present; Patroni drops a top-level null, so `bootstrap:` is not.
-    assert!(load_ok(&format!("{MINIMAL}bootstrap: {{}}\n"), &[]).config.bootstrap.present);
-    assert!(!load_ok(&format!("{MINIMAL}bootstrap:\n"), &[]).config.bootstrap.present);
+    assert!(
+        load_ok(&format!("{MINIMAL}bootstrap: {{}}\n"), &[])
+            .config
+            .bootstrap
+            .present
+    );
+    assert!(
+        !load_ok(&format!("{MINIMAL}bootstrap:\n"), &[])
+            .config
+            .bootstrap
+            .present
+    );
 
     let c = load_ok(&minimal_with("bootstrap.post_bootstrap", "/bin/pb"), &[]).config;
     assert_eq!(c.bootstrap.post_bootstrap.as_deref(), Some("/bin/pb"));
@@ -1066,23 +1248,44 @@ fn custom_replica_methods() {
     );
     let loaded = load_ok(&yaml, &[]);
     let pg = &loaded.config.postgresql;
-    assert_eq!(pg.create_replica_methods, vec!["wal_e", "basebackup", "missing"]);
-    assert_eq!(pg.replica_methods["wal_e"]["command"], json!("/bin/wale_restore"));
+    assert_eq!(
+        pg.create_replica_methods,
+        vec!["wal_e", "basebackup", "missing"]
+    );
+    assert_eq!(
+        pg.replica_methods["wal_e"]["command"],
+        json!("/bin/wale_restore")
+    );
     assert!(pg.replica_methods.get("missing").is_none());
     assert_warning(&loaded, "postgresql.missing.command is not set");
-    assert!(!has_warning(&loaded, "unknown configuration key postgresql.wal_e"));
+    assert!(!has_warning(
+        &loaded,
+        "unknown configuration key postgresql.wal_e"
+    ));
 }
 
 #[test]
 fn etcd_endpoint_forms() {
     for (section, want) in [
         ("{host: 'etcd1'}", vec!["http://etcd1:2379"]),
-        ("{host: 'etcd1:2400', port: 2500}", vec!["http://etcd1:2500"]),
-        ("{hosts: 'a:1,b', port: 3000}", vec!["http://a:1", "http://b:3000"]),
-        ("{hosts: ['a:1', '[::1]:2'], protocol: https}", vec!["https://a:1", "https://[::1]:2"]),
+        (
+            "{host: 'etcd1:2400', port: 2500}",
+            vec!["http://etcd1:2500"],
+        ),
+        (
+            "{hosts: 'a:1,b', port: 3000}",
+            vec!["http://a:1", "http://b:3000"],
+        ),
+        (
+            "{hosts: ['a:1', '[::1]:2'], protocol: https}",
+            vec!["https://a:1", "https://[::1]:2"],
+        ),
         ("{url: 'http://etcd'}", vec!["http://etcd:2379"]),
         ("{proxy: 'http://proxy:2379'}", vec!["http://proxy:2379"]),
-        ("{url: 'https://x:1', hosts: ['a:2'], host: 'b:3'}", vec!["https://x:1"]),
+        (
+            "{url: 'https://x:1', hosts: ['a:2'], host: 'b:3'}",
+            vec!["https://x:1"],
+        ),
     ] {
         let c = load_ok(&minimal_with("etcd3", section), &[]).config;
         assert_eq!(c.etcd.endpoints, want, "etcd3: {section}");
@@ -1105,8 +1308,17 @@ fn tags_keep_order_and_types() {
     assert_eq!(
         keys,
         vec![
-            "zone", "nofailover", "rack", "weight", "replicatefrom", "extra", "clonefrom",
-            "failover_priority", "noloadbalance", "nosync", "nostream"
+            "zone",
+            "nofailover",
+            "rack",
+            "weight",
+            "replicatefrom",
+            "extra",
+            "clonefrom",
+            "failover_priority",
+            "noloadbalance",
+            "nosync",
+            "nostream"
         ]
     );
     assert_eq!(c.tags["zone"], json!("eu-1"));
@@ -1141,7 +1353,11 @@ fn contradictory_tags_warn_with_patroni_text() {
         &format!("{MINIMAL}tags:\n  nofailover: true\n  failover_priority: 0\n  nosync: false\n  sync_priority: 2\n"),
         &[],
     );
-    assert!(!has_warning(&consistent, "Conflicting"), "{:#?}", consistent.warnings);
+    assert!(
+        !has_warning(&consistent, "Conflicting"),
+        "{:#?}",
+        consistent.warnings
+    );
     // Only one of the pair: no warning.
     let single = load_ok(&format!("{MINIMAL}tags:\n  failover_priority: 0\n"), &[]);
     assert!(!has_warning(&single, "Conflicting"));
@@ -1157,20 +1373,40 @@ fn redacted_raw_masks_every_password() {
     );
     let loaded = load_ok(
         &yaml,
-        &[("PATRONI_SUPERUSER_PASSWORD", "supw"), ("PATRONI_ETCD3_PASSWORD", "etcdpw"), ("PATRONI_SUPERUSER_SSLPASSWORD", "sslpw")],
+        &[
+            ("PATRONI_SUPERUSER_PASSWORD", "supw"),
+            ("PATRONI_ETCD3_PASSWORD", "etcdpw"),
+            ("PATRONI_SUPERUSER_SSLPASSWORD", "sslpw"),
+        ],
     );
     let c = &loaded.config;
     let redacted = c.redacted_raw().to_string();
-    for secret in ["ctlpw", "kfpw", "raftpw", "urlpw", "supw", "etcdpw", "sslpw"] {
-        assert!(c.raw.to_string().contains(secret), "raw should hold {secret}");
+    for secret in [
+        "ctlpw", "kfpw", "raftpw", "urlpw", "supw", "etcdpw", "sslpw",
+    ] {
+        assert!(
+            c.raw.to_string().contains(secret),
+            "raw should hold {secret}"
+        );
         assert!(!redacted.contains(secret), "{secret} leaked in {redacted}");
     }
-    assert_eq!(c.redacted_raw()["ctl"]["authentication"]["password"], json!("******"));
-    assert_eq!(c.redacted_raw()["consul"]["url"], json!("http://user:******@consul:8500/x"));
-    assert_eq!(c.redacted_raw()["ctl"]["authentication"]["username"], json!("u"));
+    assert_eq!(
+        c.redacted_raw()["ctl"]["authentication"]["password"],
+        json!("******")
+    );
+    assert_eq!(
+        c.redacted_raw()["consul"]["url"],
+        json!("http://user:******@consul:8500/x")
+    );
+    assert_eq!(
+        c.redacted_raw()["ctl"]["authentication"]["username"],
+        json!("u")
+    );
 
     let debug = format!("{c:?}");
-    for secret in ["ctlpw", "kfpw", "raftpw", "urlpw", "supw", "etcdpw", "sslpw"] {
+    for secret in [
+        "ctlpw", "kfpw", "raftpw", "urlpw", "supw", "etcdpw", "sslpw",
+    ] {
         assert!(!debug.contains(secret), "{secret} leaked in Debug output");
     }
 }
@@ -1232,7 +1468,9 @@ fn wrong_types_everywhere_never_panic() {
             for replacement in &replacements {
                 let mut mutated = doc.clone();
                 replace_at(&mut mutated, path, replacement.clone());
-                let Value::Object(map) = mutated else { continue };
+                let Value::Object(map) = mutated else {
+                    continue;
+                };
                 // Straight to the parser (no temp files), as `load` would after merging.
                 let _ = super::parse::build(&map, "/home/x");
             }
@@ -1240,7 +1478,10 @@ fn wrong_types_everywhere_never_panic() {
         // And whole-document replacements through the YAML front door.
         for replacement in &replacements {
             let text = serde_yaml_ng::to_string(replacement).expect("serialise");
-            let _ = load(ConfigSource::EnvOnly, &env(&[("PATRONI_CONFIGURATION", &text)]));
+            let _ = load(
+                ConfigSource::EnvOnly,
+                &env(&[("PATRONI_CONFIGURATION", &text)]),
+            );
         }
     }
 }
@@ -1288,14 +1529,38 @@ fn replace_at(v: &mut Value, path: &[String], replacement: Value) {
 
 #[test]
 fn garbage_environment_never_panics() {
-    let nasty = ["", "[", "{", "- ", "]", "::::", "a: [b", "\u{0}", "%(", "[[[[]]]]", "99999999999999999999999"];
+    let nasty = [
+        "",
+        "[",
+        "{",
+        "- ",
+        "]",
+        "::::",
+        "a: [b",
+        "\u{0}",
+        "%(",
+        "[[[[]]]]",
+        "99999999999999999999999",
+    ];
     let keys = [
-        "PATRONI_NAME", "PATRONI_RESTAPI_LISTEN", "PATRONI_RESTAPI_ALLOWLIST",
-        "PATRONI_RESTAPI_HTTP_EXTRA_HEADERS", "PATRONI_RESTAPI_REQUEST_QUEUE_SIZE",
-        "PATRONI_CTL_INSECURE", "PATRONI_ETCD3_HOSTS", "PATRONI_ETCD3_PORT", "PATRONI_ETCD3_URL",
-        "PATRONI_LOG_FORMAT", "PATRONI_LOG_LOGGERS", "PATRONI_RAFT_PARTNER_ADDRS",
-        "PATRONI_KUBERNETES_LABELS", "PATRONI_CITUS_GROUP", "PATRONI_", "PATRONI__HOST",
-        "PATRONI_POSTGRESQL_LISTEN", "PATRONI_SUPERUSER_USERNAME",
+        "PATRONI_NAME",
+        "PATRONI_RESTAPI_LISTEN",
+        "PATRONI_RESTAPI_ALLOWLIST",
+        "PATRONI_RESTAPI_HTTP_EXTRA_HEADERS",
+        "PATRONI_RESTAPI_REQUEST_QUEUE_SIZE",
+        "PATRONI_CTL_INSECURE",
+        "PATRONI_ETCD3_HOSTS",
+        "PATRONI_ETCD3_PORT",
+        "PATRONI_ETCD3_URL",
+        "PATRONI_LOG_FORMAT",
+        "PATRONI_LOG_LOGGERS",
+        "PATRONI_RAFT_PARTNER_ADDRS",
+        "PATRONI_KUBERNETES_LABELS",
+        "PATRONI_CITUS_GROUP",
+        "PATRONI_",
+        "PATRONI__HOST",
+        "PATRONI_POSTGRESQL_LISTEN",
+        "PATRONI_SUPERUSER_USERNAME",
     ];
     for value in nasty {
         let mut vars: Vec<(&str, &str)> = keys.iter().map(|k| (*k, value)).collect();

@@ -1,1 +1,517 @@
-//! Decision-table tests: each case cites its row in docs/ha-decision-table.md.
+//! Decision-table tests: each case cites its row in docs/ha-decision-table.md (`S-` start-up
+//! flow ①, `B-` bootstrap flow ②, `H-` healthy flow ③, `U-` unhealthy flow ④).
+
+use patrol_dcs::{Cluster, ClusterConfig, Kv};
+
+use super::decide::*;
+
+const SYSID: &str = "7277694203142172922";
+
+fn member_json(role: &str, port: u16, tags: &str) -> String {
+    format!(
+        r#"{{"conn_url":"postgres://127.0.0.1:{port}/postgres","api_url":"http://127.0.0.1:{}/patroni","state":"running","role":"{role}","version":"4.1.4"{tags}}}"#,
+        port + 1000
+    )
+}
+
+/// A cluster from compact key specs: `leader=pg0`, `initialize=<sysid>`, `member=pg1:replica`,
+/// `member=pg2:replica:clonefrom`, `optime=<n>`, `config=<json>`.
+fn cluster(specs: &[&str]) -> Cluster {
+    let mut kvs = Vec::new();
+    let mut port = 5432;
+    for s in specs {
+        let (k, v) = s.split_once('=').expect("spec is key=value");
+        let kv = |key: &str, value: String| Kv {
+            key: key.to_string(),
+            value,
+            mod_revision: 1,
+            lease: 0,
+        };
+        match k {
+            "leader" => kvs.push(kv("leader", v.into())),
+            "initialize" => kvs.push(kv("initialize", v.into())),
+            "optime" => kvs.push(kv("status", format!(r#"{{"optime":{v}}}"#))),
+            "config" => kvs.push(kv("config", v.into())),
+            "member" => {
+                let mut parts = v.split(':');
+                let name = parts.next().expect("member name");
+                let role = parts.next().unwrap_or("replica");
+                let tags = match parts.next() {
+                    Some(t) => format!(r#","tags":{{"{t}":true}}"#),
+                    None => String::new(),
+                };
+                port += 1;
+                kvs.push(kv(
+                    &format!("members/{name}"),
+                    member_json(role, port, &tags),
+                ));
+            }
+            other => panic!("unknown spec {other}"),
+        }
+    }
+    Cluster::from_kvs(10, &kvs)
+}
+
+fn initialized() -> DataState {
+    DataState::Initialized {
+        sysid: SYSID.into(),
+        cluster_state: "in production".into(),
+    }
+}
+
+fn running(in_recovery: bool, pos: u64) -> LocalPg {
+    LocalPg {
+        data: initialized(),
+        running: true,
+        in_recovery: Some(in_recovery),
+        wal_position: Some(pos),
+        timeline: Some(1),
+        following: None,
+    }
+}
+
+fn stopped(data: DataState) -> LocalPg {
+    LocalPg {
+        data,
+        running: false,
+        in_recovery: None,
+        wal_position: None,
+        timeline: None,
+        following: None,
+    }
+}
+
+fn obs(me: &str, cluster: Cluster, local: LocalPg) -> Observation {
+    Observation {
+        me: me.into(),
+        cluster,
+        local,
+        dynamic: ClusterConfig::default(),
+        in_flight: None,
+        last_result: None,
+        bootstrapping: false,
+        can_bootstrap: true,
+        nofailover: false,
+        lease_left: None,
+    }
+}
+
+fn up(name: &str, port: u16) -> Upstream {
+    Upstream {
+        name: name.into(),
+        conn_url: format!("postgres://127.0.0.1:{port}/postgres"),
+    }
+}
+
+/// The one helper every case uses: the decision's actions must equal `expected`.
+fn check(o: &Observation, expected: &[Action]) -> Decision {
+    let d = decide(o);
+    assert_eq!(d.actions, expected, "reason: {}", d.reason);
+    assert!(!d.reason.is_empty());
+    d
+}
+
+// ---- Flow ① start-up -------------------------------------------------------------------------
+
+#[test]
+fn s_2_5_empty_data_dir_no_cluster_races_for_initialize() {
+    // Rows S-2.5 -> B-2.2/1.4.
+    let o = obs("pg0", cluster(&[]), stopped(DataState::Empty));
+    check(&o, &[Action::RaceInitialize, Action::Bootstrap]);
+}
+
+#[test]
+fn s_2_2_long_operation_in_progress_waits() {
+    // Row S-2.2: a node that does not hold the key just waits.
+    let mut o = obs(
+        "pg1",
+        cluster(&["leader=pg0", "member=pg0:primary"]),
+        stopped(DataState::Empty),
+    );
+    o.in_flight = Some(Task::Clone);
+    check(&o, &[]);
+}
+
+#[test]
+fn s_2_3_long_operation_on_the_leader_keeps_the_key() {
+    // Row S-2.3/1.3: the lock holder refreshes while its operation runs.
+    let mut o = obs(
+        "pg0",
+        cluster(&["leader=pg0", "member=pg0:primary"]),
+        running(false, 1),
+    );
+    o.in_flight = Some(Task::Start);
+    check(&o, &[Action::RefreshLeaderKey]);
+}
+
+#[test]
+fn s_2_7_foreign_data_directory_is_fatal() {
+    // Row S-2.7/1.7.
+    let o = obs(
+        "pg0",
+        cluster(&[
+            "initialize=1111111111111111111",
+            "leader=pg1",
+            "member=pg1:primary",
+        ]),
+        running(true, 1),
+    );
+    let d = decide(&o);
+    assert!(
+        matches!(&d.actions[..], [Action::Fatal { reason }] if reason.contains("belongs to another cluster")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn s_2_8_existing_data_without_initialize_is_adopted() {
+    // Row S-2.8 (spec 5.2 step 10): no initialize key, no leader: adopt our sysid.
+    let o = obs("pg0", cluster(&[]), running(false, 1));
+    check(
+        &o,
+        &[Action::WriteInitialize {
+            sysid: SYSID.into(),
+        }],
+    );
+}
+
+#[test]
+fn s_2_8_running_replica_without_initialize_is_fatal() {
+    let o = obs("pg0", cluster(&[]), running(true, 1));
+    let d = decide(&o);
+    assert!(matches!(&d.actions[..], [Action::Fatal { .. }]), "{d:?}");
+}
+
+#[test]
+fn s_2_9_stopped_replica_starts_following_the_leader() {
+    // Row S-2.9/1.9 with a leader.
+    let o = obs(
+        "pg1",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+        ]),
+        stopped(initialized()),
+    );
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(Some(up("pg0", 5433))),
+        }],
+    );
+}
+
+#[test]
+fn s_2_9_stopped_node_without_leader_starts_read_only() {
+    // Row S-2.9/1.9 without a leader: read-only with the recovery flag, following nobody.
+    let o = obs(
+        "pg1",
+        cluster(&[&format!("initialize={SYSID}")]),
+        stopped(initialized()),
+    );
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(None),
+        }],
+    );
+}
+
+#[test]
+fn s_2_9_stopped_leader_starts_as_primary() {
+    let o = obs(
+        "pg0",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+        ]),
+        stopped(initialized()),
+    );
+    check(
+        &o,
+        &[Action::RefreshLeaderKey, Action::Start { standby_of: None }],
+    );
+}
+
+#[test]
+fn s_2_10_healthy_node_with_leader_runs_flow_3() {
+    // Row S-2.10 -> H: a streaming replica follows.
+    let o = obs(
+        "pg1",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+            "member=pg1:replica",
+        ]),
+        running(true, 100),
+    );
+    check(&o, &[Action::Follow(up("pg0", 5433))]);
+}
+
+#[test]
+fn s_invalid_data_dir_waits() {
+    let o = obs(
+        "pg1",
+        cluster(&[]),
+        stopped(DataState::Invalid("no pg_control".into())),
+    );
+    check(&o, &[]);
+}
+
+// ---- Flow ② bootstrap --------------------------------------------------------------------------
+
+#[test]
+fn b_2_1_cluster_with_leader_clones_from_leader() {
+    // Rows B-2.1/1.1, 1.2.
+    let o = obs(
+        "pg2",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+            "member=pg1:replica",
+        ]),
+        stopped(DataState::Empty),
+    );
+    check(&o, &[Action::CloneFrom(up("pg0", 5433))]);
+}
+
+#[test]
+fn b_2_1_clonefrom_member_is_preferred() {
+    // Row B-2.1/1.1: a running member tagged clonefrom is the source.
+    let o = obs(
+        "pg2",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+            "member=pg1:replica:clonefrom",
+        ]),
+        stopped(DataState::Empty),
+    );
+    check(&o, &[Action::CloneFrom(up("pg1", 5434))]);
+}
+
+#[test]
+fn b_2_2_initialize_taken_waits_for_leader() {
+    // Row B-2.2/1.3 (and 1.6: losers wait).
+    let o = obs("pg1", cluster(&["initialize="]), stopped(DataState::Empty));
+    check(&o, &[]);
+    let o = obs(
+        "pg1",
+        cluster(&[&format!("initialize={SYSID}")]),
+        stopped(DataState::Empty),
+    );
+    check(&o, &[]);
+}
+
+#[test]
+fn b_2_2_node_without_bootstrap_section_or_nofailover_does_not_race() {
+    let mut o = obs("pg1", cluster(&[]), stopped(DataState::Empty));
+    o.can_bootstrap = false;
+    check(&o, &[]);
+    let mut o = obs("pg1", cluster(&[]), stopped(DataState::Empty));
+    o.nofailover = true;
+    check(&o, &[]);
+}
+
+#[test]
+fn b_1_7_successful_bootstrap_takes_the_key() {
+    // Row B-2.4/1.7: store initialize = sysid, config, leader key.
+    let mut o = obs("pg0", cluster(&["initialize="]), running(false, 1));
+    o.bootstrapping = true;
+    check(
+        &o,
+        &[Action::FinishBootstrap {
+            sysid: SYSID.into(),
+        }],
+    );
+}
+
+#[test]
+fn b_1_7_bootstrap_waits_for_status_before_finishing() {
+    let mut local = running(false, 1);
+    local.in_recovery = None;
+    let mut o = obs("pg0", cluster(&["initialize="]), local);
+    o.bootstrapping = true;
+    check(&o, &[]);
+}
+
+#[test]
+fn b_1_8_failed_bootstrap_is_aborted() {
+    // Row B-2.4/1.8: remove initialize and the data directory, exit.
+    let mut o = obs("pg0", cluster(&["initialize="]), stopped(DataState::Empty));
+    o.last_result = Some(TaskResult::Failed(Task::Bootstrap, "initdb failed".into()));
+    check(
+        &o,
+        &[Action::AbortBootstrap {
+            reason: "initdb failed".into(),
+        }],
+    );
+}
+
+#[test]
+fn b_leader_without_data_releases_the_key() {
+    let o = obs(
+        "pg0",
+        cluster(&["leader=pg0", "member=pg0:primary"]),
+        stopped(DataState::Empty),
+    );
+    check(&o, &[Action::ReleaseLeaderKey]);
+}
+
+// ---- Flow ③ healthy cluster --------------------------------------------------------------------
+
+#[test]
+fn h_1_1_leader_running_as_primary_refreshes_and_keeps_slots() {
+    // Rows H-2.1/1.1, 1.5.
+    let o = obs(
+        "pg0",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+            "member=pg1:replica",
+            "member=pg-2:replica",
+        ]),
+        running(false, 100),
+    );
+    check(
+        &o,
+        &[
+            Action::RefreshLeaderKey,
+            Action::EnsureSlots {
+                names: vec!["pg1".into(), "pg_2".into()],
+            },
+        ],
+    );
+}
+
+#[test]
+fn h_1_1_no_slots_without_use_slots() {
+    let mut o = obs(
+        "pg0",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+            "member=pg1:replica",
+        ]),
+        running(false, 100),
+    );
+    o.dynamic = ClusterConfig::parse(r#"{"postgresql":{"use_slots":false}}"#).expect("valid");
+    check(
+        &o,
+        &[
+            Action::RefreshLeaderKey,
+            Action::EnsureSlots { names: vec![] },
+        ],
+    );
+}
+
+#[test]
+fn h_1_4_leader_running_as_replica_promotes() {
+    // Row H-2.1/1.4.
+    let o = obs(
+        "pg0",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:replica",
+        ]),
+        running(true, 100),
+    );
+    check(&o, &[Action::RefreshLeaderKey, Action::Promote]);
+}
+
+#[test]
+fn h_1_2_primary_without_the_key_is_demoted() {
+    // Row H-2.1/1.2 (a running primary that does not hold the key stops accepting writes).
+    let o = obs(
+        "pg1",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+        ]),
+        running(false, 100),
+    );
+    check(
+        &o,
+        &[Action::Demote {
+            leader: Some(up("pg0", 5433)),
+        }],
+    );
+}
+
+// ---- Flow ④ unhealthy cluster ------------------------------------------------------------------
+
+#[test]
+fn u_1_1_healthy_replica_races_and_promotes() {
+    // Rows U-2.1/1.1, U-2.2/1.4.
+    let o = obs(
+        "pg1",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "member=pg1:replica",
+            "optime=100",
+        ]),
+        running(true, 100),
+    );
+    check(&o, &[Action::AcquireLeaderKey, Action::Promote]);
+}
+
+#[test]
+fn u_1_3_primary_without_leader_takes_the_key_only() {
+    // Row U-2.2/1.3.
+    let o = obs(
+        "pg0",
+        cluster(&[&format!("initialize={SYSID}")]),
+        running(false, 100),
+    );
+    check(&o, &[Action::AcquireLeaderKey]);
+}
+
+#[test]
+fn u_1_2_lagging_replica_does_not_race() {
+    // Row U-2.1/1.2: too far behind the last known leader position.
+    let o = obs(
+        "pg1",
+        cluster(&[&format!("initialize={SYSID}"), "optime=10000000"]),
+        running(true, 100),
+    );
+    let d = check(&o, &[]);
+    assert!(d.reason.contains("maximum_lag_on_failover"), "{}", d.reason);
+}
+
+#[test]
+fn u_1_2_nofailover_replica_does_not_race() {
+    let mut o = obs(
+        "pg1",
+        cluster(&[&format!("initialize={SYSID}")]),
+        running(true, 100),
+    );
+    o.nofailover = true;
+    check(&o, &[]);
+}
+
+#[test]
+fn u_paused_cluster_does_not_race() {
+    let o = obs(
+        "pg1",
+        cluster(&[&format!("initialize={SYSID}"), r#"config={"pause":true}"#]),
+        running(true, 100),
+    );
+    check(&o, &[]);
+}
+
+#[test]
+fn u_status_query_failure_decides_nothing_unsafe() {
+    let mut local = running(true, 100);
+    local.in_recovery = None;
+    let o = obs("pg1", cluster(&[&format!("initialize={SYSID}")]), local);
+    check(&o, &[]);
+}

@@ -141,7 +141,19 @@ impl Postgres {
         let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        alive.then_some(pid)
+        // A dead postmaster nobody reaped yet (a zombie) still answers kill(0): read its state.
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false);
+        // After a crash the pid in a stale postmaster.pid may belong to another program.
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim().starts_with("postgres") || c.trim().starts_with("postmaster"))
+            .unwrap_or(true);
+        (alive && !zombie && is_postgres).then_some(pid)
     }
 
     pub fn is_running(&self) -> bool {
