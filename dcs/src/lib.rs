@@ -2,8 +2,10 @@
 //! trait and its etcd v3 implementation.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod etcd;
 pub mod model;
 
-pub use etcd::{DcsError, EtcdDcs, EtcdSettings};
+pub use client::Dcs;
+pub use etcd::{DcsError, EtcdDcs, EtcdSettings, LeaseInfo};
 pub use model::*;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use patrol_dcs::{Cluster, ClusterConfig, DcsError, EtcdDcs, MemberData, Role, Status};
+use patrol_dcs::{Cluster, ClusterConfig, Dcs, DcsError, MemberData, Role, Status};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -24,9 +24,9 @@ use crate::postgres::{
 /// The version we publish: Patroni-compatible (4.x) so peers and tools take the 4.x paths.
 pub const PATRONI_VERSION: &str = "4.1.4";
 
-pub struct Ha {
+pub struct Ha<D: Dcs> {
     cfg: Arc<Config>,
-    dcs: Arc<EtcdDcs>,
+    dcs: Arc<D>,
     pg: Postgres,
     client: Arc<PgClient>,
     shared: Arc<SharedState>,
@@ -49,8 +49,8 @@ pub enum Exit {
     Fatal(String),
 }
 
-impl Ha {
-    pub fn new(cfg: Arc<Config>, dcs: Arc<EtcdDcs>, shared: Arc<SharedState>) -> Ha {
+impl<D: Dcs> Ha<D> {
+    pub fn new(cfg: Arc<Config>, dcs: Arc<D>, shared: Arc<SharedState>) -> Ha<D> {
         let pg = Postgres::new(&cfg);
         let client = Arc::new(PgClient::new(pg.local_conn_config()));
         let dynamic = ClusterConfig::from_map(cfg.bootstrap.dcs.clone());
