@@ -57,7 +57,7 @@ const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('server_ve
 FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true";
 
 const REPLICATION_SQL: &str =
-    "SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority
+    "SELECT usename::text, application_name, host(client_addr), state, sync_state, sync_priority
 FROM pg_stat_replication ORDER BY application_name";
 
 fn to_u64(v: Option<i64>) -> Option<u64> {
