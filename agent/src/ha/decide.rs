@@ -125,6 +125,10 @@ pub struct Observation {
     pub use_pg_rewind: bool,
     pub remove_data_directory_on_rewind_failure: bool,
     pub remove_data_directory_on_diverged_timelines: bool,
+    /// Wall-clock time in ms since the epoch, only for scheduled switchovers.
+    pub now_epoch_ms: i64,
+    /// `POST /reinitialize` with `from_leader`: clone from the leader, not a `clonefrom` member.
+    pub clone_from_leader: bool,
 }
 
 /// Where a standby should stream from.
@@ -179,6 +183,13 @@ pub enum Action {
     },
     /// Publish the timeline history after a promotion.
     WriteHistory(History),
+    /// Planned switchover on the leader: CHECKPOINT, fast stop, release the key once stopped
+    /// (replicas have the shutdown checkpoint), restart as a standby (long operation).
+    GracefulDemote,
+    /// Reset the `failover` key to `{}` (compare-and-swap on the revision observed).
+    ClearFailover {
+        version: i64,
+    },
     /// Point the standby at this upstream (rewrite config and reload) if it is not already.
     Follow(Upstream),
     /// Leader only: make sure every other member has its physical slot.
@@ -215,6 +226,9 @@ fn upstream(m: &Member) -> Upstream {
 /// Chooses the member to clone from: a running member tagged `clonefrom` other than the leader
 /// (the first by name, deterministic), else the leader (flow ② row 2.1/1.1).
 fn clone_source<'a>(o: &'a Observation, leader: &'a Member) -> &'a Member {
+    if o.clone_from_leader {
+        return leader;
+    }
     o.cluster
         .members
         .iter()
@@ -257,8 +271,7 @@ fn healthy_enough(o: &Observation) -> Result<(), String> {
         return Err("PostgreSQL is not running".into());
     }
     if o.local.in_recovery == Some(true) {
-        if let (Some(optime), Some(pos)) = (o.cluster.status.optime, o.local.effective_position())
-        {
+        if let (Some(optime), Some(pos)) = (o.cluster.status.optime, o.local.effective_position()) {
             let lag = optime.saturating_sub(pos);
             let max = o.dynamic.maximum_lag_on_failover();
             if max >= 0 && lag > max as u64 {
@@ -295,12 +308,18 @@ fn healthiest(o: &Observation) -> Result<(), String> {
         }
         let pos = p.effective_position();
         if pos > my_pos {
-            return Err(format!("Wal position of {} is ahead of my wal position", p.name));
+            return Err(format!(
+                "Wal position of {} is ahead of my wal position",
+                p.name
+            ));
         }
         if pos == my_pos && p.replay_position > my_replay {
             return Err(format!("{} has replayed more of the same WAL", p.name));
         }
-        if pos == my_pos && p.replay_position == my_replay && p.failover_priority > o.failover_priority {
+        if pos == my_pos
+            && p.replay_position == my_replay
+            && p.failover_priority > o.failover_priority
+        {
             return Err(format!(
                 "{} has equally tolerable WAL position and priority {}, while this node has priority {}",
                 p.name, p.failover_priority, o.failover_priority
@@ -354,6 +373,101 @@ fn history_to_write(o: &Observation) -> Option<History> {
         lines.drain(..lines.len() - keep);
     }
     Some(History { lines })
+}
+
+/// Parses an ISO 8601 timestamp with a zone into epoch milliseconds.
+pub fn parse_schedule(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .or_else(|_| chrono::DateTime::parse_from_str(s.trim(), "%Y-%m-%dT%H:%M:%S%.f%z"))
+        .or_else(|_| chrono::DateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f%:z"))
+        .ok()
+        .map(|d| d.timestamp_millis())
+}
+
+/// A member that can take over in a planned switchover (Patroni's `is_failover_possible` from
+/// member keys): running replica, may fail over, within `maximum_lag_on_failover`, and the named
+/// candidate if there is one.
+fn switchover_target_exists(o: &Observation, candidate: Option<&str>) -> bool {
+    let max = o.dynamic.maximum_lag_on_failover();
+    o.cluster.members.iter().any(|m| {
+        m.name != o.me
+            && candidate.is_none_or(|c| c == m.name)
+            && m.data.state == "running"
+            && m.data.role == Role::Replica
+            && !m.data.nofailover()
+            && match (o.cluster.status.optime, m.data.xlog_location) {
+                (Some(opt), Some(pos)) => max < 0 || opt.saturating_sub(pos) <= max as u64,
+                _ => true,
+            }
+    })
+}
+
+/// The leader's handling of a `failover` key (Patroni's `process_manual_failover_from_leader`).
+/// `None` = nothing to do this cycle.
+fn manual_failover_from_leader(o: &Observation) -> Option<Decision> {
+    let f = o.cluster.failover.as_ref()?;
+    if f.value.is_empty() {
+        return None;
+    }
+    let clear = |why: String| {
+        Some(decision(
+            why,
+            vec![
+                Action::RefreshLeaderKey,
+                Action::ClearFailover { version: f.version },
+            ],
+        ))
+    };
+    if let Some(at) = &f.value.scheduled_at {
+        let loop_ms = o.dynamic.timing().loop_wait as i64 * 1000;
+        match parse_schedule(at) {
+            None => {
+                return clear(format!(
+                    "discarding the scheduled switchover: bad time {at:?}"
+                ))
+            }
+            Some(due) if due - o.now_epoch_ms > 0 => {
+                let _ = loop_ms;
+                return None; // not due yet: keep leading, the loop wakes us
+            }
+            Some(due) if o.now_epoch_ms - due > loop_ms * 3 / 2 => {
+                return clear(format!(
+                    "discarding the scheduled switchover planned for {at}: too late"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(l) = &f.value.leader {
+        if l != &o.me {
+            return clear(format!(
+                "discarding the switchover: leader {l} is not me ({})",
+                o.me
+            ));
+        }
+    }
+    let candidate = f.value.member.as_deref();
+    if candidate == Some(o.me.as_str()) {
+        return clear("discarding the switchover: I am already the leader".into());
+    }
+    if o.cluster.is_paused() && candidate.is_none() {
+        return clear(
+            "discarding the switchover: a candidate is required in maintenance mode".into(),
+        );
+    }
+    if switchover_target_exists(o, candidate) {
+        return Some(decision(
+            match candidate {
+                Some(c) => format!("manual switchover: demoting myself in favour of {c}"),
+                None => "manual switchover: demoting myself".into(),
+            },
+            vec![Action::RefreshLeaderKey, Action::GracefulDemote],
+        ));
+    }
+    clear(match candidate {
+        Some(c) => format!("switchover to {c} is not possible: no healthy candidate"),
+        None => "switchover is not possible: no healthy candidate".into(),
+    })
 }
 
 /// The decision for one cycle.
@@ -525,6 +639,18 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
         .filter(|m| m.data.checkpoint_after_promote != Some(false))
         .map(upstream);
 
+    let paused = o.cluster.is_paused();
+    // Row P-1: in maintenance mode the agent never starts PostgreSQL on its own.
+    if !o.local.running && paused {
+        if i_am_leader {
+            return decision(
+                "PAUSE: PostgreSQL is not running: releasing the leader key",
+                vec![Action::ReleaseLeaderKey],
+            );
+        }
+        return decision("PAUSE: PostgreSQL is not running", vec![]);
+    }
+
     // Row S-2.9/1.9: PostgreSQL not running: start it in the right role.
     if !o.local.running {
         if i_am_leader {
@@ -551,7 +677,10 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
                 (Some(src), _) => return rewind_or_reclone(src.clone()),
                 (None, Some(l)) => {
                     return decision(
-                        format!("waiting for the leader ({}) to finish promotion before rewinding", l.name),
+                        format!(
+                            "waiting for the leader ({}) to finish promotion before rewinding",
+                            l.name
+                        ),
                         vec![],
                     )
                 }
@@ -563,7 +692,12 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
             Some(u) => format!("starting PostgreSQL as a replica of {}", u.name),
             None => "starting PostgreSQL read-only (no leader yet)".to_string(),
         };
-        return decision(reason, vec![Action::Start { standby_of: Some(up) }]);
+        return decision(
+            reason,
+            vec![Action::Start {
+                standby_of: Some(up),
+            }],
+        );
     }
 
     // Running but the monitoring query failed: nothing safe to decide except keeping our key.
@@ -582,8 +716,19 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
             // Row H-2.1/1.1: refresh; 1.4 promote if we run as replica; 1.5 persist state.
             let mut actions = vec![Action::RefreshLeaderKey];
             if in_recovery {
+                if paused {
+                    // Row P-2: the lock holder is no longer a primary in maintenance mode.
+                    return decision(
+                        "PAUSE: I hold the leader key but run as a replica: releasing it",
+                        vec![Action::ReleaseLeaderKey],
+                    );
+                }
                 actions.push(Action::Promote);
                 return decision("promoting: I hold the leader key", actions);
+            }
+            // Row M-1: a planned switchover or failover requested through the `failover` key.
+            if let Some(d) = manual_failover_from_leader(o) {
+                return d;
             }
             // Row U-h: publish the timeline history after a promotion.
             if let Some(h) = history_to_write(o) {
@@ -600,6 +745,16 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
         Some(l) => {
             // Row H-2.1/1.2: follow the leader.
             let up = leader_member.map(upstream);
+            if !in_recovery && paused {
+                // Row P-3: no demotion on our own in maintenance mode.
+                return decision(
+                    format!(
+                        "PAUSE: running as primary while {} holds the leader key",
+                        l.name
+                    ),
+                    vec![],
+                );
+            }
             if !in_recovery {
                 // A running primary without the key must stop accepting writes at once.
                 return decision(
@@ -607,13 +762,16 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
                     vec![Action::Demote { leader: up }],
                 );
             }
-            if o.needs_rewind {
+            if o.needs_rewind && !paused {
                 // Row R-2: demoted earlier (e.g. while etcd was away), now a leader exists.
                 if let Some(src) = rewind_source {
                     return rewind_or_reclone(src);
                 }
                 return decision(
-                    format!("waiting for the leader ({}) to finish promotion before rewinding", l.name),
+                    format!(
+                        "waiting for the leader ({}) to finish promotion before rewinding",
+                        l.name
+                    ),
                     vec![],
                 );
             }
@@ -633,20 +791,84 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
         }
         // Flow ④ unhealthy cluster: no leader.
         None => {
-            if o.cluster.is_paused() {
+            if paused {
+                // Row P-4: a running primary takes the free key; replicas race only when they
+                // are the named candidate of a manual failover.
+                if !in_recovery {
+                    return decision(
+                        "PAUSE: no leader: taking the key as the running primary",
+                        vec![Action::AcquireLeaderKey],
+                    );
+                }
+                if let Some(f) =
+                    o.cluster.failover.as_ref().filter(|f| {
+                        f.value.member.as_deref() == Some(o.me.as_str()) && !o.nofailover
+                    })
+                {
+                    return decision(
+                        "PAUSE: manual failover to me",
+                        vec![
+                            Action::AcquireLeaderKey,
+                            Action::ClearFailover { version: f.version },
+                            Action::Promote,
+                        ],
+                    );
+                }
                 return decision("PAUSE: no leader; not racing in maintenance mode", vec![]);
             }
-            let eligible = healthy_enough(o).and_then(|()| {
-                if o.needs_rewind && failover_possible(o) {
-                    // A former primary that crashed or was demoted yields to a healthy replica.
-                    return Err("I was demoted or crashed as primary; a replica takes over".into());
+            let manual = o
+                .cluster
+                .failover
+                .as_ref()
+                .filter(|f| !f.value.is_empty() && f.value.scheduled_at.is_none());
+            let eligible = match manual {
+                // Row M-2: the named candidate takes the key without lag or peer checks.
+                Some(f) if f.value.member.as_deref() == Some(o.me.as_str()) => {
+                    if o.nofailover {
+                        Err("I am not allowed to promote (nofailover)".to_string())
+                    } else {
+                        Ok(())
+                    }
                 }
-                healthiest(o)
-            });
+                // Row M-3: another member is the candidate: defer to it while it is reachable
+                // and may promote; otherwise race normally, the former leader last.
+                Some(f) => {
+                    let cand = f.value.member.as_deref();
+                    let cand_ok = cand.is_some_and(|c| {
+                        o.peers
+                            .iter()
+                            .any(|p| p.name == c && !p.nofailover && !p.watchdog_failed)
+                    });
+                    if cand_ok {
+                        Err(format!(
+                            "manual failover to {}: following a different leader",
+                            cand.unwrap_or("?")
+                        ))
+                    } else if f.value.leader.as_deref() == Some(o.me.as_str())
+                        && failover_possible(o)
+                    {
+                        Err("I was the leader in the requested switchover".into())
+                    } else {
+                        healthy_enough(o).and_then(|()| healthiest(o))
+                    }
+                }
+                None => healthy_enough(o).and_then(|()| {
+                    if o.needs_rewind && failover_possible(o) {
+                        // A former primary that crashed or was demoted yields to a healthy replica.
+                        return Err(
+                            "I was demoted or crashed as primary; a replica takes over".into()
+                        );
+                    }
+                    healthiest(o)
+                }),
+            };
             match eligible {
                 // Row U-2.1/1.1: try to take the key; 2.2: promote if needed (1.4) or persist (1.3).
                 Ok(()) => {
                     let mut actions = vec![Action::AcquireLeaderKey];
+                    if let Some(f) = manual {
+                        actions.push(Action::ClearFailover { version: f.version });
+                    }
                     if in_recovery {
                         actions.push(Action::Promote);
                     }

@@ -8,4 +8,4 @@ pub mod state;
 mod tests;
 
 pub use runner::{Exit, Ha, PATRONI_VERSION};
-pub use state::{NodeState, SharedState, Snapshot};
+pub use state::{NodeState, Request, RestartFilters, SharedState, Snapshot};

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::decide::{
     decide, Action, DataState, LocalPg, Observation, PeerStatus, Task, TaskResult, Upstream,
 };
-use super::state::{NodeState, SharedState};
+use super::state::{NodeState, Request, RestartFilters, SharedState};
 use crate::config::Config;
 use crate::postgres::{
     primary_conninfo, ConfigFiles, DataDir, LocalStatus, PgClient, Postgres, Recovery,
@@ -47,6 +47,11 @@ pub struct Ha<D: Dcs> {
     rewind_failed: bool,
     /// Since when we hold the key while our PostgreSQL is down.
     primary_down_since: Option<Instant>,
+    requests: Option<tokio::sync::mpsc::UnboundedReceiver<Request>>,
+    /// A restart scheduled through the REST API: filters, schedule text, due time (epoch ms).
+    scheduled_restart: Option<(RestartFilters, String, i64)>,
+    /// The next clone must come from the leader (`POST /reinitialize` with `from_leader`).
+    clone_from_leader: bool,
 }
 
 /// What ends the loop.
@@ -61,7 +66,8 @@ impl<D: Dcs> Ha<D> {
         let pg = Postgres::new(&cfg);
         let client = Arc::new(PgClient::new(pg.local_conn_config()));
         let dynamic = ClusterConfig::from_map(cfg.bootstrap.dcs.clone());
-        Ha {
+        let requests = shared.take_requests();
+        let mut ha = Ha {
             cfg,
             dcs,
             pg,
@@ -79,7 +85,12 @@ impl<D: Dcs> Ha<D> {
             needs_rewind: false,
             rewind_failed: false,
             primary_down_since: None,
-        }
+            requests: None,
+            scheduled_restart: None,
+            clone_from_leader: false,
+        };
+        ha.requests = requests;
+        ha
     }
 
     fn timing(&self) -> patrol_dcs::Timing {
@@ -116,6 +127,10 @@ impl<D: Dcs> Ha<D> {
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = wait_task(&mut self.in_flight) => break,
                     _ = self.shared.wakeup.notified() => break,
+                    Some(req) = next_request(&mut self.requests) => {
+                        self.handle_request(req).await;
+                        break;
+                    }
                     _ = tokio::time::sleep(Duration::from_millis(250)), if self.was_running => {
                         // Notice a PostgreSQL crash within a second, not a full loop_wait.
                         if !self.pg.is_running() && self.in_flight.is_none() { break; }
@@ -219,7 +234,16 @@ impl<D: Dcs> Ha<D> {
                 .cfg
                 .postgresql
                 .remove_data_directory_on_diverged_timelines,
+            now_epoch_ms: chrono::Utc::now().timestamp_millis(),
+            clone_from_leader: self.clone_from_leader,
         };
+        if let Some((filters, _, at)) = self.scheduled_restart.clone() {
+            if obs.now_epoch_ms >= at && self.in_flight.is_none() {
+                self.scheduled_restart = None;
+                let (code, text) = self.restart(&filters, &cluster).await;
+                tracing::info!("scheduled restart: {code} {text}");
+            }
+        }
         let dec = decide(&obs);
         if dec.reason != self.last_reason {
             tracing::info!("{}", dec.reason);
@@ -402,7 +426,8 @@ impl<D: Dcs> Ha<D> {
             }
             let (client, url, name) = (client.clone(), m.data.api_url.clone(), m.name.clone());
             set.spawn(async move {
-                let body: serde_json::Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+                let body: serde_json::Value =
+                    client.get(&url).send().await.ok()?.json().await.ok()?;
                 Some(peer_from_status(&name, &body))
             });
         }
@@ -414,6 +439,144 @@ impl<D: Dcs> Ha<D> {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    async fn handle_request(&mut self, req: Request) {
+        let cluster = self.shared.snapshot().node.cluster;
+        let cluster = cluster.as_deref().cloned().unwrap_or_default();
+        match req {
+            Request::Restart { filters, reply } => {
+                let r = self.restart(&filters, &cluster).await;
+                let _ = reply.send(r);
+            }
+            Request::ScheduleRestart {
+                filters,
+                schedule,
+                at_ms,
+                reply,
+            } => {
+                let r = if self.scheduled_restart.is_some() {
+                    (409, "Another restart is already scheduled".to_string())
+                } else {
+                    self.scheduled_restart = Some((filters, schedule, at_ms));
+                    self.last_member_json = None;
+                    (202, "Restart scheduled".to_string())
+                };
+                let _ = reply.send(r);
+            }
+            Request::CancelRestart { reply } => {
+                let r = if self.scheduled_restart.take().is_some() {
+                    self.last_member_json = None;
+                    (200, "scheduled restart deleted".to_string())
+                } else {
+                    (404, "no restarts are scheduled".to_string())
+                };
+                let _ = reply.send(r);
+            }
+            Request::Reinitialize {
+                force,
+                from_leader,
+                reply,
+            } => {
+                let r = self.reinitialize(force, from_leader, &cluster).await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// `POST /restart`: restart PostgreSQL in its current role if the filters allow it.
+    async fn restart(&mut self, f: &RestartFilters, cluster: &Cluster) -> (u16, String) {
+        if let Some((task, _)) = &self.in_flight {
+            return (503, format!("{} already in progress", task_name(*task)));
+        }
+        let status = self.client.status().await.ok();
+        let i_lead = cluster.leader_name() == Some(self.cfg.name.as_str());
+        let role = match &status {
+            Some(s) if !s.in_recovery => "primary",
+            _ => "replica",
+        };
+        let role_ok = match f.role.as_deref() {
+            None | Some("any") => true,
+            Some("primary") | Some("master") | Some("leader") => role == "primary",
+            Some("replica") | Some("standby") => role == "replica",
+            Some("standby_leader") | Some("standby-leader") => false,
+            Some(_) => false,
+        };
+        let version_ok = match (&f.postgres_version, &status) {
+            (Some((_, want)), Some(s)) => s.server_version < *want,
+            (Some(_), None) => false,
+            _ => true,
+        };
+        let pending_ok = !f.restart_pending || status.as_ref().is_some_and(|s| s.pending_restart);
+        if !(role_ok && version_ok && pending_ok) {
+            return (503, "restart conditions are not satisfied".into());
+        }
+        let wait = Duration::from_secs(f.timeout.unwrap_or(self.cfg.postgresql.pg_ctl_timeout));
+        tracing::info!("restarting PostgreSQL on request");
+        if let Err(e) = self.pg.stop("fast", wait).await {
+            return (503, format!("restart failed: {e}"));
+        }
+        self.client.reset().await;
+        let standby_of = if i_lead || role == "primary" {
+            None
+        } else {
+            Some(cluster.leader_member().map(|m| Upstream {
+                name: m.name.clone(),
+                conn_url: m.data.conn_url.clone(),
+            }))
+        };
+        let files = self.config_files(standby_of);
+        let params = self.pg.cmdline_params(&self.dynamic.parameters());
+        if let Err(e) = self.pg.write_config(&files) {
+            return (503, format!("restart failed: {e}"));
+        }
+        match self.pg.start(&params, wait).await {
+            Ok(()) => {
+                self.client.reset().await;
+                self.last_member_json = None;
+                (200, "restarted successfully".into())
+            }
+            Err(e) => {
+                tracing::error!("restart failed: {e}");
+                (503, "restart failed".into())
+            }
+        }
+    }
+
+    /// `POST /reinitialize`: wipe the data directory; the next cycle clones it again.
+    async fn reinitialize(
+        &mut self,
+        force: bool,
+        from_leader: bool,
+        cluster: &Cluster,
+    ) -> (u16, String) {
+        match cluster.leader_name() {
+            None => return (503, "Cluster has no leader, can not reinitialize".into()),
+            Some(l) if l == self.cfg.name => {
+                return (503, "I am the leader, can not reinitialize".into())
+            }
+            _ => {}
+        }
+        if let Some((task, h)) = &self.in_flight {
+            if !force {
+                return (503, format!("{} already in progress", task_name(*task)));
+            }
+            h.abort();
+            self.in_flight = None;
+        }
+        tracing::info!("reinitializing on request: removing the data directory");
+        if let Err(e) = self.pg.stop("immediate", Duration::from_secs(30)).await {
+            return (503, format!("reinitialize failed: {e}"));
+        }
+        self.client.reset().await;
+        if let Err(e) = self.pg.remove_data_dir() {
+            return (503, format!("reinitialize failed: {e}"));
+        }
+        self.needs_rewind = false;
+        self.rewind_failed = false;
+        self.following = None;
+        self.clone_from_leader = from_leader;
+        (200, "reinitialize started".into())
     }
 
     fn member_state(&self, running: bool) -> String {
@@ -464,6 +627,27 @@ impl<D: Dcs> Ha<D> {
             .map(|p| format!("postgres://{}/{}", p, pgc.database));
         m.tags = publishable_tags(&self.cfg.tags);
         m.pause = self.dynamic.pause();
+        m.pending_restart = status.is_some_and(|s| s.pending_restart);
+        if let Some((f, schedule, _)) = &self.scheduled_restart {
+            let mut o = serde_json::Map::new();
+            o.insert("schedule".into(), schedule.clone().into());
+            if let Some(t) = status.and_then(|s| s.postmaster_start_time.clone()) {
+                o.insert("postmaster_start_time".into(), t.into());
+            }
+            if let Some(r) = &f.role {
+                o.insert("role".into(), r.clone().into());
+            }
+            if let Some((v, _)) = &f.postgres_version {
+                o.insert("postgres_version".into(), v.clone().into());
+            }
+            if f.restart_pending {
+                o.insert("restart_pending".into(), true.into());
+            }
+            if let Some(t) = f.timeout {
+                o.insert("timeout".into(), t.into());
+            }
+            m.scheduled_restart = Some(serde_json::Value::Object(o));
+        }
         if let Some(s) = status {
             if s.in_recovery {
                 m.xlog_location = s.receive_lsn.max(s.replay_lsn);
@@ -561,6 +745,7 @@ impl<D: Dcs> Ha<D> {
                 let params = self.pg.cmdline_params(&self.dynamic.parameters());
                 let wait = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
                 self.following = Some(up.name.clone());
+                self.clone_from_leader = false;
                 tracing::info!("cloning from {} with pg_basebackup", up.name);
                 self.spawn(Task::Clone, async move {
                     let r = async {
@@ -726,11 +911,53 @@ impl<D: Dcs> Ha<D> {
                 self.following = None;
                 Ok(None)
             }
+            Action::GracefulDemote => {
+                let pg = self.pg.clone();
+                let client = self.client.clone();
+                let dcs = self.dcs.clone();
+                let shared = self.shared.clone();
+                let files = self.config_files(Some(None));
+                let params = self.pg.cmdline_params(&self.dynamic.parameters());
+                let wait = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                self.following = None;
+                tracing::info!("switchover: checkpoint, fast stop, release the leader key");
+                self.spawn(Task::Demote, async move {
+                    if let Err(e) = client.checkpoint().await {
+                        tracing::warn!("CHECKPOINT before switchover failed: {e}");
+                    }
+                    pg.stop("fast", wait).await.map_err(|e| e.to_string())?;
+                    client.reset().await;
+                    shared.set_leader(false, None);
+                    // A fast shutdown sends the shutdown checkpoint to connected standbys before
+                    // the postmaster exits, so the candidate has everything once we are stopped.
+                    let lsn = match pg.data_dir_state() {
+                        DataDir::Initialized(cd) => cd
+                            .fields
+                            .get("Latest checkpoint location")
+                            .and_then(|s| patrol_dcs::parse_lsn(s)),
+                        _ => None,
+                    };
+                    match dcs.delete_leader(lsn).await {
+                        Ok(_) => tracing::info!("released the leader key for the switchover"),
+                        Err(e) => tracing::warn!("could not release the leader key: {e}"),
+                    }
+                    pg.write_config(&files).map_err(|e| e.to_string())?;
+                    pg.start(&params, wait).await.map_err(|e| e.to_string())?;
+                    client.reset().await;
+                    Ok(())
+                });
+                Ok(None)
+            }
+            Action::ClearFailover { version } => {
+                match self.dcs.set_failover("{}", Some(*version)).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::info!("failover key changed meanwhile; not cleared"),
+                    Err(e) => tracing::warn!("could not clear the failover key: {e}"),
+                }
+                Ok(None)
+            }
             Action::WriteHistory(h) => {
-                self.dcs
-                    .set_history(&h.to_json())
-                    .await
-                    .map_err(dcs_stop)?;
+                self.dcs.set_history(&h.to_json()).await.map_err(dcs_stop)?;
                 tracing::info!(
                     timeline = h.cluster_timeline(),
                     "published the timeline history"
@@ -951,6 +1178,27 @@ fn dcs_stop(e: DcsError) -> Step {
     Step::Stop(format!("DCS: {e}"))
 }
 
+async fn next_request(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Request>>,
+) -> Option<Request> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Patroni's names for long operations in "<action> already in progress".
+fn task_name(t: Task) -> &'static str {
+    match t {
+        Task::Bootstrap => "bootstrap",
+        Task::Clone => "replica creation",
+        Task::Start => "starting",
+        Task::Promote => "promote",
+        Task::Demote => "demote",
+        Task::Rewind => "rewind",
+    }
+}
+
 async fn wait_task(t: &mut Option<(Task, JoinHandle<Result<(), String>>)>) {
     match t {
         Some((_, h)) => {
@@ -994,10 +1242,7 @@ fn member_priority(tags: &serde_json::Map<String, serde_json::Value>) -> i64 {
 /// unless `xlog.location` is set or the role is primary; position = max(received, replayed).
 pub fn peer_from_status(name: &str, body: &serde_json::Value) -> PeerStatus {
     let xlog = body.get("xlog").or_else(|| body.get("wal"));
-    let num = |k: &str| {
-        xlog.and_then(|x| x.get(k))
-            .and_then(|v| v.as_u64())
-    };
+    let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|v| v.as_u64());
     let role = body.get("role").and_then(|r| r.as_str()).unwrap_or("");
     let primary = num("location").is_some() || role == "primary" || role == "master";
     let received = num("received_location").unwrap_or(0);

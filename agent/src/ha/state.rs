@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use patrol_dcs::{Cluster, Role};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::postgres::LocalStatus;
@@ -42,14 +42,51 @@ struct Inner {
     last_cycle: Option<Instant>,
 }
 
+/// Operations the REST API asks the HA loop to carry out; the reply is Patroni's (code, text).
+#[derive(Debug)]
+pub enum Request {
+    Restart {
+        filters: RestartFilters,
+        reply: oneshot::Sender<(u16, String)>,
+    },
+    ScheduleRestart {
+        filters: RestartFilters,
+        /// The schedule as given (ISO 8601 with zone) and in epoch ms.
+        schedule: String,
+        at_ms: i64,
+        reply: oneshot::Sender<(u16, String)>,
+    },
+    CancelRestart {
+        reply: oneshot::Sender<(u16, String)>,
+    },
+    Reinitialize {
+        force: bool,
+        from_leader: bool,
+        reply: oneshot::Sender<(u16, String)>,
+    },
+}
+
+/// `POST /restart` conditions (spec 2.7).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RestartFilters {
+    pub role: Option<String>,
+    /// Restart only if the running version is lower than this (`server_version` number).
+    pub postgres_version: Option<(String, i32)>,
+    pub restart_pending: bool,
+    pub timeout: Option<u64>,
+}
+
 pub struct SharedState {
     inner: Mutex<Inner>,
     /// Wakes the HA loop before `loop_wait` (REST calls, tests).
     pub wakeup: Notify,
+    requests_tx: mpsc::UnboundedSender<Request>,
+    requests_rx: Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
 }
 
 impl Default for SharedState {
     fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
         SharedState {
             inner: Mutex::new(Inner {
                 node: NodeState {
@@ -67,6 +104,8 @@ impl Default for SharedState {
                 last_cycle: None,
             }),
             wakeup: Notify::new(),
+            requests_tx: tx,
+            requests_rx: Mutex::new(Some(rx)),
         }
     }
 }
@@ -75,6 +114,27 @@ impl SharedState {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave it inconsistent (plain assignments).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a request to the HA loop and waits for its answer.
+    pub async fn request(
+        &self,
+        make: impl FnOnce(oneshot::Sender<(u16, String)>) -> Request,
+    ) -> (u16, String) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests_tx.send(make(tx)).is_err() {
+            return (503, "the HA loop is not running".into());
+        }
+        rx.await
+            .unwrap_or((503, "the HA loop did not answer".into()))
+    }
+
+    /// The HA loop's end of the request channel (taken once).
+    pub fn take_requests(&self) -> Option<mpsc::UnboundedReceiver<Request>> {
+        self.requests_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn update(&self, node: NodeState) {

@@ -107,6 +107,8 @@ fn obs(me: &str, cluster: Cluster, local: LocalPg) -> Observation {
         use_pg_rewind: true,
         remove_data_directory_on_rewind_failure: false,
         remove_data_directory_on_diverged_timelines: false,
+        now_epoch_ms: 1_700_000_000_000,
+        clone_from_leader: false,
     }
 }
 
@@ -546,7 +548,12 @@ fn peer(name: &str, pos: u64) -> PeerStatus {
 }
 
 fn no_leader() -> Cluster {
-    cluster(&[&format!("initialize={SYSID}"), "member=pg1:replica", "member=pg2:replica", "optime=100"])
+    cluster(&[
+        &format!("initialize={SYSID}"),
+        "member=pg1:replica",
+        "member=pg2:replica",
+        "optime=100",
+    ])
 }
 
 #[test]
@@ -555,7 +562,11 @@ fn u_2_1_peer_ahead_wins_the_race() {
     let mut o = obs("pg1", no_leader(), running(true, 90));
     o.peers = vec![peer("pg2", 100)];
     let d = check(&o, &[]);
-    assert!(d.reason.contains("Wal position of pg2 is ahead"), "{}", d.reason);
+    assert!(
+        d.reason.contains("Wal position of pg2 is ahead"),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -565,7 +576,13 @@ fn u_2_1_equal_position_higher_priority_wins() {
     p.failover_priority = 2;
     o.peers = vec![p];
     let d = check(&o, &[]);
-    assert!(d.reason.contains("has equally tolerable WAL position and priority 2, while this node has priority 1"), "{}", d.reason);
+    assert!(
+        d.reason.contains(
+            "has equally tolerable WAL position and priority 2, while this node has priority 1"
+        ),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -593,7 +610,11 @@ fn u_2_1_live_primary_peer_stops_the_race() {
     p.primary = true;
     o.peers = vec![p];
     let d = check(&o, &[]);
-    assert!(d.reason.contains("Primary (pg2) is still alive"), "{}", d.reason);
+    assert!(
+        d.reason.contains("Primary (pg2) is still alive"),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -609,7 +630,11 @@ fn u_2_1_paused_replica_yields_to_one_that_replayed_more() {
     let mut local = running(true, 100);
     local.replay_position = Some(10);
     local.replay_paused = true;
-    let mut o = obs("pg1", cluster(&[&format!("initialize={SYSID}"), "optime=5000000"]), local);
+    let mut o = obs(
+        "pg1",
+        cluster(&[&format!("initialize={SYSID}"), "optime=5000000"]),
+        local,
+    );
     o.peers = vec![];
     let d = check(&o, &[]);
     assert!(d.reason.contains("maximum_lag_on_failover"), "{}", d.reason);
@@ -627,7 +652,13 @@ fn u_former_primary_yields_to_a_healthy_replica() {
 // ---- Failure cases: PostgreSQL crash, rejoin, history ----------------------------------------
 
 fn leader_pg0() -> Cluster {
-    cluster(&[&format!("initialize={SYSID}"), "leader=pg0", "member=pg0:primary", "member=pg1:replica", "optime=100"])
+    cluster(&[
+        &format!("initialize={SYSID}"),
+        "leader=pg0",
+        "member=pg0:primary",
+        "member=pg1:replica",
+        "optime=100",
+    ])
 }
 
 #[test]
@@ -635,7 +666,10 @@ fn c_1_crashed_leader_restarts_in_place() {
     // Row C-1: the leader's postmaster died: restart as primary, keep the key.
     let mut o = obs("pg0", leader_pg0(), stopped(initialized()));
     o.primary_down_for = Some(std::time::Duration::from_secs(1));
-    check(&o, &[Action::RefreshLeaderKey, Action::Start { standby_of: None }]);
+    check(
+        &o,
+        &[Action::RefreshLeaderKey, Action::Start { standby_of: None }],
+    );
 }
 
 #[test]
@@ -651,19 +685,31 @@ fn c_2_primary_start_timeout_zero_fails_over_at_once() {
 fn c_2_timeout_without_a_candidate_keeps_trying() {
     let mut o = obs(
         "pg0",
-        cluster(&[&format!("initialize={SYSID}"), "leader=pg0", "member=pg0:primary"]),
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+        ]),
         stopped(initialized()),
     );
     o.dynamic = ClusterConfig::parse(r#"{"primary_start_timeout":0}"#).expect("valid");
     o.primary_down_for = Some(std::time::Duration::from_secs(100));
-    check(&o, &[Action::RefreshLeaderKey, Action::Start { standby_of: None }]);
+    check(
+        &o,
+        &[Action::RefreshLeaderKey, Action::Start { standby_of: None }],
+    );
 }
 
 #[test]
 fn c_3_crashed_replica_restarts_as_replica() {
     // Row C-3.
     let o = obs("pg1", leader_pg0(), stopped(initialized()));
-    check(&o, &[Action::Start { standby_of: Some(Some(up("pg0", 5433))) }]);
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(Some(up("pg0", 5433))),
+        }],
+    );
 }
 
 #[test]
@@ -678,7 +724,11 @@ fn r_1_former_primary_rewinds_before_following() {
 fn r_1_waits_while_the_leader_is_still_promoting() {
     let mut o = obs(
         "pg1",
-        cluster(&[&format!("initialize={SYSID}"), "leader=pg0", "member=pg0:replica"]),
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:replica",
+        ]),
         stopped(initialized()),
     );
     o.needs_rewind = true;
@@ -701,9 +751,17 @@ fn r_3_without_pg_rewind_reclone_when_allowed() {
     o.use_pg_rewind = false;
     o.remove_data_directory_on_diverged_timelines = true;
     let d = decide(&o);
-    assert!(matches!(&d.actions[..], [Action::RemoveDataDirectory { .. }]), "{d:?}");
+    assert!(
+        matches!(&d.actions[..], [Action::RemoveDataDirectory { .. }]),
+        "{d:?}"
+    );
     o.remove_data_directory_on_diverged_timelines = false;
-    check(&o, &[Action::Start { standby_of: Some(Some(up("pg0", 5433))) }]);
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(Some(up("pg0", 5433))),
+        }],
+    );
 }
 
 #[test]
@@ -728,23 +786,259 @@ fn hline(tl: u64, ts: Option<&str>, who: Option<&str>) -> patrol_dcs::HistoryLin
 fn h_history_is_published_after_promotion_and_keeps_old_stamps() {
     // Row H-hist.
     let mut c = leader_pg0();
-    c.history = Some(History { lines: vec![hline(1, Some("t1"), Some("pg1"))] });
+    c.history = Some(History {
+        lines: vec![hline(1, Some("t1"), Some("pg1"))],
+    });
     let mut local = running(false, 100);
     local.timeline = Some(3);
-    local.history = Some(History { lines: vec![hline(1, None, None), hline(2, Some("t2"), Some("pg0"))] });
+    local.history = Some(History {
+        lines: vec![hline(1, None, None), hline(2, Some("t2"), Some("pg0"))],
+    });
     let o = obs("pg0", c, local);
     let d = decide(&o);
-    let expected = History { lines: vec![hline(1, Some("t1"), Some("pg1")), hline(2, Some("t2"), Some("pg0"))] };
+    let expected = History {
+        lines: vec![
+            hline(1, Some("t1"), Some("pg1")),
+            hline(2, Some("t2"), Some("pg0")),
+        ],
+    };
     assert!(d.actions.contains(&Action::WriteHistory(expected)), "{d:?}");
 }
 
 #[test]
 fn h_history_never_goes_backwards() {
     let mut c = leader_pg0();
-    c.history = Some(History { lines: vec![hline(1, Some("t1"), Some("pg1")), hline(2, Some("t2"), Some("pg2")), hline(3, Some("t3"), Some("pg1"))] });
+    c.history = Some(History {
+        lines: vec![
+            hline(1, Some("t1"), Some("pg1")),
+            hline(2, Some("t2"), Some("pg2")),
+            hline(3, Some("t3"), Some("pg1")),
+        ],
+    });
     let mut local = running(false, 100);
-    local.history = Some(History { lines: vec![hline(1, None, None), hline(2, Some("t2"), Some("pg0"))] });
+    local.history = Some(History {
+        lines: vec![hline(1, None, None), hline(2, Some("t2"), Some("pg0"))],
+    });
     let o = obs("pg0", c, local);
     let d = decide(&o);
-    assert!(!d.actions.iter().any(|a| matches!(a, Action::WriteHistory(_))), "{d:?}");
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::WriteHistory(_))),
+        "{d:?}"
+    );
+}
+
+// ---- Manual switchover / failover (the `failover` key) and maintenance mode ---------------------
+
+fn with_failover(mut c: Cluster, json: &str) -> Cluster {
+    c.failover = Some(patrol_dcs::Versioned {
+        version: 7,
+        value: patrol_dcs::Failover::parse(json),
+    });
+    c
+}
+
+fn healthy3() -> Cluster {
+    let mut c = cluster(&[
+        &format!("initialize={SYSID}"),
+        "leader=pg0",
+        "member=pg0:primary",
+        "member=pg1:replica",
+        "member=pg2:replica",
+        "optime=100",
+    ]);
+    for m in c.members.iter_mut() {
+        m.data.xlog_location = Some(100);
+    }
+    c
+}
+
+#[test]
+fn m_1_leader_demotes_gracefully_for_a_switchover() {
+    // Row M-1.
+    let o = obs(
+        "pg0",
+        with_failover(healthy3(), r#"{"leader":"pg0","member":"pg1"}"#),
+        running(false, 100),
+    );
+    check(&o, &[Action::RefreshLeaderKey, Action::GracefulDemote]);
+}
+
+#[test]
+fn m_1_switchover_to_an_unknown_or_unhealthy_candidate_is_cleared() {
+    let o = obs(
+        "pg0",
+        with_failover(healthy3(), r#"{"leader":"pg0","member":"pgX"}"#),
+        running(false, 100),
+    );
+    check(
+        &o,
+        &[
+            Action::RefreshLeaderKey,
+            Action::ClearFailover { version: 7 },
+        ],
+    );
+    let o = obs(
+        "pg0",
+        with_failover(healthy3(), r#"{"leader":"pg9","member":"pg1"}"#),
+        running(false, 100),
+    );
+    check(
+        &o,
+        &[
+            Action::RefreshLeaderKey,
+            Action::ClearFailover { version: 7 },
+        ],
+    );
+}
+
+#[test]
+fn m_1_scheduled_switchover_waits_until_due_and_expires() {
+    let mut o = obs(
+        "pg0",
+        with_failover(
+            healthy3(),
+            r#"{"leader":"pg0","member":"pg1","scheduled_at":"2023-11-14T22:13:30+00:00"}"#,
+        ),
+        running(false, 100),
+    );
+    // 2023-11-14T22:13:30Z = 1_700_000_010_000 ms: 10 s in the future.
+    let d = decide(&o);
+    assert!(!d.actions.contains(&Action::GracefulDemote), "{d:?}");
+    o.now_epoch_ms = 1_700_000_010_500;
+    check(&o, &[Action::RefreshLeaderKey, Action::GracefulDemote]);
+    o.now_epoch_ms = 1_700_000_030_000;
+    check(
+        &o,
+        &[
+            Action::RefreshLeaderKey,
+            Action::ClearFailover { version: 7 },
+        ],
+    );
+}
+
+fn unlocked_after_switchover(json: &str) -> Cluster {
+    let mut c = healthy3();
+    c.leader = None;
+    with_failover(c, json)
+}
+
+#[test]
+fn m_2_named_candidate_takes_the_key_without_checks() {
+    // Row M-2: even when a peer is ahead.
+    let mut o = obs(
+        "pg1",
+        unlocked_after_switchover(r#"{"leader":"pg0","member":"pg1"}"#),
+        running(true, 90),
+    );
+    o.peers = vec![peer("pg2", 100)];
+    check(
+        &o,
+        &[
+            Action::AcquireLeaderKey,
+            Action::ClearFailover { version: 7 },
+            Action::Promote,
+        ],
+    );
+}
+
+#[test]
+fn m_3_others_defer_to_a_reachable_candidate() {
+    // Row M-3.
+    let mut o = obs(
+        "pg2",
+        unlocked_after_switchover(r#"{"leader":"pg0","member":"pg1"}"#),
+        running(true, 100),
+    );
+    o.peers = vec![peer("pg1", 90)];
+    check(&o, &[]);
+    // Candidate unreachable: a normal race among the others.
+    o.peers = vec![];
+    check(
+        &o,
+        &[
+            Action::AcquireLeaderKey,
+            Action::ClearFailover { version: 7 },
+            Action::Promote,
+        ],
+    );
+}
+
+#[test]
+fn m_3_former_leader_does_not_retake_the_key() {
+    let o = obs(
+        "pg0",
+        unlocked_after_switchover(r#"{"leader":"pg0"}"#),
+        running(true, 100),
+    );
+    let d = check(&o, &[]);
+    assert!(d.reason.contains("I was the leader"), "{}", d.reason);
+}
+
+#[test]
+fn p_1_paused_node_does_not_start_postgres() {
+    // Row P-1.
+    let mut c = healthy3();
+    c.config = ClusterConfig::parse(r#"{"pause":true}"#).map(|v| patrol_dcs::Versioned {
+        version: 1,
+        value: v,
+    });
+    let o = obs("pg1", c.clone(), stopped(initialized()));
+    check(&o, &[]);
+    let o = obs("pg0", c, stopped(initialized()));
+    check(&o, &[Action::ReleaseLeaderKey]);
+}
+
+#[test]
+fn p_3_paused_primary_without_key_is_not_demoted() {
+    // Row P-3.
+    let mut c = healthy3();
+    c.config = ClusterConfig::parse(r#"{"pause":true}"#).map(|v| patrol_dcs::Versioned {
+        version: 1,
+        value: v,
+    });
+    let o = obs("pg1", c, running(false, 100));
+    check(&o, &[]);
+}
+
+#[test]
+fn p_4_paused_unlocked_primary_takes_the_key_replicas_wait() {
+    // Row P-4.
+    let mut c = cluster(&[&format!("initialize={SYSID}"), "member=pg1:replica"]);
+    c.config = ClusterConfig::parse(r#"{"pause":true}"#).map(|v| patrol_dcs::Versioned {
+        version: 1,
+        value: v,
+    });
+    let o = obs("pg0", c.clone(), running(false, 100));
+    check(&o, &[Action::AcquireLeaderKey]);
+    let o = obs("pg1", c, running(true, 100));
+    check(&o, &[]);
+}
+
+#[test]
+fn p_2_paused_leader_running_as_replica_releases() {
+    let mut c = healthy3();
+    c.config = ClusterConfig::parse(r#"{"pause":true}"#).map(|v| patrol_dcs::Versioned {
+        version: 1,
+        value: v,
+    });
+    let o = obs("pg0", c, running(true, 100));
+    check(&o, &[Action::ReleaseLeaderKey]);
+}
+
+#[test]
+fn reinit_from_leader_ignores_clonefrom() {
+    let mut o = obs(
+        "pg2",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+            "member=pg1:replica:clonefrom",
+        ]),
+        stopped(DataState::Empty),
+    );
+    o.clone_from_leader = true;
+    check(&o, &[Action::CloneFrom(up("pg0", 5433))]);
 }

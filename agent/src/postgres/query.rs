@@ -25,6 +25,8 @@ pub struct LocalStatus {
     pub latest_end_lsn: Option<u64>,
     pub postmaster_start_time: Option<String>,
     pub replication: Vec<ReplicationRow>,
+    /// Some setting changed that needs a restart (`pg_settings.pending_restart`).
+    pub pending_restart: bool,
 }
 
 /// One walsender, from `pg_stat_replication`.
@@ -53,7 +55,8 @@ const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('server_ve
   r.status, (r.latest_end_lsn - '0/0'::pg_lsn)::bigint, r.received_tli,
   CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())::bigint
        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
-  to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00:00'
+  to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00:00',
+  EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart)
 FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true";
 
 const REPLICATION_SQL: &str =
@@ -146,6 +149,7 @@ impl PgClient {
             latest_end_lsn: to_u64(row.try_get(8)?),
             timeline: u64::try_from(timeline).unwrap_or(0),
             postmaster_start_time: row.try_get(11)?,
+            pending_restart: row.try_get(12)?,
             replication: rows
                 .iter()
                 .map(|r| ReplicationRow {
@@ -201,8 +205,10 @@ impl PgClient {
 
     /// Resumes WAL replay if it is paused (before a promotion, so nothing received is lost).
     pub async fn resume_replay(&self) -> Result<(), PgError> {
-        self.execute("SELECT pg_wal_replay_resume() WHERE pg_is_in_recovery() AND pg_is_wal_replay_paused()")
-            .await
+        self.execute(
+            "SELECT pg_wal_replay_resume() WHERE pg_is_in_recovery() AND pg_is_wal_replay_paused()",
+        )
+        .await
     }
 
     /// `CHECKPOINT` (after promote, before rewind by peers).
