@@ -548,12 +548,22 @@ impl EtcdDcs {
     /// any loss of the stream a fresh read before resuming. Every change publishes a new
     /// `Arc<Cluster>`; `None` until the first read succeeds.
     pub fn watch_cluster(&self) -> watch::Receiver<Option<Arc<Cluster>>> {
+        self.watch_with_health().0
+    }
+
+    /// Like `watch_cluster`, plus a health signal: `true` while the view is current (snapshot
+    /// read and watch stream established), `false` from the moment the stream is lost until a
+    /// fresh read succeeds.
+    pub fn watch_with_health(
+        &self,
+    ) -> (watch::Receiver<Option<Arc<Cluster>>>, watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(None);
+        let (htx, hrx) = watch::channel(false);
         let client = self.client.clone();
         let prefix = self.prefix.clone();
         let retry = self.deadline();
-        tokio::spawn(run_watch(client, prefix, retry, tx));
-        rx
+        tokio::spawn(run_watch(client, prefix, retry, tx, htx));
+        (rx, hrx)
     }
 }
 
@@ -562,6 +572,7 @@ async fn run_watch(
     prefix: String,
     retry: Duration,
     tx: watch::Sender<Option<Arc<Cluster>>>,
+    healthy: watch::Sender<bool>,
 ) {
     let rel = |key: &[u8]| -> Option<String> {
         std::str::from_utf8(key)
@@ -583,6 +594,7 @@ async fn run_watch(
         let resp = match snapshot {
             Ok(Ok(r)) => r,
             other => {
+                healthy.send_replace(false);
                 tracing::debug!(?other, "cluster watch: snapshot read failed, retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
@@ -616,11 +628,13 @@ async fn run_watch(
         let mut stream = match timeout(retry, c.watch(prefix.clone(), Some(opts))).await {
             Ok(Ok(s)) => s,
             other => {
+                healthy.send_replace(false);
                 tracing::debug!(?other, "cluster watch: watch failed, re-reading");
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
         };
+        healthy.send_replace(true);
         loop {
             // etcd sends progress notifications every ~10 minutes by default; we do not rely on
             // them, but a dead connection is caught by the gRPC keep-alive on the channel.
@@ -668,6 +682,7 @@ async fn run_watch(
                 publish(rev, &map);
             }
         }
+        healthy.send_replace(false);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -1,0 +1,360 @@
+//! The router's configuration: a YAML file (or flags), validated before any port is bound. The
+//! agent's own Patroni-style YAML can supply etcd, namespace and scope.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What to do with a read-port connection when no replica qualifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFallback {
+    /// Answer with an ErrorResponse.
+    Refuse,
+    /// Send it to the leader.
+    Leader,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub endpoints: Vec<String>,
+    pub etcd_username: Option<String>,
+    pub etcd_password: Option<String>,
+    pub namespace: String,
+    pub scope: String,
+    pub write_listen: SocketAddr,
+    pub read_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_auth: Option<(String, String)>,
+    /// A replica leaves the read pool above this lag (bytes).
+    pub max_lag_bytes: u64,
+    /// ... or above this replay delay, when set.
+    pub max_lag_seconds: Option<f64>,
+    /// It re-enters only at or below `enter_ratio * max_lag_*`.
+    pub enter_ratio: f64,
+    /// ... and not before this long after it left.
+    pub hold_down: Duration,
+    pub read_fallback: ReadFallback,
+    /// A replica leaving the pool for lag keeps its sessions (a demoted or dead one never does).
+    pub keep_sessions_on_lag: bool,
+    /// New write connections wait this long for a leader before they get an error.
+    pub hold: Duration,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// The file format. Every key is optional except the cluster's identity.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    /// An agent (Patroni) config to take etcd3/namespace/scope from.
+    agent_config: Option<String>,
+    etcd: Option<EtcdSection>,
+    namespace: Option<String>,
+    scope: Option<String>,
+    listen: Option<ListenSection>,
+    admin: Option<AdminSection>,
+    read: Option<ReadSection>,
+    write: Option<WriteSection>,
+    probe_interval_ms: Option<u64>,
+    probe_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    startup_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EtcdSection {
+    hosts: Option<Vec<String>>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenSection {
+    write: Option<String>,
+    read: Option<String>,
+    admin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    username: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadSection {
+    max_lag_bytes: Option<u64>,
+    max_lag_seconds: Option<f64>,
+    enter_ratio: Option<f64>,
+    hold_down_ms: Option<u64>,
+    fallback: Option<ReadFallback>,
+    keep_sessions_on_lag: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteSection {
+    hold_ms: Option<u64>,
+}
+
+/// Overrides from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub etcd_hosts: Option<String>,
+    pub namespace: Option<String>,
+    pub scope: Option<String>,
+    pub write: Option<String>,
+    pub read: Option<String>,
+    pub admin: Option<String>,
+    pub agent_config: Option<String>,
+}
+
+fn invalid(key: &str, msg: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("invalid configuration: {key}: {msg}")
+}
+
+fn addr(key: &str, v: &str) -> anyhow::Result<SocketAddr> {
+    v.parse()
+        .map_err(|_| invalid(key, format!("{v:?} is not an address:port")))
+}
+
+fn endpoint(h: &str) -> String {
+    if h.starts_with("http://") || h.starts_with("https://") {
+        h.to_string()
+    } else {
+        format!("http://{h}")
+    }
+}
+
+/// Reads `etcd3`/`etcd` hosts, namespace and scope from an agent (Patroni) configuration.
+fn from_agent_config(path: &Path) -> anyhow::Result<(Vec<String>, Option<String>, Option<String>)> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(
+            "agent_config",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&text)
+        .map_err(|e| invalid("agent_config", format!("{}: {e}", path.display())))?;
+    let section = doc.get("etcd3").or_else(|| doc.get("etcd"));
+    let mut hosts = Vec::new();
+    if let Some(s) = section {
+        if let Some(u) = s.get("url").and_then(|v| v.as_str()) {
+            hosts.push(u.to_string());
+        } else if let Some(h) = s.get("hosts") {
+            match h {
+                serde_json::Value::Array(a) => {
+                    hosts.extend(a.iter().filter_map(|v| v.as_str()).map(String::from))
+                }
+                serde_json::Value::String(s) => {
+                    hosts.extend(s.split(',').map(|x| x.trim().to_string()))
+                }
+                _ => {}
+            }
+        } else if let Some(h) = s.get("host").and_then(|v| v.as_str()) {
+            hosts.push(h.to_string());
+        }
+    }
+    let ns = doc
+        .get("namespace")
+        .and_then(|v| v.as_str())
+        .map(String::from);
+    let scope = doc.get("scope").and_then(|v| v.as_str()).map(String::from);
+    Ok((hosts, ns, scope))
+}
+
+impl Config {
+    /// Loads `path` (if any) and applies the overrides; every error names its key.
+    pub fn load(path: Option<&Path>, o: &Overrides) -> anyhow::Result<Config> {
+        let file: File = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+                if text.trim().is_empty() {
+                    File::default()
+                } else {
+                    serde_yaml_ng::from_str(&text).map_err(|e| {
+                        anyhow::anyhow!("invalid configuration in {}: {e}", p.display())
+                    })?
+                }
+            }
+            None => File::default(),
+        };
+        let mut endpoints: Vec<String> = Vec::new();
+        let mut namespace = None;
+        let mut scope = None;
+        if let Some(a) = o.agent_config.as_deref().or(file.agent_config.as_deref()) {
+            let (h, n, s) = from_agent_config(Path::new(a))?;
+            endpoints = h.iter().map(|x| endpoint(x)).collect();
+            namespace = n;
+            scope = s;
+        }
+        let etcd = file.etcd.unwrap_or_default();
+        if let Some(h) = &etcd.hosts {
+            endpoints = h.iter().map(|x| endpoint(x)).collect();
+        }
+        if let Some(h) = &o.etcd_hosts {
+            endpoints = h.split(',').map(|x| endpoint(x.trim())).collect();
+        }
+        if endpoints.is_empty() {
+            endpoints.push("http://127.0.0.1:2379".into());
+        }
+        namespace = o.namespace.clone().or(file.namespace).or(namespace);
+        scope = o.scope.clone().or(file.scope).or(scope);
+        let scope = scope
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| invalid("scope", "missing (the cluster name; or give agent_config)"))?;
+        let listen = file.listen.unwrap_or_default();
+        let write = o
+            .write
+            .clone()
+            .or(listen.write)
+            .unwrap_or("127.0.0.1:5000".into());
+        let read = o
+            .read
+            .clone()
+            .or(listen.read)
+            .unwrap_or("127.0.0.1:5001".into());
+        let admin = o
+            .admin
+            .clone()
+            .or(listen.admin)
+            .unwrap_or("127.0.0.1:8080".into());
+        let r = file.read.unwrap_or_default();
+        let enter_ratio = r.enter_ratio.unwrap_or(0.8);
+        if !(0.0..=1.0).contains(&enter_ratio) || enter_ratio == 0.0 {
+            return Err(invalid("read.enter_ratio", "must be in (0, 1]"));
+        }
+        if let Some(s) = r.max_lag_seconds {
+            if !s.is_finite() || s <= 0.0 {
+                return Err(invalid("read.max_lag_seconds", "must be a positive number"));
+            }
+        }
+        let admin_auth = match file.admin {
+            Some(AdminSection {
+                username: Some(u),
+                password: Some(p),
+            }) => Some((u, p)),
+            Some(AdminSection {
+                username: None,
+                password: None,
+            })
+            | None => None,
+            Some(_) => {
+                return Err(invalid(
+                    "admin",
+                    "give both username and password, or neither",
+                ))
+            }
+        };
+        let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+        let cfg = Config {
+            endpoints,
+            etcd_username: etcd.username,
+            etcd_password: etcd.password,
+            namespace: namespace.unwrap_or_else(|| "/service".into()),
+            scope,
+            write_listen: addr("listen.write", &write)?,
+            read_listen: addr("listen.read", &read)?,
+            admin_listen: addr("listen.admin", &admin)?,
+            admin_auth,
+            max_lag_bytes: r.max_lag_bytes.unwrap_or(1_048_576),
+            max_lag_seconds: r.max_lag_seconds,
+            enter_ratio,
+            hold_down: ms(r.hold_down_ms, 30_000),
+            read_fallback: r.fallback.unwrap_or(ReadFallback::Refuse),
+            keep_sessions_on_lag: r.keep_sessions_on_lag.unwrap_or(true),
+            hold: ms(file.write.and_then(|w| w.hold_ms), 10_000),
+            probe_interval: ms(file.probe_interval_ms, 500),
+            probe_timeout: ms(file.probe_timeout_ms, 400),
+            connect_timeout: ms(file.connect_timeout_ms, 2_000),
+            startup_timeout: ms(file.startup_timeout_ms, 10_000),
+            max_connections: file.max_connections.unwrap_or(10_000),
+        };
+        if cfg.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if cfg.probe_interval.is_zero() {
+            return Err(invalid("probe_interval_ms", "must be at least 1"));
+        }
+        let ports = [cfg.write_listen, cfg.read_listen, cfg.admin_listen];
+        if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
+            return Err(invalid(
+                "listen",
+                "write, read and admin need distinct addresses",
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(text: &str) -> anyhow::Result<Config> {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        Config::load(Some(f.path()), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = load("scope: demo\netcd: {hosts: [127.0.0.1:2379]}\n").expect("valid");
+        assert_eq!(c.write_listen.port(), 5000);
+        assert_eq!(c.read_listen.port(), 5001);
+        assert_eq!(c.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(c.namespace, "/service");
+        assert_eq!(c.read_fallback, ReadFallback::Refuse);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("etcd: {hosts: [a]}\n", "scope"),
+            ("scope: x\nlisten: {write: nonsense}\n", "listen.write"),
+            ("scope: x\nread: {enter_ratio: 2}\n", "read.enter_ratio"),
+            ("scope: x\nadmin: {username: a}\n", "admin"),
+            (
+                "scope: x\nlisten: {write: '127.0.0.1:1', read: '127.0.0.1:1'}\n",
+                "listen",
+            ),
+        ] {
+            let e = load(text).expect_err(text).to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = load("scope: x\nbogus: 1\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn agent_config_supplies_the_cluster() {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(
+            b"scope: batman\nnamespace: /svc/\netcd3: {hosts: [10.0.0.1:2379, 10.0.0.2:2379]}\n",
+        )
+        .expect("write");
+        let o = Overrides {
+            agent_config: Some(f.path().display().to_string()),
+            ..Overrides::default()
+        };
+        let c = Config::load(None, &o).expect("valid");
+        assert_eq!(c.scope, "batman");
+        assert_eq!(c.namespace, "/svc/");
+        assert_eq!(c.endpoints.len(), 2);
+    }
+}

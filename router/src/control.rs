@@ -1,0 +1,286 @@
+//! The control side: the etcd view (snapshot + watch, re-read after a lost stream), live probes
+//! of every member's REST API, and the loop that rebuilds the routing table, swaps it, and cuts
+//! the sessions of backends that left their pool.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use patrol_dcs::Cluster;
+use tokio::sync::watch;
+
+use crate::state::{Port, Shared};
+use crate::table::{self, Probe, Table};
+
+/// Reads a member's `GET /patroni` answer.
+pub fn probe_from_status(body: &serde_json::Value, at: Instant) -> Probe {
+    let xlog = body.get("xlog");
+    let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|v| v.as_u64());
+    let role = body.get("role").and_then(|v| v.as_str()).unwrap_or("");
+    let state = body.get("state").and_then(|v| v.as_str()).unwrap_or("");
+    let primary = num("location").is_some() || role == "primary" || role == "master";
+    let received = num("received_location").unwrap_or(0);
+    let replayed = num("replayed_location").unwrap_or(0);
+    Probe {
+        at,
+        reachable: true,
+        primary: primary && state == "running",
+        running: state == "running",
+        wal_position: if primary {
+            num("location").unwrap_or(0)
+        } else {
+            received.max(replayed)
+        },
+        replayed,
+        streaming: body.get("replication_state").and_then(|v| v.as_str()) == Some("streaming"),
+        timeline: body.get("timeline").and_then(|v| v.as_u64()).unwrap_or(0),
+        replay_delay_seconds: 0.0,
+    }
+}
+
+/// Probes every member every `probe_interval`, and the lock holder every 50 ms while it is not
+/// yet confirmed primary (so a promotion is noticed within tens of milliseconds).
+pub async fn run_probes(shared: Arc<Shared>, cluster_rx: watch::Receiver<Option<Arc<Cluster>>>) {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(shared.cfg.probe_timeout)
+        .pool_max_idle_per_host(2)
+        .build()
+    else {
+        tracing::error!("cannot build the HTTP client for probes");
+        return;
+    };
+    let mut last_full = Instant::now() - shared.cfg.probe_interval;
+    loop {
+        let cluster = cluster_rx.borrow().clone();
+        let table = shared.table.load_full();
+        let unconfirmed_leader = table
+            .leader
+            .clone()
+            .filter(|l| table.writer.as_ref().map(|w| &w.name) != Some(l));
+        let full = last_full.elapsed() >= shared.cfg.probe_interval;
+        if let Some(c) = cluster {
+            let targets: Vec<(String, String)> = c
+                .members
+                .iter()
+                .filter(|m| !m.data.api_url.is_empty())
+                .filter(|m| full || unconfirmed_leader.as_deref() == Some(m.name.as_str()))
+                .map(|m| (m.name.clone(), m.data.api_url.clone()))
+                .collect();
+            if full {
+                last_full = Instant::now();
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for (name, url) in targets {
+                let client = client.clone();
+                set.spawn(async move {
+                    let at = Instant::now();
+                    let r = async {
+                        client
+                            .get(&url)
+                            .send()
+                            .await?
+                            .json::<serde_json::Value>()
+                            .await
+                    }
+                    .await;
+                    let p = match r {
+                        Ok(body) => probe_from_status(&body, at),
+                        Err(_) => Probe {
+                            at,
+                            reachable: false,
+                            primary: false,
+                            running: false,
+                            wal_position: 0,
+                            replayed: 0,
+                            streaming: false,
+                            timeline: 0,
+                            replay_delay_seconds: 0.0,
+                        },
+                    };
+                    (name, p)
+                });
+            }
+            let mut results = Vec::new();
+            while let Some(r) = set.join_next().await {
+                if let Ok(x) = r {
+                    results.push(x);
+                }
+            }
+            if !results.is_empty() {
+                let mut g = shared.probes.lock().unwrap_or_else(|p| p.into_inner());
+                let mut changed = false;
+                for (name, p) in results {
+                    let old = g.get(&name);
+                    let differs = old.is_none_or(|o| {
+                        o.reachable != p.reachable
+                            || o.primary != p.primary
+                            || o.running != p.running
+                            || o.streaming != p.streaming
+                            || o.replayed != p.replayed
+                            || o.wal_position != p.wal_position
+                    });
+                    changed |= differs;
+                    g.insert(name, p);
+                }
+                let names: Vec<String> = c.members.iter().map(|m| m.name.clone()).collect();
+                g.retain(|k, _| names.contains(k));
+                drop(g);
+                if changed || full {
+                    shared.dirty.notify_one();
+                }
+            }
+        }
+        let pause = if unconfirmed_leader.is_some() {
+            Duration::from_millis(50)
+        } else {
+            shared
+                .cfg
+                .probe_interval
+                .saturating_sub(last_full.elapsed())
+                .max(Duration::from_millis(10))
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Rebuilds the table on every DCS change, probe change and at least every probe interval.
+pub async fn run_control(
+    shared: Arc<Shared>,
+    mut cluster_rx: watch::Receiver<Option<Arc<Cluster>>>,
+    mut health_rx: watch::Receiver<bool>,
+) {
+    let mut last_event = Instant::now();
+    let mut was_healthy = false;
+    loop {
+        let cluster = cluster_rx.borrow_and_update().clone();
+        let healthy = *health_rx.borrow_and_update();
+        if healthy != was_healthy {
+            if healthy {
+                shared.event("etcd view current (snapshot read, watch established)");
+            } else {
+                shared.event("etcd view lost: re-reading until etcd answers");
+                shared.metrics.watch_reconnects_total.inc();
+            }
+            was_healthy = healthy;
+        }
+        shared.metrics.dcs_up.set(i64::from(healthy));
+        let probes: BTreeMap<String, Probe> = shared
+            .probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let prev = shared.table.load_full();
+        let next = table::build(
+            &shared.cfg,
+            cluster.as_deref(),
+            healthy,
+            &probes,
+            &prev,
+            Instant::now(),
+        );
+        apply(&shared, &prev, next, last_event);
+        tokio::select! {
+            r = cluster_rx.changed() => { if r.is_err() { return; } last_event = Instant::now(); }
+            r = health_rx.changed() => { if r.is_err() { return; } last_event = Instant::now(); }
+            _ = shared.dirty.notified() => { last_event = Instant::now(); }
+            _ = tokio::time::sleep(shared.cfg.probe_interval) => {}
+        }
+    }
+}
+
+/// Swaps the table if routing changed, cuts sessions that lost their backend, records events.
+fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
+    let routing_changed = prev.writer != next.writer
+        || prev.readers != next.readers
+        || prev.leader != next.leader
+        || prev.dcs_healthy != next.dcs_healthy
+        || prev.writer_reason != next.writer_reason;
+    let m = &shared.metrics;
+    for v in &next.members {
+        m.pool_member
+            .with_label_values(&["write", &v.name])
+            .set(i64::from(v.in_write_pool));
+        m.pool_member
+            .with_label_values(&["read", &v.name])
+            .set(i64::from(v.in_read_pool));
+        if let Some(l) = v.lag_bytes {
+            m.replica_lag_bytes
+                .with_label_values(&[&v.name])
+                .set(i64::try_from(l).unwrap_or(i64::MAX));
+        }
+    }
+    m.has_writer.set(i64::from(next.writer.is_some()));
+    let next = Arc::new(next);
+    shared.table.store(next.clone());
+    if !routing_changed {
+        return;
+    }
+    let _ = shared.table_tx.send(next.generation);
+
+    // Write sessions: only the current writer keeps them.
+    let writer = next.writer.as_ref().map(|w| w.name.clone());
+    let killed = shared
+        .sessions
+        .kill_where(Port::Write, |b| Some(b) == writer.as_deref());
+    if killed > 0 {
+        m.sessions_killed_total
+            .with_label_values(&["write"])
+            .inc_by(killed as u64);
+        m.session_kill_seconds
+            .with_label_values(&["write"])
+            .observe(event_at.elapsed().as_secs_f64());
+        shared.event(format!(
+            "closed {killed} write session(s): the write backend is now {}",
+            writer.as_deref().unwrap_or("none")
+        ));
+    }
+    // Read sessions: a dead or demoted replica loses them; one that left for lag keeps them
+    // unless configured otherwise.
+    let keep_on_lag = shared.cfg.keep_sessions_on_lag;
+    let killed = shared.sessions.kill_where(Port::Read, |b| {
+        next.members.iter().any(|v| {
+            v.name == b && (v.in_read_pool || (keep_on_lag && v.alive_replica) || v.in_write_pool)
+        })
+    });
+    if killed > 0 {
+        m.sessions_killed_total
+            .with_label_values(&["read"])
+            .inc_by(killed as u64);
+        m.session_kill_seconds
+            .with_label_values(&["read"])
+            .observe(event_at.elapsed().as_secs_f64());
+        shared.event(format!(
+            "closed {killed} read session(s) of replicas that left"
+        ));
+    }
+
+    if prev.writer != next.writer {
+        match &next.writer {
+            Some(w) => {
+                m.leader_changes_total.inc();
+                m.switch_latency_seconds
+                    .observe(event_at.elapsed().as_secs_f64());
+                *shared
+                    .leader_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some((w.name.clone(), SystemTime::now()));
+                shared.event(format!(
+                    "write port -> {} ({}), {:.1} ms after the event",
+                    w.name,
+                    w.addr,
+                    event_at.elapsed().as_secs_f64() * 1000.0
+                ));
+            }
+            None => shared.event(format!("write port has no backend: {}", next.writer_reason)),
+        }
+    }
+    for v in &next.members {
+        let before = prev.members.iter().find(|p| p.name == v.name);
+        let was = before.is_some_and(|p| p.in_read_pool);
+        if v.in_read_pool && !was {
+            shared.event(format!("read pool += {}", v.name));
+        } else if !v.in_read_pool && was {
+            shared.event(format!("read pool -= {} ({})", v.name, v.reason));
+        }
+    }
+}

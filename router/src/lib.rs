@@ -1,0 +1,97 @@
+//! `patrol-router`: routes the write port to the confirmed leader and the read port across
+//! replicas within a lag limit, from an etcd watch plus live probes of each member's REST API.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod control;
+pub mod metrics;
+pub mod proxy;
+pub mod state;
+pub mod table;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use config::Config;
+use state::{Port, Shared};
+
+/// Binds every listener first (so a bad address fails before anything runs), then serves until
+/// SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let write = TcpListener::bind(cfg.write_listen)
+        .await
+        .with_context(|| format!("cannot listen on listen.write {}", cfg.write_listen))?;
+    let read = TcpListener::bind(cfg.read_listen)
+        .await
+        .with_context(|| format!("cannot listen on listen.read {}", cfg.read_listen))?;
+    let admin = TcpListener::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on listen.admin {}", cfg.admin_listen))?;
+    let settings = patrol_dcs::EtcdSettings {
+        endpoints: cfg.endpoints.clone(),
+        username: cfg.etcd_username.clone(),
+        password: cfg.etcd_password.clone(),
+        prefix: patrol_dcs::cluster_prefix(&cfg.namespace, &cfg.scope),
+        member_name: String::new(),
+    };
+    let dcs = loop {
+        match patrol_dcs::EtcdDcs::connect(&settings, 30, std::time::Duration::from_secs(3)).await {
+            Ok(d) => break d,
+            Err(e) => {
+                tracing::error!(
+                    "cannot connect to etcd ({}): {e}; retrying",
+                    cfg.endpoints.join(",")
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let (cluster_rx, health_rx) = dcs.watch_with_health();
+    let shared = Shared::new(Arc::new(cfg));
+    let shutdown = CancellationToken::new();
+    tracing::info!(
+        "patrol-router {}: cluster {} (write {}, read {}, admin {})",
+        env!("CARGO_PKG_VERSION"),
+        shared.cfg.scope,
+        shared.cfg.write_listen,
+        shared.cfg.read_listen,
+        shared.cfg.admin_listen
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(control::run_control(
+        shared.clone(),
+        cluster_rx.clone(),
+        health_rx,
+    ));
+    tasks.spawn(control::run_probes(shared.clone(), cluster_rx));
+    tasks.spawn(proxy::serve(
+        shared.clone(),
+        Port::Write,
+        write,
+        shutdown.child_token(),
+    ));
+    tasks.spawn(proxy::serve(
+        shared.clone(),
+        Port::Read,
+        read,
+        shutdown.child_token(),
+    ));
+    tasks.spawn(admin::serve(shared.clone(), admin, shutdown.child_token()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+        r = tasks.join_next() => {
+            // A critical task ended: exit non-zero rather than route from a stale view.
+            anyhow::bail!("a router task ended unexpectedly: {r:?}");
+        }
+    }
+    shutdown.cancel();
+    drop(dcs);
+    Ok(())
+}

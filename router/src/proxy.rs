@@ -1,0 +1,398 @@
+//! The data path: accept, read the first packet (bounded, with a deadline), pick a backend with
+//! one table load, connect, and relay bytes both ways until either side closes or the session
+//! is cancelled because its backend left the pool.
+//!
+//! SSL: the router is L4. An `SSLRequest` is forwarded to the chosen backend, so TLS runs end to
+//! end; only when no backend can be chosen does the router answer `N` itself and send a
+//! PostgreSQL `ErrorResponse` in plaintext.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgwire::messages::response::ErrorResponse;
+use pgwire::messages::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ReadFallback;
+use crate::state::{Port, Shared};
+use crate::table::Backend;
+
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+const MIN_STARTUP: usize = 8;
+const MAX_STARTUP: usize = 10_000;
+const BUF: usize = 16 * 1024;
+
+/// Why a connection got an error instead of a backend.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    Protocol(&'static str),
+    #[error("no backend: {0}")]
+    NoBackend(String),
+    #[error("could not connect to {0}: {1}")]
+    Connect(String, String),
+}
+
+/// The first packet a client sends (startup, SSL/GSSENC request or cancel).
+struct FirstPacket {
+    code: u32,
+    bytes: BytesMut,
+}
+
+async fn read_first(client: &mut TcpStream) -> Result<FirstPacket, Refusal> {
+    let len = client
+        .read_u32()
+        .await
+        .map_err(|_| Refusal::Protocol("connection closed before the startup packet"))?
+        as usize;
+    if !(MIN_STARTUP..=MAX_STARTUP).contains(&len) {
+        return Err(Refusal::Protocol("invalid startup packet length"));
+    }
+    let mut bytes = BytesMut::with_capacity(len);
+    bytes.extend_from_slice(&(len as u32).to_be_bytes());
+    bytes.resize(len, 0);
+    client
+        .read_exact(&mut bytes[4..])
+        .await
+        .map_err(|_| Refusal::Protocol("truncated startup packet"))?;
+    let code = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    Ok(FirstPacket { code, bytes })
+}
+
+/// A FATAL ErrorResponse (SQLSTATE 57P03 cannot_connect_now unless given).
+fn error_response(code: &str, message: &str) -> BytesMut {
+    let e = ErrorResponse::new(vec![
+        (b'S', "FATAL".into()),
+        (b'V', "FATAL".into()),
+        (b'C', code.into()),
+        (b'M', message.into()),
+    ]);
+    let mut buf = BytesMut::new();
+    if e.encode(&mut buf).is_err() {
+        buf.clear();
+    }
+    buf
+}
+
+/// Serves one listener until `shutdown`.
+pub async fn serve(
+    shared: Arc<Shared>,
+    port: Port,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("{} port: accept failed: {e}", port.as_str());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        if shared.sessions.total() >= shared.cfg.max_connections {
+            shared
+                .metrics
+                .rejected_total
+                .with_label_values(&[port.as_str(), "max_connections"])
+                .inc();
+            drop(stream);
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            handle(shared, port, stream, peer).await;
+        });
+    }
+}
+
+async fn handle(shared: Arc<Shared>, port: Port, mut client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let deadline = shared.cfg.startup_timeout;
+    let first = match tokio::time::timeout(deadline, read_first(&mut client)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(r)) => return reject_quietly(&shared, port, peer, &r),
+        Err(_) => {
+            return reject_quietly(&shared, port, peer, &Refusal::Protocol("startup timeout"))
+        }
+    };
+    match first.code {
+        CANCEL_REQUEST => {
+            forward_cancel(&shared, port, &first.bytes).await;
+        }
+        SSL_REQUEST | GSSENC_REQUEST => match pick(&shared, port).await {
+            Ok(backend) => relay_with_ssl(&shared, port, client, &first.bytes, backend).await,
+            Err(r) => {
+                // No backend: decline encryption ourselves, read the real startup, then refuse.
+                if client.write_all(b"N").await.is_err() {
+                    return;
+                }
+                match tokio::time::timeout(deadline, read_first(&mut client)).await {
+                    Ok(Ok(p)) if p.code >> 16 == 3 => refuse(&shared, port, client, &r).await,
+                    _ => reject_quietly(
+                        &shared,
+                        port,
+                        peer,
+                        &Refusal::Protocol("bad startup after SSL request"),
+                    ),
+                }
+            }
+        },
+        code if code >> 16 == 3 => match pick(&shared, port).await {
+            Ok(backend) => relay_plain(&shared, port, client, &first.bytes, backend).await,
+            Err(r) => refuse(&shared, port, client, &r).await,
+        },
+        _ => {
+            let r = Refusal::Protocol("unsupported frontend protocol");
+            refuse(&shared, port, client, &r).await
+        }
+    }
+}
+
+fn reject_quietly(shared: &Shared, port: Port, peer: SocketAddr, r: &Refusal) {
+    tracing::debug!(
+        "{} port: closing connection from {peer}: {r}",
+        port.as_str()
+    );
+    shared
+        .metrics
+        .rejected_total
+        .with_label_values(&[port.as_str(), "protocol"])
+        .inc();
+}
+
+async fn refuse(shared: &Shared, port: Port, mut client: TcpStream, r: &Refusal) {
+    let (reason, sqlstate) = match r {
+        Refusal::Protocol(_) => ("protocol", "08P01"),
+        Refusal::NoBackend(_) => ("no_backend", "57P03"),
+        Refusal::Connect(..) => ("connect", "57P03"),
+    };
+    shared
+        .metrics
+        .rejected_total
+        .with_label_values(&[port.as_str(), reason])
+        .inc();
+    let msg = format!(
+        "patrol-router: cluster \"{}\" {} port: {r}",
+        shared.cfg.scope,
+        port.as_str()
+    );
+    let _ = client.write_all(&error_response(sqlstate, &msg)).await;
+    let _ = client.shutdown().await;
+}
+
+/// Chooses a backend with one table load; the write port holds up to `hold` for a leader.
+async fn pick(shared: &Shared, port: Port) -> Result<Backend, Refusal> {
+    match port {
+        Port::Write => {
+            let mut rx = shared.table_tx.subscribe();
+            let deadline = tokio::time::Instant::now() + shared.cfg.hold;
+            loop {
+                let t = shared.table.load();
+                if let Some(w) = &t.writer {
+                    return Ok(w.clone());
+                }
+                let reason = t.writer_reason.clone();
+                drop(t);
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return Err(Refusal::NoBackend(reason)) },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(Refusal::NoBackend(format!("{reason} (waited {} ms)", shared.cfg.hold.as_millis())));
+                    }
+                }
+            }
+        }
+        Port::Read => {
+            let t = shared.table.load();
+            // Least connections; ties rotate.
+            let n = t.readers.len();
+            let start = if n == 0 {
+                0
+            } else {
+                shared.rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize % n
+            };
+            let best = (0..n)
+                .map(|k| &t.readers[(start + k) % n])
+                .min_by_key(|b| shared.sessions.count(Port::Read, &b.name));
+            match (best, shared.cfg.read_fallback, &t.writer) {
+                (Some(b), _, _) => Ok(b.clone()),
+                (None, ReadFallback::Leader, Some(w)) => Ok(w.clone()),
+                _ => Err(Refusal::NoBackend("no replica within the lag limit".into())),
+            }
+        }
+    }
+}
+
+async fn connect(shared: &Shared, b: &Backend) -> Result<TcpStream, Refusal> {
+    match tokio::time::timeout(shared.cfg.connect_timeout, TcpStream::connect(b.addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(Refusal::Connect(b.name.clone(), e.to_string())),
+        Err(_) => Err(Refusal::Connect(b.name.clone(), "timed out".into())),
+    }
+}
+
+async fn relay_plain(
+    shared: &Shared,
+    port: Port,
+    client: TcpStream,
+    first: &[u8],
+    backend: Backend,
+) {
+    let mut server = match connect(shared, &backend).await {
+        Ok(s) => s,
+        Err(r) => return refuse(shared, port, client, &r).await,
+    };
+    if server.write_all(first).await.is_err() {
+        return;
+    }
+    relay(shared, port, client, server, backend).await;
+}
+
+/// Forwards the SSL/GSSENC request to the backend and its one-byte answer to the client; TLS
+/// then runs end to end through the relay.
+async fn relay_with_ssl(
+    shared: &Shared,
+    port: Port,
+    mut client: TcpStream,
+    first: &[u8],
+    backend: Backend,
+) {
+    let mut server = match connect(shared, &backend).await {
+        Ok(s) => s,
+        Err(r) => {
+            if client.write_all(b"N").await.is_err() {
+                return;
+            }
+            if read_first(&mut client).await.is_ok() {
+                refuse(shared, port, client, &r).await;
+            }
+            return;
+        }
+    };
+    if server.write_all(first).await.is_err() {
+        return;
+    }
+    let mut answer = [0u8; 1];
+    if server.read_exact(&mut answer).await.is_err() || client.write_all(&answer).await.is_err() {
+        return;
+    }
+    relay(shared, port, client, server, backend).await;
+}
+
+/// Copies both ways with buffers allocated only while data flows, until either side closes or
+/// the session is cancelled.
+async fn relay(
+    shared: &Shared,
+    port: Port,
+    client: TcpStream,
+    server: TcpStream,
+    backend: Backend,
+) {
+    let (id, cancel) = shared.sessions.register(port, &backend.name);
+    let m = &shared.metrics;
+    let labels = [port.as_str(), backend.name.as_str()];
+    m.sessions_total.with_label_values(&labels).inc();
+    let current = m.sessions_current.with_label_values(&labels);
+    current.inc();
+    // The backend may have left the pool between the table load and the registration.
+    let t = shared.table.load();
+    let still_valid = match port {
+        Port::Write => t.writer.as_ref().is_some_and(|w| w.name == backend.name),
+        Port::Read => {
+            t.readers.iter().any(|r| r.name == backend.name)
+                || t.writer.as_ref().is_some_and(|w| w.name == backend.name)
+        }
+    };
+    drop(t);
+    if still_valid {
+        let up = m
+            .bytes_total
+            .with_label_values(&[port.as_str(), "to_backend"]);
+        let down = m
+            .bytes_total
+            .with_label_values(&[port.as_str(), "to_client"]);
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        tokio::select! {
+            _ = pump(cr, sw, &up) => {}
+            _ = pump(sr, cw, &down) => {}
+            _ = cancel.cancelled() => {
+                tracing::debug!("{} session to {} closed: backend left the pool", port.as_str(), backend.name);
+            }
+        }
+    }
+    current.dec();
+    shared.sessions.unregister(id);
+}
+
+async fn pump(
+    from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counter: &prometheus::IntCounter,
+) {
+    loop {
+        if from.readable().await.is_err() {
+            return;
+        }
+        let mut buf = Vec::with_capacity(BUF);
+        match from.try_read_buf(&mut buf) {
+            Ok(0) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                counter.inc_by(n as u64);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// A CancelRequest carries no routing information: send it to every backend of the port's pool
+/// (PostgreSQL ignores keys it does not know).
+async fn forward_cancel(shared: &Shared, port: Port, packet: &[u8]) {
+    let t = shared.table.load_full();
+    let targets: Vec<Backend> = match port {
+        Port::Write => t.writer.iter().cloned().collect(),
+        Port::Read => t.readers.iter().chain(t.writer.iter()).cloned().collect(),
+    };
+    for b in targets {
+        if let Ok(mut s) = connect(shared, &b).await {
+            let _ = s.write_all(packet).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_is_a_valid_message() {
+        let b = error_response("57P03", "no leader");
+        assert_eq!(b[0], b'E');
+        let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        assert_eq!(len + 1, b.len());
+        let body = String::from_utf8_lossy(&b[5..]);
+        assert!(
+            body.contains("57P03") && body.contains("no leader"),
+            "{body}"
+        );
+    }
+}

@@ -1,0 +1,491 @@
+//! The routing decision, pure: from the DCS view, the live probes and the previous pool state,
+//! build the immutable routing table the connection path reads with one `ArcSwap::load()`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use patrol_dcs::{Cluster, Role};
+
+use crate::config::Config;
+
+/// What a member's REST API (`GET /patroni`) said last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub at: Instant,
+    /// `false` when the API did not answer (member or host down).
+    pub reachable: bool,
+    /// PostgreSQL is running and not in recovery.
+    pub primary: bool,
+    pub running: bool,
+    pub wal_position: u64,
+    pub replayed: u64,
+    pub streaming: bool,
+    pub timeline: u64,
+    /// Seconds since the last replayed transaction when it is behind what it received.
+    pub replay_delay_seconds: f64,
+}
+
+/// One backend a connection may go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// Per member, for the stats page and the pool hysteresis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberView {
+    pub name: String,
+    pub addr: Option<SocketAddr>,
+    pub role: String,
+    pub state: String,
+    pub timeline: Option<u64>,
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    pub in_write_pool: bool,
+    pub in_read_pool: bool,
+    /// Why it is not in a pool ("" when it is).
+    pub reason: String,
+    /// Alive as a replica (running, in recovery, API answering): read sessions survive.
+    pub alive_replica: bool,
+    /// When its read-pool membership last changed.
+    pub pool_changed_at: Option<Instant>,
+    /// When it last left the read pool, and how many times in a row it left again soon after
+    /// coming back (flap damping: each doubles the hold-down, up to 16x).
+    pub last_exit: Option<Instant>,
+    pub flaps: u32,
+}
+
+impl MemberView {
+    /// The hold-down before re-entry, grown by recent flaps.
+    pub fn hold_down(&self, base: Duration) -> Duration {
+        base * 2u32.pow(self.flaps.min(4))
+    }
+}
+
+/// The table: immutable, swapped whole.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Table {
+    pub generation: u64,
+    pub leader: Option<String>,
+    pub writer: Option<Backend>,
+    pub writer_reason: String,
+    pub readers: Vec<Backend>,
+    pub members: Vec<MemberView>,
+    pub dcs_healthy: bool,
+}
+
+fn addr_of(conn_url: &str) -> Option<SocketAddr> {
+    let (host, port) = patrol_dcs::parse_conn_url(conn_url)?;
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+fn fresh(p: Option<&Probe>, now: Instant, max_age: Duration) -> Option<&Probe> {
+    p.filter(|p| now.saturating_duration_since(p.at) <= max_age)
+}
+
+/// Builds the next table. `prev` supplies the last writer (kept through a DCS outage while its
+/// own agent confirms it is primary) and each member's pool state (hysteresis).
+pub fn build(
+    cfg: &Config,
+    cluster: Option<&Cluster>,
+    dcs_healthy: bool,
+    probes: &BTreeMap<String, Probe>,
+    prev: &Table,
+    now: Instant,
+) -> Table {
+    let max_age = cfg.probe_interval * 4 + cfg.probe_timeout;
+    let mut t = Table {
+        generation: prev.generation + 1,
+        dcs_healthy,
+        ..Table::default()
+    };
+    let Some(c) = cluster else {
+        t.writer_reason = "no cluster view from etcd yet".into();
+        return t;
+    };
+    let leader = c.leader_name().map(String::from);
+    t.leader = leader.clone();
+
+    // Writer: the lock holder, confirmed primary by its own API (fresh probe) or, without a
+    // probe, by its member key. A holder still promoting is not a writer yet.
+    let confirmed = |name: &str| -> bool {
+        let m = c.member(name);
+        match fresh(probes.get(name), now, max_age) {
+            Some(p) if p.reachable => p.primary,
+            Some(_) => false,
+            None => m.is_some_and(|m| m.data.role == Role::Primary && m.data.state == "running"),
+        }
+    };
+    if dcs_healthy {
+        match &leader {
+            Some(l) if confirmed(l) => {
+                t.writer = c
+                    .member(l)
+                    .and_then(|m| addr_of(&m.data.conn_url))
+                    .map(|addr| Backend {
+                        name: l.clone(),
+                        addr,
+                    });
+                if t.writer.is_none() {
+                    t.writer_reason = format!("leader {l} has no usable conn_url");
+                }
+            }
+            Some(l) => t.writer_reason = format!("leader {l} is not confirmed primary yet"),
+            None => t.writer_reason = "no leader".into(),
+        }
+    } else {
+        // etcd unreachable: keep the last writer only while its own API says it is primary
+        // (its agent demotes it when it loses the lease).
+        match &prev.writer {
+            Some(w)
+                if fresh(probes.get(&w.name), now, max_age)
+                    .is_some_and(|p| p.reachable && p.primary) =>
+            {
+                t.writer = Some(w.clone());
+                t.writer_reason =
+                    "etcd unreachable: last leader kept while its agent confirms it is primary"
+                        .into();
+            }
+            Some(w) => {
+                t.writer_reason =
+                    format!("etcd unreachable and {} is not confirmed primary", w.name)
+            }
+            None => t.writer_reason = "etcd unreachable and no known leader".into(),
+        }
+    }
+
+    // Leader position for lag: live when we have it, else the DCS status.
+    let leader_pos = leader
+        .as_deref()
+        .and_then(|l| fresh(probes.get(l), now, max_age))
+        .filter(|p| p.reachable && p.primary)
+        .map(|p| p.wal_position)
+        .into_iter()
+        .chain(c.status.optime)
+        .max();
+
+    for m in &c.members {
+        let addr = addr_of(&m.data.conn_url);
+        let probe = fresh(probes.get(&m.name), now, max_age);
+        let prev_view = prev.members.iter().find(|v| v.name == m.name);
+        let is_writer = t.writer.as_ref().is_some_and(|w| w.name == m.name);
+        let is_leader = leader.as_deref() == Some(m.name.as_str());
+        let mut v = MemberView {
+            name: m.name.clone(),
+            addr,
+            role: if is_leader {
+                "leader".into()
+            } else {
+                m.data.role.as_str().to_string()
+            },
+            state: m.data.state.clone(),
+            timeline: probe
+                .map(|p| p.timeline)
+                .filter(|t| *t > 0)
+                .or(m.data.timeline),
+            lag_bytes: None,
+            lag_seconds: None,
+            in_write_pool: is_writer,
+            in_read_pool: false,
+            reason: String::new(),
+            alive_replica: false,
+            pool_changed_at: prev_view.and_then(|p| p.pool_changed_at),
+            last_exit: prev_view.and_then(|p| p.last_exit),
+            flaps: prev_view.map(|p| p.flaps).unwrap_or(0),
+        };
+        let was_in = prev_view.is_some_and(|p| p.in_read_pool);
+        let why_not: Option<String> = match probe {
+            _ if addr.is_none() => Some("no usable conn_url".into()),
+            None => Some("no recent probe".into()),
+            Some(p) if !p.reachable => Some("down (API not answering)".into()),
+            Some(p) if !p.running => Some("PostgreSQL not running".into()),
+            Some(p) if p.primary => Some(if is_writer {
+                String::new()
+            } else {
+                "primary".into()
+            }),
+            Some(p) => {
+                v.alive_replica = true;
+                let lag = leader_pos.map(|lp| lp.saturating_sub(p.replayed));
+                v.lag_bytes = lag;
+                v.lag_seconds = Some(p.replay_delay_seconds);
+                let noload = m.data.noloadbalance();
+                if is_leader {
+                    Some("leader (promoting)".into())
+                } else if noload {
+                    Some("tagged noloadbalance".into())
+                } else if !p.streaming {
+                    Some("not streaming".into())
+                } else {
+                    let limit = cfg.max_lag_bytes;
+                    let over = |ratio: f64| {
+                        let l = lag.unwrap_or(u64::MAX);
+                        let bytes_over = (l as f64) > (limit as f64) * ratio;
+                        let secs_over = cfg
+                            .max_lag_seconds
+                            .is_some_and(|s| p.replay_delay_seconds > s * ratio);
+                        bytes_over || secs_over
+                    };
+                    if was_in {
+                        over(1.0).then(|| format!("lag {} bytes over the limit", lag.unwrap_or(0)))
+                    } else if over(cfg.enter_ratio) {
+                        Some(format!(
+                            "lag {} bytes (re-enters at {:.0})",
+                            lag.map(|l| l.to_string())
+                                .unwrap_or_else(|| "unknown".into()),
+                            limit as f64 * cfg.enter_ratio
+                        ))
+                    } else if v.last_exit.is_some_and(|at| {
+                        now.saturating_duration_since(at) < v.hold_down(cfg.hold_down)
+                    }) {
+                        Some(format!(
+                            "hold-down after leaving the pool ({} s)",
+                            v.hold_down(cfg.hold_down).as_secs()
+                        ))
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        match why_not {
+            None => {
+                v.in_read_pool = true;
+            }
+            Some(r) => v.reason = r,
+        }
+        if v.in_read_pool != was_in && prev_view.is_some() {
+            v.pool_changed_at = Some(now);
+            if was_in {
+                // Left again soon after the last exit's hold-down ended: a flap.
+                let recent = v.last_exit.is_some_and(|at| {
+                    now.saturating_duration_since(at) < v.hold_down(cfg.hold_down) * 2
+                });
+                v.flaps = if recent { v.flaps + 1 } else { 0 };
+                v.last_exit = Some(now);
+            }
+        }
+        if v.in_read_pool {
+            if let Some(a) = addr {
+                t.readers.push(Backend {
+                    name: m.name.clone(),
+                    addr: a,
+                });
+            }
+        }
+        t.members.push(v);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use patrol_dcs::Kv;
+
+    fn cfg() -> Config {
+        let o = Overrides {
+            scope: Some("c".into()),
+            ..Overrides::default()
+        };
+        let mut c = Config::load(None, &o).expect("valid");
+        c.hold_down = Duration::from_secs(30);
+        c
+    }
+
+    fn cluster(leader: Option<&str>, roles: &[(&str, &str)]) -> Cluster {
+        let mut kvs = vec![];
+        if let Some(l) = leader {
+            kvs.push(Kv {
+                key: "leader".into(),
+                value: l.into(),
+                mod_revision: 1,
+                lease: 1,
+            });
+        }
+        for (i, (n, r)) in roles.iter().enumerate() {
+            kvs.push(Kv {
+                key: format!("members/{n}"),
+                value: format!(
+                    r#"{{"conn_url":"postgres://127.0.0.1:{}/postgres","api_url":"http://127.0.0.1:{}/patroni","state":"running","role":"{r}","version":"4.1.4"}}"#,
+                    5432 + i,
+                    8008 + i
+                ),
+                mod_revision: 1,
+                lease: 1,
+            });
+        }
+        Cluster::from_kvs(1, &kvs)
+    }
+
+    fn probe(now: Instant, primary: bool, wal: u64, replayed: u64) -> Probe {
+        Probe {
+            at: now,
+            reachable: true,
+            primary,
+            running: true,
+            wal_position: wal,
+            replayed,
+            streaming: !primary,
+            timeline: 1,
+            replay_delay_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn writer_is_the_confirmed_leader_readers_are_streaming_replicas() {
+        let now = Instant::now();
+        let c = cluster(
+            Some("a"),
+            &[("a", "primary"), ("b", "replica"), ("c", "replica")],
+        );
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, true, 1000, 0));
+        p.insert("b".into(), probe(now, false, 1000, 1000));
+        p.insert("c".into(), probe(now, false, 1000, 900));
+        let t = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+        assert_eq!(t.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
+        let r: Vec<_> = t.readers.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(r, ["b", "c"]);
+    }
+
+    #[test]
+    fn a_promoting_leader_is_not_a_writer_yet() {
+        let now = Instant::now();
+        let c = cluster(Some("b"), &[("a", "replica"), ("b", "replica")]);
+        let mut p = BTreeMap::new();
+        p.insert("b".into(), probe(now, false, 1000, 1000));
+        let t = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+        assert!(t.writer.is_none());
+        assert!(
+            t.writer_reason.contains("not confirmed"),
+            "{}",
+            t.writer_reason
+        );
+    }
+
+    #[test]
+    fn lock_holder_without_probe_is_confirmed_by_its_member_key() {
+        let now = Instant::now();
+        let c = cluster(Some("a"), &[("a", "primary")]);
+        let t = build(
+            &cfg(),
+            Some(&c),
+            true,
+            &BTreeMap::new(),
+            &Table::default(),
+            now,
+        );
+        assert_eq!(t.writer.map(|w| w.name), Some("a".into()));
+    }
+
+    #[test]
+    fn dcs_outage_keeps_the_writer_only_while_it_confirms_primary() {
+        let now = Instant::now();
+        let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, true, 1000, 0));
+        let t1 = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+        let t2 = build(&cfg(), Some(&c), false, &p, &t1, now);
+        assert_eq!(t2.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
+        // The agent demoted it (lost its lease): no writer.
+        p.insert("a".into(), probe(now, false, 1000, 1000));
+        let t3 = build(&cfg(), Some(&c), false, &p, &t2, now);
+        assert!(t3.writer.is_none());
+    }
+
+    #[test]
+    fn lag_hysteresis_and_hold_down() {
+        let cfg = cfg();
+        let t0 = Instant::now();
+        let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+        let mut p = BTreeMap::new();
+        let lim = cfg.max_lag_bytes;
+        let at = |t: Instant, lag: u64, p: &mut BTreeMap<String, Probe>| {
+            p.insert("a".into(), probe(t, true, 10 * lim, 0));
+            p.insert("b".into(), probe(t, false, 10 * lim, 10 * lim - lag));
+        };
+        at(t0, 0, &mut p);
+        let t = build(&cfg, Some(&c), true, &p, &Table::default(), t0);
+        assert_eq!(t.readers.len(), 1);
+        // Just over the limit: out at once.
+        let t1 = t0 + Duration::from_secs(1);
+        at(t1, lim + 1, &mut p);
+        let t = build(&cfg, Some(&c), true, &p, &t, t1);
+        assert!(t.readers.is_empty());
+        // Back under the limit but above the enter threshold: stays out.
+        let t2 = t1 + Duration::from_secs(5);
+        at(t2, lim - 1, &mut p);
+        let t = build(&cfg, Some(&c), true, &p, &t, t2);
+        assert!(t.readers.is_empty(), "{:?}", t.members);
+        // Under the enter threshold but within the hold-down: out.
+        let t3 = t1 + Duration::from_secs(10);
+        at(t3, 0, &mut p);
+        let t = build(&cfg, Some(&c), true, &p, &t, t3);
+        assert!(t.readers.is_empty());
+        assert!(t.members[1].reason.contains("hold-down"));
+        // After the hold-down: in.
+        let t4 = t1 + Duration::from_secs(31);
+        at(t4, 0, &mut p);
+        let t = build(&cfg, Some(&c), true, &p, &t, t4);
+        assert_eq!(t.readers.len(), 1);
+    }
+
+    #[test]
+    fn oscillating_lag_changes_membership_at_most_twice_per_hold_down() {
+        let cfg = cfg();
+        let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+        let lim = cfg.max_lag_bytes;
+        let start = Instant::now();
+        let mut t = Table::default();
+        let mut transitions = 0;
+        let mut was = None;
+        // 30 minutes of lag oscillating around the limit with a 10 s period, sampled every 500 ms.
+        for i in 0..3600u64 {
+            let now = start + Duration::from_millis(500 * i);
+            let phase = (i % 20) as f64 / 20.0 * std::f64::consts::TAU;
+            let lag = (lim as f64 * (1.0 + 0.3 * phase.sin())) as u64;
+            let mut p = BTreeMap::new();
+            p.insert("a".into(), probe(now, true, 10 * lim, 0));
+            p.insert("b".into(), probe(now, false, 10 * lim, 10 * lim - lag));
+            t = build(&cfg, Some(&c), true, &p, &t, now);
+            let inn = !t.readers.is_empty();
+            if was.is_some_and(|w| w != inn) {
+                transitions += 1;
+            }
+            was = Some(inn);
+        }
+        // Patroni + HAProxy flapped 300 times in 22 minutes (patroni#3491). Target T8: at most
+        // one transition per 30 s hold-down window on average.
+        assert!(transitions <= 30 * 60 / 30, "{transitions} transitions");
+        assert!(
+            transitions >= 2,
+            "it must still leave the pool: {transitions}"
+        );
+    }
+
+    #[test]
+    fn down_or_not_streaming_replicas_are_out() {
+        let now = Instant::now();
+        let c = cluster(
+            Some("a"),
+            &[("a", "primary"), ("b", "replica"), ("c", "replica")],
+        );
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, true, 100, 0));
+        let mut b = probe(now, false, 100, 100);
+        b.reachable = false;
+        p.insert("b".into(), b);
+        let mut cc = probe(now, false, 100, 100);
+        cc.streaming = false;
+        p.insert("c".into(), cc);
+        let t = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+        assert!(t.readers.is_empty());
+        assert!(t.members[1].reason.contains("down"));
+        assert!(t.members[2].reason.contains("not streaming"));
+    }
+}
