@@ -74,6 +74,7 @@ pub fn stats_json(shared: &Shared) -> Value {
         "read_backends": t.readers.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "dcs": {"healthy": t.dcs_healthy, "watch_reconnects": shared.metrics.watch_reconnects_total.get()},
         "sessions": shared.sessions.total(),
+        "connections": shared.connections.load(std::sync::atomic::Ordering::Relaxed),
         "table_generation": t.generation,
         "members": members,
         "events": events,

@@ -12,6 +12,54 @@ use tokio::sync::watch;
 use crate::state::{Port, Shared};
 use crate::table::{self, Probe, Table};
 
+/// Seconds since the Unix epoch of a `YYYY-MM-DD HH:MM:SS[.frac][+HH:MM|-HH:MM|Z]` timestamp
+/// (how Patroni and the agent write `xlog.replayed_timestamp`).
+pub fn parse_timestamp(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = s.get(19..)?;
+    let mut frac = 0.0;
+    if let Some(r) = rest.strip_prefix('.') {
+        let n = r.bytes().take_while(|b| b.is_ascii_digit()).count();
+        frac = format!("0.{}", &r[..n]).parse().ok()?;
+        rest = &r[n..];
+    }
+    let offset = match rest.as_bytes().first() {
+        None | Some(b'Z') => 0,
+        Some(&sign @ (b'+' | b'-')) => {
+            let t: Vec<&str> = rest[1..].split(':').collect();
+            let oh: i64 = t.first()?.parse().ok()?;
+            let om: i64 = t.get(1).map_or(Some(0), |m| m.parse().ok())?;
+            let o = oh * 3600 + om * 60;
+            if sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    Some(secs as f64 + frac)
+}
+
 /// Reads a member's `GET /patroni` answer.
 pub fn probe_from_status(body: &serde_json::Value, at: Instant) -> Probe {
     let xlog = body.get("xlog");
@@ -21,6 +69,23 @@ pub fn probe_from_status(body: &serde_json::Value, at: Instant) -> Probe {
     let primary = num("location").is_some() || role == "primary" || role == "master";
     let received = num("received_location").unwrap_or(0);
     let replayed = num("replayed_location").unwrap_or(0);
+    // Replay delay: how old the last replayed transaction is, while replay is behind what was
+    // received (a replica that replayed everything is not late however old its last commit).
+    let replay_delay_seconds = if !primary && received > replayed {
+        xlog.and_then(|x| x.get("replayed_timestamp"))
+            .and_then(|v| v.as_str())
+            .and_then(parse_timestamp)
+            .map(|ts| {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                (now - ts).max(0.0)
+            })
+            .unwrap_or(0.0)
+    } else {
+        0.0
+    };
     Probe {
         at,
         reachable: true,
@@ -34,7 +99,8 @@ pub fn probe_from_status(body: &serde_json::Value, at: Instant) -> Probe {
         replayed,
         streaming: body.get("replication_state").and_then(|v| v.as_str()) == Some("streaming"),
         timeline: body.get("timeline").and_then(|v| v.as_u64()).unwrap_or(0),
-        replay_delay_seconds: 0.0,
+        replay_delay_seconds,
+        failures: 0,
     }
 }
 
@@ -95,6 +161,7 @@ pub async fn run_probes(shared: Arc<Shared>, cluster_rx: watch::Receiver<Option<
                             streaming: false,
                             timeline: 0,
                             replay_delay_seconds: 0.0,
+                            failures: 1,
                         },
                     };
                     (name, p)
@@ -109,8 +176,11 @@ pub async fn run_probes(shared: Arc<Shared>, cluster_rx: watch::Receiver<Option<
             if !results.is_empty() {
                 let mut g = shared.probes.lock().unwrap_or_else(|p| p.into_inner());
                 let mut changed = false;
-                for (name, p) in results {
+                for (name, mut p) in results {
                     let old = g.get(&name);
+                    if !p.reachable {
+                        p.failures = old.map(|o| o.failures + 1).unwrap_or(1);
+                    }
                     let differs = old.is_none_or(|o| {
                         o.reachable != p.reachable
                             || o.primary != p.primary
@@ -143,26 +213,65 @@ pub async fn run_probes(shared: Arc<Shared>, cluster_rx: watch::Receiver<Option<
     }
 }
 
+/// Reads the cluster prefix every half probe interval: a frozen or partitioned etcd leaves the
+/// watch stream open but silent (the gRPC keep-alive notices only after seconds), so without
+/// this the view would be called current while it is stale. Sends whether etcd answered within
+/// the probe timeout.
+pub async fn run_dcs_heartbeat(
+    shared: Arc<Shared>,
+    dcs: Arc<patrol_dcs::EtcdDcs>,
+    tx: watch::Sender<bool>,
+) {
+    let every = (shared.cfg.probe_interval / 2).max(Duration::from_millis(50));
+    let limit = shared.cfg.probe_timeout.max(Duration::from_millis(100));
+    loop {
+        let started = Instant::now();
+        let ok = matches!(
+            tokio::time::timeout(limit, dcs.get_cluster()).await,
+            Ok(Ok(_))
+        );
+        if !ok {
+            tracing::debug!("etcd did not answer a read within {limit:?}");
+        }
+        tx.send_if_modified(|v| std::mem::replace(v, ok) != ok);
+        tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
+    }
+}
+
 /// Rebuilds the table on every DCS change, probe change and at least every probe interval.
+/// The etcd view counts as current while the watch is established and etcd answers the
+/// heartbeat reads.
 pub async fn run_control(
     shared: Arc<Shared>,
     mut cluster_rx: watch::Receiver<Option<Arc<Cluster>>>,
     mut health_rx: watch::Receiver<bool>,
+    mut heartbeat_rx: watch::Receiver<bool>,
 ) {
     let mut last_event = Instant::now();
     let mut was_healthy = false;
+    let mut was_watching = false;
     loop {
         let cluster = cluster_rx.borrow_and_update().clone();
-        let healthy = *health_rx.borrow_and_update();
+        let watching = *health_rx.borrow_and_update();
+        let answering = *heartbeat_rx.borrow_and_update();
+        let healthy = watching && answering;
+        if was_watching && !watching {
+            shared.metrics.watch_reconnects_total.inc();
+        }
         if healthy != was_healthy {
             if healthy {
                 shared.event("etcd view current (snapshot read, watch established)");
-            } else {
+            } else if !watching {
                 shared.event("etcd view lost: re-reading until etcd answers");
-                shared.metrics.watch_reconnects_total.inc();
+            } else {
+                shared.event(format!(
+                    "etcd not answering within {} ms: the view may be stale",
+                    shared.cfg.probe_timeout.as_millis()
+                ));
             }
-            was_healthy = healthy;
         }
+        was_healthy = healthy;
+        was_watching = watching;
         shared.metrics.dcs_up.set(i64::from(healthy));
         let probes: BTreeMap<String, Probe> = shared
             .probes
@@ -182,6 +291,7 @@ pub async fn run_control(
         tokio::select! {
             r = cluster_rx.changed() => { if r.is_err() { return; } last_event = Instant::now(); }
             r = health_rx.changed() => { if r.is_err() { return; } last_event = Instant::now(); }
+            r = heartbeat_rx.changed() => { if r.is_err() { return; } last_event = Instant::now(); }
             _ = shared.dirty.notified() => { last_event = Instant::now(); }
             _ = tokio::time::sleep(shared.cfg.probe_interval) => {}
         }
@@ -282,5 +392,46 @@ fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
         } else if !v.in_read_pool && was {
             shared.event(format!("read pool -= {} ({})", v.name, v.reason));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_parse_as_patroni_writes_them() {
+        assert_eq!(parse_timestamp("1970-01-01 00:00:00+00:00"), Some(0.0));
+        assert_eq!(
+            parse_timestamp("2024-03-01 12:34:56.5+00:00"),
+            Some(1_709_296_496.5)
+        );
+        assert_eq!(
+            parse_timestamp("2024-03-01 14:34:56.500000+02:00"),
+            Some(1_709_296_496.5)
+        );
+        assert_eq!(
+            parse_timestamp("2024-03-01T12:34:56Z"),
+            Some(1_709_296_496.0)
+        );
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn replay_delay_counts_only_while_replay_is_behind() {
+        let now = Instant::now();
+        let body = |received: u64, replayed: u64| {
+            serde_json::json!({
+                "state": "running", "role": "replica", "replication_state": "streaming",
+                "xlog": {"received_location": received, "replayed_location": replayed,
+                         "replayed_timestamp": "2000-01-01 00:00:00.000000+00:00", "paused": false},
+                "timeline": 1,
+            })
+        };
+        let p = probe_from_status(&body(100, 100), now);
+        assert_eq!(p.replay_delay_seconds, 0.0);
+        assert!(!p.primary && p.streaming && p.running);
+        let p = probe_from_status(&body(200, 100), now);
+        assert!(p.replay_delay_seconds > 365.0 * 86_400.0, "{p:?}");
     }
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod haproxy_sync;
 pub mod metrics;
 pub mod proxy;
 pub mod state;
@@ -50,7 +51,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
     };
+    let dcs = Arc::new(dcs);
     let (cluster_rx, health_rx) = dcs.watch_with_health();
+    let (heartbeat_tx, heartbeat_rx) = tokio::sync::watch::channel(false);
     let shared = Shared::new(Arc::new(cfg));
     let shutdown = CancellationToken::new();
     tracing::info!(
@@ -66,7 +69,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shared.clone(),
         cluster_rx.clone(),
         health_rx,
+        heartbeat_rx,
     ));
+    tasks.spawn(control::run_dcs_heartbeat(
+        shared.clone(),
+        dcs.clone(),
+        heartbeat_tx,
+    ));
+    if let Some(h) = haproxy_sync::configured() {
+        tasks.spawn(haproxy_sync::run(h, shared.clone(), cluster_rx.clone()));
+    }
     tasks.spawn(control::run_probes(shared.clone(), cluster_rx));
     tasks.spawn(proxy::serve(
         shared.clone(),

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReadFallback;
-use crate::state::{Port, Shared};
+use crate::state::{ConnectionSlot, Port, Shared};
 use crate::table::Backend;
 
 const SSL_REQUEST: u32 = 80_877_103;
@@ -99,7 +99,9 @@ pub async fn serve(
                 }
             },
         };
-        if shared.sessions.total() >= shared.cfg.max_connections {
+        // Every open connection counts, not only relayed sessions: connections still in their
+        // startup phase or held for a leader hold a task and a socket too.
+        let Some(slot) = ConnectionSlot::acquire(&shared, shared.cfg.max_connections) else {
             shared
                 .metrics
                 .rejected_total
@@ -107,10 +109,11 @@ pub async fn serve(
                 .inc();
             drop(stream);
             continue;
-        }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             handle(shared, port, stream, peer).await;
+            drop(slot);
         });
     }
 }
@@ -275,8 +278,11 @@ async fn relay_with_ssl(
             if client.write_all(b"N").await.is_err() {
                 return;
             }
-            if read_first(&mut client).await.is_ok() {
-                refuse(shared, port, client, &r).await;
+            let startup = tokio::time::timeout(shared.cfg.startup_timeout, read_first(&mut client));
+            if let Ok(Ok(p)) = startup.await {
+                if p.code >> 16 == 3 {
+                    refuse(shared, port, client, &r).await;
+                }
             }
             return;
         }

@@ -2,7 +2,7 @@
 //! the session registry, recent events and the metrics.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -128,6 +128,31 @@ pub struct Shared {
     pub started: Instant,
     /// Rotates ties in least-connections balancing.
     pub rr: AtomicU64,
+    /// Client connections open on the write and read ports in any phase (startup, held for a
+    /// leader, relaying): what `max_connections` caps.
+    pub connections: AtomicUsize,
+}
+
+/// One open client connection, counted in [`Shared::connections`] until dropped.
+pub struct ConnectionSlot(Arc<Shared>);
+
+impl ConnectionSlot {
+    /// Takes a slot unless `max` connections are already open.
+    pub fn acquire(shared: &Arc<Shared>, max: usize) -> Option<ConnectionSlot> {
+        shared
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(shared.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -145,6 +170,7 @@ impl Shared {
             leader_since: Mutex::new(None),
             started: Instant::now(),
             rr: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
         })
     }
 

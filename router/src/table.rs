@@ -24,7 +24,13 @@ pub struct Probe {
     pub timeline: u64,
     /// Seconds since the last replayed transaction when it is behind what it received.
     pub replay_delay_seconds: f64,
+    /// Consecutive probes that got no answer (0 when this one answered).
+    pub failures: u32,
 }
+
+/// Missed probes tolerated before a member counts as down: one lost answer (a hiccup of the
+/// agent's API) must not cut every session; a dead host is also caught by its lease.
+pub const TOLERATED_PROBE_FAILURES: u32 = 1;
 
 /// One backend a connection may go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,11 +117,12 @@ pub fn build(
 
     // Writer: the lock holder, confirmed primary by its own API (fresh probe) or, without a
     // probe, by its member key. A holder still promoting is not a writer yet.
+    let was_writer = |name: &str| prev.writer.as_ref().is_some_and(|w| w.name == name);
     let confirmed = |name: &str| -> bool {
         let m = c.member(name);
         match fresh(probes.get(name), now, max_age) {
             Some(p) if p.reachable => p.primary,
-            Some(_) => false,
+            Some(p) => p.failures <= TOLERATED_PROBE_FAILURES && was_writer(name),
             None => m.is_some_and(|m| m.data.role == Role::Primary && m.data.state == "running"),
         }
     };
@@ -200,7 +207,12 @@ pub fn build(
         let why_not: Option<String> = match probe {
             _ if addr.is_none() => Some("no usable conn_url".into()),
             None => Some("no recent probe".into()),
-            Some(p) if !p.reachable => Some("down (API not answering)".into()),
+            Some(p) if !p.reachable => {
+                // One missed answer: out of the pool for new sessions, existing ones kept.
+                v.alive_replica = p.failures <= TOLERATED_PROBE_FAILURES
+                    && prev_view.is_some_and(|pv| pv.alive_replica);
+                Some("down (API not answering)".into())
+            }
             Some(p) if !p.running => Some("PostgreSQL not running".into()),
             Some(p) if p.primary => Some(if is_writer {
                 String::new()
@@ -229,14 +241,28 @@ pub fn build(
                             .is_some_and(|s| p.replay_delay_seconds > s * ratio);
                         bytes_over || secs_over
                     };
+                    // The replay delay matters only when a limit in seconds is set.
+                    let describe = || {
+                        let bytes = lag
+                            .map(|l| l.to_string())
+                            .unwrap_or_else(|| "unknown".into());
+                        match cfg.max_lag_seconds {
+                            Some(_) => {
+                                format!("lag {bytes} bytes, {:.1} s", p.replay_delay_seconds)
+                            }
+                            None => format!("lag {bytes} bytes"),
+                        }
+                    };
                     if was_in {
-                        over(1.0).then(|| format!("lag {} bytes over the limit", lag.unwrap_or(0)))
+                        over(1.0).then(|| format!("{} over the limit", describe()))
                     } else if over(cfg.enter_ratio) {
                         Some(format!(
-                            "lag {} bytes (re-enters at {:.0})",
-                            lag.map(|l| l.to_string())
-                                .unwrap_or_else(|| "unknown".into()),
-                            limit as f64 * cfg.enter_ratio
+                            "{} (re-enters at {:.0} bytes{})",
+                            describe(),
+                            limit as f64 * cfg.enter_ratio,
+                            cfg.max_lag_seconds
+                                .map(|s| format!(", {:.1} s", s * cfg.enter_ratio))
+                                .unwrap_or_default()
                         ))
                     } else if v.last_exit.is_some_and(|at| {
                         now.saturating_duration_since(at) < v.hold_down(cfg.hold_down)
@@ -282,12 +308,12 @@ pub fn build(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Config, Overrides};
-    use patrol_dcs::Kv;
+mod tests_support {
+    pub use super::*;
+    pub use crate::config::{Config, Overrides};
+    pub use patrol_dcs::Kv;
 
-    fn cfg() -> Config {
+    pub fn cfg() -> Config {
         let o = Overrides {
             scope: Some("c".into()),
             ..Overrides::default()
@@ -297,7 +323,7 @@ mod tests {
         c
     }
 
-    fn cluster(leader: Option<&str>, roles: &[(&str, &str)]) -> Cluster {
+    pub fn cluster(leader: Option<&str>, roles: &[(&str, &str)]) -> Cluster {
         let mut kvs = vec![];
         if let Some(l) = leader {
             kvs.push(Kv {
@@ -322,7 +348,7 @@ mod tests {
         Cluster::from_kvs(1, &kvs)
     }
 
-    fn probe(now: Instant, primary: bool, wal: u64, replayed: u64) -> Probe {
+    pub fn probe(now: Instant, primary: bool, wal: u64, replayed: u64) -> Probe {
         Probe {
             at: now,
             reachable: true,
@@ -333,6 +359,7 @@ mod tests {
             streaming: !primary,
             timeline: 1,
             replay_delay_seconds: 0.0,
+            failures: 0,
         }
     }
 
@@ -469,6 +496,22 @@ mod tests {
     }
 
     #[test]
+    fn replay_delay_over_max_lag_seconds_is_out() {
+        let now = Instant::now();
+        let mut cfg = cfg();
+        cfg.max_lag_seconds = Some(5.0);
+        let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, true, 100, 0));
+        let mut b = probe(now, false, 100, 100);
+        b.replay_delay_seconds = 10.0;
+        p.insert("b".into(), b);
+        let t = build(&cfg, Some(&c), true, &p, &Table::default(), now);
+        assert!(t.readers.is_empty());
+        assert!(t.members[1].reason.contains("10.0 s"), "{:?}", t.members[1]);
+    }
+
+    #[test]
     fn down_or_not_streaming_replicas_are_out() {
         let now = Instant::now();
         let c = cluster(
@@ -487,5 +530,30 @@ mod tests {
         assert!(t.readers.is_empty());
         assert!(t.members[1].reason.contains("down"));
         assert!(t.members[2].reason.contains("not streaming"));
+    }
+}
+
+#[cfg(test)]
+mod probe_tolerance {
+    use super::tests_support::*;
+
+    #[test]
+    fn one_missed_probe_keeps_the_writer_two_remove_it() {
+        let now = Instant::now();
+        let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+        let mut p = BTreeMap::new();
+        p.insert("a".to_string(), probe(now, true, 100, 0));
+        let t1 = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+        assert!(t1.writer.is_some());
+        let mut miss = probe(now, false, 0, 0);
+        miss.reachable = false;
+        miss.failures = 1;
+        p.insert("a".to_string(), miss.clone());
+        let t2 = build(&cfg(), Some(&c), true, &p, &t1, now);
+        assert_eq!(t2.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
+        miss.failures = 2;
+        p.insert("a".to_string(), miss);
+        let t3 = build(&cfg(), Some(&c), true, &p, &t2, now);
+        assert!(t3.writer.is_none());
     }
 }

@@ -1,0 +1,1122 @@
+//! End to end: `patrol-router` in front of a real 3-node cluster (real etcd, agents,
+//! PostgreSQL 15). The write port follows the confirmed leader and cuts sessions of the old one,
+//! holds new connections while there is none and then answers with a PostgreSQL error; the read
+//! port balances over streaming replicas within the lag limit (with hysteresis); garbage closes
+//! only its own connection; an etcd blip drops nothing; the admin page shows it all.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use patrol_tests::{wait_until, Cluster, Router, Signal};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::{wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+
+/// The harness's `ttl`.
+const TTL: Duration = Duration::from_secs(10);
+
+/// Starts every node and waits until the cluster is healthy; returns the leader's index.
+async fn start_cluster(cluster: &mut Cluster) -> usize {
+    for i in 0..cluster.len() {
+        cluster.start_node(i).expect("start agent");
+    }
+    let nodes: Vec<usize> = (0..cluster.len()).collect();
+    wait_healthy(cluster, &nodes, HEALTHY_TIMEOUT)
+        .await
+        .expect("cluster becomes healthy")
+}
+
+fn others(cluster: &Cluster, but: usize) -> Vec<usize> {
+    (0..cluster.len()).filter(|&i| i != but).collect()
+}
+
+/// The node whose PostgreSQL listens on `port`.
+fn node_of_port(cluster: &Cluster, port: i32) -> Option<usize> {
+    (0..cluster.len()).find(|&i| i32::from(cluster.pg_port(i)) == port)
+}
+
+/// `inet_server_port()` and `pg_is_in_recovery()` of a session.
+async fn server_of(client: &tokio_postgres::Client) -> anyhow::Result<(i32, bool)> {
+    let row = client
+        .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+        .await
+        .context("SELECT inet_server_port(), pg_is_in_recovery()")?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The `write_backend` name of a stats.json document.
+fn write_backend(stats: &Value) -> Option<&str> {
+    stats["write_backend"]["name"].as_str()
+}
+
+/// The `read_backends` of a stats.json document, sorted.
+fn read_backends(stats: &Value) -> Vec<String> {
+    let mut v: Vec<String> = stats["read_backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The texts of stats.json's events (newest first) recorded at or after `since`.
+fn events_since(stats: &Value, since: SystemTime) -> Vec<String> {
+    let since = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    stats["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["at"].as_f64().is_some_and(|at| at >= since - 0.001))
+        .filter_map(|e| e["text"].as_str().map(String::from))
+        .collect()
+}
+
+fn all_events(stats: &Value) -> Vec<String> {
+    events_since(stats, SystemTime::UNIX_EPOCH)
+}
+
+/// Waits until the router writes to `leader` and reads from exactly the other nodes.
+async fn wait_routing(router: &Router, cluster: &Cluster, leader: usize) -> Value {
+    let want_writer = cluster.name(leader).to_owned();
+    let mut want_readers: Vec<String> = others(cluster, leader)
+        .into_iter()
+        .map(|i| cluster.name(i).to_owned())
+        .collect();
+    want_readers.sort();
+    let (ww, wr) = (&want_writer, &want_readers);
+    wait_until(
+        &format!("the router to write to {ww} and read from {wr:?}"),
+        PROPAGATION_TIMEOUT,
+        || async move {
+            let s = router.stats().await?;
+            if write_backend(&s) == Some(ww.as_str()) && &read_backends(&s) == wr {
+                Ok(Some(s))
+            } else {
+                anyhow::bail!(
+                    "write_backend {} ({}), read_backends {:?}",
+                    s["write_backend"],
+                    s["write_reason"],
+                    read_backends(&s)
+                )
+            }
+        },
+    )
+    .await
+    .expect("router routing table")
+}
+
+/// The value of the sample `name{labels}` in Prometheus text (0 when absent).
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name_and_labels).then(|| v.parse::<f64>().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until a fresh write-port session lands on a primary other than the nodes in `not`
+/// and can write; returns that node.
+async fn wait_write_lands_elsewhere(
+    router: &Router,
+    cluster: &Cluster,
+    not: &[usize],
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let what = format!(
+        "a write-port session on a writable primary other than {:?}",
+        not.iter().map(|&i| cluster.name(i)).collect::<Vec<_>>()
+    );
+    wait_until(&what, timeout, || async move {
+        let client = router.connect_write().await?;
+        let (port, in_recovery) = server_of(&client).await?;
+        let node = node_of_port(cluster, port).context("unknown server port")?;
+        if not.contains(&node) {
+            anyhow::bail!("landed on {}", cluster.name(node));
+        }
+        if in_recovery {
+            anyhow::bail!("landed on {} which is in recovery", cluster.name(node));
+        }
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS router_t (v text); \
+                 INSERT INTO router_t VALUES (now()::text)",
+            )
+            .await
+            .context("writing through the write port")?;
+        Ok(Some(node))
+    })
+    .await
+}
+
+/// Polls `SELECT 1` on `client` until it fails; returns the error text.
+async fn wait_session_error(
+    client: &tokio_postgres::Client,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    wait_until(what, timeout, || async move {
+        match client.simple_query("SELECT 1").await {
+            Ok(_) => Ok(None),
+            Err(e) => Ok(Some(format!("{e}"))),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_port_goes_to_the_leader_read_port_to_replicas() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let leader = start_cluster(&mut c).await;
+    let r = Router::start(&c, "").expect("router");
+    let stats = wait_routing(&r, &c, leader).await;
+    assert_eq!(stats["leader"], c.name(leader), "{stats:#}");
+    assert_eq!(stats["cluster"], c.scope(), "{stats:#}");
+    assert_eq!(stats["dcs"]["healthy"], true, "{stats:#}");
+
+    let w = r.connect_write().await.expect("write session");
+    let (port, in_recovery) = server_of(&w).await.expect("write session query");
+    assert_eq!(
+        port,
+        i32::from(c.pg_port(leader)),
+        "the write port must reach the leader {}",
+        c.name(leader)
+    );
+    assert!(!in_recovery, "the write port must reach a primary");
+
+    // Ten sessions held open at once: least-connections spreads them over both replicas.
+    let mut sessions = Vec::new();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for k in 0..10 {
+        let s = r.connect_read().await.expect("read session");
+        let (port, in_recovery) = server_of(&s).await.expect("read session query");
+        let node = node_of_port(&c, port).expect("known port");
+        assert_ne!(node, leader, "read session {k} landed on the leader");
+        assert!(
+            in_recovery,
+            "read session {k} on {} is not in recovery",
+            c.name(node)
+        );
+        *per_node.entry(c.name(node).to_owned()).or_default() += 1;
+        sessions.push(s);
+    }
+    eprintln!("read sessions per replica: {per_node:?}");
+    assert_eq!(
+        per_node.len(),
+        2,
+        "both replicas get sessions: {per_node:?}"
+    );
+    assert!(
+        per_node.values().all(|&n| (4..=6).contains(&n)),
+        "least-connections balance: {per_node:?}"
+    );
+
+    // An SSLRequest goes to the backend (TLS would run end to end): the test servers have no
+    // TLS, so the answer is their `N`, and the startup that follows reaches PostgreSQL, which
+    // asks for the password.
+    let mut raw = TcpStream::connect(("127.0.0.1", r.write_port()))
+        .await
+        .expect("connect");
+    let mut req = 8u32.to_be_bytes().to_vec();
+    req.extend_from_slice(&80_877_103u32.to_be_bytes());
+    raw.write_all(&req).await.expect("SSLRequest");
+    let answer = tokio::time::timeout(Duration::from_secs(10), raw.read_u8())
+        .await
+        .expect("an answer to the SSLRequest")
+        .expect("answer");
+    assert_eq!(answer, b'N');
+    raw.write_all(&startup_message()).await.expect("startup");
+    let (ty, _) = read_message(&mut raw).await.expect("a message");
+    assert_eq!(ty, b'R', "PostgreSQL's authentication request");
+    drop(raw);
+
+    // The stats count them too.
+    let stats = wait_until(
+        "stats.json to count 11 sessions",
+        Duration::from_secs(5),
+        || async {
+            let s = r.stats().await?;
+            Ok((s["sessions"] == 11).then_some(s))
+        },
+    )
+    .await
+    .expect("11 sessions");
+    for m in stats["members"].as_array().expect("members") {
+        let name = m["name"].as_str().expect("name");
+        let is_leader = name == c.name(leader);
+        assert_eq!(m["write_pool"], is_leader, "{m}");
+        assert_eq!(m["read_pool"], !is_leader, "{m}");
+        if !is_leader {
+            assert_eq!(m["sessions"]["read"], per_node[name], "{m}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_moves_writes_and_cuts_old_sessions() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let old = start_cluster(&mut c).await;
+    let r = Router::start(&c, "").expect("router");
+    wait_routing(&r, &c, old).await;
+
+    // 1. SIGTERM of the leader's agent: a clean handover.
+    let s = r.connect_write().await.expect("write session");
+    let (port, _) = server_of(&s).await.expect("query");
+    assert_eq!(port, i32::from(c.pg_port(old)));
+    let t_term = Instant::now();
+    let since = SystemTime::now();
+    c.stop_node(old, Signal::SIGTERM).expect("SIGTERM agent");
+    let err = wait_session_error(&s, "the old write session to fail", PROPAGATION_TIMEOUT)
+        .await
+        .expect("the session to the old leader ends");
+    eprintln!(
+        "old write session failed {:.1?} after SIGTERM: {err}",
+        t_term.elapsed()
+    );
+    let new = wait_write_lands_elsewhere(&r, &c, &[old], Duration::from_secs(15))
+        .await
+        .expect("writes move to the new leader within 15 s of SIGTERM");
+    eprintln!(
+        "write port reached the new leader {} {:.1?} after SIGTERM",
+        c.name(new),
+        t_term.elapsed()
+    );
+    assert_eq!(
+        c.leader().await.expect("leader key").as_deref(),
+        Some(c.name(new)),
+        "the router's writer holds the leader key"
+    );
+    let stats = r.stats().await.expect("stats");
+    let events = events_since(&stats, since);
+    let switch = format!("write port -> {}", c.name(new));
+    assert!(
+        events.iter().any(|e| e.starts_with(&switch)),
+        "events must show {switch:?}: {events:#?}"
+    );
+    assert_eq!(write_backend(&stats), Some(c.name(new)), "{stats:#}");
+    let killed = metric(
+        &r.metrics().await.expect("metrics"),
+        "patrol_router_sessions_killed_total{port=\"write\"}",
+    );
+    eprintln!("write sessions killed by the router so far: {killed}");
+    assert!(
+        r.log().contains(&switch),
+        "the router's log must show the switch"
+    );
+
+    // 2. Host loss of the new leader: its agent dies first, and while its PostgreSQL still
+    // runs (and would keep the session open), the router drops it from the write port (its
+    // agent no longer confirms it is primary) and cuts the session itself. Then the postmaster
+    // dies too; writes follow to the last node after about ttl.
+    let s2 = r.connect_write().await.expect("write session 2");
+    let (port, _) = server_of(&s2).await.expect("query");
+    assert_eq!(port, i32::from(c.pg_port(new)));
+    let killed_before = metric(
+        &r.metrics().await.expect("metrics"),
+        "patrol_router_sessions_killed_total{port=\"write\"}",
+    );
+    let t_kill = Instant::now();
+    let since = SystemTime::now();
+    c.kill_node(new);
+    wait_until(
+        "the router to drop the lost leader from the write port",
+        Duration::from_secs(5),
+        || async {
+            let s = r.stats().await?;
+            Ok(s["write_backend"].is_null().then_some(()))
+        },
+    )
+    .await
+    .expect("write_backend becomes null");
+    let err = wait_session_error(&s2, "the write session to fail", Duration::from_secs(5))
+        .await
+        .expect("the router closes the session to the lost leader");
+    eprintln!(
+        "write session cut {:.1?} after the agent's death: {err}",
+        t_kill.elapsed()
+    );
+    assert!(
+        c.postmaster_pid(new).is_some(),
+        "the session was cut by the router, not by PostgreSQL going away"
+    );
+    let killed = metric(
+        &r.metrics().await.expect("metrics"),
+        "patrol_router_sessions_killed_total{port=\"write\"}",
+    );
+    assert!(
+        killed > killed_before,
+        "sessions_killed_total counts the cut ({killed_before} -> {killed})"
+    );
+    c.signal_postgres(new, Signal::SIGKILL)
+        .expect("SIGKILL postmaster");
+    let next = wait_write_lands_elsewhere(&r, &c, &[old, new], TTL + Duration::from_secs(30))
+        .await
+        .expect("writes follow to the next leader after about ttl");
+    eprintln!(
+        "write port reached {} {:.1?} after the host loss",
+        c.name(next),
+        t_kill.elapsed()
+    );
+    let stats = r.stats().await.expect("stats");
+    let events = events_since(&stats, since);
+    let switch = format!("write port -> {}", c.name(next));
+    assert!(
+        events.iter().any(|e| e.starts_with(&switch)),
+        "events must show {switch:?}: {events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("write port has no backend")),
+        "events must show the write port without backend: {events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_connection_succeeds_when_a_leader_appears() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let old = start_cluster(&mut c).await;
+    let r = Router::start(&c, "write: {hold_ms: 30000}\n").expect("router");
+    wait_routing(&r, &c, old).await;
+
+    let t_kill = Instant::now();
+    c.stop_node(old, Signal::SIGKILL).expect("SIGKILL agent");
+    c.signal_postgres(old, Signal::SIGKILL)
+        .expect("SIGKILL postmaster");
+    let stats = wait_until(
+        "the router to drop the lost leader from the write port",
+        Duration::from_secs(10),
+        || async {
+            let s = r.stats().await?;
+            Ok(s["write_backend"].is_null().then_some(s))
+        },
+    )
+    .await
+    .expect("write_backend becomes null");
+    eprintln!(
+        "write port without backend {:.1?} after the host loss: {}",
+        t_kill.elapsed(),
+        stats["write_reason"]
+    );
+
+    let cfg = r.pg_config(r.write_port());
+    let t_connect = Instant::now();
+    let held = tokio::spawn(async move {
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        let elapsed = t_connect.elapsed();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let (port, in_recovery) = server_of(&client).await?;
+        client
+            .batch_execute("CREATE TABLE held (v int); INSERT INTO held VALUES (1)")
+            .await
+            .context("writing through the held session")?;
+        anyhow::Ok((port, in_recovery, elapsed))
+    });
+    let (port, in_recovery, elapsed) = tokio::time::timeout(Duration::from_secs(60), held)
+        .await
+        .expect("the held connection completes within 60 s")
+        .expect("task")
+        .expect("the held connection succeeds");
+    let node = node_of_port(&c, port).expect("known port");
+    eprintln!(
+        "held connection reached {} after {elapsed:.1?} ({:.1?} after the host loss)",
+        c.name(node),
+        t_kill.elapsed()
+    );
+    assert_ne!(
+        node, old,
+        "the held connection must not reach the lost leader"
+    );
+    assert!(!in_recovery, "the held connection must reach a primary");
+    assert_eq!(
+        c.leader().await.expect("leader key").as_deref(),
+        Some(c.name(node)),
+        "the held connection reached the leader key holder"
+    );
+    assert!(
+        elapsed >= Duration::from_secs(1),
+        "the connection was held until a leader appeared, not answered at once ({elapsed:?})"
+    );
+}
+
+/// A v3 startup message for user/database `postgres`.
+fn startup_message() -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196_608u32.to_be_bytes());
+    for s in ["user", "postgres", "database", "postgres"] {
+        body.extend_from_slice(s.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    msg
+}
+
+/// Reads one backend message (type byte and body) with a deadline.
+async fn read_message(s: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let ty = s.read_u8().await.context("message type")?;
+        let len = s.read_u32().await.context("message length")? as usize;
+        anyhow::ensure!((4..1 << 20).contains(&len), "bad message length {len}");
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).await.context("message body")?;
+        Ok((ty, body))
+    })
+    .await
+    .context("no message within 10 s")?
+}
+
+/// The fields of an ErrorResponse body, by field type.
+fn error_fields(body: &[u8]) -> BTreeMap<char, String> {
+    body.split(|&b| b == 0)
+        .filter(|f| !f.is_empty())
+        .map(|f| (f[0] as char, String::from_utf8_lossy(&f[1..]).into_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_leader_past_hold_time_gets_an_error_response() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let leader = start_cluster(&mut c).await;
+    let r = Router::start(&c, "write: {hold_ms: 500}\n").expect("router");
+    wait_routing(&r, &c, leader).await;
+
+    // Replicas first, so none of them takes the key the leader releases.
+    for i in others(&c, leader).into_iter().chain([leader]) {
+        c.stop_node(i, Signal::SIGTERM).expect("SIGTERM agent");
+        c.wait_node_exit(i, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("agent {} exits after SIGTERM", c.name(i)));
+    }
+    wait_until(
+        "the router to have no write backend",
+        PROPAGATION_TIMEOUT,
+        || async {
+            let s = r.stats().await?;
+            Ok(s["write_backend"].is_null().then_some(()))
+        },
+    )
+    .await
+    .expect("no write backend");
+
+    // tokio_postgres gets a real ErrorResponse, not a reset.
+    let t = Instant::now();
+    let err = match r.try_connect(r.write_port()).await {
+        Ok(_) => panic!("a write-port connection without a leader must fail"),
+        Err(e) => e,
+    };
+    let elapsed = t.elapsed();
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a PostgreSQL error, got {err:?}"));
+    eprintln!(
+        "after {elapsed:.1?}: {} {}: {}",
+        db.severity(),
+        db.code().code(),
+        db.message()
+    );
+    assert!(
+        db.message().contains(c.scope()),
+        "the error names the cluster: {}",
+        db.message()
+    );
+    let lower = db.message().to_lowercase();
+    assert!(
+        lower.contains("no backend") || lower.contains("no leader"),
+        "the error gives the reason: {}",
+        db.message()
+    );
+    assert!(
+        elapsed >= Duration::from_millis(450),
+        "the connection is held for hold_ms first ({elapsed:?})"
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "but not much longer ({elapsed:?})"
+    );
+
+    // By hand: SSLRequest (and GSSENCRequest) are declined with `N`, then the startup
+    // message gets an ErrorResponse and the connection is closed.
+    for (what, code) in [("SSLRequest", 80_877_103u32), ("GSSENCRequest", 80_877_104)] {
+        let mut s = TcpStream::connect(("127.0.0.1", r.write_port()))
+            .await
+            .expect("connect");
+        let mut req = 8u32.to_be_bytes().to_vec();
+        req.extend_from_slice(&code.to_be_bytes());
+        s.write_all(&req).await.expect("send request");
+        let answer = tokio::time::timeout(Duration::from_secs(10), s.read_u8())
+            .await
+            .unwrap_or_else(|_| panic!("no answer to the {what}"))
+            .unwrap_or_else(|e| panic!("answer to the {what}: {e}"));
+        assert_eq!(answer, b'N', "{what} must be declined with N");
+        s.write_all(&startup_message()).await.expect("send startup");
+        let (ty, body) = read_message(&mut s).await.expect("a message");
+        assert_eq!(ty, b'E', "after {what}: expected an ErrorResponse");
+        let fields = error_fields(&body);
+        eprintln!("after {what}: {fields:?}");
+        assert!(
+            fields.get(&'M').is_some_and(|m| m.contains(c.scope())),
+            "{fields:?}"
+        );
+        assert_eq!(fields.get(&'S').map(String::as_str), Some("FATAL"));
+        let mut rest = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest))
+            .await
+            .expect("the router closes the connection after the error")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing follows the ErrorResponse");
+    }
+}
+
+/// Reads until EOF or an error; returns what was read and how long it took (`None` if the
+/// connection was still open after `timeout`).
+async fn wait_closed(s: &mut TcpStream, timeout: Duration) -> Option<(Vec<u8>, Duration)> {
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(timeout, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    r.ok().map(|()| (got, t.elapsed()))
+}
+
+/// 64 pseudo-random bits (xorshift), enough for garbage.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_bad_startup_packets_close_only_that_connection() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let leader = start_cluster(&mut c).await;
+    let mut r =
+        Router::start(&c, "startup_timeout_ms: 1000\nmax_connections: 16\n").expect("router");
+    wait_routing(&r, &c, leader).await;
+    let w = r.connect_write().await.expect("write session");
+    let rd = r.connect_read().await.expect("read session");
+    server_of(&w).await.expect("write session works");
+    server_of(&rd).await.expect("read session works");
+
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64
+        ^ SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+    let mut garbage: Vec<u8> = (0..1000).map(|_| xorshift(&mut seed) as u8).collect();
+    // A first byte >= 0x80 keeps the random length far above the 10,000-byte limit.
+    garbage[0] |= 0x80;
+    let mut truncated = 100u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&196_608u32.to_be_bytes());
+    truncated.extend_from_slice(b"user\0postgres\0");
+
+    struct Case {
+        what: &'static str,
+        port: u16,
+        send: Vec<u8>,
+        half_close: bool,
+        min: Duration,
+    }
+    let cases = vec![
+        Case {
+            what: "1000 random bytes (write port)",
+            port: r.write_port(),
+            send: garbage.clone(),
+            half_close: false,
+            min: Duration::ZERO,
+        },
+        Case {
+            what: "1000 random bytes (read port)",
+            port: r.read_port(),
+            send: garbage.clone(),
+            half_close: false,
+            min: Duration::ZERO,
+        },
+        Case {
+            what: "random bytes with a plausible length",
+            port: r.write_port(),
+            send: {
+                let mut g = 200u32.to_be_bytes().to_vec();
+                g.extend_from_slice(&garbage[..196]);
+                g
+            },
+            half_close: false,
+            min: Duration::ZERO,
+        },
+        Case {
+            what: "length 100000",
+            port: r.write_port(),
+            send: 100_000u32.to_be_bytes().to_vec(),
+            half_close: false,
+            min: Duration::ZERO,
+        },
+        Case {
+            what: "length 4",
+            port: r.write_port(),
+            send: 4u32.to_be_bytes().to_vec(),
+            half_close: false,
+            min: Duration::ZERO,
+        },
+        Case {
+            what: "truncated startup packet, then close",
+            port: r.write_port(),
+            send: truncated,
+            half_close: true,
+            min: Duration::ZERO,
+        },
+        Case {
+            what: "nothing (startup timeout 1 s)",
+            port: r.write_port(),
+            send: Vec::new(),
+            half_close: false,
+            min: Duration::from_millis(900),
+        },
+        Case {
+            what: "half a length, then nothing",
+            port: r.read_port(),
+            send: vec![0, 0],
+            half_close: false,
+            min: Duration::from_millis(900),
+        },
+    ];
+    // All at once, so each must be closed on its own.
+    let mut streams = Vec::new();
+    for case in &cases {
+        let mut s = TcpStream::connect(("127.0.0.1", case.port))
+            .await
+            .expect("connect");
+        // The router may close (even reset) before everything is written.
+        let _ = s.write_all(&case.send).await;
+        if case.half_close {
+            let _ = s.shutdown().await;
+        }
+        streams.push(s);
+    }
+    let mut handles = Vec::new();
+    for mut s in streams {
+        handles.push(tokio::spawn(async move {
+            wait_closed(&mut s, Duration::from_secs(5)).await
+        }));
+    }
+    for (case, h) in cases.iter().zip(handles) {
+        let closed = h.await.expect("task");
+        let Some((got, after)) = closed else {
+            panic!("{}: the connection is still open after 5 s", case.what);
+        };
+        eprintln!(
+            "{}: closed after {after:.1?}, {} bytes before ({:?})",
+            case.what,
+            got.len(),
+            got.first().map(|&b| b as char)
+        );
+        assert!(
+            after >= case.min,
+            "{}: closed too early ({after:?})",
+            case.what
+        );
+        assert!(
+            got.is_empty() || got[0] == b'E',
+            "{}: only an ErrorResponse may come back: {got:?}",
+            case.what
+        );
+    }
+
+    // Nothing else was affected.
+    assert!(r.is_running(), "the router must still run");
+    let (port, _) = server_of(&w).await.expect("the write session still works");
+    assert_eq!(port, i32::from(c.pg_port(leader)));
+    server_of(&rd).await.expect("the read session still works");
+    let (status, _) = r.get("/health").await.expect("health");
+    assert_eq!(status, 200);
+    let m = r.metrics().await.expect("metrics");
+    let rejected = metric(
+        &m,
+        "patrol_router_connections_rejected_total{port=\"write\",reason=\"protocol\"}",
+    );
+    assert!(rejected >= 6.0, "rejections are counted ({rejected}):\n{m}");
+
+    // The cap counts every open connection, including ones still in their startup phase:
+    // with 2 sessions and 14 silent connections at max_connections 16, the next is closed at
+    // once (not after the 1 s startup timeout).
+    let open_connections = |want: u64| {
+        let r = &r;
+        async move {
+            wait_until(
+                &format!("stats.json to count {want} open connections"),
+                Duration::from_secs(5),
+                || async move {
+                    let s = r.stats().await?;
+                    if s["connections"] == want {
+                        Ok(Some(()))
+                    } else {
+                        anyhow::bail!("connections {}", s["connections"])
+                    }
+                },
+            )
+            .await
+        }
+    };
+    open_connections(2)
+        .await
+        .expect("only the two sessions are open");
+    let mut silent = Vec::new();
+    for _ in 0..14 {
+        silent.push(
+            TcpStream::connect(("127.0.0.1", r.write_port()))
+                .await
+                .expect("connect"),
+        );
+    }
+    open_connections(16)
+        .await
+        .expect("the silent connections are counted");
+    let mut over = TcpStream::connect(("127.0.0.1", r.read_port()))
+        .await
+        .expect("connect");
+    let (got, after) = wait_closed(&mut over, Duration::from_secs(5))
+        .await
+        .expect("the connection over the cap is closed");
+    eprintln!("connection over the cap closed after {after:.1?}");
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        after < Duration::from_millis(700),
+        "the connection over the cap is closed at once, not by the startup timeout ({after:?})"
+    );
+    let m = r.metrics().await.expect("metrics");
+    assert!(
+        metric(
+            &m,
+            "patrol_router_connections_rejected_total{port=\"read\",reason=\"max_connections\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    for mut s in silent {
+        wait_closed(&mut s, Duration::from_secs(5))
+            .await
+            .expect("silent connections close at the startup timeout");
+    }
+    open_connections(2).await.expect("slots are given back");
+    let w2 = r.connect_write().await.expect("a new write session");
+    server_of(&w2).await.expect("new write session works");
+    server_of(&w).await.expect("the write session still works");
+    server_of(&rd).await.expect("the read session still works");
+    assert_eq!(
+        metric(&m, "patrol_router_sessions_killed_total{port=\"write\"}"),
+        0.0,
+        "no session was killed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_replica_leaves_the_read_pool_and_returns_without_flapping() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let leader = start_cluster(&mut c).await;
+    let r =
+        Router::start(&c, "read: {max_lag_bytes: 1048576, hold_down_ms: 3000}\n").expect("router");
+    wait_routing(&r, &c, leader).await;
+    let reps = others(&c, leader);
+    let (lagging, other) = (reps[0], reps[1]);
+    let lagging_name = c.name(lagging).to_owned();
+
+    // One read session on each replica (least-connections), kept across the lag.
+    let mut read_sessions = Vec::new();
+    for _ in 0..2 {
+        let s = r.connect_read().await.expect("read session");
+        let (port, _) = server_of(&s).await.expect("query");
+        read_sessions.push((node_of_port(&c, port).expect("known port"), s));
+    }
+    let on_lagging = read_sessions
+        .iter()
+        .position(|(n, _)| *n == lagging)
+        .expect("one read session on each replica");
+
+    let since = SystemTime::now();
+    let lc = c.connect(lagging).await.expect("connect to the replica");
+    lc.batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .expect("pause replay");
+    let lead = c.connect(leader).await.expect("connect to the leader");
+    let before: i64 = lead
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+        .await
+        .expect("lsn")
+        .get(0);
+    lead.batch_execute(
+        "CREATE TABLE big AS SELECT i, repeat('x', 1000) AS pad FROM generate_series(1, 6000) i",
+    )
+    .await
+    .expect("write on the leader");
+    let after: i64 = lead
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+        .await
+        .expect("lsn")
+        .get(0);
+    assert!(
+        after - before > 4 << 20,
+        "more than 4 MB of WAL written ({} bytes)",
+        after - before
+    );
+    let t_written = Instant::now();
+
+    let ln = &lagging_name;
+    let r = &r;
+    let out =
+        wait_until(
+            &format!("{ln} to leave the read pool for lag"),
+            Duration::from_secs(5),
+            || async move {
+                let s = r.stats().await?;
+                let m = s["members"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|m| m["name"] == ln.as_str()))
+                    .cloned()
+                    .context("member missing")?;
+                Ok((m["read_pool"] == false
+                    && m["reason"].as_str().is_some_and(|x| x.contains("lag")))
+                .then_some(m))
+            },
+        )
+        .await
+        .expect("the lagging replica leaves the read pool within 5 s");
+    eprintln!(
+        "{ln} out of the read pool {:.1?} after the write: {out}",
+        t_written.elapsed()
+    );
+
+    // The burst may have pushed the other replica over the limit for a moment too (the agents
+    // report positions once per loop): wait until it is back, alone.
+    let want = vec![c.name(other).to_owned()];
+    let want = &want;
+    wait_until(
+        "the read pool to be exactly the other replica",
+        Duration::from_secs(30),
+        || async move {
+            let s = r.stats().await?;
+            let got = read_backends(&s);
+            if &got == want {
+                Ok(Some(()))
+            } else {
+                anyhow::bail!("read_backends {got:?}")
+            }
+        },
+    )
+    .await
+    .expect("read pool without the lagging replica");
+    // New read sessions go to the other replica only; the lagging one keeps its session.
+    for _ in 0..4 {
+        let s = r.connect_read().await.expect("read session");
+        let (port, in_recovery) = server_of(&s).await.expect("query");
+        assert_eq!(
+            node_of_port(&c, port),
+            Some(other),
+            "new read sessions avoid the lagging replica"
+        );
+        assert!(in_recovery);
+    }
+    let (port, _) = server_of(&read_sessions[on_lagging].1)
+        .await
+        .expect("the lagging replica's existing session survives (keep_sessions_on_lag)");
+    assert_eq!(node_of_port(&c, port), Some(lagging));
+
+    lc.batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .expect("resume replay");
+    let t_resumed = Instant::now();
+    wait_until(
+        &format!("{ln} to return to the read pool"),
+        PROPAGATION_TIMEOUT,
+        || async move {
+            let s = r.stats().await?;
+            Ok(read_backends(&s).contains(ln).then_some(()))
+        },
+    )
+    .await
+    .expect("the replica returns");
+    let back_after = t_resumed.elapsed();
+    eprintln!("{ln} back in the read pool {back_after:.1?} after resuming replay");
+    // Stable afterwards: wait a few hold-downs and count the transitions.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let stats = r.stats().await.expect("stats");
+    let events = events_since(&stats, since);
+    let exits = events
+        .iter()
+        .filter(|e| e.starts_with(&format!("read pool -= {ln} ")))
+        .count();
+    let entries = events
+        .iter()
+        .filter(|e| *e == &format!("read pool += {ln}"))
+        .count();
+    assert_eq!(
+        (exits, entries),
+        (1, 1),
+        "exactly one exit and one entry: {events:#?}"
+    );
+    assert!(
+        read_backends(&stats).contains(ln),
+        "{ln} stays in the pool: {stats:#}"
+    );
+    let s = r.connect_read().await.expect("read session");
+    server_of(&s).await.expect("query");
+    let all = all_events(&stats);
+    eprintln!("events: {all:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_blip_drops_no_session() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let leader = start_cluster(&mut c).await;
+    let r = Router::start(&c, "").expect("router");
+    wait_routing(&r, &c, leader).await;
+    let w = r.connect_write().await.expect("write session");
+    let rd = r.connect_read().await.expect("read session");
+    let (wport, _) = server_of(&w).await.expect("write query");
+    let (rport, _) = server_of(&rd).await.expect("read query");
+
+    let pause = Duration::from_millis(1500);
+    c.etcd().pause().expect("pause etcd");
+    let t = Instant::now();
+    let mut seen_unhealthy = None;
+    let mut writers = Vec::new();
+    let mut during = None;
+    while t.elapsed() < pause {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(300), r.stats()).await {
+            if s["dcs"]["healthy"] == false && seen_unhealthy.is_none() {
+                seen_unhealthy = Some(t.elapsed());
+                // A new write connection during the outage still reaches the last leader.
+                let cfg = r.pg_config(r.write_port());
+                during = Some(tokio::spawn(async move {
+                    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    server_of(&client).await
+                }));
+            }
+            writers.push(write_backend(&s).map(String::from));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.etcd().resume().expect("resume etcd");
+    let paused_for = t.elapsed();
+    eprintln!(
+        "etcd paused {paused_for:.1?}; router saw it unhealthy after {seen_unhealthy:?}; write \
+         backends seen: {writers:?}"
+    );
+    let seen_unhealthy =
+        seen_unhealthy.expect("stats.json shows the DCS unhealthy during the pause");
+    assert!(seen_unhealthy < paused_for);
+    assert!(
+        writers.iter().all(|w| w.as_deref() == Some(c.name(leader))),
+        "writes keep going to the leader, confirmed by its agent: {writers:?}"
+    );
+
+    let (p, _) = server_of(&w).await.expect("the write session survives");
+    assert_eq!(p, wport);
+    let (p, _) = server_of(&rd).await.expect("the read session survives");
+    assert_eq!(p, rport);
+    w.batch_execute("CREATE TABLE blip (v int); INSERT INTO blip VALUES (1)")
+        .await
+        .expect("write after the blip");
+    let (p, in_recovery) = during
+        .expect("spawned")
+        .await
+        .expect("task")
+        .expect("a write connection made during the outage succeeds");
+    assert_eq!(p, i32::from(c.pg_port(leader)));
+    assert!(!in_recovery);
+
+    wait_until(
+        "stats.json to show the DCS healthy again",
+        PROPAGATION_TIMEOUT,
+        || async {
+            let s = r.stats().await?;
+            Ok((s["dcs"]["healthy"] == true).then_some(()))
+        },
+    )
+    .await
+    .expect("DCS healthy after the blip");
+    let m = r.metrics().await.expect("metrics");
+    for port in ["write", "read"] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("patrol_router_sessions_killed_total{{port=\"{port}\"}}")
+            ),
+            0.0,
+            "no {port} session was killed"
+        );
+    }
+    assert_eq!(
+        c.leader().await.expect("leader").as_deref(),
+        Some(c.name(leader)),
+        "the agents did not fail over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_page_html() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let leader = start_cluster(&mut c).await;
+    let r = Router::start(&c, "").expect("router");
+    wait_routing(&r, &c, leader).await;
+    let w = r.connect_write().await.expect("write session");
+    server_of(&w).await.expect("query");
+
+    let (status, html) = r.get("/").await.expect("GET /");
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("<html"), "{html}");
+    assert!(
+        html.contains(c.scope()),
+        "the page names the cluster:\n{html}"
+    );
+    assert!(
+        html.contains(&format!("<b id=\"leader\">{}</b>", c.name(leader))),
+        "the page names the leader:\n{html}"
+    );
+    for i in others(&c, leader) {
+        assert!(
+            html.contains(&format!("<td>{}</td>", c.name(i))),
+            "the page lists replica {}:\n{html}",
+            c.name(i)
+        );
+    }
+
+    let m = r.metrics().await.expect("metrics");
+    assert!(m.contains("patrol_router_sessions_total"), "{m}");
+    assert!(m.contains("patrol_router_pool_member"), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "patrol_router_pool_member{{member=\"{}\",pool=\"write\"}}",
+                c.name(leader)
+            )
+        ),
+        1.0,
+        "{m}"
+    );
+    let (status, _) = r.get("/health").await.expect("health");
+    assert_eq!(status, 200);
+}
