@@ -60,10 +60,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let listener = api::bind(&cfg).await?;
     let shared = Arc::new(SharedState::default());
-    let ctx = Arc::new(ApiContext {
-        cfg: cfg.clone(),
-        shared: shared.clone(),
-    });
+    let ctx = Arc::new(ApiContext::new(cfg.clone(), shared.clone(), dcs.clone()).await);
     let api_task = tokio::spawn(api::serve(listener, ctx, shutdown.child_token()));
     tracing::info!(
         "patrol {} starting: member {} of cluster {} (prefix {})",
