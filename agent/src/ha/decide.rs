@@ -257,8 +257,7 @@ fn healthy_enough(o: &Observation) -> Result<(), String> {
         return Err("PostgreSQL is not running".into());
     }
     if o.local.in_recovery == Some(true) {
-        if let (Some(optime), Some(pos)) = (o.cluster.status.optime, o.local.effective_position())
-        {
+        if let (Some(optime), Some(pos)) = (o.cluster.status.optime, o.local.effective_position()) {
             let lag = optime.saturating_sub(pos);
             let max = o.dynamic.maximum_lag_on_failover();
             if max >= 0 && lag > max as u64 {
@@ -295,12 +294,18 @@ fn healthiest(o: &Observation) -> Result<(), String> {
         }
         let pos = p.effective_position();
         if pos > my_pos {
-            return Err(format!("Wal position of {} is ahead of my wal position", p.name));
+            return Err(format!(
+                "Wal position of {} is ahead of my wal position",
+                p.name
+            ));
         }
         if pos == my_pos && p.replay_position > my_replay {
             return Err(format!("{} has replayed more of the same WAL", p.name));
         }
-        if pos == my_pos && p.replay_position == my_replay && p.failover_priority > o.failover_priority {
+        if pos == my_pos
+            && p.replay_position == my_replay
+            && p.failover_priority > o.failover_priority
+        {
             return Err(format!(
                 "{} has equally tolerable WAL position and priority {}, while this node has priority {}",
                 p.name, p.failover_priority, o.failover_priority
@@ -551,7 +556,10 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
                 (Some(src), _) => return rewind_or_reclone(src.clone()),
                 (None, Some(l)) => {
                     return decision(
-                        format!("waiting for the leader ({}) to finish promotion before rewinding", l.name),
+                        format!(
+                            "waiting for the leader ({}) to finish promotion before rewinding",
+                            l.name
+                        ),
                         vec![],
                     )
                 }
@@ -563,7 +571,12 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
             Some(u) => format!("starting PostgreSQL as a replica of {}", u.name),
             None => "starting PostgreSQL read-only (no leader yet)".to_string(),
         };
-        return decision(reason, vec![Action::Start { standby_of: Some(up) }]);
+        return decision(
+            reason,
+            vec![Action::Start {
+                standby_of: Some(up),
+            }],
+        );
     }
 
     // Running but the monitoring query failed: nothing safe to decide except keeping our key.
@@ -613,7 +626,10 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
                     return rewind_or_reclone(src);
                 }
                 return decision(
-                    format!("waiting for the leader ({}) to finish promotion before rewinding", l.name),
+                    format!(
+                        "waiting for the leader ({}) to finish promotion before rewinding",
+                        l.name
+                    ),
                     vec![],
                 );
             }

@@ -96,6 +96,9 @@ impl<D: Dcs> Ha<D> {
         loop {
             cycle += 1;
             let started = Instant::now();
+            // What the watch had shown before this cycle read the DCS: a change that arrives
+            // while the cycle runs must still wake the next one.
+            let before = cluster_rx.borrow_and_update().clone();
             let span = tracing::info_span!("cycle", member = %self.cfg.name, cycle);
             let result = {
                 let _e = span.enter();
@@ -106,7 +109,13 @@ impl<D: Dcs> Ha<D> {
             }
             let wait = Duration::from_secs(self.timing().loop_wait);
             let deadline = started + wait;
-            let before = cluster_rx.borrow().clone();
+            if wake_worthy(
+                before.as_deref(),
+                cluster_rx.borrow().as_deref(),
+                &self.cfg.name,
+            ) {
+                continue;
+            }
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -247,11 +256,12 @@ impl<D: Dcs> Ha<D> {
         let running = self.pg.is_running();
         let state = self.member_state(running);
         self.publish(&cluster, status.as_ref(), &state).await;
+        let role = self.role_now(status.as_ref());
         self.shared.update(NodeState {
             cluster: Some(Arc::new(cluster)),
             status,
             state,
-            role: self.role_now(),
+            role,
             sysid: match &obs.local.data {
                 DataState::Initialized { sysid, .. } => Some(sysid.clone()),
                 _ => None,
@@ -402,7 +412,8 @@ impl<D: Dcs> Ha<D> {
             }
             let (client, url, name) = (client.clone(), m.data.api_url.clone(), m.name.clone());
             set.spawn(async move {
-                let body: serde_json::Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+                let body: serde_json::Value =
+                    client.get(&url).send().await.ok()?.json().await.ok()?;
                 Some(peer_from_status(&name, &body))
             });
         }
@@ -430,13 +441,14 @@ impl<D: Dcs> Ha<D> {
         }
     }
 
-    fn role_now(&self) -> Role {
+    /// The role from this cycle's status query; without one (PostgreSQL stopped, crashed or not
+    /// answering) never "primary", so peers do not take a dead primary for a live one.
+    fn role_now(&self, status: Option<&LocalStatus>) -> Role {
         match self.pg.data_dir_state() {
             DataDir::Initialized(_) => {}
             _ => return Role::Uninitialized,
         }
-        let st = self.shared.snapshot().status;
-        match st {
+        match status {
             Some(s) if !s.in_recovery => Role::Primary,
             _ => Role::Replica,
         }
@@ -727,10 +739,7 @@ impl<D: Dcs> Ha<D> {
                 Ok(None)
             }
             Action::WriteHistory(h) => {
-                self.dcs
-                    .set_history(&h.to_json())
-                    .await
-                    .map_err(dcs_stop)?;
+                self.dcs.set_history(&h.to_json()).await.map_err(dcs_stop)?;
                 tracing::info!(
                     timeline = h.cluster_timeline(),
                     "published the timeline history"
@@ -994,12 +1003,11 @@ fn member_priority(tags: &serde_json::Map<String, serde_json::Value>) -> i64 {
 /// unless `xlog.location` is set or the role is primary; position = max(received, replayed).
 pub fn peer_from_status(name: &str, body: &serde_json::Value) -> PeerStatus {
     let xlog = body.get("xlog").or_else(|| body.get("wal"));
-    let num = |k: &str| {
-        xlog.and_then(|x| x.get(k))
-            .and_then(|v| v.as_u64())
-    };
+    let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|v| v.as_u64());
     let role = body.get("role").and_then(|r| r.as_str()).unwrap_or("");
-    let primary = num("location").is_some() || role == "primary" || role == "master";
+    let running = body.get("state").and_then(|s| s.as_str()) == Some("running");
+    // A primary whose PostgreSQL is down (crashed, stopping) is not a live primary.
+    let primary = running && (num("location").is_some() || role == "primary" || role == "master");
     let received = num("received_location").unwrap_or(0);
     let replayed = num("replayed_location").unwrap_or(0);
     let tags = body

@@ -546,7 +546,12 @@ fn peer(name: &str, pos: u64) -> PeerStatus {
 }
 
 fn no_leader() -> Cluster {
-    cluster(&[&format!("initialize={SYSID}"), "member=pg1:replica", "member=pg2:replica", "optime=100"])
+    cluster(&[
+        &format!("initialize={SYSID}"),
+        "member=pg1:replica",
+        "member=pg2:replica",
+        "optime=100",
+    ])
 }
 
 #[test]
@@ -555,7 +560,11 @@ fn u_2_1_peer_ahead_wins_the_race() {
     let mut o = obs("pg1", no_leader(), running(true, 90));
     o.peers = vec![peer("pg2", 100)];
     let d = check(&o, &[]);
-    assert!(d.reason.contains("Wal position of pg2 is ahead"), "{}", d.reason);
+    assert!(
+        d.reason.contains("Wal position of pg2 is ahead"),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -565,7 +574,13 @@ fn u_2_1_equal_position_higher_priority_wins() {
     p.failover_priority = 2;
     o.peers = vec![p];
     let d = check(&o, &[]);
-    assert!(d.reason.contains("has equally tolerable WAL position and priority 2, while this node has priority 1"), "{}", d.reason);
+    assert!(
+        d.reason.contains(
+            "has equally tolerable WAL position and priority 2, while this node has priority 1"
+        ),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -593,7 +608,11 @@ fn u_2_1_live_primary_peer_stops_the_race() {
     p.primary = true;
     o.peers = vec![p];
     let d = check(&o, &[]);
-    assert!(d.reason.contains("Primary (pg2) is still alive"), "{}", d.reason);
+    assert!(
+        d.reason.contains("Primary (pg2) is still alive"),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -609,7 +628,11 @@ fn u_2_1_paused_replica_yields_to_one_that_replayed_more() {
     let mut local = running(true, 100);
     local.replay_position = Some(10);
     local.replay_paused = true;
-    let mut o = obs("pg1", cluster(&[&format!("initialize={SYSID}"), "optime=5000000"]), local);
+    let mut o = obs(
+        "pg1",
+        cluster(&[&format!("initialize={SYSID}"), "optime=5000000"]),
+        local,
+    );
     o.peers = vec![];
     let d = check(&o, &[]);
     assert!(d.reason.contains("maximum_lag_on_failover"), "{}", d.reason);
@@ -627,7 +650,13 @@ fn u_former_primary_yields_to_a_healthy_replica() {
 // ---- Failure cases: PostgreSQL crash, rejoin, history ----------------------------------------
 
 fn leader_pg0() -> Cluster {
-    cluster(&[&format!("initialize={SYSID}"), "leader=pg0", "member=pg0:primary", "member=pg1:replica", "optime=100"])
+    cluster(&[
+        &format!("initialize={SYSID}"),
+        "leader=pg0",
+        "member=pg0:primary",
+        "member=pg1:replica",
+        "optime=100",
+    ])
 }
 
 #[test]
@@ -635,7 +664,10 @@ fn c_1_crashed_leader_restarts_in_place() {
     // Row C-1: the leader's postmaster died: restart as primary, keep the key.
     let mut o = obs("pg0", leader_pg0(), stopped(initialized()));
     o.primary_down_for = Some(std::time::Duration::from_secs(1));
-    check(&o, &[Action::RefreshLeaderKey, Action::Start { standby_of: None }]);
+    check(
+        &o,
+        &[Action::RefreshLeaderKey, Action::Start { standby_of: None }],
+    );
 }
 
 #[test]
@@ -651,19 +683,31 @@ fn c_2_primary_start_timeout_zero_fails_over_at_once() {
 fn c_2_timeout_without_a_candidate_keeps_trying() {
     let mut o = obs(
         "pg0",
-        cluster(&[&format!("initialize={SYSID}"), "leader=pg0", "member=pg0:primary"]),
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+        ]),
         stopped(initialized()),
     );
     o.dynamic = ClusterConfig::parse(r#"{"primary_start_timeout":0}"#).expect("valid");
     o.primary_down_for = Some(std::time::Duration::from_secs(100));
-    check(&o, &[Action::RefreshLeaderKey, Action::Start { standby_of: None }]);
+    check(
+        &o,
+        &[Action::RefreshLeaderKey, Action::Start { standby_of: None }],
+    );
 }
 
 #[test]
 fn c_3_crashed_replica_restarts_as_replica() {
     // Row C-3.
     let o = obs("pg1", leader_pg0(), stopped(initialized()));
-    check(&o, &[Action::Start { standby_of: Some(Some(up("pg0", 5433))) }]);
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(Some(up("pg0", 5433))),
+        }],
+    );
 }
 
 #[test]
@@ -678,7 +722,11 @@ fn r_1_former_primary_rewinds_before_following() {
 fn r_1_waits_while_the_leader_is_still_promoting() {
     let mut o = obs(
         "pg1",
-        cluster(&[&format!("initialize={SYSID}"), "leader=pg0", "member=pg0:replica"]),
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:replica",
+        ]),
         stopped(initialized()),
     );
     o.needs_rewind = true;
@@ -701,9 +749,17 @@ fn r_3_without_pg_rewind_reclone_when_allowed() {
     o.use_pg_rewind = false;
     o.remove_data_directory_on_diverged_timelines = true;
     let d = decide(&o);
-    assert!(matches!(&d.actions[..], [Action::RemoveDataDirectory { .. }]), "{d:?}");
+    assert!(
+        matches!(&d.actions[..], [Action::RemoveDataDirectory { .. }]),
+        "{d:?}"
+    );
     o.remove_data_directory_on_diverged_timelines = false;
-    check(&o, &[Action::Start { standby_of: Some(Some(up("pg0", 5433))) }]);
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(Some(up("pg0", 5433))),
+        }],
+    );
 }
 
 #[test]
@@ -728,23 +784,55 @@ fn hline(tl: u64, ts: Option<&str>, who: Option<&str>) -> patrol_dcs::HistoryLin
 fn h_history_is_published_after_promotion_and_keeps_old_stamps() {
     // Row H-hist.
     let mut c = leader_pg0();
-    c.history = Some(History { lines: vec![hline(1, Some("t1"), Some("pg1"))] });
+    c.history = Some(History {
+        lines: vec![hline(1, Some("t1"), Some("pg1"))],
+    });
     let mut local = running(false, 100);
     local.timeline = Some(3);
-    local.history = Some(History { lines: vec![hline(1, None, None), hline(2, Some("t2"), Some("pg0"))] });
+    local.history = Some(History {
+        lines: vec![hline(1, None, None), hline(2, Some("t2"), Some("pg0"))],
+    });
     let o = obs("pg0", c, local);
     let d = decide(&o);
-    let expected = History { lines: vec![hline(1, Some("t1"), Some("pg1")), hline(2, Some("t2"), Some("pg0"))] };
+    let expected = History {
+        lines: vec![
+            hline(1, Some("t1"), Some("pg1")),
+            hline(2, Some("t2"), Some("pg0")),
+        ],
+    };
     assert!(d.actions.contains(&Action::WriteHistory(expected)), "{d:?}");
 }
 
 #[test]
 fn h_history_never_goes_backwards() {
     let mut c = leader_pg0();
-    c.history = Some(History { lines: vec![hline(1, Some("t1"), Some("pg1")), hline(2, Some("t2"), Some("pg2")), hline(3, Some("t3"), Some("pg1"))] });
+    c.history = Some(History {
+        lines: vec![
+            hline(1, Some("t1"), Some("pg1")),
+            hline(2, Some("t2"), Some("pg2")),
+            hline(3, Some("t3"), Some("pg1")),
+        ],
+    });
     let mut local = running(false, 100);
-    local.history = Some(History { lines: vec![hline(1, None, None), hline(2, Some("t2"), Some("pg0"))] });
+    local.history = Some(History {
+        lines: vec![hline(1, None, None), hline(2, Some("t2"), Some("pg0"))],
+    });
     let o = obs("pg0", c, local);
     let d = decide(&o);
-    assert!(!d.actions.iter().any(|a| matches!(a, Action::WriteHistory(_))), "{d:?}");
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::WriteHistory(_))),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn a_peer_whose_postgres_is_down_is_not_a_live_primary() {
+    let body =
+        serde_json::json!({"state": "crashed", "role": "primary", "xlog": {"location": 100}});
+    assert!(!super::runner::peer_from_status("pg0", &body).primary);
+    let body =
+        serde_json::json!({"state": "running", "role": "primary", "xlog": {"location": 100}});
+    assert!(super::runner::peer_from_status("pg0", &body).primary);
 }

@@ -275,7 +275,9 @@ impl Postgres {
             // Lines: pid, data dir, start time, port, first socket directory, ...
             if let Ok(text) = std::fs::read_to_string(&pidfile) {
                 let lines: Vec<&str> = text.lines().collect();
-                if let (Some(pid), Some(port), Some(dir)) = (lines.first(), lines.get(3), lines.get(4)) {
+                if let (Some(pid), Some(port), Some(dir)) =
+                    (lines.first(), lines.get(3), lines.get(4))
+                {
                     let lock = Path::new(dir.trim()).join(format!(".s.PGSQL.{}.lock", port.trim()));
                     let same_owner = std::fs::read_to_string(&lock)
                         .map(|l| l.lines().next().map(str::trim) == Some(pid.trim()))
@@ -398,7 +400,8 @@ impl Postgres {
             .arg(format!("--source-server={conninfo}"))
             .env("PGPASSFILE", &self.cfg.pgpass)
             .env("PGOPTIONS", "-c statement_timeout=0");
-        self.run("pg_rewind", &mut cmd, Duration::from_secs(3600)).await
+        self.run("pg_rewind", &mut cmd, Duration::from_secs(3600))
+            .await
     }
 
     /// The timeline history file of `timeline` from pg_wal, with its modification time.
