@@ -87,18 +87,26 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
         c.start_node(i)?;
     }
     // Healthy: a leader and two streaming replicas.
-    let leader = wait_until("a leader and two streaming replicas", Duration::from_secs(90), || {
-        let c = &c;
-        async move {
-            let Some(l) = c.leader().await? else { return Ok(None) };
-            let kvs = c.etcd_get_prefix().await?;
-            let streaming = kvs
-                .iter()
-                .filter(|(k, v)| k.contains("members/") && v.contains("\"replication_state\":\"streaming\""))
-                .count();
-            Ok((streaming == 2).then_some(l))
-        }
-    })
+    let leader = wait_until(
+        "a leader and two streaming replicas",
+        Duration::from_secs(90),
+        || {
+            let c = &c;
+            async move {
+                let Some(l) = c.leader().await? else {
+                    return Ok(None);
+                };
+                let kvs = c.etcd_get_prefix().await?;
+                let streaming = kvs
+                    .iter()
+                    .filter(|(k, v)| {
+                        k.contains("members/") && v.contains("\"replication_state\":\"streaming\"")
+                    })
+                    .count();
+                Ok((streaming == 2).then_some(l))
+            }
+        },
+    )
     .await?;
     let li: usize = leader.trim_start_matches("pg").parse()?;
     let client = c.connect(li).await?;
@@ -134,15 +142,22 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let dcs = std::env::var("BENCH_DCS").unwrap_or_else(|_| "{ttl: 10, loop_wait: 1, retry_timeout: 3}".into());
-    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "crash,sigterm,hostloss".into());
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dcs = std::env::var("BENCH_DCS")
+        .unwrap_or_else(|_| "{ttl: 10, loop_wait: 1, retry_timeout: 3}".into());
+    let scenarios =
+        std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "crash,sigterm,hostloss".into());
     println!("| scenario | settings | runs | median | min | max |");
     println!("|---|---|---|---|---|---|");
     for s in scenarios.split(',') {
         let mut gaps = Vec::new();
         for r in 0..runs {
-            let g = one_run(s, &dcs).await.with_context(|| format!("{s} run {r}"))?;
+            let g = one_run(s, &dcs)
+                .await
+                .with_context(|| format!("{s} run {r}"))?;
             eprintln!("{s} run {r}: {:.3} s", g.as_secs_f64());
             gaps.push(g);
         }

@@ -431,7 +431,7 @@ impl<D: Dcs> Ha<D> {
         match self.in_flight.as_ref().map(|(t, _)| *t) {
             Some(Task::Bootstrap) => "initializing new cluster".into(),
             Some(Task::Clone) => "creating replica".into(),
-            Some(Task::Start) => "starting".into(),
+            Some(Task::Start) | Some(Task::StartPrimary) => "starting".into(),
             Some(Task::Rewind) => "starting".into(),
             Some(Task::Promote) | Some(Task::Demote) if running => "running".into(),
             Some(_) => "starting".into(),
@@ -615,7 +615,12 @@ impl<D: Dcs> Ha<D> {
                 if let Err(e) = self.pg.write_pgpass() {
                     return Err(Step::Stop(format!("could not write the passfile: {e}")));
                 }
-                self.spawn(Task::Start, async move {
+                let task = if standby_of.is_none() {
+                    Task::StartPrimary
+                } else {
+                    Task::Start
+                };
+                self.spawn(task, async move {
                     pg.write_config(&files).map_err(|e| e.to_string())?;
                     pg.start(&params, wait).await.map_err(|e| e.to_string())?;
                     client.reset().await;
@@ -818,6 +823,11 @@ impl<D: Dcs> Ha<D> {
     /// Without a leader (etcd unreachable) it restarts read-only, following nobody.
     async fn demote(&mut self, leader: Option<Upstream>) -> Result<(), String> {
         tracing::info!("demoting PostgreSQL (immediate stop)");
+        // A promotion or start still running must not finish after this.
+        if let Some((task, h)) = self.in_flight.take() {
+            tracing::warn!("aborting {task:?} in progress");
+            h.abort();
+        }
         self.pg
             .stop("immediate", Duration::from_secs(30))
             .await
