@@ -454,7 +454,7 @@ impl SyncState {
 }
 
 /// One line of the `history` key: `[timeline, switch_lsn, reason, timestamp, new_leader]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryLine {
     pub timeline: u64,
     pub lsn: u64,
@@ -464,7 +464,7 @@ pub struct HistoryLine {
 }
 
 /// The `history` key.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct History {
     pub lines: Vec<HistoryLine>,
 }
@@ -515,6 +515,26 @@ impl History {
             })
             .collect();
         to_compact(&Value::Array(v))
+    }
+
+    /// Parses a PostgreSQL timeline history file (`<tl>\t<X/Y>\t<reason>` per line; comments
+    /// and blank lines skipped). Timestamps and leader names are left empty.
+    pub fn from_timeline_file(text: &str) -> Vec<HistoryLine> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .filter_map(|l| {
+                let mut f = l.splitn(3, '\t');
+                let tl = f.next()?.trim().parse().ok()?;
+                let lsn = parse_lsn(f.next()?)?;
+                Some(HistoryLine {
+                    timeline: tl,
+                    lsn,
+                    reason: f.next().unwrap_or("").trim().to_string(),
+                    timestamp: None,
+                    new_leader: None,
+                })
+            })
+            .collect()
     }
 
     /// The cluster timeline implied by the history: last entry's timeline + 1, 1 when empty.
@@ -671,6 +691,13 @@ impl ClusterConfig {
             .or_else(|| self.int("master_start_timeout"))
             .and_then(|i| u64::try_from(i).ok())
             .unwrap_or(300)
+    }
+
+    /// `max_timelines_history` (0 = keep all).
+    pub fn max_timelines_history(&self) -> usize {
+        self.int("max_timelines_history")
+            .and_then(|i| usize::try_from(i).ok())
+            .unwrap_or(0)
     }
 
     pub fn check_timeline(&self) -> bool {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use patrol_dcs::{Cluster, ClusterConfig, Member};
+use patrol_dcs::{Cluster, ClusterConfig, History, Member, Role};
 
 /// The local PostgreSQL as observed this cycle.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,8 +16,49 @@ pub struct LocalPg {
     /// WAL position: flush LSN on a primary, max(receive, replay) on a standby.
     pub wal_position: Option<u64>,
     pub timeline: Option<u64>,
+    /// Standby: replayed position and whether replay is paused.
+    pub replay_position: Option<u64>,
+    pub replay_paused: bool,
     /// Member name the standby is configured to follow (as last written by us).
     pub following: Option<String>,
+    /// Primary on a timeline > 1: its timeline history (from `pg_wal/<tl>.history`), the last
+    /// line stamped with the history file's time and our name.
+    pub history: Option<History>,
+}
+
+impl LocalPg {
+    /// The position a promotion would keep: a paused standby has only what it replayed.
+    pub fn effective_position(&self) -> Option<u64> {
+        if self.replay_paused {
+            self.replay_position
+        } else {
+            self.wal_position
+        }
+    }
+}
+
+/// What a peer's `GET /patroni` said during the leader race (spec 2.4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    pub name: String,
+    /// Not running in recovery: a live primary.
+    pub primary: bool,
+    pub wal_position: u64,
+    pub replay_position: u64,
+    pub paused: bool,
+    pub nofailover: bool,
+    pub failover_priority: i64,
+    pub watchdog_failed: bool,
+}
+
+impl PeerStatus {
+    fn effective_position(&self) -> u64 {
+        if self.paused {
+            self.replay_position
+        } else {
+            self.wal_position
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,9 +77,13 @@ pub enum DataState {
 pub enum Task {
     Bootstrap,
     Clone,
+    /// Starting as a standby.
     Start,
+    /// Starting as primary (the leader restarting its crashed PostgreSQL).
+    StartPrimary,
     Promote,
     Demote,
+    Rewind,
 }
 
 /// Result of the last long operation, reported once.
@@ -65,8 +110,24 @@ pub struct Observation {
     pub can_bootstrap: bool,
     /// Our own tags say `nofailover` (or `failover_priority: 0`).
     pub nofailover: bool,
+    /// Our `failover_priority` (default 1).
+    pub failover_priority: i64,
     /// Time until our lease deadline (None: no acknowledged lease).
     pub lease_left: Option<Duration>,
+    /// Answers of the other members' REST APIs, probed when the cluster has no leader.
+    /// Unreachable members are absent.
+    pub peers: Vec<PeerStatus>,
+    /// We hold the leader key and PostgreSQL has been down this long.
+    pub primary_down_for: Option<Duration>,
+    /// This data directory was a primary that another leader replaced: it must be rewound (or
+    /// re-cloned) before it can follow.
+    pub needs_rewind: bool,
+    /// The last rewind failed (and nothing may remove the data directory).
+    pub rewind_failed: bool,
+    /// `use_pg_rewind` from local or dynamic config.
+    pub use_pg_rewind: bool,
+    pub remove_data_directory_on_rewind_failure: bool,
+    pub remove_data_directory_on_diverged_timelines: bool,
 }
 
 /// Where a standby should stream from.
@@ -107,10 +168,20 @@ pub enum Action {
     RefreshLeaderKey,
     ReleaseLeaderKey,
     Promote,
-    /// Stop PostgreSQL (immediate) and restart it as a standby of `leader`.
+    /// Stop PostgreSQL at once (immediate); the data directory then needs a rewind before it
+    /// can follow. With `leader: None` (no usable DCS) it restarts read-only following nobody.
     Demote {
         leader: Option<Upstream>,
     },
+    /// Stop (if running), finish crash recovery, `pg_rewind` from the leader, start as its
+    /// standby (long operation).
+    Rewind(Upstream),
+    /// Remove the data directory so the next cycle clones it again.
+    RemoveDataDirectory {
+        reason: String,
+    },
+    /// Publish the timeline history after a promotion.
+    WriteHistory(History),
     /// Point the standby at this upstream (rewrite config and reload) if it is not already.
     Follow(Upstream),
     /// Leader only: make sure every other member has its physical slot.
@@ -180,7 +251,7 @@ fn wanted_slots(o: &Observation) -> Vec<String> {
 
 /// Whether this node may take the leader key when the cluster has none (flow ④ row 2.1):
 /// running, not `nofailover`, and not lagging more than `maximum_lag_on_failover` behind the
-/// last known leader position.
+/// last known leader position, on the cluster's timeline when `check_timeline`.
 fn healthy_enough(o: &Observation) -> Result<(), String> {
     if o.nofailover {
         return Err("I am not allowed to promote (nofailover)".into());
@@ -189,7 +260,7 @@ fn healthy_enough(o: &Observation) -> Result<(), String> {
         return Err("PostgreSQL is not running".into());
     }
     if o.local.in_recovery == Some(true) {
-        if let (Some(optime), Some(pos)) = (o.cluster.status.optime, o.local.wal_position) {
+        if let (Some(optime), Some(pos)) = (o.cluster.status.optime, o.local.effective_position()) {
             let lag = optime.saturating_sub(pos);
             let max = o.dynamic.maximum_lag_on_failover();
             if max >= 0 && lag > max as u64 {
@@ -210,6 +281,107 @@ fn healthy_enough(o: &Observation) -> Result<(), String> {
     Ok(())
 }
 
+/// Patroni's `_is_healthiest_node`: no reachable peer is a live primary, has a higher WAL
+/// position, or (at an equal position) a higher failover priority. Patrol compares the position
+/// a promotion would keep (a paused standby only has what it replayed) and breaks position ties
+/// by replayed position before priority, so the node that can promote at once wins.
+fn healthiest(o: &Observation) -> Result<(), String> {
+    let my_pos = o.local.effective_position().unwrap_or(0);
+    let my_replay = o.local.replay_position.unwrap_or(my_pos);
+    for p in o.peers.iter().filter(|p| p.name != o.me) {
+        if p.primary {
+            return Err(format!("Primary ({}) is still alive", p.name));
+        }
+        if p.nofailover || p.watchdog_failed {
+            continue;
+        }
+        let pos = p.effective_position();
+        if pos > my_pos {
+            return Err(format!(
+                "Wal position of {} is ahead of my wal position",
+                p.name
+            ));
+        }
+        if pos == my_pos && p.replay_position > my_replay {
+            return Err(format!("{} has replayed more of the same WAL", p.name));
+        }
+        if pos == my_pos
+            && p.replay_position == my_replay
+            && p.failover_priority > o.failover_priority
+        {
+            return Err(format!(
+                "{} has equally tolerable WAL position and priority {}, while this node has priority {}",
+                p.name, p.failover_priority, o.failover_priority
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A standby still on a timeline that the cluster's history says ended before the position it
+/// has reached: it kept receiving from an old primary past the fork, and only a rewind (or a
+/// re-clone) lets it follow the new timeline.
+fn diverged_from_history(o: &Observation) -> bool {
+    let (Some(tl), Some(pos), Some(h)) =
+        (o.local.timeline, o.local.wal_position, &o.cluster.history)
+    else {
+        return false;
+    };
+    if o.local.in_recovery != Some(true) {
+        return false;
+    }
+    h.lines
+        .iter()
+        .find(|l| l.timeline == tl)
+        .is_some_and(|l| pos > l.lsn)
+}
+
+/// Another member could take over (Patroni's `is_failover_possible`, from member keys): a
+/// running replica that may fail over and is within `maximum_lag_on_failover`.
+fn failover_possible(o: &Observation) -> bool {
+    let max = o.dynamic.maximum_lag_on_failover();
+    o.cluster.members.iter().any(|m| {
+        m.name != o.me
+            && m.data.state == "running"
+            && m.data.role == Role::Replica
+            && !m.data.nofailover()
+            && match (o.cluster.status.optime, m.data.xlog_location) {
+                (Some(opt), Some(pos)) => max < 0 || opt.saturating_sub(pos) <= max as u64,
+                _ => true,
+            }
+    })
+}
+
+/// The history to publish when ours is newer than the DCS's, keeping the timestamps and
+/// leader names already stored for older timelines. Never goes backwards.
+fn history_to_write(o: &Observation) -> Option<History> {
+    let local = o.local.history.as_ref()?;
+    let last_local = local.lines.last()?;
+    let stored_tl = o.cluster.timeline();
+    if stored_tl > last_local.timeline {
+        return None;
+    }
+    let mut lines = local.lines.clone();
+    if let Some(stored) = &o.cluster.history {
+        for l in lines.iter_mut() {
+            if let Some(old) = stored.lines.iter().find(|s| s.timeline == l.timeline) {
+                if old.timestamp.is_some() {
+                    l.timestamp = old.timestamp.clone();
+                    l.new_leader = old.new_leader.clone();
+                }
+            }
+        }
+        if stored.lines == lines {
+            return None;
+        }
+    }
+    let keep = o.dynamic.max_timelines_history();
+    if keep > 0 && lines.len() > keep {
+        lines.drain(..lines.len() - keep);
+    }
+    Some(History { lines })
+}
+
 /// The decision for one cycle.
 pub fn decide(o: &Observation) -> Decision {
     let leader = o.cluster.leader.as_ref();
@@ -228,6 +400,16 @@ pub fn decide(o: &Observation) -> Decision {
 
     // Row S-2.2: a long operation is running; the lock holder keeps its key alive.
     if let Some(task) = o.in_flight {
+        // Row S-2.2': a promotion (or a start as primary) must not finish once we lost the
+        // key (we were frozen, or our lease expired): stop it and PostgreSQL at once.
+        if !i_am_leader && matches!(task, Task::Promote | Task::StartPrimary) {
+            return decision(
+                format!("lost leader before {task:?} finished: demoting"),
+                vec![Action::Demote {
+                    leader: leader_member.map(upstream),
+                }],
+            );
+        }
         let mut actions = Vec::new();
         if i_am_leader {
             actions.push(Action::RefreshLeaderKey);
@@ -342,13 +524,78 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
         );
     }
 
+    let rewind_or_reclone = |leader: Upstream| -> Decision {
+        if o.rewind_failed {
+            return decision(
+                "pg_rewind failed earlier; not starting PostgreSQL (reinitialize this member)",
+                vec![],
+            );
+        }
+        if o.use_pg_rewind {
+            decision(
+                format!("rewinding to follow the new leader ({})", leader.name),
+                vec![Action::Rewind(leader)],
+            )
+        } else if o.remove_data_directory_on_diverged_timelines {
+            decision(
+                "the data directory has diverged and pg_rewind is off: re-cloning",
+                vec![Action::RemoveDataDirectory {
+                    reason: "diverged from the new leader and use_pg_rewind is off".into(),
+                }],
+            )
+        } else {
+            decision(
+                format!(
+                    "starting as a replica of {} without rewind (use_pg_rewind is off)",
+                    leader.name
+                ),
+                vec![Action::Start {
+                    standby_of: Some(Some(leader)),
+                }],
+            )
+        }
+    };
+    // A rewind needs the new leader to be a primary that finished its promotion.
+    let rewind_source = leader_member
+        .filter(|m| m.name != o.me && m.data.role == Role::Primary && m.data.state == "running")
+        .filter(|m| m.data.checkpoint_after_promote != Some(false))
+        .map(upstream);
+
     // Row S-2.9/1.9: PostgreSQL not running: start it in the right role.
     if !o.local.running {
         if i_am_leader {
+            // Row C-1 (crash of the leader's PostgreSQL): restart in place, same timeline,
+            // unless primary_start_timeout says to fail over (Row C-2).
+            let timeout = o.dynamic.primary_start_timeout();
+            let expired = o
+                .primary_down_for
+                .is_some_and(|d| timeout == 0 || d >= Duration::from_secs(timeout));
+            if expired && failover_possible(o) {
+                return decision(
+                    "removing the leader key: PostgreSQL did not come back within primary_start_timeout",
+                    vec![Action::ReleaseLeaderKey],
+                );
+            }
             return decision(
                 "starting PostgreSQL as primary (I hold the leader key)",
                 vec![Action::RefreshLeaderKey, Action::Start { standby_of: None }],
             );
+        }
+        if o.needs_rewind {
+            // Row R-1: a former primary rejoins through pg_rewind (or a re-clone).
+            match (&rewind_source, leader) {
+                (Some(src), _) => return rewind_or_reclone(src.clone()),
+                (None, Some(l)) => {
+                    return decision(
+                        format!(
+                            "waiting for the leader ({}) to finish promotion before rewinding",
+                            l.name
+                        ),
+                        vec![],
+                    )
+                }
+                (None, None) => {}
+            }
         }
         let up = leader_member.map(upstream);
         let reason = match &up {
@@ -382,6 +629,10 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
                 actions.push(Action::Promote);
                 return decision("promoting: I hold the leader key", actions);
             }
+            // Row U-h: publish the timeline history after a promotion.
+            if let Some(h) = history_to_write(o) {
+                actions.push(Action::WriteHistory(h));
+            }
             actions.push(Action::EnsureSlots {
                 names: wanted_slots(o),
             });
@@ -398,6 +649,19 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
                 return decision(
                     format!("demoting: {} holds the leader key", l.name),
                     vec![Action::Demote { leader: up }],
+                );
+            }
+            if o.needs_rewind || diverged_from_history(o) {
+                // Row R-2: demoted earlier (e.g. while etcd was away), now a leader exists.
+                if let Some(src) = rewind_source {
+                    return rewind_or_reclone(src);
+                }
+                return decision(
+                    format!(
+                        "waiting for the leader ({}) to finish promotion before rewinding",
+                        l.name
+                    ),
+                    vec![],
                 );
             }
             match up {
@@ -419,7 +683,14 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
             if o.cluster.is_paused() {
                 return decision("PAUSE: no leader; not racing in maintenance mode", vec![]);
             }
-            match healthy_enough(o) {
+            let eligible = healthy_enough(o).and_then(|()| {
+                if o.needs_rewind && failover_possible(o) {
+                    // A former primary that crashed or was demoted yields to a healthy replica.
+                    return Err("I was demoted or crashed as primary; a replica takes over".into());
+                }
+                healthiest(o)
+            });
+            match eligible {
                 // Row U-2.1/1.1: try to take the key; 2.2: promote if needed (1.4) or persist (1.3).
                 Ok(()) => {
                     let mut actions = vec![Action::AcquireLeaderKey];

@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::decide::{decide, Action, DataState, LocalPg, Observation, Task, TaskResult, Upstream};
+use super::decide::{
+    decide, Action, DataState, LocalPg, Observation, PeerStatus, Task, TaskResult, Upstream,
+};
 use super::state::{NodeState, SharedState};
 use crate::config::Config;
 use crate::postgres::{
@@ -40,6 +42,11 @@ pub struct Ha<D: Dcs> {
     lease_deadline: Option<Instant>,
     /// PostgreSQL was running under us and went away without our doing.
     was_running: bool,
+    /// This data directory was a primary that another leader replaced (sticky until rewound).
+    needs_rewind: bool,
+    rewind_failed: bool,
+    /// Since when we hold the key while our PostgreSQL is down.
+    primary_down_since: Option<Instant>,
 }
 
 /// What ends the loop.
@@ -69,6 +76,9 @@ impl<D: Dcs> Ha<D> {
             dynamic,
             lease_deadline: None,
             was_running: false,
+            needs_rewind: false,
+            rewind_failed: false,
+            primary_down_since: None,
         }
     }
 
@@ -86,6 +96,9 @@ impl<D: Dcs> Ha<D> {
         loop {
             cycle += 1;
             let started = Instant::now();
+            // What the watch had shown before this cycle read the DCS: a change that arrives
+            // while the cycle runs must still wake the next one.
+            let before = cluster_rx.borrow_and_update().clone();
             let span = tracing::info_span!("cycle", member = %self.cfg.name, cycle);
             let result = {
                 let _e = span.enter();
@@ -96,7 +109,13 @@ impl<D: Dcs> Ha<D> {
             }
             let wait = Duration::from_secs(self.timing().loop_wait);
             let deadline = started + wait;
-            let before = cluster_rx.borrow().clone();
+            if wake_worthy(
+                before.as_deref(),
+                cluster_rx.borrow().as_deref(),
+                &self.cfg.name,
+            ) {
+                continue;
+            }
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -106,7 +125,7 @@ impl<D: Dcs> Ha<D> {
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = wait_task(&mut self.in_flight) => break,
                     _ = self.shared.wakeup.notified() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)), if self.was_running => {
+                    _ = tokio::time::sleep(Duration::from_millis(250)), if self.was_running => {
                         // Notice a PostgreSQL crash within a second, not a full loop_wait.
                         if !self.pg.is_running() && self.in_flight.is_none() { break; }
                     }
@@ -135,6 +154,24 @@ impl<D: Dcs> Ha<D> {
                     TaskResult::Succeeded(t) => tracing::info!("{t:?} finished"),
                     TaskResult::Failed(t, e) => tracing::error!("{t:?} failed: {e}"),
                 }
+                match &r {
+                    TaskResult::Succeeded(Task::Rewind) => {
+                        self.needs_rewind = false;
+                        self.rewind_failed = false;
+                    }
+                    TaskResult::Failed(Task::Rewind, _) => {
+                        if self.cfg.postgresql.remove_data_directory_on_rewind_failure {
+                            tracing::warn!("removing the data directory after the failed rewind; it will be cloned again");
+                            if let Err(e) = self.pg.remove_data_dir() {
+                                tracing::error!("could not remove the data directory: {e}");
+                            }
+                            self.needs_rewind = false;
+                        } else {
+                            self.rewind_failed = true;
+                        }
+                    }
+                    _ => {}
+                }
                 self.client.reset().await;
                 self.last_result = Some(r);
             }
@@ -152,7 +189,13 @@ impl<D: Dcs> Ha<D> {
             self.apply_dynamic(cfg.value.clone()).await;
         }
 
-        let (local, status) = self.observe_local().await;
+        let (local, status) = self.observe_local(&cluster).await;
+        self.track_rewind_and_downtime(&cluster, &local);
+        let peers = if cluster.leader.is_none() && local.in_recovery == Some(true) {
+            self.probe_peers(&cluster).await
+        } else {
+            Vec::new()
+        };
         let obs = Observation {
             me: self.cfg.name.clone(),
             cluster: cluster.clone(),
@@ -163,9 +206,28 @@ impl<D: Dcs> Ha<D> {
             bootstrapping: self.bootstrapping,
             can_bootstrap: self.cfg.bootstrap.present,
             nofailover: member_nofailover(&self.cfg.tags),
+            failover_priority: member_priority(&self.cfg.tags),
             lease_left: self
                 .lease_deadline
                 .map(|d| d.saturating_duration_since(Instant::now())),
+            peers,
+            primary_down_for: self.primary_down_since.map(|t| t.elapsed()),
+            needs_rewind: self.needs_rewind,
+            rewind_failed: self.rewind_failed,
+            use_pg_rewind: self
+                .cfg
+                .postgresql
+                .use_pg_rewind
+                .or(self.dynamic.use_pg_rewind())
+                .unwrap_or(false),
+            remove_data_directory_on_rewind_failure: self
+                .cfg
+                .postgresql
+                .remove_data_directory_on_rewind_failure,
+            remove_data_directory_on_diverged_timelines: self
+                .cfg
+                .postgresql
+                .remove_data_directory_on_diverged_timelines,
         };
         let dec = decide(&obs);
         if dec.reason != self.last_reason {
@@ -194,11 +256,12 @@ impl<D: Dcs> Ha<D> {
         let running = self.pg.is_running();
         let state = self.member_state(running);
         self.publish(&cluster, status.as_ref(), &state).await;
+        let role = self.role_now(status.as_ref());
         self.shared.update(NodeState {
             cluster: Some(Arc::new(cluster)),
             status,
             state,
-            role: self.role_now(),
+            role,
             sysid: match &obs.local.data {
                 DataState::Initialized { sysid, .. } => Some(sysid.clone()),
                 _ => None,
@@ -251,7 +314,7 @@ impl<D: Dcs> Ha<D> {
         }
     }
 
-    async fn observe_local(&mut self) -> (LocalPg, Option<LocalStatus>) {
+    async fn observe_local(&mut self, cluster: &Cluster) -> (LocalPg, Option<LocalStatus>) {
         let data = match self.pg.data_dir_state() {
             DataDir::Empty => DataState::Empty,
             DataDir::Invalid(why) => DataState::Invalid(why),
@@ -284,16 +347,92 @@ impl<D: Dcs> Ha<D> {
                 }
             }),
             timeline: status.as_ref().map(|s| s.timeline),
+            replay_position: status.as_ref().and_then(|s| s.replay_lsn),
+            replay_paused: status.as_ref().is_some_and(|s| s.replay_paused),
             following: self.following.clone(),
+            history: None,
         };
+        let mut local = local;
+        if let Some(s) = &status {
+            let i_lead = cluster.leader_name() == Some(self.cfg.name.as_str());
+            if i_lead && !s.in_recovery && s.timeline > 1 && cluster.timeline() < s.timeline {
+                local.history = self.read_history(s.timeline);
+            }
+        }
         (local, status)
+    }
+
+    /// Marks a data directory that was a primary, now replaced by another leader, as needing a
+    /// rewind; tracks how long the leader's PostgreSQL has been down.
+    fn track_rewind_and_downtime(&mut self, cluster: &Cluster, local: &LocalPg) {
+        let i_lead = cluster.leader_name() == Some(self.cfg.name.as_str());
+        if let DataState::Initialized { cluster_state, .. } = &local.data {
+            let was_primary = cluster_state == "in production" || cluster_state == "shut down";
+            if was_primary && !local.running && !i_lead && self.in_flight.is_none() {
+                if !self.needs_rewind {
+                    tracing::info!("the data directory was a primary ({cluster_state}); it will be rewound before following");
+                }
+                self.needs_rewind = true;
+            }
+        }
+        if i_lead && local.running && local.in_recovery == Some(false) {
+            self.needs_rewind = false;
+            self.rewind_failed = false;
+        }
+        if i_lead && !local.running {
+            self.primary_down_since.get_or_insert_with(Instant::now);
+        } else if local.running {
+            self.primary_down_since = None;
+        }
+    }
+
+    /// The timeline history of our (promoted) primary, the last line stamped with the history
+    /// file's time and our name.
+    fn read_history(&self, timeline: u64) -> Option<patrol_dcs::History> {
+        let (text, mtime) = self.pg.timeline_history(timeline)?;
+        let mut lines = patrol_dcs::History::from_timeline_file(&text);
+        if let Some(last) = lines.last_mut() {
+            let ts: chrono::DateTime<chrono::Local> = mtime.into();
+            last.timestamp = Some(ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, false));
+            last.new_leader = Some(self.cfg.name.clone());
+        }
+        Some(patrol_dcs::History { lines })
+    }
+
+    /// Asks every other member's REST API for its state, in parallel, with a short deadline.
+    async fn probe_peers(&self, cluster: &Cluster) -> Vec<PeerStatus> {
+        let limit = Duration::from_secs(self.timing().retry_timeout.clamp(1, 2));
+        let Ok(client) = reqwest::Client::builder().timeout(limit).build() else {
+            return Vec::new();
+        };
+        let mut set = tokio::task::JoinSet::new();
+        for m in cluster.members.iter().filter(|m| m.name != self.cfg.name) {
+            if m.data.api_url.is_empty() {
+                continue;
+            }
+            let (client, url, name) = (client.clone(), m.data.api_url.clone(), m.name.clone());
+            set.spawn(async move {
+                let body: serde_json::Value =
+                    client.get(&url).send().await.ok()?.json().await.ok()?;
+                Some(peer_from_status(&name, &body))
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Ok(Some(p)) = r {
+                out.push(p);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     fn member_state(&self, running: bool) -> String {
         match self.in_flight.as_ref().map(|(t, _)| *t) {
             Some(Task::Bootstrap) => "initializing new cluster".into(),
             Some(Task::Clone) => "creating replica".into(),
-            Some(Task::Start) => "starting".into(),
+            Some(Task::Start) | Some(Task::StartPrimary) => "starting".into(),
+            Some(Task::Rewind) => "starting".into(),
             Some(Task::Promote) | Some(Task::Demote) if running => "running".into(),
             Some(_) => "starting".into(),
             None if running => "running".into(),
@@ -302,13 +441,14 @@ impl<D: Dcs> Ha<D> {
         }
     }
 
-    fn role_now(&self) -> Role {
+    /// The role from this cycle's status query; without one (PostgreSQL stopped, crashed or not
+    /// answering) never "primary", so peers do not take a dead primary for a live one.
+    fn role_now(&self, status: Option<&LocalStatus>) -> Role {
         match self.pg.data_dir_state() {
             DataDir::Initialized(_) => {}
             _ => return Role::Uninitialized,
         }
-        let st = self.shared.snapshot().status;
-        match st {
+        match status {
             Some(s) if !s.in_recovery => Role::Primary,
             _ => Role::Replica,
         }
@@ -437,6 +577,8 @@ impl<D: Dcs> Ha<D> {
                 self.spawn(Task::Clone, async move {
                     let r = async {
                         pg.basebackup(&conninfo).await?;
+                        // pg_basebackup copies the source's server log too; it is not ours.
+                        let _ = std::fs::remove_file(pg.log_file());
                         pg.write_config(&files)?;
                         pg.start(&params, wait).await?;
                         client.reset().await;
@@ -473,7 +615,12 @@ impl<D: Dcs> Ha<D> {
                 if let Err(e) = self.pg.write_pgpass() {
                     return Err(Step::Stop(format!("could not write the passfile: {e}")));
                 }
-                self.spawn(Task::Start, async move {
+                let task = if standby_of.is_none() {
+                    Task::StartPrimary
+                } else {
+                    Task::Start
+                };
+                self.spawn(task, async move {
                     pg.write_config(&files).map_err(|e| e.to_string())?;
                     pg.start(&params, wait).await.map_err(|e| e.to_string())?;
                     client.reset().await;
@@ -531,15 +678,77 @@ impl<D: Dcs> Ha<D> {
                 let files = self.config_files(None);
                 tracing::info!("promoting PostgreSQL");
                 self.spawn(Task::Promote, async move {
+                    // A paused standby would end recovery without replaying what it received.
+                    if let Err(e) = client.resume_replay().await {
+                        tracing::warn!("could not resume WAL replay before promoting: {e}");
+                    }
                     pg.promote(wait).await.map_err(|e| e.to_string())?;
                     pg.write_config(&files).map_err(|e| e.to_string())?;
                     client.reset().await;
+                    // Update pg_control with the new timeline so peers can pg_rewind from us.
+                    if let Err(e) = client.checkpoint().await {
+                        tracing::warn!("CHECKPOINT after promote failed: {e}");
+                    }
                     Ok(())
                 });
                 Ok(None)
             }
             Action::Demote { leader } => {
                 self.demote(leader.clone()).await.map_err(Step::Stop)?;
+                Ok(None)
+            }
+            Action::Rewind(up) => {
+                let source = self.rewind_conninfo(up).map_err(Step::Stop)?;
+                let pg = self.pg.clone();
+                let client = self.client.clone();
+                let files = self.config_files(Some(Some(up.clone())));
+                let params = self.pg.cmdline_params(&self.dynamic.parameters());
+                let wait = Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout);
+                self.following = Some(up.name.clone());
+                tracing::info!("rewinding from {} (pg_rewind)", up.name);
+                self.spawn(Task::Rewind, async move {
+                    let r = async {
+                        pg.stop("fast", wait).await?;
+                        client.reset().await;
+                        let clean = matches!(
+                            pg.data_dir_state(),
+                            DataDir::Initialized(cd) if cd.state == "shut down" || cd.state == "shut down in recovery"
+                        );
+                        if !clean {
+                            tracing::info!("running crash recovery in single-user mode before pg_rewind");
+                            pg.single_user_recovery().await?;
+                        }
+                        let out = pg.rewind(&source).await?;
+                        tracing::info!("pg_rewind: {}", out.lines().last().unwrap_or("done"));
+                        pg.write_config(&files)?;
+                        pg.start(&params, wait).await?;
+                        client.reset().await;
+                        Ok::<_, crate::postgres::PgError>(())
+                    }
+                    .await;
+                    r.map_err(|e| e.to_string())
+                });
+                Ok(None)
+            }
+            Action::RemoveDataDirectory { reason } => {
+                tracing::warn!("removing the data directory: {reason}");
+                self.pg
+                    .stop("immediate", Duration::from_secs(30))
+                    .await
+                    .map_err(|e| Step::Stop(e.to_string()))?;
+                self.pg
+                    .remove_data_dir()
+                    .map_err(|e| Step::Stop(e.to_string()))?;
+                self.needs_rewind = false;
+                self.following = None;
+                Ok(None)
+            }
+            Action::WriteHistory(h) => {
+                self.dcs.set_history(&h.to_json()).await.map_err(dcs_stop)?;
+                tracing::info!(
+                    timeline = h.cluster_timeline(),
+                    "published the timeline history"
+                );
                 Ok(None)
             }
             Action::Follow(up) => {
@@ -609,16 +818,27 @@ impl<D: Dcs> Ha<D> {
                 .unwrap_or(true)
     }
 
-    /// Immediate stop, then start as a standby of `leader` (or of nobody).
+    /// Immediate stop: the primary stops accepting writes now. The data directory may have
+    /// diverged, so it is marked for a rewind; the next cycle rewinds it from the new leader.
+    /// Without a leader (etcd unreachable) it restarts read-only, following nobody.
     async fn demote(&mut self, leader: Option<Upstream>) -> Result<(), String> {
-        tracing::info!("demoting PostgreSQL (immediate stop, restart as a standby)");
+        tracing::info!("demoting PostgreSQL (immediate stop)");
+        // A promotion or start still running must not finish after this.
+        if let Some((task, h)) = self.in_flight.take() {
+            tracing::warn!("aborting {task:?} in progress");
+            h.abort();
+        }
         self.pg
             .stop("immediate", Duration::from_secs(30))
             .await
             .map_err(|e| e.to_string())?;
         self.client.reset().await;
-        let files = self.config_files(Some(leader.clone()));
-        self.following = leader.map(|u| u.name);
+        self.needs_rewind = true;
+        self.following = None;
+        if leader.is_some() {
+            return Ok(());
+        }
+        let files = self.config_files(Some(None));
         let pg = self.pg.clone();
         let client = self.client.clone();
         let params = self.pg.cmdline_params(&self.dynamic.parameters());
@@ -650,6 +870,25 @@ impl<D: Dcs> Ha<D> {
             &self.cfg.postgresql.pgpass,
             &self.cfg.name,
             &repl.extra,
+        ))
+    }
+
+    /// Connection string for pg_rewind's source: the rewind user (else the superuser), a normal
+    /// database connection, password from the passfile.
+    fn rewind_conninfo(&self, up: &Upstream) -> Result<String, String> {
+        let (host, port) = patrol_dcs::parse_conn_url(&up.conn_url)
+            .ok_or_else(|| format!("member {} has no usable conn_url", up.name))?;
+        let auth = &self.cfg.postgresql.authentication;
+        let user = auth.rewind.as_ref().unwrap_or(&auth.superuser);
+        let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        Ok(format!(
+            "host={} port={} user={} dbname={} passfile={} sslmode={} target_session_attrs=read-write",
+            q(&host),
+            port,
+            q(&user.username),
+            q(&self.cfg.postgresql.database),
+            q(&self.cfg.postgresql.pgpass.display().to_string()),
+            q(user.extra.get("sslmode").map(String::as_str).unwrap_or("prefer")),
         ))
     }
 
@@ -760,6 +999,51 @@ fn api_scheme(cfg: &Config) -> &'static str {
         "https"
     } else {
         "http"
+    }
+}
+
+fn member_priority(tags: &serde_json::Map<String, serde_json::Value>) -> i64 {
+    if member_nofailover(tags) {
+        return 0;
+    }
+    patrol_dcs::lenient_i64(tags.get("failover_priority")).unwrap_or(1)
+}
+
+/// Reads a peer's `GET /patroni` answer as Patroni's leader race does (spec 2.4): in recovery
+/// unless `xlog.location` is set or the role is primary; position = max(received, replayed).
+pub fn peer_from_status(name: &str, body: &serde_json::Value) -> PeerStatus {
+    let xlog = body.get("xlog").or_else(|| body.get("wal"));
+    let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|v| v.as_u64());
+    let role = body.get("role").and_then(|r| r.as_str()).unwrap_or("");
+    let running = body.get("state").and_then(|s| s.as_str()) == Some("running");
+    // A primary whose PostgreSQL is down (crashed, stopping) is not a live primary.
+    let primary = running && (num("location").is_some() || role == "primary" || role == "master");
+    let received = num("received_location").unwrap_or(0);
+    let replayed = num("replayed_location").unwrap_or(0);
+    let tags = body
+        .get("tags")
+        .and_then(|t| t.as_object())
+        .cloned()
+        .unwrap_or_default();
+    PeerStatus {
+        name: name.to_string(),
+        primary,
+        wal_position: if primary {
+            num("location").unwrap_or(0)
+        } else {
+            received.max(replayed)
+        },
+        replay_position: replayed,
+        paused: xlog
+            .and_then(|x| x.get("paused"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        nofailover: member_nofailover(&tags),
+        failover_priority: member_priority(&tags),
+        watchdog_failed: body
+            .get("watchdog_failed")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
     }
 }
 

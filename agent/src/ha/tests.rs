@@ -1,7 +1,7 @@
 //! Decision-table tests: each case cites its row in docs/ha-decision-table.md (`S-` start-up
 //! flow ①, `B-` bootstrap flow ②, `H-` healthy flow ③, `U-` unhealthy flow ④).
 
-use patrol_dcs::{Cluster, ClusterConfig, Kv};
+use patrol_dcs::{Cluster, ClusterConfig, History, Kv};
 
 use super::decide::*;
 
@@ -66,7 +66,10 @@ fn running(in_recovery: bool, pos: u64) -> LocalPg {
         in_recovery: Some(in_recovery),
         wal_position: Some(pos),
         timeline: Some(1),
+        replay_position: in_recovery.then_some(pos),
+        replay_paused: false,
         following: None,
+        history: None,
     }
 }
 
@@ -77,7 +80,10 @@ fn stopped(data: DataState) -> LocalPg {
         in_recovery: None,
         wal_position: None,
         timeline: None,
+        replay_position: None,
+        replay_paused: false,
         following: None,
+        history: None,
     }
 }
 
@@ -92,7 +98,15 @@ fn obs(me: &str, cluster: Cluster, local: LocalPg) -> Observation {
         bootstrapping: false,
         can_bootstrap: true,
         nofailover: false,
+        failover_priority: 1,
         lease_left: None,
+        peers: Vec::new(),
+        primary_down_for: None,
+        needs_rewind: false,
+        rewind_failed: false,
+        use_pg_rewind: true,
+        remove_data_directory_on_rewind_failure: false,
+        remove_data_directory_on_diverged_timelines: false,
     }
 }
 
@@ -514,4 +528,352 @@ fn u_status_query_failure_decides_nothing_unsafe() {
     local.in_recovery = None;
     let o = obs("pg1", cluster(&[&format!("initialize={SYSID}")]), local);
     check(&o, &[]);
+}
+
+// ---- Flow ④ continued: the race among replicas (P2) --------------------------------------------
+
+fn peer(name: &str, pos: u64) -> PeerStatus {
+    PeerStatus {
+        name: name.into(),
+        primary: false,
+        wal_position: pos,
+        replay_position: pos,
+        paused: false,
+        nofailover: false,
+        failover_priority: 1,
+        watchdog_failed: false,
+    }
+}
+
+fn no_leader() -> Cluster {
+    cluster(&[
+        &format!("initialize={SYSID}"),
+        "member=pg1:replica",
+        "member=pg2:replica",
+        "optime=100",
+    ])
+}
+
+#[test]
+fn u_2_1_peer_ahead_wins_the_race() {
+    // Row U-2.1/1.1 (peers): a reachable peer with more WAL is healthier: do not race.
+    let mut o = obs("pg1", no_leader(), running(true, 90));
+    o.peers = vec![peer("pg2", 100)];
+    let d = check(&o, &[]);
+    assert!(
+        d.reason.contains("Wal position of pg2 is ahead"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn u_2_1_equal_position_higher_priority_wins() {
+    let mut o = obs("pg1", no_leader(), running(true, 100));
+    let mut p = peer("pg2", 100);
+    p.failover_priority = 2;
+    o.peers = vec![p];
+    let d = check(&o, &[]);
+    assert!(
+        d.reason.contains(
+            "has equally tolerable WAL position and priority 2, while this node has priority 1"
+        ),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn u_2_1_healthiest_node_races() {
+    let mut o = obs("pg1", no_leader(), running(true, 100));
+    let mut behind = peer("pg2", 50);
+    behind.failover_priority = 9;
+    o.peers = vec![behind];
+    check(&o, &[Action::AcquireLeaderKey, Action::Promote]);
+}
+
+#[test]
+fn u_2_1_nofailover_peer_ahead_is_ignored() {
+    let mut o = obs("pg1", no_leader(), running(true, 90));
+    let mut p = peer("pg2", 100);
+    p.nofailover = true;
+    o.peers = vec![p];
+    check(&o, &[Action::AcquireLeaderKey, Action::Promote]);
+}
+
+#[test]
+fn u_2_1_live_primary_peer_stops_the_race() {
+    let mut o = obs("pg1", no_leader(), running(true, 100));
+    let mut p = peer("pg2", 10);
+    p.primary = true;
+    o.peers = vec![p];
+    let d = check(&o, &[]);
+    assert!(
+        d.reason.contains("Primary (pg2) is still alive"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn u_2_1_paused_replica_yields_to_one_that_replayed_more() {
+    // Row U-lag: replay paused: received WAL counts only once replayed.
+    let mut local = running(true, 100);
+    local.replay_position = Some(40);
+    local.replay_paused = true;
+    let mut o = obs("pg1", no_leader(), local);
+    o.peers = vec![peer("pg2", 100)];
+    check(&o, &[]);
+    // ... and a paused replica beyond maximum_lag_on_failover does not race even alone.
+    let mut local = running(true, 100);
+    local.replay_position = Some(10);
+    local.replay_paused = true;
+    let mut o = obs(
+        "pg1",
+        cluster(&[&format!("initialize={SYSID}"), "optime=5000000"]),
+        local,
+    );
+    o.peers = vec![];
+    let d = check(&o, &[]);
+    assert!(d.reason.contains("maximum_lag_on_failover"), "{}", d.reason);
+}
+
+#[test]
+fn u_former_primary_yields_to_a_healthy_replica() {
+    // Row C-2 follow-up: a crashed or demoted primary does not race against a healthy replica.
+    let mut o = obs("pg1", no_leader(), running(true, 200));
+    o.needs_rewind = true;
+    let d = check(&o, &[]);
+    assert!(d.reason.contains("a replica takes over"), "{}", d.reason);
+}
+
+// ---- Failure cases: PostgreSQL crash, rejoin, history ----------------------------------------
+
+fn leader_pg0() -> Cluster {
+    cluster(&[
+        &format!("initialize={SYSID}"),
+        "leader=pg0",
+        "member=pg0:primary",
+        "member=pg1:replica",
+        "optime=100",
+    ])
+}
+
+#[test]
+fn c_1_crashed_leader_restarts_in_place() {
+    // Row C-1: the leader's postmaster died: restart as primary, keep the key.
+    let mut o = obs("pg0", leader_pg0(), stopped(initialized()));
+    o.primary_down_for = Some(std::time::Duration::from_secs(1));
+    check(
+        &o,
+        &[Action::RefreshLeaderKey, Action::Start { standby_of: None }],
+    );
+}
+
+#[test]
+fn c_2_primary_start_timeout_zero_fails_over_at_once() {
+    // Row C-2: primary_start_timeout 0 and a healthy replica: release the key.
+    let mut o = obs("pg0", leader_pg0(), stopped(initialized()));
+    o.dynamic = ClusterConfig::parse(r#"{"primary_start_timeout":0}"#).expect("valid");
+    o.primary_down_for = Some(std::time::Duration::from_millis(10));
+    check(&o, &[Action::ReleaseLeaderKey]);
+}
+
+#[test]
+fn c_2_timeout_without_a_candidate_keeps_trying() {
+    let mut o = obs(
+        "pg0",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+        ]),
+        stopped(initialized()),
+    );
+    o.dynamic = ClusterConfig::parse(r#"{"primary_start_timeout":0}"#).expect("valid");
+    o.primary_down_for = Some(std::time::Duration::from_secs(100));
+    check(
+        &o,
+        &[Action::RefreshLeaderKey, Action::Start { standby_of: None }],
+    );
+}
+
+#[test]
+fn c_3_crashed_replica_restarts_as_replica() {
+    // Row C-3.
+    let o = obs("pg1", leader_pg0(), stopped(initialized()));
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(Some(up("pg0", 5433))),
+        }],
+    );
+}
+
+#[test]
+fn r_1_former_primary_rewinds_before_following() {
+    // Row R-1.
+    let mut o = obs("pg1", leader_pg0(), stopped(initialized()));
+    o.needs_rewind = true;
+    check(&o, &[Action::Rewind(up("pg0", 5433))]);
+}
+
+#[test]
+fn r_1_waits_while_the_leader_is_still_promoting() {
+    let mut o = obs(
+        "pg1",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:replica",
+        ]),
+        stopped(initialized()),
+    );
+    o.needs_rewind = true;
+    check(&o, &[]);
+}
+
+#[test]
+fn r_2_demoted_standby_rewinds_once_a_leader_exists() {
+    // Row R-2.
+    let mut o = obs("pg1", leader_pg0(), running(true, 100));
+    o.needs_rewind = true;
+    check(&o, &[Action::Rewind(up("pg0", 5433))]);
+}
+
+#[test]
+fn r_3_without_pg_rewind_reclone_when_allowed() {
+    // Row R-3.
+    let mut o = obs("pg1", leader_pg0(), stopped(initialized()));
+    o.needs_rewind = true;
+    o.use_pg_rewind = false;
+    o.remove_data_directory_on_diverged_timelines = true;
+    let d = decide(&o);
+    assert!(
+        matches!(&d.actions[..], [Action::RemoveDataDirectory { .. }]),
+        "{d:?}"
+    );
+    o.remove_data_directory_on_diverged_timelines = false;
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(Some(up("pg0", 5433))),
+        }],
+    );
+}
+
+#[test]
+fn r_4_failed_rewind_stays_down() {
+    let mut o = obs("pg1", leader_pg0(), stopped(initialized()));
+    o.needs_rewind = true;
+    o.rewind_failed = true;
+    check(&o, &[]);
+}
+
+fn hline(tl: u64, ts: Option<&str>, who: Option<&str>) -> patrol_dcs::HistoryLine {
+    patrol_dcs::HistoryLine {
+        timeline: tl,
+        lsn: tl * 1000,
+        reason: "no recovery target specified".into(),
+        timestamp: ts.map(String::from),
+        new_leader: who.map(String::from),
+    }
+}
+
+#[test]
+fn h_history_is_published_after_promotion_and_keeps_old_stamps() {
+    // Row H-hist.
+    let mut c = leader_pg0();
+    c.history = Some(History {
+        lines: vec![hline(1, Some("t1"), Some("pg1"))],
+    });
+    let mut local = running(false, 100);
+    local.timeline = Some(3);
+    local.history = Some(History {
+        lines: vec![hline(1, None, None), hline(2, Some("t2"), Some("pg0"))],
+    });
+    let o = obs("pg0", c, local);
+    let d = decide(&o);
+    let expected = History {
+        lines: vec![
+            hline(1, Some("t1"), Some("pg1")),
+            hline(2, Some("t2"), Some("pg0")),
+        ],
+    };
+    assert!(d.actions.contains(&Action::WriteHistory(expected)), "{d:?}");
+}
+
+#[test]
+fn h_history_never_goes_backwards() {
+    let mut c = leader_pg0();
+    c.history = Some(History {
+        lines: vec![
+            hline(1, Some("t1"), Some("pg1")),
+            hline(2, Some("t2"), Some("pg2")),
+            hline(3, Some("t3"), Some("pg1")),
+        ],
+    });
+    let mut local = running(false, 100);
+    local.history = Some(History {
+        lines: vec![hline(1, None, None), hline(2, Some("t2"), Some("pg0"))],
+    });
+    let o = obs("pg0", c, local);
+    let d = decide(&o);
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::WriteHistory(_))),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn a_peer_whose_postgres_is_down_is_not_a_live_primary() {
+    let body =
+        serde_json::json!({"state": "crashed", "role": "primary", "xlog": {"location": 100}});
+    assert!(!super::runner::peer_from_status("pg0", &body).primary);
+    let body =
+        serde_json::json!({"state": "running", "role": "primary", "xlog": {"location": 100}});
+    assert!(super::runner::peer_from_status("pg0", &body).primary);
+}
+
+#[test]
+fn s_2_2_lost_key_during_promotion_demotes() {
+    // Row S-2.2': found by the simulation (seed replays in agent/tests/simulation.rs).
+    let mut o = obs("pg2", leader_pg0(), running(true, 100));
+    o.in_flight = Some(Task::Promote);
+    check(
+        &o,
+        &[Action::Demote {
+            leader: Some(up("pg0", 5433)),
+        }],
+    );
+    o.in_flight = Some(Task::StartPrimary);
+    check(
+        &o,
+        &[Action::Demote {
+            leader: Some(up("pg0", 5433)),
+        }],
+    );
+    // A plain start as a standby just waits.
+    o.in_flight = Some(Task::Start);
+    check(&o, &[]);
+}
+
+#[test]
+fn r_5_replica_past_the_fork_is_rewound() {
+    // Row R-5: still on timeline 1 at 5000 but the cluster's timeline 1 ended at 1000.
+    let mut c = leader_pg0();
+    c.history = Some(History {
+        lines: vec![hline(1, Some("t"), Some("pg0"))],
+    });
+    let mut local = running(true, 5000);
+    local.timeline = Some(1);
+    let o = obs("pg1", c.clone(), local);
+    check(&o, &[Action::Rewind(up("pg0", 5433))]);
+    // Before the fork point it just follows.
+    let mut local = running(true, 900);
+    local.timeline = Some(1);
+    let o = obs("pg1", c, local);
+    check(&o, &[Action::Follow(up("pg0", 5433))]);
 }

@@ -266,6 +266,29 @@ impl Postgres {
 
     /// `pg_ctl start -w` with the controlled parameters on the command line.
     pub async fn start(&self, params: &[(String, String)], wait: Duration) -> Result<(), PgError> {
+        // A postmaster killed with SIGKILL leaves postmaster.pid behind, and if nobody reaped it
+        // yet its pid still answers kill(0), so PostgreSQL would refuse to start ("another server
+        // might be running"). `postmaster_pid` has already checked it is not a live postgres.
+        let pidfile = self.data_dir.join("postmaster.pid");
+        if pidfile.exists() && self.postmaster_pid().is_none() {
+            tracing::info!("removing the stale lock files of a dead postmaster");
+            // Lines: pid, data dir, start time, port, first socket directory, ...
+            if let Ok(text) = std::fs::read_to_string(&pidfile) {
+                let lines: Vec<&str> = text.lines().collect();
+                if let (Some(pid), Some(port), Some(dir)) =
+                    (lines.first(), lines.get(3), lines.get(4))
+                {
+                    let lock = Path::new(dir.trim()).join(format!(".s.PGSQL.{}.lock", port.trim()));
+                    let same_owner = std::fs::read_to_string(&lock)
+                        .map(|l| l.lines().next().map(str::trim) == Some(pid.trim()))
+                        .unwrap_or(false);
+                    if same_owner {
+                        let _ = std::fs::remove_file(&lock);
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&pidfile);
+        }
         let log = self.log_file();
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(PgError::Io)?;
@@ -345,6 +368,51 @@ impl Postgres {
         self.run("pg_ctl promote", &mut cmd, wait + Duration::from_secs(5))
             .await
             .map(|_| ())
+    }
+
+    /// Crash recovery in single-user mode, so that pg_control says "shut down" (pg_rewind needs
+    /// a cleanly stopped target).
+    pub async fn single_user_recovery(&self) -> Result<(), PgError> {
+        let mut cmd = Command::new(self.bin("postgres"));
+        cmd.arg("--single")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg(format!(
+                "--config-file={}",
+                self.config_dir.join("postgresql.conf").display()
+            ))
+            .arg("-c")
+            .arg("archive_mode=off")
+            .arg("-c")
+            .arg("hot_standby=off")
+            .arg(&self.cfg.database);
+        self.run("postgres --single", &mut cmd, Duration::from_secs(3600))
+            .await
+            .map(|_| ())
+    }
+
+    /// `pg_rewind` from the leader (`conninfo` without a password: it comes from the passfile).
+    pub async fn rewind(&self, conninfo: &str) -> Result<String, PgError> {
+        self.write_pgpass()?;
+        let mut cmd = Command::new(self.bin("pg_rewind"));
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg(format!("--source-server={conninfo}"))
+            .env("PGPASSFILE", &self.cfg.pgpass)
+            .env("PGOPTIONS", "-c statement_timeout=0");
+        self.run("pg_rewind", &mut cmd, Duration::from_secs(3600))
+            .await
+    }
+
+    /// The timeline history file of `timeline` from pg_wal, with its modification time.
+    pub fn timeline_history(&self, timeline: u64) -> Option<(String, std::time::SystemTime)> {
+        let path = self
+            .data_dir
+            .join("pg_wal")
+            .join(format!("{timeline:08X}.history"));
+        let text = std::fs::read_to_string(&path).ok()?;
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        Some((text, mtime))
     }
 
     /// Connection settings for the agent's own superuser connection.

@@ -199,6 +199,14 @@ impl PgClient {
         Ok(())
     }
 
+    /// Resumes WAL replay if it is paused (before a promotion, so nothing received is lost).
+    pub async fn resume_replay(&self) -> Result<(), PgError> {
+        self.execute(
+            "SELECT pg_wal_replay_resume() WHERE pg_is_in_recovery() AND pg_is_wal_replay_paused()",
+        )
+        .await
+    }
+
     /// `CHECKPOINT` (after promote, before rewind by peers).
     pub async fn checkpoint(&self) -> Result<(), PgError> {
         self.execute("CHECKPOINT").await

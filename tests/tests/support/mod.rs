@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod workload;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

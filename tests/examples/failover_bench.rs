@@ -1,0 +1,173 @@
+//! Write unavailability benchmark: how long a client that retries every 50 ms cannot write,
+//! from its first failed write to its first successful write on the new (or restarted) primary,
+//! for three faults on the leader: postmaster crash (SIGKILL), agent stop (SIGTERM), host loss
+//! (SIGKILL of agent and postmaster together). Each run uses a fresh 3-node cluster; the median
+//! of the runs is printed. Not a test: figures go to docs/BENCHMARKS.md.
+//!
+//! ```sh
+//! cargo build --release --bins -p patrol-agent
+//! PATROL_BIN_DIR=target/release cargo run --release -p patrol-tests --example failover_bench
+//! ```
+//! Environment: `BENCH_RUNS` (default 5), `BENCH_DCS` (the bootstrap.dcs flow mapping, default
+//! `{ttl: 10, loop_wait: 1, retry_timeout: 3}`), `BENCH_SCENARIOS` (comma list of
+//! `crash,sigterm,hostloss`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use patrol_tests::{wait_until, Cluster, Signal};
+use tokio_postgres::NoTls;
+
+/// One attempt: connect (1 s timeout) to `port` and insert a row; `Ok` only if it committed.
+async fn try_write(port: u16) -> anyhow::Result<()> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .password("supersecret")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(1));
+    let (client, conn) = cfg.connect(NoTls).await?;
+    let h = tokio::spawn(conn);
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.execute("INSERT INTO bench(at) VALUES (clock_timestamp())", &[]),
+    )
+    .await;
+    drop(client);
+    h.abort();
+    r.context("write timed out")??;
+    Ok(())
+}
+
+/// Retries every 50 ms across all nodes (primary first) until `stop`; returns the unavailability
+/// window: first failure after `fault_at` to the next success.
+async fn writer(ports: Vec<u16>, fault_at: Instant, deadline: Instant) -> Option<Duration> {
+    let mut preferred = 0usize;
+    let mut first_failure: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now > deadline {
+            return None;
+        }
+        let mut ok = false;
+        for k in 0..ports.len() {
+            let i = (preferred + k) % ports.len();
+            if try_write(ports[i]).await.is_ok() {
+                preferred = i;
+                ok = true;
+                break;
+            }
+        }
+        let t = Instant::now();
+        if ok {
+            if let Some(f) = first_failure {
+                return Some(t - f);
+            }
+            if t > fault_at + Duration::from_secs(60) {
+                return Some(Duration::ZERO);
+            }
+        } else if t >= fault_at && first_failure.is_none() {
+            first_failure = Some(now);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
+    let mut c = Cluster::new(3)?;
+    for i in 0..3 {
+        let dcs = dcs.to_string();
+        c.set_config_override(i, move |y| {
+            *y = y.replace(
+                "dcs: {ttl: 10, loop_wait: 1, retry_timeout: 3, ",
+                &format!("dcs: {{{}, ", dcs.trim_matches(['{', '}'])),
+            )
+        });
+        c.start_node(i)?;
+    }
+    // Healthy: a leader and two streaming replicas.
+    let leader = wait_until(
+        "a leader and two streaming replicas",
+        Duration::from_secs(90),
+        || {
+            let c = &c;
+            async move {
+                let Some(l) = c.leader().await? else {
+                    return Ok(None);
+                };
+                let kvs = c.etcd_get_prefix().await?;
+                let streaming = kvs
+                    .iter()
+                    .filter(|(k, v)| {
+                        k.contains("members/") && v.contains("\"replication_state\":\"streaming\"")
+                    })
+                    .count();
+                Ok((streaming == 2).then_some(l))
+            }
+        },
+    )
+    .await?;
+    let li: usize = leader.trim_start_matches("pg").parse()?;
+    let client = c.connect(li).await?;
+    client
+        .batch_execute("CREATE TABLE bench(id bigserial primary key, at timestamptz)")
+        .await?;
+    drop(client);
+    let ports: Vec<u16> = {
+        let mut p = vec![c.pg_port(li)];
+        p.extend((0..3).filter(|i| *i != li).map(|i| c.pg_port(i)));
+        p
+    };
+    let fault_at = Instant::now() + Duration::from_millis(500);
+    let w = tokio::spawn(writer(ports, fault_at, fault_at + Duration::from_secs(120)));
+    tokio::time::sleep_until(fault_at.into()).await;
+    match scenario {
+        "crash" => c.signal_postgres(li, Signal::SIGKILL)?,
+        "sigterm" => c.stop_node(li, Signal::SIGTERM)?,
+        "hostloss" => {
+            c.stop_node(li, Signal::SIGKILL)?;
+            c.signal_postgres(li, Signal::SIGKILL)?;
+        }
+        other => anyhow::bail!("unknown scenario {other}"),
+    }
+    let gap = w.await?.context("writes did not resume within 120 s")?;
+    Ok(gap)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dcs = std::env::var("BENCH_DCS")
+        .unwrap_or_else(|_| "{ttl: 10, loop_wait: 1, retry_timeout: 3}".into());
+    let scenarios =
+        std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "crash,sigterm,hostloss".into());
+    println!("| scenario | settings | runs | median | min | max |");
+    println!("|---|---|---|---|---|---|");
+    for s in scenarios.split(',') {
+        let mut gaps = Vec::new();
+        for r in 0..runs {
+            let g = one_run(s, &dcs)
+                .await
+                .with_context(|| format!("{s} run {r}"))?;
+            eprintln!("{s} run {r}: {:.3} s", g.as_secs_f64());
+            gaps.push(g);
+        }
+        let (min, max) = (gaps.iter().min().copied(), gaps.iter().max().copied());
+        println!(
+            "| {s} | {dcs} | {runs} | {:.2} s | {:.2} s | {:.2} s |",
+            median(gaps).as_secs_f64(),
+            min.unwrap_or_default().as_secs_f64(),
+            max.unwrap_or_default().as_secs_f64()
+        );
+    }
+    Ok(())
+}
