@@ -243,7 +243,9 @@ fn lsn_format() {
 
 #[test]
 fn timeline_history_file() {
-    let lines = History::from_timeline_file("1\t0/3000060\tno recovery target specified\n\n2\t0/5000000\tbefore 2000-01-01\n");
+    let lines = History::from_timeline_file(
+        "1\t0/3000060\tno recovery target specified\n\n2\t0/5000000\tbefore 2000-01-01\n",
+    );
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0].timeline, 1);
     assert_eq!(lines[0].lsn, 0x3000060);
