@@ -50,7 +50,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // A second agent with the same name must not start (spec 5.1).
     if let Some(m) = cluster.member(&cfg.name) {
-        if member_alive(&m.data.api_url).await {
+        if member_alive(&cfg, &m.data.api_url).await {
             anyhow::bail!(
                 "Can't start; there is already a node named '{}' running",
                 cfg.name
@@ -85,16 +85,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Another process answers `GET /liveness` at the member's `api_url` within 3 s.
-async fn member_alive(api_url: &str) -> bool {
+async fn member_alive(cfg: &Config, api_url: &str) -> bool {
     let Some(base) = api_url.strip_suffix("/patroni") else {
         return false;
     };
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-    else {
-        return false;
-    };
+    let client = crate::api::member_client(cfg, Duration::from_secs(3));
     match client.get(format!("{base}/liveness")).send().await {
         Ok(r) => r.status().is_success(),
         Err(_) => false,

@@ -29,8 +29,14 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// not verify the peer's server certificate, and presents our client certificate
 /// (`ctl.certfile`/`keyfile`, else `restapi.certfile`/`keyfile`) in case peers demand one.
 pub(super) fn peer_client(cfg: &Config) -> reqwest::Client {
+    member_client(cfg, PROBE_TIMEOUT)
+}
+
+/// [`peer_client`] with a deadline of the caller's choice (the HA loop's race probes, the
+/// duplicate-name check).
+pub fn member_client(cfg: &Config, timeout: Duration) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
-        .timeout(PROBE_TIMEOUT)
+        .timeout(timeout)
         .danger_accept_invalid_certs(true);
     let pair = match (&cfg.ctl.certfile, &cfg.ctl.keyfile) {
         (Some(c), k) => Some((c.clone(), k.clone().unwrap_or_else(|| c.clone()))),

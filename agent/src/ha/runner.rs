@@ -107,6 +107,9 @@ impl<D: Dcs> Ha<D> {
         loop {
             cycle += 1;
             let started = Instant::now();
+            // What the watch had shown before this cycle read the DCS: a change that arrives
+            // while the cycle runs must still wake the next one.
+            let before = cluster_rx.borrow_and_update().clone();
             let span = tracing::info_span!("cycle", member = %self.cfg.name, cycle);
             let result = {
                 let _e = span.enter();
@@ -117,7 +120,13 @@ impl<D: Dcs> Ha<D> {
             }
             let wait = Duration::from_secs(self.timing().loop_wait);
             let deadline = started + wait;
-            let before = cluster_rx.borrow().clone();
+            if wake_worthy(
+                before.as_deref(),
+                cluster_rx.borrow().as_deref(),
+                &self.cfg.name,
+            ) {
+                continue;
+            }
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -271,11 +280,12 @@ impl<D: Dcs> Ha<D> {
         let running = self.pg.is_running();
         let state = self.member_state(running);
         self.publish(&cluster, status.as_ref(), &state).await;
+        let role = self.role_now(status.as_ref());
         self.shared.update(NodeState {
             cluster: Some(Arc::new(cluster)),
             status,
             state,
-            role: self.role_now(),
+            role,
             sysid: match &obs.local.data {
                 DataState::Initialized { sysid, .. } => Some(sysid.clone()),
                 _ => None,
@@ -416,9 +426,7 @@ impl<D: Dcs> Ha<D> {
     /// Asks every other member's REST API for its state, in parallel, with a short deadline.
     async fn probe_peers(&self, cluster: &Cluster) -> Vec<PeerStatus> {
         let limit = Duration::from_secs(self.timing().retry_timeout.clamp(1, 2));
-        let Ok(client) = reqwest::Client::builder().timeout(limit).build() else {
-            return Vec::new();
-        };
+        let client = crate::api::member_client(&self.cfg, limit);
         let mut set = tokio::task::JoinSet::new();
         for m in cluster.members.iter().filter(|m| m.name != self.cfg.name) {
             if m.data.api_url.is_empty() {
@@ -583,7 +591,7 @@ impl<D: Dcs> Ha<D> {
         match self.in_flight.as_ref().map(|(t, _)| *t) {
             Some(Task::Bootstrap) => "initializing new cluster".into(),
             Some(Task::Clone) => "creating replica".into(),
-            Some(Task::Start) => "starting".into(),
+            Some(Task::Start) | Some(Task::StartPrimary) => "starting".into(),
             Some(Task::Rewind) => "starting".into(),
             Some(Task::Promote) | Some(Task::Demote) if running => "running".into(),
             Some(_) => "starting".into(),
@@ -593,13 +601,14 @@ impl<D: Dcs> Ha<D> {
         }
     }
 
-    fn role_now(&self) -> Role {
+    /// The role from this cycle's status query; without one (PostgreSQL stopped, crashed or not
+    /// answering) never "primary", so peers do not take a dead primary for a live one.
+    fn role_now(&self, status: Option<&LocalStatus>) -> Role {
         match self.pg.data_dir_state() {
             DataDir::Initialized(_) => {}
             _ => return Role::Uninitialized,
         }
-        let st = self.shared.snapshot().status;
-        match st {
+        match status {
             Some(s) if !s.in_recovery => Role::Primary,
             _ => Role::Replica,
         }
@@ -788,7 +797,12 @@ impl<D: Dcs> Ha<D> {
                 if let Err(e) = self.pg.write_pgpass() {
                     return Err(Step::Stop(format!("could not write the passfile: {e}")));
                 }
-                self.spawn(Task::Start, async move {
+                let task = if standby_of.is_none() {
+                    Task::StartPrimary
+                } else {
+                    Task::Start
+                };
+                self.spawn(task, async move {
                     pg.write_config(&files).map_err(|e| e.to_string())?;
                     pg.start(&params, wait).await.map_err(|e| e.to_string())?;
                     client.reset().await;
@@ -1036,6 +1050,11 @@ impl<D: Dcs> Ha<D> {
     /// Without a leader (etcd unreachable) it restarts read-only, following nobody.
     async fn demote(&mut self, leader: Option<Upstream>) -> Result<(), String> {
         tracing::info!("demoting PostgreSQL (immediate stop)");
+        // A promotion or start still running must not finish after this.
+        if let Some((task, h)) = self.in_flight.take() {
+            tracing::warn!("aborting {task:?} in progress");
+            h.abort();
+        }
         self.pg
             .stop("immediate", Duration::from_secs(30))
             .await
@@ -1192,7 +1211,7 @@ fn task_name(t: Task) -> &'static str {
     match t {
         Task::Bootstrap => "bootstrap",
         Task::Clone => "replica creation",
-        Task::Start => "starting",
+        Task::Start | Task::StartPrimary => "starting",
         Task::Promote => "promote",
         Task::Demote => "demote",
         Task::Rewind => "rewind",
@@ -1244,7 +1263,9 @@ pub fn peer_from_status(name: &str, body: &serde_json::Value) -> PeerStatus {
     let xlog = body.get("xlog").or_else(|| body.get("wal"));
     let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|v| v.as_u64());
     let role = body.get("role").and_then(|r| r.as_str()).unwrap_or("");
-    let primary = num("location").is_some() || role == "primary" || role == "master";
+    let running = body.get("state").and_then(|s| s.as_str()) == Some("running");
+    // A primary whose PostgreSQL is down (crashed, stopping) is not a live primary.
+    let primary = running && (num("location").is_some() || role == "primary" || role == "master");
     let received = num("received_location").unwrap_or(0);
     let replayed = num("replayed_location").unwrap_or(0);
     let tags = body
