@@ -1,7 +1,7 @@
 //! Write unavailability benchmark: how long a client that retries every 50 ms cannot write,
 //! from its first failed write to its first successful write on the new (or restarted) primary,
 //! for three faults on the leader: postmaster crash (SIGKILL), agent stop (SIGTERM), host loss
-//! (SIGKILL of agent and postmaster together). Each run uses a fresh 3-node cluster; the median
+//! (SIGKILL of agent and postmaster together), and a planned switchover (`POST /switchover`). Each run uses a fresh 3-node cluster; the median
 //! of the runs is printed. Not a test: figures go to docs/BENCHMARKS.md.
 //!
 //! ```sh
@@ -10,7 +10,7 @@
 //! ```
 //! Environment: `BENCH_RUNS` (default 5), `BENCH_DCS` (the bootstrap.dcs flow mapping, default
 //! `{ttl: 10, loop_wait: 1, retry_timeout: 3}`), `BENCH_SCENARIOS` (comma list of
-//! `crash,sigterm,hostloss`).
+//! `crash,sigterm,hostloss,switchover`).
 
 use std::time::{Duration, Instant};
 
@@ -128,6 +128,21 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
         "hostloss" => {
             c.stop_node(li, Signal::SIGKILL)?;
             c.signal_postgres(li, Signal::SIGKILL)?;
+        }
+        "switchover" => {
+            // A planned switchover through the leader's REST API (as patronictl does).
+            let candidate = c.name((li + 1) % 3).to_string();
+            let body = serde_json::json!({"leader": leader, "candidate": candidate});
+            let r = reqwest::Client::new()
+                .post(format!("{}/switchover", c.api_url(li)))
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "switchover refused: {}",
+                r.text().await?
+            );
         }
         other => anyhow::bail!("unknown scenario {other}"),
     }
