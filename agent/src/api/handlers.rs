@@ -111,9 +111,12 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
         Handler::PatchConfig => with_body(req, true, |b| patch(ctx, b)).await,
         Handler::PutConfig => with_body(req, true, |b| put(ctx, b)).await,
         Handler::Reload => {
-            tracing::warn!(
-                "POST /reload: re-reading the local configuration is not implemented yet; restart the agent to apply changes"
-            );
+            // Patroni answers at once; the HA loop re-reads the file between cycles.
+            let shared = ctx.shared.clone();
+            tokio::spawn(async move {
+                let (code, text) = shared.request(|reply| HaRequest::Reload { reply }).await;
+                tracing::info!("reload: {code} {text}");
+            });
             Reply::text(202, "reload scheduled")
         }
         Handler::Restart => with_body(req, false, |b| restart(ctx, b)).await,

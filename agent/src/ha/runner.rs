@@ -52,6 +52,8 @@ pub struct Ha<D: Dcs> {
     scheduled_restart: Option<(RestartFilters, String, i64)>,
     /// The next clone must come from the leader (`POST /reinitialize` with `from_leader`).
     clone_from_leader: bool,
+    /// Where to re-read the local configuration from on reload.
+    reload: Option<crate::ReloadSource>,
 }
 
 /// What ends the loop.
@@ -88,9 +90,90 @@ impl<D: Dcs> Ha<D> {
             requests: None,
             scheduled_restart: None,
             clone_from_leader: false,
+            reload: None,
         };
         ha.requests = requests;
         ha
+    }
+
+    /// Enables `Request::Reload` (SIGHUP, `POST /reload`).
+    pub fn with_reload(mut self, reload: crate::ReloadSource) -> Self {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// Re-reads the local configuration; applies what can change at run time (PostgreSQL
+    /// parameters and pg_hba, followed by a reload of PostgreSQL; tags; authentication used for
+    /// replication and rewind) and names what needs a restart of the agent.
+    async fn reload_config(&mut self, cluster: &Cluster) -> (u16, String) {
+        let Some(src) = &self.reload else {
+            return (503, "reload is not available".into());
+        };
+        let loaded = match src.load() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("reload: keeping the running configuration: {e}");
+                return (400, format!("configuration not reloaded: {e}"));
+            }
+        };
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let new = loaded.config;
+        let old = &self.cfg;
+        let mut needs_restart = Vec::new();
+        if new.name != old.name || new.scope != old.scope || new.namespace != old.namespace {
+            needs_restart.push("name/scope/namespace");
+        }
+        if new.restapi.listen != old.restapi.listen || new.etcd.endpoints != old.etcd.endpoints {
+            needs_restart.push("restapi.listen/etcd");
+        }
+        if new.postgresql.data_dir != old.postgresql.data_dir
+            || new.postgresql.listen != old.postgresql.listen
+        {
+            needs_restart.push("postgresql.data_dir/listen");
+        }
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                "reload: {} changed; these take effect when the agent restarts",
+                needs_restart.join(", ")
+            );
+        }
+        self.cfg = Arc::new(new);
+        self.pg = Postgres::new(&self.cfg);
+        self.client = Arc::new(PgClient::new(self.pg.local_conn_config()));
+        self.last_member_json = None;
+        if self.pg.is_running() && self.in_flight.is_none() {
+            let primary = self
+                .client
+                .status()
+                .await
+                .map(|s| !s.in_recovery)
+                .unwrap_or(false);
+            let files = if primary {
+                self.config_files(None)
+            } else {
+                let up = cluster
+                    .leader_member()
+                    .filter(|m| m.name != self.cfg.name)
+                    .map(|m| Upstream {
+                        name: m.name.clone(),
+                        conn_url: m.data.conn_url.clone(),
+                    });
+                self.config_files(Some(up))
+            };
+            if let Err(e) = self.pg.write_pgpass() {
+                return (503, format!("reload failed: {e}"));
+            }
+            if let Err(e) = self.pg.write_config(&files) {
+                return (503, format!("reload failed: {e}"));
+            }
+            if let Err(e) = self.pg.reload().await {
+                return (503, format!("reload failed: {e}"));
+            }
+        }
+        tracing::info!("reloaded the local configuration");
+        (202, "reload scheduled".into())
     }
 
     fn timing(&self) -> patrol_dcs::Timing {
@@ -470,6 +553,10 @@ impl<D: Dcs> Ha<D> {
                     self.last_member_json = None;
                     (202, "Restart scheduled".to_string())
                 };
+                let _ = reply.send(r);
+            }
+            Request::Reload { reply } => {
+                let r = self.reload_config(&cluster).await;
                 let _ = reply.send(r);
             }
             Request::CancelRestart { reply } => {

@@ -59,6 +59,10 @@ pub enum Request {
     CancelRestart {
         reply: oneshot::Sender<(u16, String)>,
     },
+    /// Re-read the local configuration (SIGHUP, `POST /reload`).
+    Reload {
+        reply: oneshot::Sender<(u16, String)>,
+    },
     Reinitialize {
         force: bool,
         from_leader: bool,
