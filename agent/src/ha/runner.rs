@@ -186,6 +186,12 @@ impl<D: Dcs> Ha<D> {
         mut cluster_rx: watch::Receiver<Option<Arc<Cluster>>>,
         shutdown: CancellationToken,
     ) -> Exit {
+        let guard = tokio::spawn(lease_guard(
+            self.shared.clone(),
+            self.pg.clone(),
+            Duration::from_secs(self.timing().retry_timeout),
+        ));
+        let _guard = AbortOnDrop(guard);
         let mut cycle: u64 = 0;
         loop {
             cycle += 1;
@@ -775,6 +781,12 @@ impl<D: Dcs> Ha<D> {
         // Keep the lease alive every cycle (the member key lives on it).
         if let Err(e) = self.dcs.refresh_lease().await {
             tracing::warn!("lease keep-alive failed: {e}");
+            if self.shared.leader_until().is_some() {
+                // The leader must not spend more time on etcd calls that each wait
+                // retry_timeout: treat etcd as unreachable now.
+                self.handle_dcs_error(&e).await;
+                return;
+            }
         }
         if unchanged {
             return;
@@ -913,7 +925,11 @@ impl<D: Dcs> Ha<D> {
             Action::RefreshLeaderKey => match self.dcs.update_leader().await {
                 Ok((true, lease)) => {
                     self.lease_deadline = Some(lease.deadline);
-                    self.maybe_write_status(cluster).await;
+                    self.shared.set_leader(true, self.lease_deadline);
+                    if let Err(e) = self.maybe_write_status(cluster).await {
+                        self.handle_dcs_error(&e).await;
+                        return Err(Step::Stop(format!("etcd did not take our status: {e}")));
+                    }
                     Ok(Some(true))
                 }
                 Ok((false, _)) => {
@@ -1102,24 +1118,29 @@ impl<D: Dcs> Ha<D> {
     }
 
     /// The leader writes `status` (its WAL position) when it changed.
-    async fn maybe_write_status(&self, cluster: &Cluster) {
+    /// Returns an error when etcd did not take the write (the caller, the leader, must then
+    /// treat etcd as unreachable rather than go on with more calls that each wait).
+    async fn maybe_write_status(&self, cluster: &Cluster) -> Result<(), DcsError> {
         let Ok(s) = self.client.status().await else {
-            return;
+            return Ok(());
         };
         if s.in_recovery {
-            return;
+            return Ok(());
         }
-        let Some(pos) = s.wal_position else { return };
+        let Some(pos) = s.wal_position else {
+            return Ok(());
+        };
         if cluster.status.optime == Some(pos) {
-            return;
+            return Ok(());
         }
         let status = Status {
             optime: Some(pos),
             ..cluster.status.clone()
         };
-        if let Err(e) = self.dcs.set_status(&status.to_json()).await {
+        self.dcs.set_status(&status.to_json()).await.map_err(|e| {
             tracing::warn!("could not write status: {e}");
-        }
+            e
+        })
     }
 
     async fn is_primary_now(&self) -> bool {
@@ -1282,6 +1303,40 @@ enum Step {
 
 fn dcs_stop(e: DcsError) -> Step {
     Step::Stop(format!("DCS: {e}"))
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Independent of the HA loop (which may be stuck waiting on etcd): while we hold the key, if
+/// the lease deadline (send time of the last acknowledged keep-alive + ttl) comes within
+/// `margin` without a successful refresh, stop PostgreSQL at once so that no write is accepted
+/// after another node could have taken the key.
+async fn lease_guard(shared: Arc<SharedState>, pg: Postgres, margin: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(deadline) = shared.leader_until() else {
+            continue;
+        };
+        if Instant::now() + margin < deadline {
+            continue;
+        }
+        shared.set_leader(false, None);
+        if pg.is_running() {
+            tracing::error!(
+                "the leader lease expires in {:?} without a successful refresh: stopping PostgreSQL now",
+                deadline.saturating_duration_since(Instant::now())
+            );
+            if let Err(e) = pg.stop("immediate", Duration::from_secs(10)).await {
+                tracing::error!("could not stop PostgreSQL: {e}");
+            }
+        }
+    }
 }
 
 async fn next_request(

@@ -152,6 +152,11 @@ impl SharedState {
         g.leader_until = if held { deadline } else { None };
     }
 
+    /// The deadline of the leader's lease while we hold the key.
+    pub fn leader_until(&self) -> Option<Instant> {
+        self.lock().leader_until
+    }
+
     pub fn dcs_seen(&self) {
         self.lock().dcs_last_seen = Some(SystemTime::now());
     }
