@@ -476,7 +476,7 @@ async fn views_config_and_bad_input() {
         "audit line missing"
     );
     assert!(log.contains("REST API: POST /switchover from 127.0.0.1 user=- -> 412"));
-    assert!(log.contains("re-reading the local configuration is not implemented yet"));
+    assert!(log.contains("REST API: POST /reload from 127.0.0.1 user=- -> 202"));
     assert_eq!(
         index_of(
             &cluster,
