@@ -95,21 +95,27 @@ postgresql:
     unix_socket_directories: $d
 YAML
   [ ${#run_as[@]} -gt 0 ] && chown -R patrol:patrol "$d"
-  (cd "$d" && "${run_as[@]}" "$root/bin/patrol" patrol.yml >"$d/agent.log" 2>&1 & echo $! >"$d/agent.pid")
+  (
+    cd "$d" || exit 1
+    "${run_as[@]}" "$root/bin/patrol" patrol.yml >"$d/agent.log" 2>&1 &
+    echo $! >"$d/agent.pid"
+  )
 done
 
 echo "waiting for the cluster to bootstrap..."
-for _ in $(seq 1 60); do
+started=$(date +%s.%N)
+for _ in $(seq 1 600); do
   out=$("$root/bin/patrolctl" -c "$root/pg0/patrol.yml" list 2>/dev/null || true)
   if [ "$(grep -c streaming <<<"$out")" -eq 2 ] && grep -q Leader <<<"$out"; then break; fi
-  sleep 1
+  sleep 0.1
 done
+awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "bootstrapped (one leader, two streaming replicas) in %.1f s\n", b - a }'
 "$root/bin/patrolctl" -c "$root/pg0/patrol.yml" list
-leader=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/primary | grep -q 200 && echo 0 || (curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8001/primary | grep -q 200 && echo 1 || echo 2))
+leader_port=$("$root/bin/patrolctl" -c "$root/pg0/patrol.yml" list | awk -F'|' '/ Leader / { split($3, hp, ":"); gsub(/ /, "", hp[2]); print hp[2] }')
 cat <<TXT
 
 Patrol demo cluster "demo" is running (logs in $root/pg*/agent.log).
-  Connect to the leader:   psql "host=127.0.0.1 port=543$((2 + leader)) user=postgres password=postgres"
+  Connect to the leader:   psql "host=127.0.0.1 port=${leader_port:-5432} user=postgres password=postgres"
   Any node:                ports 5432, 5433, 5434 (user postgres, password postgres)
   REST API:                curl http://127.0.0.1:8000/patroni   (8001, 8002)
   Cluster listing:         $root/bin/patrolctl -c $root/pg0/patrol.yml list

@@ -9,4 +9,4 @@ pub mod logging;
 pub mod postgres;
 mod run;
 
-pub use run::run;
+pub use run::{run, ReloadSource};

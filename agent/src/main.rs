@@ -60,7 +60,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(patrol_agent::run(loaded.config)) {
+    let reload = patrol_agent::ReloadSource {
+        path: match source {
+            ConfigSource::File(p) => Some(p.to_path_buf()),
+            ConfigSource::EnvOnly => None,
+        },
+        env,
+    };
+    match rt.block_on(patrol_agent::run(loaded.config, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -13,8 +13,27 @@ use crate::api::{self, ApiContext};
 use crate::config::Config;
 use crate::ha::{Exit, Ha, SharedState};
 
+/// Where the local configuration came from, to re-read it on SIGHUP or `POST /reload`: the
+/// file (or directory), and the environment as it was at start (the `PATRONI_*` variables are
+/// removed from the process environment so that children do not inherit them).
+#[derive(Debug, Clone)]
+pub struct ReloadSource {
+    pub path: Option<std::path::PathBuf>,
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl ReloadSource {
+    pub fn load(&self) -> Result<crate::config::Loaded, crate::config::ConfigError> {
+        let source = match &self.path {
+            Some(p) => crate::config::ConfigSource::File(p),
+            None => crate::config::ConfigSource::EnvOnly,
+        };
+        crate::config::load(source, &self.env)
+    }
+}
+
 /// Runs the agent until a signal or a fatal condition.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, reload: ReloadSource) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let timing = ClusterConfig::from_map(cfg.bootstrap.dcs.clone()).timing();
     let settings = EtcdSettings {
@@ -25,7 +44,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         member_name: cfg.name.clone(),
     };
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    let shared = Arc::new(SharedState::default());
+    spawn_signal_handler(shutdown.clone(), shared.clone())?;
 
     // Connect and read the cluster, retrying until etcd answers (spec 5.1).
     let retry = Duration::from_secs(timing.retry_timeout);
@@ -50,7 +70,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // A second agent with the same name must not start (spec 5.1).
     if let Some(m) = cluster.member(&cfg.name) {
-        if member_alive(&m.data.api_url).await {
+        if member_alive(&cfg, &m.data.api_url).await {
             anyhow::bail!(
                 "Can't start; there is already a node named '{}' running",
                 cfg.name
@@ -59,11 +79,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let listener = api::bind(&cfg).await?;
-    let shared = Arc::new(SharedState::default());
-    let ctx = Arc::new(ApiContext {
-        cfg: cfg.clone(),
-        shared: shared.clone(),
-    });
+    let ctx = Arc::new(ApiContext::new(cfg.clone(), shared.clone(), dcs.clone()).await);
     let api_task = tokio::spawn(api::serve(listener, ctx, shutdown.child_token()));
     tracing::info!(
         "patrol {} starting: member {} of cluster {} (prefix {})",
@@ -74,7 +90,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     let cluster_rx = dcs.watch_cluster();
-    let ha = Ha::new(cfg.clone(), dcs.clone(), shared);
+    let ha = Ha::new(cfg.clone(), dcs.clone(), shared).with_reload(reload);
     let exit = ha.run(cluster_rx, shutdown.clone()).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
@@ -88,23 +104,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Another process answers `GET /liveness` at the member's `api_url` within 3 s.
-async fn member_alive(api_url: &str) -> bool {
+async fn member_alive(cfg: &Config, api_url: &str) -> bool {
     let Some(base) = api_url.strip_suffix("/patroni") else {
         return false;
     };
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-    else {
-        return false;
-    };
+    let client = crate::api::member_client(cfg, Duration::from_secs(3));
     match client.get(format!("{base}/liveness")).send().await {
         Ok(r) => r.status().is_success(),
         Err(_) => false,
     }
 }
 
-fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
+fn spawn_signal_handler(token: CancellationToken, shared: Arc<SharedState>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -113,7 +124,14 @@ fn spawn_signal_handler(token: CancellationToken) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("received SIGTERM"); token.cancel(); return; }
                 _ = int.recv() => { tracing::info!("received SIGINT"); token.cancel(); return; }
-                _ = hup.recv() => { tracing::warn!("SIGHUP: reloading the local configuration is not implemented yet; restart the agent to apply changes"); }
+                _ = hup.recv() => {
+                    tracing::info!("received SIGHUP: reloading the local configuration");
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let (code, text) = shared.request(|reply| crate::ha::Request::Reload { reply }).await;
+                        tracing::info!("reload: {code} {text}");
+                    });
+                }
             }
         }
     });

@@ -304,7 +304,12 @@ fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
         || prev.readers != next.readers
         || prev.leader != next.leader
         || prev.dcs_healthy != next.dcs_healthy
-        || prev.writer_reason != next.writer_reason;
+        || prev.writer_reason != next.writer_reason
+        // A replica that stopped answering (or came back) changes who keeps read sessions.
+        || prev.members.iter().map(|v| (&v.name, v.alive_replica)).ne(next
+            .members
+            .iter()
+            .map(|v| (&v.name, v.alive_replica)));
     let m = &shared.metrics;
     for v in &next.members {
         m.pool_member

@@ -1,7 +1,7 @@
 //! Write unavailability benchmark: how long a client that retries every 50 ms cannot write,
 //! from its first failed write to its first successful write on the new (or restarted) primary,
 //! for three faults on the leader: postmaster crash (SIGKILL), agent stop (SIGTERM), host loss
-//! (SIGKILL of agent and postmaster together). Each run uses a fresh 3-node cluster; the median
+//! (SIGKILL of agent and postmaster together), and a planned switchover (`POST /switchover`). Each run uses a fresh 3-node cluster; the median
 //! of the runs is printed. Not a test: figures go to docs/BENCHMARKS.md.
 //!
 //! ```sh
@@ -10,7 +10,7 @@
 //! ```
 //! Environment: `BENCH_RUNS` (default 5), `BENCH_DCS` (the bootstrap.dcs flow mapping, default
 //! `{ttl: 10, loop_wait: 1, retry_timeout: 3}`), `BENCH_SCENARIOS` (comma list of
-//! `crash,sigterm,hostloss`).
+//! `crash,sigterm,hostloss,switchover`).
 
 use std::time::{Duration, Instant};
 
@@ -87,18 +87,26 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
         c.start_node(i)?;
     }
     // Healthy: a leader and two streaming replicas.
-    let leader = wait_until("a leader and two streaming replicas", Duration::from_secs(90), || {
-        let c = &c;
-        async move {
-            let Some(l) = c.leader().await? else { return Ok(None) };
-            let kvs = c.etcd_get_prefix().await?;
-            let streaming = kvs
-                .iter()
-                .filter(|(k, v)| k.contains("members/") && v.contains("\"replication_state\":\"streaming\""))
-                .count();
-            Ok((streaming == 2).then_some(l))
-        }
-    })
+    let leader = wait_until(
+        "a leader and two streaming replicas",
+        Duration::from_secs(90),
+        || {
+            let c = &c;
+            async move {
+                let Some(l) = c.leader().await? else {
+                    return Ok(None);
+                };
+                let kvs = c.etcd_get_prefix().await?;
+                let streaming = kvs
+                    .iter()
+                    .filter(|(k, v)| {
+                        k.contains("members/") && v.contains("\"replication_state\":\"streaming\"")
+                    })
+                    .count();
+                Ok((streaming == 2).then_some(l))
+            }
+        },
+    )
     .await?;
     let li: usize = leader.trim_start_matches("pg").parse()?;
     let client = c.connect(li).await?;
@@ -121,6 +129,21 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
             c.stop_node(li, Signal::SIGKILL)?;
             c.signal_postgres(li, Signal::SIGKILL)?;
         }
+        "switchover" => {
+            // A planned switchover through the leader's REST API (as patronictl does).
+            let candidate = c.name((li + 1) % 3).to_string();
+            let body = serde_json::json!({"leader": leader, "candidate": candidate});
+            let r = reqwest::Client::new()
+                .post(format!("{}/switchover", c.api_url(li)))
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "switchover refused: {}",
+                r.text().await?
+            );
+        }
         other => anyhow::bail!("unknown scenario {other}"),
     }
     let gap = w.await?.context("writes did not resume within 120 s")?;
@@ -134,15 +157,22 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let dcs = std::env::var("BENCH_DCS").unwrap_or_else(|_| "{ttl: 10, loop_wait: 1, retry_timeout: 3}".into());
-    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "crash,sigterm,hostloss".into());
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dcs = std::env::var("BENCH_DCS")
+        .unwrap_or_else(|_| "{ttl: 10, loop_wait: 1, retry_timeout: 3}".into());
+    let scenarios =
+        std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "crash,sigterm,hostloss".into());
     println!("| scenario | settings | runs | median | min | max |");
     println!("|---|---|---|---|---|---|");
     for s in scenarios.split(',') {
         let mut gaps = Vec::new();
         for r in 0..runs {
-            let g = one_run(s, &dcs).await.with_context(|| format!("{s} run {r}"))?;
+            let g = one_run(s, &dcs)
+                .await
+                .with_context(|| format!("{s} run {r}"))?;
             eprintln!("{s} run {r}: {:.3} s", g.as_secs_f64());
             gaps.push(g);
         }

@@ -18,7 +18,7 @@ fn code(ok: bool) -> StatusCode {
 }
 
 /// The role reported: from `pg_is_in_recovery` when the query answered, else the agent's.
-fn role(s: &Snapshot) -> String {
+pub(crate) fn role(s: &Snapshot) -> String {
     match &s.status {
         Some(st) if st.in_recovery => "replica".into(),
         Some(_) => "primary".into(),
@@ -26,14 +26,19 @@ fn role(s: &Snapshot) -> String {
     }
 }
 
-/// The body of `GET /patroni` and of every health GET.
-pub fn status_json(cfg: &Config, s: &Snapshot) -> Value {
-    let mut o = Map::new();
-    let state = if s.node.state == "running" && s.status.is_none() {
+/// PostgreSQL's state as reported: `unknown` when it runs but the status query failed.
+pub(crate) fn snapshot_state(s: &Snapshot) -> String {
+    if s.node.state == "running" && s.status.is_none() {
         "unknown".to_string()
     } else {
         s.node.state.clone()
-    };
+    }
+}
+
+/// The body of `GET /patroni` and of every health GET.
+pub fn status_json(cfg: &Config, s: &Snapshot) -> Value {
+    let mut o = Map::new();
+    let state = snapshot_state(s);
     o.insert("state".into(), state.into());
     if let Some(st) = &s.status {
         if let Some(t) = &st.postmaster_start_time {
@@ -54,6 +59,19 @@ pub fn status_json(cfg: &Config, s: &Snapshot) -> Value {
             json!({ "location": st.wal_position })
         };
         o.insert("xlog".into(), xlog);
+        if st.in_recovery {
+            if let Some(c) = s.node.cluster.as_deref() {
+                let (sync_mode, quorum) = super::views::sync_modes(c);
+                if sync_mode && c.sync.as_ref().is_some_and(|x| x.value.matches(&cfg.name)) {
+                    let key = if quorum {
+                        "quorum_standby"
+                    } else {
+                        "sync_standby"
+                    };
+                    o.insert(key.into(), true.into());
+                }
+            }
+        }
         if s.node.paused {
             o.insert("pause".into(), true.into());
         }
@@ -101,6 +119,9 @@ pub fn status_json(cfg: &Config, s: &Snapshot) -> Value {
     }
     if let Some(id) = &s.node.sysid {
         o.insert("database_system_identifier".into(), id.clone().into());
+    }
+    if s.status.as_ref().is_some_and(|x| x.pending_restart) {
+        o.insert("pending_restart".into(), true.into());
     }
     o.insert(
         "patroni".into(),

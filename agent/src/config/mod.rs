@@ -107,13 +107,33 @@ pub fn load_ctl(
     source: ConfigSource<'_>,
     env: &BTreeMap<String, String>,
 ) -> Result<CtlTarget, ConfigError> {
+    let doc = match source {
+        ConfigSource::File(path) => load_ctl_doc(Some(path), env)?,
+        ConfigSource::EnvOnly => load_ctl_doc(None, env)?,
+    };
+    ctl_target(&doc)
+}
+
+/// The merged document a client reads: the file (if any) with the `PATRONI_*` overrides, not
+/// validated (patronictl's `Config(path, validator=None)`). `patrolctl` takes the REST API
+/// credentials, TLS files and the superuser from it.
+pub fn load_ctl_doc(
+    path: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<Map<String, Value>, ConfigError> {
     let mut warnings = Vec::new();
-    let mut doc = match source {
-        ConfigSource::File(path) => source::read_path(path)?.0,
-        ConfigSource::EnvOnly => Map::new(),
+    let mut doc = match path {
+        Some(p) => source::read_path(p)?.0,
+        None => Map::new(),
     };
     apply_env(&mut doc, env, &mut warnings);
-    let etcd = parse::parse_dcs(&doc, &mut warnings)?;
+    Ok(doc)
+}
+
+/// The DCS, namespace and scope of a document from [`load_ctl_doc`].
+pub fn ctl_target(doc: &Map<String, Value>) -> Result<CtlTarget, ConfigError> {
+    let mut warnings = Vec::new();
+    let etcd = parse::parse_dcs(doc, &mut warnings)?;
     let namespace = match doc.get("namespace") {
         Some(Value::String(ns)) => parse::normalise_namespace(ns),
         _ => "/service".to_string(),

@@ -77,7 +77,10 @@ pub enum DataState {
 pub enum Task {
     Bootstrap,
     Clone,
+    /// Starting as a standby.
     Start,
+    /// Starting as primary (the leader restarting its crashed PostgreSQL).
+    StartPrimary,
     Promote,
     Demote,
     Rewind,
@@ -329,6 +332,24 @@ fn healthiest(o: &Observation) -> Result<(), String> {
     Ok(())
 }
 
+/// A standby still on a timeline that the cluster's history says ended before the position it
+/// has reached: it kept receiving from an old primary past the fork, and only a rewind (or a
+/// re-clone) lets it follow the new timeline.
+fn diverged_from_history(o: &Observation) -> bool {
+    let (Some(tl), Some(pos), Some(h)) =
+        (o.local.timeline, o.local.wal_position, &o.cluster.history)
+    else {
+        return false;
+    };
+    if o.local.in_recovery != Some(true) {
+        return false;
+    }
+    h.lines
+        .iter()
+        .find(|l| l.timeline == tl)
+        .is_some_and(|l| pos > l.lsn)
+}
+
 /// Another member could take over (Patroni's `is_failover_possible`, from member keys): a
 /// running replica that may fail over and is within `maximum_lag_on_failover`.
 fn failover_possible(o: &Observation) -> bool {
@@ -488,6 +509,16 @@ pub fn decide(o: &Observation) -> Decision {
 
     // Row S-2.2: a long operation is running; the lock holder keeps its key alive.
     if let Some(task) = o.in_flight {
+        // Row S-2.2': a promotion (or a start as primary) must not finish once we lost the
+        // key (we were frozen, or our lease expired): stop it and PostgreSQL at once.
+        if !i_am_leader && matches!(task, Task::Promote | Task::StartPrimary) {
+            return decision(
+                format!("lost leader before {task:?} finished: demoting"),
+                vec![Action::Demote {
+                    leader: leader_member.map(upstream),
+                }],
+            );
+        }
         let mut actions = Vec::new();
         if i_am_leader {
             actions.push(Action::RefreshLeaderKey);
@@ -762,7 +793,7 @@ fn decide_with_data(o: &Observation, sysid: &str) -> Decision {
                     vec![Action::Demote { leader: up }],
                 );
             }
-            if o.needs_rewind && !paused {
+            if (o.needs_rewind || diverged_from_history(o)) && !paused {
                 // Row R-2: demoted earlier (e.g. while etcd was away), now a leader exists.
                 if let Some(src) = rewind_source {
                     return rewind_or_reclone(src);

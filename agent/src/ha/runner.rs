@@ -52,6 +52,8 @@ pub struct Ha<D: Dcs> {
     scheduled_restart: Option<(RestartFilters, String, i64)>,
     /// The next clone must come from the leader (`POST /reinitialize` with `from_leader`).
     clone_from_leader: bool,
+    /// Where to re-read the local configuration from on reload.
+    reload: Option<crate::ReloadSource>,
 }
 
 /// What ends the loop.
@@ -88,9 +90,90 @@ impl<D: Dcs> Ha<D> {
             requests: None,
             scheduled_restart: None,
             clone_from_leader: false,
+            reload: None,
         };
         ha.requests = requests;
         ha
+    }
+
+    /// Enables `Request::Reload` (SIGHUP, `POST /reload`).
+    pub fn with_reload(mut self, reload: crate::ReloadSource) -> Self {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// Re-reads the local configuration; applies what can change at run time (PostgreSQL
+    /// parameters and pg_hba, followed by a reload of PostgreSQL; tags; authentication used for
+    /// replication and rewind) and names what needs a restart of the agent.
+    async fn reload_config(&mut self, cluster: &Cluster) -> (u16, String) {
+        let Some(src) = &self.reload else {
+            return (503, "reload is not available".into());
+        };
+        let loaded = match src.load() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("reload: keeping the running configuration: {e}");
+                return (400, format!("configuration not reloaded: {e}"));
+            }
+        };
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let new = loaded.config;
+        let old = &self.cfg;
+        let mut needs_restart = Vec::new();
+        if new.name != old.name || new.scope != old.scope || new.namespace != old.namespace {
+            needs_restart.push("name/scope/namespace");
+        }
+        if new.restapi.listen != old.restapi.listen || new.etcd.endpoints != old.etcd.endpoints {
+            needs_restart.push("restapi.listen/etcd");
+        }
+        if new.postgresql.data_dir != old.postgresql.data_dir
+            || new.postgresql.listen != old.postgresql.listen
+        {
+            needs_restart.push("postgresql.data_dir/listen");
+        }
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                "reload: {} changed; these take effect when the agent restarts",
+                needs_restart.join(", ")
+            );
+        }
+        self.cfg = Arc::new(new);
+        self.pg = Postgres::new(&self.cfg);
+        self.client = Arc::new(PgClient::new(self.pg.local_conn_config()));
+        self.last_member_json = None;
+        if self.pg.is_running() && self.in_flight.is_none() {
+            let primary = self
+                .client
+                .status()
+                .await
+                .map(|s| !s.in_recovery)
+                .unwrap_or(false);
+            let files = if primary {
+                self.config_files(None)
+            } else {
+                let up = cluster
+                    .leader_member()
+                    .filter(|m| m.name != self.cfg.name)
+                    .map(|m| Upstream {
+                        name: m.name.clone(),
+                        conn_url: m.data.conn_url.clone(),
+                    });
+                self.config_files(Some(up))
+            };
+            if let Err(e) = self.pg.write_pgpass() {
+                return (503, format!("reload failed: {e}"));
+            }
+            if let Err(e) = self.pg.write_config(&files) {
+                return (503, format!("reload failed: {e}"));
+            }
+            if let Err(e) = self.pg.reload().await {
+                return (503, format!("reload failed: {e}"));
+            }
+        }
+        tracing::info!("reloaded the local configuration");
+        (202, "reload scheduled".into())
     }
 
     fn timing(&self) -> patrol_dcs::Timing {
@@ -103,10 +186,19 @@ impl<D: Dcs> Ha<D> {
         mut cluster_rx: watch::Receiver<Option<Arc<Cluster>>>,
         shutdown: CancellationToken,
     ) -> Exit {
+        let guard = tokio::spawn(lease_guard(
+            self.shared.clone(),
+            self.pg.clone(),
+            Duration::from_secs(self.timing().retry_timeout),
+        ));
+        let _guard = AbortOnDrop(guard);
         let mut cycle: u64 = 0;
         loop {
             cycle += 1;
             let started = Instant::now();
+            // What the watch had shown before this cycle read the DCS: a change that arrives
+            // while the cycle runs must still wake the next one.
+            let before = cluster_rx.borrow_and_update().clone();
             let span = tracing::info_span!("cycle", member = %self.cfg.name, cycle);
             let result = {
                 let _e = span.enter();
@@ -117,7 +209,13 @@ impl<D: Dcs> Ha<D> {
             }
             let wait = Duration::from_secs(self.timing().loop_wait);
             let deadline = started + wait;
-            let before = cluster_rx.borrow().clone();
+            if wake_worthy(
+                before.as_deref(),
+                cluster_rx.borrow().as_deref(),
+                &self.cfg.name,
+            ) {
+                continue;
+            }
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -271,11 +369,12 @@ impl<D: Dcs> Ha<D> {
         let running = self.pg.is_running();
         let state = self.member_state(running);
         self.publish(&cluster, status.as_ref(), &state).await;
+        let role = self.role_now(status.as_ref());
         self.shared.update(NodeState {
             cluster: Some(Arc::new(cluster)),
             status,
             state,
-            role: self.role_now(),
+            role,
             sysid: match &obs.local.data {
                 DataState::Initialized { sysid, .. } => Some(sysid.clone()),
                 _ => None,
@@ -416,9 +515,7 @@ impl<D: Dcs> Ha<D> {
     /// Asks every other member's REST API for its state, in parallel, with a short deadline.
     async fn probe_peers(&self, cluster: &Cluster) -> Vec<PeerStatus> {
         let limit = Duration::from_secs(self.timing().retry_timeout.clamp(1, 2));
-        let Ok(client) = reqwest::Client::builder().timeout(limit).build() else {
-            return Vec::new();
-        };
+        let client = crate::api::member_client(&self.cfg, limit);
         let mut set = tokio::task::JoinSet::new();
         for m in cluster.members.iter().filter(|m| m.name != self.cfg.name) {
             if m.data.api_url.is_empty() {
@@ -462,6 +559,10 @@ impl<D: Dcs> Ha<D> {
                     self.last_member_json = None;
                     (202, "Restart scheduled".to_string())
                 };
+                let _ = reply.send(r);
+            }
+            Request::Reload { reply } => {
+                let r = self.reload_config(&cluster).await;
                 let _ = reply.send(r);
             }
             Request::CancelRestart { reply } => {
@@ -583,7 +684,7 @@ impl<D: Dcs> Ha<D> {
         match self.in_flight.as_ref().map(|(t, _)| *t) {
             Some(Task::Bootstrap) => "initializing new cluster".into(),
             Some(Task::Clone) => "creating replica".into(),
-            Some(Task::Start) => "starting".into(),
+            Some(Task::Start) | Some(Task::StartPrimary) => "starting".into(),
             Some(Task::Rewind) => "starting".into(),
             Some(Task::Promote) | Some(Task::Demote) if running => "running".into(),
             Some(_) => "starting".into(),
@@ -593,13 +694,14 @@ impl<D: Dcs> Ha<D> {
         }
     }
 
-    fn role_now(&self) -> Role {
+    /// The role from this cycle's status query; without one (PostgreSQL stopped, crashed or not
+    /// answering) never "primary", so peers do not take a dead primary for a live one.
+    fn role_now(&self, status: Option<&LocalStatus>) -> Role {
         match self.pg.data_dir_state() {
             DataDir::Initialized(_) => {}
             _ => return Role::Uninitialized,
         }
-        let st = self.shared.snapshot().status;
-        match st {
+        match status {
             Some(s) if !s.in_recovery => Role::Primary,
             _ => Role::Replica,
         }
@@ -679,6 +781,12 @@ impl<D: Dcs> Ha<D> {
         // Keep the lease alive every cycle (the member key lives on it).
         if let Err(e) = self.dcs.refresh_lease().await {
             tracing::warn!("lease keep-alive failed: {e}");
+            if self.shared.leader_until().is_some() {
+                // The leader must not spend more time on etcd calls that each wait
+                // retry_timeout: treat etcd as unreachable now.
+                self.handle_dcs_error(&e).await;
+                return;
+            }
         }
         if unchanged {
             return;
@@ -788,7 +896,12 @@ impl<D: Dcs> Ha<D> {
                 if let Err(e) = self.pg.write_pgpass() {
                     return Err(Step::Stop(format!("could not write the passfile: {e}")));
                 }
-                self.spawn(Task::Start, async move {
+                let task = if standby_of.is_none() {
+                    Task::StartPrimary
+                } else {
+                    Task::Start
+                };
+                self.spawn(task, async move {
                     pg.write_config(&files).map_err(|e| e.to_string())?;
                     pg.start(&params, wait).await.map_err(|e| e.to_string())?;
                     client.reset().await;
@@ -812,7 +925,11 @@ impl<D: Dcs> Ha<D> {
             Action::RefreshLeaderKey => match self.dcs.update_leader().await {
                 Ok((true, lease)) => {
                     self.lease_deadline = Some(lease.deadline);
-                    self.maybe_write_status(cluster).await;
+                    self.shared.set_leader(true, self.lease_deadline);
+                    if let Err(e) = self.maybe_write_status(cluster).await {
+                        self.handle_dcs_error(&e).await;
+                        return Err(Step::Stop(format!("etcd did not take our status: {e}")));
+                    }
                     Ok(Some(true))
                 }
                 Ok((false, _)) => {
@@ -1001,24 +1118,29 @@ impl<D: Dcs> Ha<D> {
     }
 
     /// The leader writes `status` (its WAL position) when it changed.
-    async fn maybe_write_status(&self, cluster: &Cluster) {
+    /// Returns an error when etcd did not take the write (the caller, the leader, must then
+    /// treat etcd as unreachable rather than go on with more calls that each wait).
+    async fn maybe_write_status(&self, cluster: &Cluster) -> Result<(), DcsError> {
         let Ok(s) = self.client.status().await else {
-            return;
+            return Ok(());
         };
         if s.in_recovery {
-            return;
+            return Ok(());
         }
-        let Some(pos) = s.wal_position else { return };
+        let Some(pos) = s.wal_position else {
+            return Ok(());
+        };
         if cluster.status.optime == Some(pos) {
-            return;
+            return Ok(());
         }
         let status = Status {
             optime: Some(pos),
             ..cluster.status.clone()
         };
-        if let Err(e) = self.dcs.set_status(&status.to_json()).await {
+        self.dcs.set_status(&status.to_json()).await.map_err(|e| {
             tracing::warn!("could not write status: {e}");
-        }
+            e
+        })
     }
 
     async fn is_primary_now(&self) -> bool {
@@ -1036,6 +1158,11 @@ impl<D: Dcs> Ha<D> {
     /// Without a leader (etcd unreachable) it restarts read-only, following nobody.
     async fn demote(&mut self, leader: Option<Upstream>) -> Result<(), String> {
         tracing::info!("demoting PostgreSQL (immediate stop)");
+        // A promotion or start still running must not finish after this.
+        if let Some((task, h)) = self.in_flight.take() {
+            tracing::warn!("aborting {task:?} in progress");
+            h.abort();
+        }
         self.pg
             .stop("immediate", Duration::from_secs(30))
             .await
@@ -1178,6 +1305,40 @@ fn dcs_stop(e: DcsError) -> Step {
     Step::Stop(format!("DCS: {e}"))
 }
 
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Independent of the HA loop (which may be stuck waiting on etcd): while we hold the key, if
+/// the lease deadline (send time of the last acknowledged keep-alive + ttl) comes within
+/// `margin` without a successful refresh, stop PostgreSQL at once so that no write is accepted
+/// after another node could have taken the key.
+async fn lease_guard(shared: Arc<SharedState>, pg: Postgres, margin: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(deadline) = shared.leader_until() else {
+            continue;
+        };
+        if Instant::now() + margin < deadline {
+            continue;
+        }
+        shared.set_leader(false, None);
+        if pg.is_running() {
+            tracing::error!(
+                "the leader lease expires in {:?} without a successful refresh: stopping PostgreSQL now",
+                deadline.saturating_duration_since(Instant::now())
+            );
+            if let Err(e) = pg.stop("immediate", Duration::from_secs(10)).await {
+                tracing::error!("could not stop PostgreSQL: {e}");
+            }
+        }
+    }
+}
+
 async fn next_request(
     rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Request>>,
 ) -> Option<Request> {
@@ -1192,7 +1353,7 @@ fn task_name(t: Task) -> &'static str {
     match t {
         Task::Bootstrap => "bootstrap",
         Task::Clone => "replica creation",
-        Task::Start => "starting",
+        Task::Start | Task::StartPrimary => "starting",
         Task::Promote => "promote",
         Task::Demote => "demote",
         Task::Rewind => "rewind",
@@ -1244,7 +1405,9 @@ pub fn peer_from_status(name: &str, body: &serde_json::Value) -> PeerStatus {
     let xlog = body.get("xlog").or_else(|| body.get("wal"));
     let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|v| v.as_u64());
     let role = body.get("role").and_then(|r| r.as_str()).unwrap_or("");
-    let primary = num("location").is_some() || role == "primary" || role == "master";
+    let running = body.get("state").and_then(|s| s.as_str()) == Some("running");
+    // A primary whose PostgreSQL is down (crashed, stopping) is not a live primary.
+    let primary = running && (num("location").is_some() || role == "primary" || role == "master");
     let received = num("received_location").unwrap_or(0);
     let replayed = num("replayed_location").unwrap_or(0);
     let tags = body

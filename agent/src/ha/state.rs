@@ -59,6 +59,10 @@ pub enum Request {
     CancelRestart {
         reply: oneshot::Sender<(u16, String)>,
     },
+    /// Re-read the local configuration (SIGHUP, `POST /reload`).
+    Reload {
+        reply: oneshot::Sender<(u16, String)>,
+    },
     Reinitialize {
         force: bool,
         from_leader: bool,
@@ -146,6 +150,11 @@ impl SharedState {
     pub fn set_leader(&self, held: bool, deadline: Option<Instant>) {
         let mut g = self.lock();
         g.leader_until = if held { deadline } else { None };
+    }
+
+    /// The deadline of the leader's lease while we hold the key.
+    pub fn leader_until(&self) -> Option<Instant> {
+        self.lock().leader_until
     }
 
     pub fn dcs_seen(&self) {

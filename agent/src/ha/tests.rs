@@ -1042,3 +1042,54 @@ fn reinit_from_leader_ignores_clonefrom() {
     o.clone_from_leader = true;
     check(&o, &[Action::CloneFrom(up("pg0", 5433))]);
 }
+
+#[test]
+fn a_peer_whose_postgres_is_down_is_not_a_live_primary() {
+    let body =
+        serde_json::json!({"state": "crashed", "role": "primary", "xlog": {"location": 100}});
+    assert!(!super::runner::peer_from_status("pg0", &body).primary);
+    let body =
+        serde_json::json!({"state": "running", "role": "primary", "xlog": {"location": 100}});
+    assert!(super::runner::peer_from_status("pg0", &body).primary);
+}
+
+#[test]
+fn s_2_2_lost_key_during_promotion_demotes() {
+    // Row S-2.2': found by the simulation (seed replays in agent/tests/simulation.rs).
+    let mut o = obs("pg2", leader_pg0(), running(true, 100));
+    o.in_flight = Some(Task::Promote);
+    check(
+        &o,
+        &[Action::Demote {
+            leader: Some(up("pg0", 5433)),
+        }],
+    );
+    o.in_flight = Some(Task::StartPrimary);
+    check(
+        &o,
+        &[Action::Demote {
+            leader: Some(up("pg0", 5433)),
+        }],
+    );
+    // A plain start as a standby just waits.
+    o.in_flight = Some(Task::Start);
+    check(&o, &[]);
+}
+
+#[test]
+fn r_5_replica_past_the_fork_is_rewound() {
+    // Row R-5: still on timeline 1 at 5000 but the cluster's timeline 1 ended at 1000.
+    let mut c = leader_pg0();
+    c.history = Some(History {
+        lines: vec![hline(1, Some("t"), Some("pg0"))],
+    });
+    let mut local = running(true, 5000);
+    local.timeline = Some(1);
+    let o = obs("pg1", c.clone(), local);
+    check(&o, &[Action::Rewind(up("pg0", 5433))]);
+    // Before the fork point it just follows.
+    let mut local = running(true, 900);
+    local.timeline = Some(1);
+    let o = obs("pg1", c, local);
+    check(&o, &[Action::Follow(up("pg0", 5433))]);
+}

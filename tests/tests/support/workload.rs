@@ -82,6 +82,9 @@ pub enum Outcome {
 pub struct Attempt {
     pub id: i64,
     pub node: usize,
+    /// The node's PostgreSQL port; an acknowledged write's row says the same
+    /// (`inet_server_port()`).
+    pub port: u16,
     pub start: Instant,
     pub end: Instant,
     pub outcome: Outcome,
@@ -197,6 +200,7 @@ async fn write_loop(
             attempts.lock().expect("writer log").push(Attempt {
                 id,
                 node,
+                port: ports[node],
                 start,
                 end,
                 outcome,
@@ -349,6 +353,15 @@ impl WriteLog {
                 " {name}: {ok} acked, {failed} failed, {unknown} unknown;"
             );
         }
+        let mut took: Vec<Duration> = self.acked().iter().map(|a| a.end - a.start).collect();
+        took.sort();
+        if let (Some(min), Some(max)) = (took.first(), took.last()) {
+            let _ = write!(
+                s,
+                " acknowledged attempts took {min:.0?} min, {:.0?} median, {max:.0?} max;",
+                took[took.len() / 2]
+            );
+        }
         s.push_str("\nruns of acknowledged writes:");
         for r in self.runs() {
             let _ = write!(
@@ -455,18 +468,24 @@ impl Prober {
 }
 
 async fn probe_loop(ports: Vec<u16>, stop: Arc<AtomicBool>, rounds: Arc<Mutex<Vec<Round>>>) {
+    // One kept connection per node (a fresh one after any failure): cheaper than connecting
+    // every round, so rounds stay close to PROBE_INTERVAL.
+    let mut conns: Vec<Option<tokio_postgres::Client>> = ports.iter().map(|_| None).collect();
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;
         let start = Instant::now();
-        let probes: Vec<JoinHandle<Option<bool>>> = ports
+        let probes: Vec<JoinHandle<(Option<tokio_postgres::Client>, Option<bool>)>> = ports
             .iter()
-            .map(|&port| tokio::spawn(probe(port)))
+            .zip(conns.iter_mut())
+            .map(|(&port, conn)| tokio::spawn(probe(port, conn.take())))
             .collect();
         let mut in_recovery = Vec::with_capacity(probes.len());
-        for p in probes {
-            in_recovery.push(p.await.ok().flatten());
+        for (p, conn) in probes.into_iter().zip(conns.iter_mut()) {
+            let (client, answer) = p.await.unwrap_or((None, None));
+            *conn = client;
+            in_recovery.push(answer);
         }
         let end = Instant::now();
         rounds.lock().expect("prober log").push(Round {
@@ -477,19 +496,36 @@ async fn probe_loop(ports: Vec<u16>, stop: Arc<AtomicBool>, rounds: Arc<Mutex<Ve
     }
 }
 
-async fn probe(port: u16) -> Option<bool> {
-    let work = async {
-        let client = quick_connect(port).await.ok()?;
+/// Asks `pg_is_in_recovery()` on the kept connection if any, else (or if that fails) on a fresh
+/// one; returns the connection to keep and the answer.
+async fn probe(
+    port: u16,
+    kept: Option<tokio_postgres::Client>,
+) -> (Option<tokio_postgres::Client>, Option<bool>) {
+    async fn ask(client: &tokio_postgres::Client) -> Option<bool> {
         let row = client
             .query_one("SELECT pg_is_in_recovery()", &[])
             .await
             .ok()?;
         Some(row.get::<_, bool>(0))
+    }
+    let work = async {
+        if let Some(client) = kept {
+            if let Some(answer) = ask(&client).await {
+                return (Some(client), Some(answer));
+            }
+        }
+        let Ok(client) = quick_connect(port).await else {
+            return (None, None);
+        };
+        match ask(&client).await {
+            Some(answer) => (Some(client), Some(answer)),
+            None => (None, None),
+        }
     };
     tokio::time::timeout(PROBE_TIMEOUT, work)
         .await
-        .ok()
-        .flatten()
+        .unwrap_or((None, None))
 }
 
 /// Every round of a [`Prober`], in order.
@@ -801,4 +837,20 @@ pub fn agent_log_lines(cluster: &Cluster, i: usize, needle: &str) -> Vec<String>
         .filter(|l| l.to_lowercase().contains(&needle))
         .map(str::to_owned)
         .collect()
+}
+
+/// The current length of every node's agent log, to print what was logged after a fault with
+/// [`agent_log_since`].
+pub fn agent_log_marks(cluster: &Cluster) -> Vec<usize> {
+    (0..cluster.len())
+        .map(|i| cluster.agent_log(i).len())
+        .collect()
+}
+
+/// What node `i`'s agents logged after `marks[i]` (from [`agent_log_marks`]), at most
+/// `max_lines` lines.
+pub fn agent_log_since(cluster: &Cluster, i: usize, marks: &[usize], max_lines: usize) -> String {
+    let log = cluster.agent_log(i);
+    let tail = log.get(marks[i]..).unwrap_or_default();
+    tail.lines().take(max_lines).collect::<Vec<_>>().join("\n")
 }

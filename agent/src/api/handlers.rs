@@ -1,0 +1,407 @@
+//! The endpoint handlers: each turns a request into a [`Reply`], reading the DCS fresh where
+//! Patroni does, writing `config`/`failover` with compare-and-swap where Patroni does, and
+//! handing restart/reinitialize to the HA loop through `SharedState::request`.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use patrol_dcs::{Cluster, DcsError};
+use serde_json::{Map, Value};
+
+use super::health::{health_code, liveness, readiness, status_json};
+use super::input::{
+    self, no_good_candidates, patch_config, reinitialize_options, restart_plan, switchover_outcome,
+    switchover_plan, Action, RestartPlan, SwitchoverPlan,
+};
+use super::{metrics, views, ApiContext, Handler, Reply, MAX_BODY, READ_TIMEOUT};
+use crate::config::Config;
+use crate::ha::runner::peer_from_status;
+use crate::ha::Request as HaRequest;
+
+/// Deadline for a candidate's `GET /patroni` during switchover validation.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a switchover's outcome is polled in the DCS (Patroni: 1 s).
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The HTTP client for peers' `GET /patroni`. Like Patroni's member-to-member requests it does
+/// not verify the peer's server certificate, and presents our client certificate
+/// (`ctl.certfile`/`keyfile`, else `restapi.certfile`/`keyfile`) in case peers demand one.
+pub(super) fn peer_client(cfg: &Config) -> reqwest::Client {
+    member_client(cfg, PROBE_TIMEOUT)
+}
+
+/// [`peer_client`] with a deadline of the caller's choice (the HA loop's race probes, the
+/// duplicate-name check).
+pub fn member_client(cfg: &Config, timeout: Duration) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .danger_accept_invalid_certs(true);
+    let pair = match (&cfg.ctl.certfile, &cfg.ctl.keyfile) {
+        (Some(c), k) => Some((c.clone(), k.clone().unwrap_or_else(|| c.clone()))),
+        (None, _) => cfg.restapi.certfile.as_ref().map(|c| {
+            (
+                c.clone(),
+                cfg.restapi.keyfile.clone().unwrap_or_else(|| c.clone()),
+            )
+        }),
+    };
+    if let Some((cert, key)) = pair {
+        match (std::fs::read(&cert), std::fs::read(&key)) {
+            (Ok(mut pem), Ok(k)) => {
+                pem.push(b'\n');
+                pem.extend_from_slice(&k);
+                match reqwest::Identity::from_pem(&pem) {
+                    Ok(id) => b = b.identity(id),
+                    Err(e) => tracing::warn!(
+                        "client certificate {} for member requests is unusable: {e}",
+                        cert.display()
+                    ),
+                }
+            }
+            _ => tracing::warn!(
+                "cannot read the client certificate {} / key {} for member requests",
+                cert.display(),
+                key.display()
+            ),
+        }
+    }
+    b.build().unwrap_or_else(|e| {
+        tracing::warn!("REST API peer client: {e}; using defaults");
+        reqwest::Client::new()
+    })
+}
+
+/// Runs the handler of a route (access already checked).
+pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming>) -> Reply {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    match h {
+        Handler::Status => Reply::json(200, status_json(&ctx.cfg, &ctx.shared.snapshot())),
+        Handler::Health => {
+            let snap = ctx.shared.snapshot();
+            let code = health_code(&ctx.cfg, &snap, &path, &query);
+            if method == Method::GET {
+                Reply::json(code.as_u16(), status_json(&ctx.cfg, &snap))
+            } else {
+                Reply::bare(code)
+            }
+        }
+        Handler::Liveness => Reply::bare(liveness(&ctx.shared.snapshot())),
+        Handler::Readiness => Reply::bare(readiness(&ctx.shared.snapshot(), &query)),
+        Handler::Cluster => match fresh_cluster(ctx).await {
+            Ok(c) => Reply::json(200, views::cluster_json(&c, &ctx.cfg.scope)),
+            Err(r) => r,
+        },
+        Handler::History => match fresh_cluster(ctx).await {
+            Ok(c) => Reply::json(200, views::history_json(&c)),
+            Err(r) => r,
+        },
+        Handler::Config => match fresh_cluster(ctx).await {
+            Ok(c) => match c.config {
+                Some(cfg) if cfg.version > 0 => Reply::json(200, Value::Object(cfg.value.data)),
+                _ => Reply::error(502),
+            },
+            Err(r) => r,
+        },
+        Handler::Failsafe => failsafe(ctx),
+        Handler::Metrics => Reply::plain(200, metrics::render(&ctx.cfg, &ctx.shared.snapshot())),
+        Handler::PatchConfig => with_body(req, true, |b| patch(ctx, b)).await,
+        Handler::PutConfig => with_body(req, true, |b| put(ctx, b)).await,
+        Handler::Reload => {
+            // Patroni answers at once; the HA loop re-reads the file between cycles.
+            let shared = ctx.shared.clone();
+            tokio::spawn(async move {
+                let (code, text) = shared.request(|reply| HaRequest::Reload { reply }).await;
+                tracing::info!("reload: {code} {text}");
+            });
+            Reply::text(202, "reload scheduled")
+        }
+        Handler::Restart => with_body(req, false, |b| restart(ctx, b)).await,
+        Handler::CancelRestart => {
+            let (code, text) = ctx
+                .shared
+                .request(|reply| HaRequest::CancelRestart { reply })
+                .await;
+            Reply::text(code, text)
+        }
+        Handler::Reinitialize => with_body(req, false, |b| reinitialize(ctx, b)).await,
+        Handler::Switchover => {
+            with_body(req, true, |b| switchover(ctx, Action::Switchover, b)).await
+        }
+        Handler::Failover => with_body(req, true, |b| switchover(ctx, Action::Failover, b)).await,
+        Handler::CancelSwitchover => cancel_switchover(ctx).await,
+        Handler::Sigterm => Reply::text(202, "shutdown scheduled"),
+        // Failsafe mode is not implemented: as Patroni with `failsafe_mode` off.
+        Handler::PostFailsafe => Reply::error(502),
+        // Citus is not implemented: we are never a coordinator, so the event is acknowledged.
+        Handler::Mpp => with_body(req, true, |_| async { Reply::text(200, "OK") }).await,
+    }
+}
+
+/// Reads the JSON object body (spec 2.1): no `Content-Length` → 411 when required (empty
+/// object when optional); over [`MAX_BODY`] → 413; not a JSON object, or an empty object when
+/// required → 400; slower than [`READ_TIMEOUT`] → 408.
+async fn read_body(req: Request<Incoming>, required: bool) -> Result<Map<String, Value>, Reply> {
+    let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH) else {
+        return if required {
+            Err(Reply::error(411))
+        } else {
+            Ok(Map::new())
+        };
+    };
+    let len: u64 = len
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| Reply::error(400))?;
+    if len > MAX_BODY {
+        return Err(Reply::error(413));
+    }
+    if len == 0 && !required {
+        return Ok(Map::new());
+    }
+    let limited = Limited::new(req.into_body(), MAX_BODY as usize);
+    let bytes = match tokio::time::timeout(READ_TIMEOUT, limited.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return Err(Reply::error(400)),
+        Err(_) => return Err(Reply::error(408)),
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) if !m.is_empty() || !required => Ok(m),
+        _ => Err(Reply::error(400)),
+    }
+}
+
+async fn with_body<F, Fut>(req: Request<Incoming>, required: bool, f: F) -> Reply
+where
+    F: FnOnce(Map<String, Value>) -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
+    match read_body(req, required).await {
+        Ok(b) => f(b).await,
+        Err(r) => r,
+    }
+}
+
+fn dcs_down(e: &DcsError) -> Reply {
+    tracing::warn!("REST API: DCS is not accessible: {e}");
+    Reply::text(503, "DCS is not accessible")
+}
+
+async fn fresh_cluster(ctx: &ApiContext) -> Result<Cluster, Reply> {
+    ctx.dcs.get_cluster().await.map_err(|e| dcs_down(&e))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `GET /failsafe`: the `failsafe` key as last seen, only while failsafe mode is on.
+fn failsafe(ctx: &ApiContext) -> Reply {
+    let snap = ctx.shared.snapshot();
+    let Some(c) = snap.node.cluster.as_deref() else {
+        return Reply::error(502);
+    };
+    let on = c.config.as_ref().is_some_and(|x| x.value.failsafe_mode());
+    match (&c.failsafe, on) {
+        (Some(f), true) => Reply::json(200, Value::Object(f.clone())),
+        _ => Reply::error(502),
+    }
+}
+
+/// `PATCH /config`: merge, CAS on the observed revision, wake the HA loop.
+async fn patch(ctx: &ApiContext, body: Map<String, Value>) -> Reply {
+    let cluster = match fresh_cluster(ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Some(current) = cluster.config.filter(|c| c.version > 0) else {
+        return Reply::error(503);
+    };
+    let mut data = current.value.data;
+    if patch_config(&mut data, &body) {
+        let json = patrol_dcs::to_compact(&Value::Object(data.clone()));
+        match ctx.dcs.set_config(&json, Some(current.version)).await {
+            Ok(true) => {}
+            Ok(false) => return Reply::error(409),
+            Err(e) => return dcs_down(&e),
+        }
+    }
+    ctx.shared.wakeup.notify_one();
+    Reply::json(200, Value::Object(data))
+}
+
+/// `PUT /config`: replace unconditionally when different.
+async fn put(ctx: &ApiContext, body: Map<String, Value>) -> Reply {
+    let cluster = match fresh_cluster(ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let same = cluster
+        .config
+        .as_ref()
+        .is_some_and(|c| input::deep_compare(&body, &c.value.data));
+    if !same {
+        let json = patrol_dcs::to_compact(&Value::Object(body.clone()));
+        match ctx.dcs.set_config(&json, None).await {
+            Ok(true) => ctx.shared.wakeup.notify_one(),
+            Ok(false) | Err(_) => return Reply::error(502),
+        }
+    }
+    Reply::json(200, Value::Object(body))
+}
+
+async fn restart(ctx: &ApiContext, body: Map<String, Value>) -> Reply {
+    let cluster = match fresh_cluster(ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let plan = match restart_plan(&body, cluster.is_paused(), now_ms()) {
+        Ok(p) => p,
+        Err((code, text)) => return Reply::text(code, text),
+    };
+    let (code, text) = match plan {
+        RestartPlan::Now(filters) => {
+            ctx.shared
+                .request(|reply| HaRequest::Restart { filters, reply })
+                .await
+        }
+        RestartPlan::At {
+            filters,
+            schedule,
+            at_ms,
+        } => {
+            ctx.shared
+                .request(|reply| HaRequest::ScheduleRestart {
+                    filters,
+                    schedule,
+                    at_ms,
+                    reply,
+                })
+                .await
+        }
+    };
+    Reply::text(code, text)
+}
+
+async fn reinitialize(ctx: &ApiContext, body: Map<String, Value>) -> Reply {
+    let (force, from_leader) = reinitialize_options(&body);
+    let (code, text) = ctx
+        .shared
+        .request(|reply| HaRequest::Reinitialize {
+            force,
+            from_leader,
+            reply,
+        })
+        .await;
+    Reply::text(code, text)
+}
+
+/// Whether any of the members answers `GET /patroni` as able to take over (reachable, not
+/// `nofailover`, no failed watchdog).
+async fn any_good_candidate(ctx: &ApiContext, members: &[(String, String)]) -> bool {
+    let mut set = tokio::task::JoinSet::new();
+    for (name, url) in members.iter().filter(|(_, u)| !u.is_empty()) {
+        let (client, name, url) = (ctx.peers.clone(), name.clone(), url.clone());
+        set.spawn(async move {
+            let body: Value = match client.get(&url).send().await {
+                Ok(r) => match r.json().await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!("member {name}: {url} did not answer JSON: {e}");
+                        return None;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("member {name}: request to {url} failed: {e:?}");
+                    return None;
+                }
+            };
+            let p = peer_from_status(&name, &body);
+            Some(!p.nofailover && !p.watchdog_failed)
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        if let Ok(Some(true)) = r {
+            set.abort_all();
+            return true;
+        }
+    }
+    false
+}
+
+/// `POST /switchover` and `POST /failover` (spec 2.7).
+async fn switchover(ctx: &ApiContext, requested: Action, body: Map<String, Value>) -> Reply {
+    let cluster = match fresh_cluster(ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let show = |v: Option<&Value>| v.map_or_else(|| "None".to_string(), |v| v.to_string());
+    tracing::info!(
+        "received {} request with leader={} candidate={} scheduled_at={}",
+        requested.name(),
+        show(body.get("leader")),
+        show(body.get("candidate").or_else(|| body.get("member"))),
+        show(body.get("scheduled_at")),
+    );
+    let plan: SwitchoverPlan = match switchover_plan(requested, &body, &cluster, now_ms()) {
+        Ok(p) => p,
+        Err((code, text)) => return Reply::text(code, text),
+    };
+    if plan.scheduled_at.is_none() && !any_good_candidate(ctx, &plan.probe).await {
+        return Reply::text(412, no_good_candidates(plan.action));
+    }
+    let key = plan.failover_key().to_json();
+    match ctx.dcs.set_failover(&key, None).await {
+        Ok(true) => {}
+        Ok(false) | Err(_) => return Reply::text(503, "failed to write failover key into DCS"),
+    }
+    ctx.shared.wakeup.notify_one();
+    if plan.scheduled_at.is_some() {
+        return Reply::text(202, format!("{} scheduled", plan.action.title()));
+    }
+    let loop_wait = cluster
+        .config
+        .as_ref()
+        .map(|c| c.value.timing().loop_wait)
+        .unwrap_or(10);
+    let limit = Duration::from_secs(2 * loop_wait.max(10));
+    let leader_before = cluster.leader_name().map(str::to_string);
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        let Ok(now) = ctx.dcs.get_cluster().await else {
+            continue;
+        };
+        if let Some((code, text)) = switchover_outcome(
+            &now,
+            leader_before.as_deref(),
+            plan.candidate.as_deref(),
+            plan.action,
+        ) {
+            return Reply::text(code, text);
+        }
+    }
+    Reply::text(503, format!("{} status unknown", plan.action.title()))
+}
+
+/// `DELETE /switchover`: reset a scheduled switchover to `{}` with compare-and-swap.
+async fn cancel_switchover(ctx: &ApiContext) -> Reply {
+    let cluster = match fresh_cluster(ctx).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match cluster.failover {
+        Some(f) if f.value.scheduled_at.is_some() => {
+            match ctx.dcs.set_failover("{}", Some(f.version)).await {
+                Ok(true) => Reply::text(200, "scheduled switchover deleted"),
+                Ok(false) => Reply::error(409),
+                Err(e) => dcs_down(&e),
+            }
+        }
+        _ => Reply::text(404, "no switchover is scheduled"),
+    }
+}
