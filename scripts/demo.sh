@@ -11,7 +11,7 @@ sudo_cmd=""
 [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
 
 stop() {
-  for pidf in "$root"/*/agent.pid "$root"/etcd.pid; do
+  for pidf in "$root"/router.pid "$root"/haproxy.pid "$root"/*/agent.pid "$root"/etcd.pid; do
     [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null || true
   done
   sleep 2
@@ -25,7 +25,7 @@ if [ "${1:-}" = "stop" ]; then stop; rm -rf "$root"; echo "demo stopped and remo
 
 # 1. What is missing.
 need=()
-for pkg in etcd-server protobuf-compiler postgresql-15; do
+for pkg in etcd-server haproxy protobuf-compiler postgresql-15; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -35,7 +35,7 @@ fi
 command -v cargo >/dev/null || { echo "install Rust first: https://rustup.rs"; exit 1; }
 
 # 2. Build.
-cargo build --release --bins -p patrol-agent
+cargo build --release --bins -p patrol-agent -p patrol-router
 
 # 3. PostgreSQL refuses to run as root: run the agents as `patrol` when we are root.
 run_as=()
@@ -46,7 +46,7 @@ fi
 
 stop 2>/dev/null || true
 rm -rf "$root"; mkdir -p "$root/bin"
-cp target/release/patrol target/release/patrolctl "$root/bin/"
+cp target/release/patrol target/release/patrolctl target/release/patrol-router "$root/bin/"
 chmod 755 "$root" "$root/bin" "$root"/bin/*
 
 etcd --name demo --data-dir "$root/etcd-data" \
@@ -112,11 +112,30 @@ done
 awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "bootstrapped (one leader, two streaming replicas) in %.1f s\n", b - a }'
 "$root/bin/patrolctl" -c "$root/pg0/patrol.yml" list
 leader_port=$("$root/bin/patrolctl" -c "$root/pg0/patrol.yml" list | awk -F'|' '/ Leader / { split($3, hp, ":"); gsub(/ /, "", hp[2]); print hp[2] }')
+
+# HAProxy with the generated configuration (write 6000, read 6001, stats 7000), kept in step by
+# the router through its runtime API; the router itself on 5000/5001, stats on 8080.
+"$root/bin/patrol-router" haproxy-config --agent-config "$root/pg0/patrol.yml" \
+  --write-bind 127.0.0.1:6000 --read-bind 127.0.0.1:6001 --stats-bind 127.0.0.1:7000 \
+  --admin-socket "$root/haproxy.sock" >"$root/haproxy.cfg"
+haproxy -W -db -f "$root/haproxy.cfg" -S "$root/haproxy-master.sock" >"$root/haproxy.log" 2>&1 &
+echo $! >"$root/haproxy.pid"
+for _ in $(seq 1 50); do [ -S "$root/haproxy.sock" ] && break; sleep 0.1; done
+"$root/bin/patrol-router" --agent-config "$root/pg0/patrol.yml" \
+  --write 127.0.0.1:5000 --read 127.0.0.1:5001 --admin 127.0.0.1:8080 \
+  --haproxy-socket "$root/haproxy.sock" --haproxy-config "$root/haproxy.cfg" \
+  --haproxy-master-socket "$root/haproxy-master.sock" >"$root/router.log" 2>&1 &
+echo $! >"$root/router.pid"
+for _ in $(seq 1 50); do (echo >/dev/tcp/127.0.0.1/8080) 2>/dev/null && break; sleep 0.1; done
 cat <<TXT
 
-Patrol demo cluster "demo" is running (logs in $root/pg*/agent.log).
-  Connect to the leader:   psql "host=127.0.0.1 port=${leader_port:-5432} user=postgres password=postgres"
-  Any node:                ports 5432, 5433, 5434 (user postgres, password postgres)
+Patrol demo cluster "demo" is running (logs in $root/pg*/agent.log, $root/router.log).
+  Writes (patrol-router):  psql "host=127.0.0.1 port=5000 user=postgres password=postgres"
+  Reads (patrol-router):   psql "host=127.0.0.1 port=5001 user=postgres password=postgres"
+  Router stats page:       http://127.0.0.1:8080/   (JSON: /stats.json, metrics: /metrics)
+  Through HAProxy:         ports 6000 (write), 6001 (read); stats http://127.0.0.1:7000/ (admin/admin)
+  The leader directly:     psql "host=127.0.0.1 port=${leader_port:-5432} user=postgres password=postgres"
+  Any node:                ports 5432, 5433, 5434
   REST API:                curl http://127.0.0.1:8000/patroni   (8001, 8002)
   Cluster listing:         $root/bin/patrolctl -c $root/pg0/patrol.yml list
   Stop and clean up:       scripts/demo.sh stop
