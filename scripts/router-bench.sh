@@ -12,7 +12,7 @@ root="$PWD/demo"
 bin="$root/bin"
 [ -x "$bin/patrolctl" ] || { echo "start the demo first: scripts/demo.sh"; exit 1; }
 cargo build --release -q -p patrol-router
-cp target/release/patrol-router "$bin/"
+router_bin="$PWD/target/release/patrol-router"
 export PGPASSWORD=postgres PGUSER=postgres PGHOST=127.0.0.1
 leader_port=$("$bin/patrolctl" -c "$root/pg0/patrol.yml" list | awk -F'|' '/ Leader / { split($3, hp, ":"); gsub(/ /, "", hp[2]); print hp[2] }')
 pgbench=/usr/lib/postgresql/15/bin/pgbench
@@ -20,15 +20,15 @@ psql -p "$leader_port" -qc "DROP DATABASE IF EXISTS bench" postgres
 psql -p "$leader_port" -qc "CREATE DATABASE bench" postgres
 $pgbench -p "$leader_port" -i -s 10 -q bench >/dev/null 2>&1
 
-# patrol-router on 6000/6001/6080.
-"$bin/patrol-router" --agent-config "$root/pg0/patrol.yml" --write 127.0.0.1:6000 --read 127.0.0.1:6001 --admin 127.0.0.1:6080 >"$root/router.log" 2>&1 &
+# A second patrol-router on 6100/6101/6180 (the demo has its own on 5000).
+"$router_bin" --agent-config "$root/pg0/patrol.yml" --write 127.0.0.1:6100 --read 127.0.0.1:6101 --admin 127.0.0.1:6180 >"$root/bench-router.log" 2>&1 &
 router_pid=$!
-# HAProxy with the generated configuration on 7000/7001 (stats 7080).
-"$bin/patrol-router" haproxy-config --agent-config "$root/pg0/patrol.yml" --write-bind 127.0.0.1:7000 --read-bind 127.0.0.1:7001 --stats-bind 127.0.0.1:7080 >"$root/haproxy.cfg"
-haproxy -f "$root/haproxy.cfg" -db >"$root/haproxy.log" 2>&1 &
+# A second HAProxy with the generated configuration on 7100/7101 (stats 7180).
+"$router_bin" haproxy-config --agent-config "$root/pg0/patrol.yml" --write-bind 127.0.0.1:7100 --read-bind 127.0.0.1:7101 --stats-bind 127.0.0.1:7180 >"$root/bench-haproxy.cfg"
+haproxy -f "$root/bench-haproxy.cfg" -db >"$root/bench-haproxy.log" 2>&1 &
 haproxy_pid=$!
 trap 'kill $router_pid $haproxy_pid 2>/dev/null || true' EXIT
-for p in 6000 7000; do
+for p in 6100 7100; do
   for _ in $(seq 1 100); do psql -p $p -qAtc "select 1" bench >/dev/null 2>&1 && break; sleep 0.1; done
 done
 
@@ -43,10 +43,10 @@ echo "|---|---|---|---|---|"
 for mode in "-S" "" "-S -C"; do
   name=$([ "$mode" = "-S" ] && echo "select-only" || ([ "$mode" = "" ] && echo "TPC-B-like" || echo "select-only, new connection per transaction (-C)"))
   for c in 1 8 32; do
-    d=$(run "$leader_port" $c "$mode"); r=$(run 6000 $c "$mode"); h=$(run 7000 $c "$mode")
+    d=$(run "$leader_port" $c "$mode"); r=$(run 6100 $c "$mode"); h=$(run 7100 $c "$mode")
     awk -v n="$name" -v c=$c -v d="$d" -v r="$r" -v h="$h" 'BEGIN { printf "| %s | %d | %.0f | %.0f (%.2f) | %.0f (%.2f) |\n", n, c, d, r, r/d, h, h/d }'
   done
 done
-ld=$(lat "$leader_port"); lr=$(lat 6000); lh=$(lat 7000)
+ld=$(lat "$leader_port"); lr=$(lat 6100); lh=$(lat 7100)
 awk -v d="$ld" -v r="$lr" -v h="$lh" 'BEGIN { printf "\nLatency at 1 client (select-only): direct %.3f ms, patrol-router %.3f ms (+%.0f us), HAProxy %.3f ms (+%.0f us)\n", d, r, (r-d)*1000, h, (h-d)*1000 }'
 echo "patrol-router RSS after the runs: $(awk '/VmRSS/ {print $2/1024 " MB"}' /proc/$router_pid/status)"
