@@ -255,6 +255,46 @@ async fn patrolctl_reads_the_cluster_like_patronictl() {
     assert!(ok(&cluster, &["show-config"])
         .lines()
         .any(|l| l == "maximum_lag_on_failover: 2097152"));
+
+    // haproxy-config: every member as a server in both listens, and HAProxy accepts it.
+    let (w, r, st) = (
+        format!("127.0.0.1:{}", patrol_tests::free_port()),
+        format!("127.0.0.1:{}", patrol_tests::free_port()),
+        format!("127.0.0.1:{}", patrol_tests::free_port()),
+    );
+    let cfg = ok(
+        &cluster,
+        &[
+            "haproxy-config",
+            "--write-bind",
+            &w,
+            "--read-bind",
+            &r,
+            "--stats-bind",
+            &st,
+        ],
+    );
+    for i in 0..3 {
+        let line = format!(
+            "server {} 127.0.0.1:{} ",
+            cluster.name(i),
+            cluster.pg_port(i)
+        );
+        assert_eq!(cfg.matches(&line).count(), 2, "{line} in\n{cfg}");
+    }
+    let path = cluster.root().join("patrolctl-haproxy.cfg");
+    std::fs::write(&path, &cfg).expect("write haproxy.cfg");
+    let check = std::process::Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("run haproxy -c");
+    assert!(
+        check.status.success(),
+        "haproxy -c: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert_eq!(
         ok(
             &cluster,

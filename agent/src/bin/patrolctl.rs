@@ -306,6 +306,26 @@ enum Command {
         #[arg(short = 'f', long = "format", default_value = "pretty", value_parser = format_parser())]
         fmt: String,
     },
+    /// Print an haproxy.cfg for the cluster (write and read listens checked against each
+    /// member's REST API), as `patrol-router haproxy-config` does
+    HaproxyConfig {
+        cluster_name: Option<String>,
+        /// `bind` of the primary (write) listen.
+        #[arg(long, default_value = "*:5000")]
+        write_bind: String,
+        /// `bind` of the replicas (read) listen.
+        #[arg(long, default_value = "*:5001")]
+        read_bind: String,
+        /// `bind` of the stats page.
+        #[arg(long, default_value = "*:7000")]
+        stats_bind: String,
+        /// Replicas further behind fail their check.
+        #[arg(long, default_value_t = 1_048_576)]
+        max_lag_bytes: u64,
+        /// Runtime API socket (for `patrol-router --haproxy-socket`).
+        #[arg(long)]
+        admin_socket: Option<String>,
+    },
     /// Output version of patrolctl command or a running Patroni instance
     Version {
         cluster_name: Option<String>,
@@ -826,6 +846,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let dcs = ctx.dcs(&name).await?;
             let c = ctx.cluster(&dcs).await?;
             out(&show_config(&c));
+            Ok(())
+        }
+        Command::HaproxyConfig {
+            cluster_name,
+            write_bind,
+            read_bind,
+            stats_bind,
+            max_lag_bytes,
+            admin_socket,
+        } => {
+            let name = ctx.scope_or(cluster_name)?;
+            let dcs = ctx.dcs(&name).await?;
+            let c = ctx.cluster(&dcs).await?;
+            let servers = patrol_haproxy::Server::from_cluster(&c);
+            if servers.is_empty() {
+                return fail(&format!("cluster {name} has no members"));
+            }
+            let o = patrol_haproxy::Options {
+                write_bind,
+                read_bind,
+                stats_bind,
+                max_lag_bytes,
+                admin_socket,
+                ..patrol_haproxy::Options::default()
+            };
+            out(&patrol_haproxy::render(&name, &servers, &o));
             Ok(())
         }
         Command::History {
