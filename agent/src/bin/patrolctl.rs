@@ -861,7 +861,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let c = ctx.cluster(&dcs).await?;
             let servers = patrol_haproxy::Server::from_cluster(&c);
             if servers.is_empty() {
-                return fail(&format!("cluster {name} has no members"));
+                return fail(format!("cluster {name} has no members"));
             }
             let o = patrol_haproxy::Options {
                 write_bind,
