@@ -79,7 +79,18 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     match h {
-        Handler::Status => Reply::json(200, status_json(&ctx.cfg, &ctx.shared.snapshot())),
+        Handler::Status => {
+            // Patroni's GET /patroni runs the status query for each request.
+            let mut snap = ctx.shared.snapshot();
+            if snap.status.is_some() {
+                if let Ok(Ok(fresh)) =
+                    tokio::time::timeout(Duration::from_secs(2), ctx.pg.status()).await
+                {
+                    snap.status = Some(fresh);
+                }
+            }
+            Reply::json(200, status_json(&ctx.cfg, &snap))
+        }
         Handler::Health => {
             let snap = ctx.shared.snapshot();
             let code = health_code(&ctx.cfg, &snap, &path, &query);

@@ -207,6 +207,9 @@ pub struct ApiContext {
     peers: reqwest::Client,
     server_header: HeaderValue,
     extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Our own PostgreSQL, queried live by `GET /patroni` (as Patroni does) so that WAL
+    /// positions are current, not as old as the last HA cycle.
+    pub(crate) pg: crate::postgres::PgClient,
 }
 
 impl ApiContext {
@@ -216,7 +219,9 @@ impl ApiContext {
         let peers = handlers::peer_client(&cfg);
         let server_header = server_header(cfg.restapi.server_tokens.as_deref());
         let extra_headers = extra_headers(&cfg);
+        let pg = crate::postgres::PgClient::new(crate::postgres::Postgres::new(&cfg).local_conn_config());
         ApiContext {
+            pg,
             cfg,
             shared,
             dcs,
