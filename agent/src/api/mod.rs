@@ -219,7 +219,9 @@ impl ApiContext {
         let peers = handlers::peer_client(&cfg);
         let server_header = server_header(cfg.restapi.server_tokens.as_deref());
         let extra_headers = extra_headers(&cfg);
-        let pg = crate::postgres::PgClient::new(crate::postgres::Postgres::new(&cfg).local_conn_config());
+        let pg = crate::postgres::PgClient::new(
+            crate::postgres::Postgres::new(&cfg).local_conn_config(),
+        );
         ApiContext {
             pg,
             cfg,
