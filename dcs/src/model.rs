@@ -266,20 +266,13 @@ impl MemberData {
         to_compact(&self.to_value())
     }
 
-    /// `nofailover` in Patroni's sense: the tag, or `failover_priority: 0` (the tag wins when
-    /// both are set).
+    /// `nofailover` in Patroni's sense (see [`tags_nofailover`]).
     pub fn nofailover(&self) -> bool {
-        match lenient_bool(self.tags.get("nofailover")) {
-            Some(b) => b,
-            None => lenient_i64(self.tags.get("failover_priority")) == Some(0),
-        }
+        tags_nofailover(&self.tags)
     }
 
     pub fn failover_priority(&self) -> i64 {
-        if self.nofailover() {
-            return 0;
-        }
-        lenient_i64(self.tags.get("failover_priority")).unwrap_or(1)
+        tags_failover_priority(&self.tags)
     }
 
     pub fn clonefrom(&self) -> bool {
@@ -294,6 +287,23 @@ impl MemberData {
     pub fn host_port(&self) -> Option<(String, u16)> {
         parse_conn_url(&self.conn_url)
     }
+}
+
+/// `nofailover` in Patroni's sense: the tag, or `failover_priority: 0` (the tag wins when both
+/// are set).
+pub fn tags_nofailover(tags: &Map<String, Value>) -> bool {
+    match lenient_bool(tags.get("nofailover")) {
+        Some(b) => b,
+        None => lenient_i64(tags.get("failover_priority")) == Some(0),
+    }
+}
+
+/// `failover_priority` (default 1; 0 when `nofailover`).
+pub fn tags_failover_priority(tags: &Map<String, Value>) -> i64 {
+    if tags_nofailover(tags) {
+        return 0;
+    }
+    lenient_i64(tags.get("failover_priority")).unwrap_or(1)
 }
 
 /// Parses `postgres://host:port/db` (or `postgresql://`) into host and port. IPv6 hosts come

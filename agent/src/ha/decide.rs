@@ -350,20 +350,9 @@ fn diverged_from_history(o: &Observation) -> bool {
         .is_some_and(|l| pos > l.lsn)
 }
 
-/// Another member could take over (Patroni's `is_failover_possible`, from member keys): a
-/// running replica that may fail over and is within `maximum_lag_on_failover`.
+/// Another member could take over (Patroni's `is_failover_possible`, from member keys).
 fn failover_possible(o: &Observation) -> bool {
-    let max = o.dynamic.maximum_lag_on_failover();
-    o.cluster.members.iter().any(|m| {
-        m.name != o.me
-            && m.data.state == "running"
-            && m.data.role == Role::Replica
-            && !m.data.nofailover()
-            && match (o.cluster.status.optime, m.data.xlog_location) {
-                (Some(opt), Some(pos)) => max < 0 || opt.saturating_sub(pos) <= max as u64,
-                _ => true,
-            }
-    })
+    switchover_target_exists(o, None)
 }
 
 /// The history to publish when ours is newer than the DCS's, keeping the timestamps and
@@ -405,9 +394,9 @@ pub fn parse_schedule(s: &str) -> Option<i64> {
         .map(|d| d.timestamp_millis())
 }
 
-/// A member that can take over in a planned switchover (Patroni's `is_failover_possible` from
-/// member keys): running replica, may fail over, within `maximum_lag_on_failover`, and the named
-/// candidate if there is one.
+/// A member that can take over (Patroni's `is_failover_possible` from member keys): a running
+/// replica that may fail over, within `maximum_lag_on_failover`, and the named candidate if
+/// there is one.
 fn switchover_target_exists(o: &Observation, candidate: Option<&str>) -> bool {
     let max = o.dynamic.maximum_lag_on_failover();
     o.cluster.members.iter().any(|m| {

@@ -309,8 +309,8 @@ impl<D: Dcs> Ha<D> {
             last_result: self.last_result.take(),
             bootstrapping: self.bootstrapping,
             can_bootstrap: self.cfg.bootstrap.present,
-            nofailover: member_nofailover(&self.cfg.tags),
-            failover_priority: member_priority(&self.cfg.tags),
+            nofailover: patrol_dcs::tags_nofailover(&self.cfg.tags),
+            failover_priority: patrol_dcs::tags_failover_priority(&self.cfg.tags),
             lease_left: self
                 .lease_deadline
                 .map(|d| d.saturating_duration_since(Instant::now())),
@@ -766,18 +766,11 @@ impl<D: Dcs> Ha<D> {
             .member(&self.cfg.name)
             .map(|mm| mm.session)
             .unwrap_or(0);
-        let lease = self
-            .dcs
-            .lease_deadline()
-            .await
-            .map(|_| session)
-            .unwrap_or(0);
         let unchanged = self
             .last_member_json
             .as_ref()
             .is_some_and(|(j, s)| *j == json && *s == session && session != 0)
             && cluster.member(&self.cfg.name).is_some();
-        let _ = lease;
         // Keep the lease alive every cycle (the member key lives on it).
         if let Err(e) = self.dcs.refresh_lease().await {
             tracing::warn!("lease keep-alive failed: {e}");
@@ -1215,7 +1208,7 @@ impl<D: Dcs> Ha<D> {
             .ok_or_else(|| format!("member {} has no usable conn_url", up.name))?;
         let auth = &self.cfg.postgresql.authentication;
         let user = auth.rewind.as_ref().unwrap_or(&auth.superuser);
-        let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let q = crate::postgres::libpq_quote;
         Ok(format!(
             "host={} port={} user={} dbname={} passfile={} sslmode={} target_session_attrs=read-write",
             q(&host),
@@ -1392,13 +1385,6 @@ fn api_scheme(cfg: &Config) -> &'static str {
     }
 }
 
-fn member_priority(tags: &serde_json::Map<String, serde_json::Value>) -> i64 {
-    if member_nofailover(tags) {
-        return 0;
-    }
-    patrol_dcs::lenient_i64(tags.get("failover_priority")).unwrap_or(1)
-}
-
 /// Reads a peer's `GET /patroni` answer as Patroni's leader race does (spec 2.4): in recovery
 /// unless `xlog.location` is set or the role is primary; position = max(received, replayed).
 pub fn peer_from_status(name: &str, body: &serde_json::Value) -> PeerStatus {
@@ -1428,19 +1414,12 @@ pub fn peer_from_status(name: &str, body: &serde_json::Value) -> PeerStatus {
             .and_then(|x| x.get("paused"))
             .and_then(|v| v.as_bool())
             .unwrap_or(false),
-        nofailover: member_nofailover(&tags),
-        failover_priority: member_priority(&tags),
+        nofailover: patrol_dcs::tags_nofailover(&tags),
+        failover_priority: patrol_dcs::tags_failover_priority(&tags),
         watchdog_failed: body
             .get("watchdog_failed")
             .and_then(|v| v.as_bool())
             .unwrap_or(false),
-    }
-}
-
-fn member_nofailover(tags: &serde_json::Map<String, serde_json::Value>) -> bool {
-    match patrol_dcs::lenient_bool(tags.get("nofailover")) {
-        Some(b) => b,
-        None => patrol_dcs::lenient_i64(tags.get("failover_priority")) == Some(0),
     }
 }
 

@@ -118,7 +118,7 @@ fn conf_quote(s: &str) -> String {
 }
 
 /// Quotes a value for a libpq connection string when needed.
-fn libpq_quote(s: &str) -> String {
+pub fn libpq_quote(s: &str) -> String {
     if !s.is_empty() && !s.contains([' ', '\'', '\\']) {
         return s.to_string();
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-pub use conf::{append_pg_hba, primary_conninfo, ConfigFiles, Recovery};
+pub use conf::{append_pg_hba, libpq_quote, primary_conninfo, ConfigFiles, Recovery};
 pub use error::PgError;
 pub use query::{quote_ident, quote_literal, LocalStatus, PgClient, ReplicationRow};
 
