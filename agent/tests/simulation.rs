@@ -382,8 +382,6 @@ struct Runner {
     rewind_failed: bool,
     primary_down_since: Option<u64>,
     last_member_json: Option<(String, i64)>,
-    /// The runner's leader lease deadline (for `lease_left`).
-    lease_deadline: Option<u64>,
     /// The DCS client's lease.
     lease: Option<i64>,
     api: Option<ApiView>,
@@ -1077,9 +1075,6 @@ impl World {
             can_bootstrap: true,
             nofailover: false,
             failover_priority: 1,
-            lease_left: r
-                .lease_deadline
-                .map(|d| Duration::from_millis(d.saturating_sub(now))),
             peers,
             primary_down_for: r.primary_down_since.map(|t| Duration::from_millis(now - t)),
             needs_rewind: r.needs_rewind,
@@ -1435,7 +1430,6 @@ impl World {
                 self.dcs.put("config", &config, 0);
                 let lease = self.refresh_lease(i);
                 self.dcs.put("leader", &me, lease);
-                self.nodes[i].runner.lease_deadline = Some(self.now + TTL_MS);
                 self.nodes[i].runner.bootstrapping = false;
             }
             Action::AbortBootstrap { reason } => {
@@ -1476,17 +1470,14 @@ impl World {
                 if !self.dcs.create("leader", &me, lease) {
                     return Err(Stop::Cycle("failed to acquire the leader key".into()));
                 }
-                self.nodes[i].runner.lease_deadline = Some(self.now + TTL_MS);
                 if self.freeze_next_winner.is_some() {
                     self.frozen_winner = Some(i);
                 }
             }
             Action::RefreshLeaderKey => {
                 if self.update_leader(i) {
-                    self.nodes[i].runner.lease_deadline = Some(self.now + TTL_MS);
                     self.maybe_write_status(i, cluster);
                 } else {
-                    self.nodes[i].runner.lease_deadline = None;
                     if self.nodes[i].pg.writable() {
                         let leader = cluster.leader_member().map(|m| Upstream {
                             name: m.name.clone(),

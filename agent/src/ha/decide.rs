@@ -112,8 +112,6 @@ pub struct Observation {
     pub nofailover: bool,
     /// Our `failover_priority` (default 1).
     pub failover_priority: i64,
-    /// Time until our lease deadline (None: no acknowledged lease).
-    pub lease_left: Option<Duration>,
     /// Answers of the other members' REST APIs, probed when the cluster has no leader.
     /// Unreachable members are absent.
     pub peers: Vec<PeerStatus>,

@@ -311,9 +311,6 @@ impl<D: Dcs> Ha<D> {
             can_bootstrap: self.cfg.bootstrap.present,
             nofailover: patrol_dcs::tags_nofailover(&self.cfg.tags),
             failover_priority: patrol_dcs::tags_failover_priority(&self.cfg.tags),
-            lease_left: self
-                .lease_deadline
-                .map(|d| d.saturating_duration_since(Instant::now())),
             peers,
             primary_down_for: self.primary_down_since.map(|t| t.elapsed()),
             needs_rewind: self.needs_rewind,

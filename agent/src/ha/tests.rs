@@ -99,7 +99,6 @@ fn obs(me: &str, cluster: Cluster, local: LocalPg) -> Observation {
         can_bootstrap: true,
         nofailover: false,
         failover_priority: 1,
-        lease_left: None,
         peers: Vec::new(),
         primary_down_for: None,
         needs_rewind: false,
