@@ -46,6 +46,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub startup_timeout: Duration,
     pub max_connections: usize,
+    /// Data-path threads, each with its own single-threaded event loop accepting on the same
+    /// listeners (a connection stays on the thread that accepted it).
+    pub threads: usize,
 }
 
 /// The file format. Every key is optional except the cluster's identity.
@@ -66,6 +69,7 @@ struct File {
     connect_timeout_ms: Option<u64>,
     startup_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -281,7 +285,11 @@ impl Config {
             connect_timeout: ms(file.connect_timeout_ms, 2_000),
             startup_timeout: ms(file.startup_timeout_ms, 10_000),
             max_connections: file.max_connections.unwrap_or(10_000),
+            threads: file.threads.unwrap_or(1),
         };
+        if !(1..=256).contains(&cfg.threads) {
+            return Err(invalid("threads", "must be between 1 and 256"));
+        }
         if cfg.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
@@ -327,6 +335,7 @@ mod tests {
             ("scope: x\nlisten: {write: nonsense}\n", "listen.write"),
             ("scope: x\nread: {enter_ratio: 2}\n", "read.enter_ratio"),
             ("scope: x\nadmin: {username: a}\n", "admin"),
+            ("scope: x\nthreads: 0\n", "threads"),
             (
                 "scope: x\nlisten: {write: '127.0.0.1:1', read: '127.0.0.1:1'}\n",
                 "listen",

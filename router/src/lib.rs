@@ -80,18 +80,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tasks.spawn(haproxy_sync::run(h, shared.clone(), cluster_rx.clone()));
     }
     tasks.spawn(control::run_probes(shared.clone(), cluster_rx));
-    tasks.spawn(proxy::serve(
-        shared.clone(),
-        Port::Write,
-        write,
-        shutdown.child_token(),
-    ));
-    tasks.spawn(proxy::serve(
-        shared.clone(),
-        Port::Read,
-        read,
-        shutdown.child_token(),
-    ));
+    // The listeners were bound by tokio (SO_REUSEADDR, non-blocking); each data thread
+    // registers its own clone of them with its event loop.
+    let write = write.into_std().context("listen.write")?;
+    let read = read.into_std().context("listen.read")?;
+    for n in 0..shared.cfg.threads {
+        let thread = data_thread(n, shared.clone(), &write, &read, shutdown.child_token())?;
+        // A data thread that ends before shutdown (it cannot, short of a panic) ends the router.
+        tasks.spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        });
+    }
     tasks.spawn(admin::serve(shared.clone(), admin, shutdown.child_token()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -106,4 +105,40 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     drop(dcs);
     Ok(())
+}
+
+/// Starts one data-path thread: a single-threaded event loop accepting on (clones of) both
+/// listeners. One loop per thread keeps every wake-up of a session on one core, with no work
+/// stealing between threads; with several threads the kernel hands each new connection to one
+/// of them.
+fn data_thread(
+    n: usize,
+    shared: Arc<Shared>,
+    write: &std::net::TcpListener,
+    read: &std::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let (w, r) = (write.try_clone()?, read.try_clone()?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a data-path event loop")?;
+    std::thread::Builder::new()
+        .name(format!("data-{n}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                let (w, r) = match (TcpListener::from_std(w), TcpListener::from_std(r)) {
+                    (Ok(w), Ok(r)) => (w, r),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!("data thread {n}: cannot register the listeners: {e}");
+                        return;
+                    }
+                };
+                tokio::join!(
+                    proxy::serve(shared.clone(), Port::Write, w, shutdown.clone()),
+                    proxy::serve(shared, Port::Read, r, shutdown),
+                );
+            })
+        })
+        .context("starting a data-path thread")
 }

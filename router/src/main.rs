@@ -155,8 +155,10 @@ fn overrides(c: &ClusterArgs) -> Overrides {
     }
 }
 
+/// The control runtime (etcd watch, probes, admin page, signals): one thread. The data path runs
+/// on its own threads (`threads` in the configuration), started by `patrol_router::run`.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| {

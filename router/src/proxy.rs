@@ -344,7 +344,7 @@ async fn relay(
 }
 
 async fn pump(
-    from: tokio::net::tcp::OwnedReadHalf,
+    mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     counter: &prometheus::IntCounter,
 ) {
@@ -352,8 +352,11 @@ async fn pump(
         if from.readable().await.is_err() {
             return;
         }
+        // The socket is readable: the read below completes at once. Reading through
+        // `AsyncRead` (not `try_read`) lets tokio clear the readiness after a short read, which
+        // saves the extra `recv` that would only return EAGAIN.
         let mut buf = Vec::with_capacity(BUF);
-        match from.try_read_buf(&mut buf) {
+        match from.read_buf(&mut buf).await {
             Ok(0) => {
                 let _ = to.shutdown().await;
                 return;
@@ -364,7 +367,6 @@ async fn pump(
                 }
                 counter.inc_by(n as u64);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return,
         }
     }
