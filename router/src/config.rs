@@ -49,6 +49,9 @@ pub struct Config {
     /// Data-path threads, each with its own single-threaded event loop accepting on the same
     /// listeners (a connection stays on the thread that accepted it).
     pub threads: usize,
+    /// Connect to each member's host at this port instead of its `conn_url` port (a PgBouncer
+    /// or other pooler running beside every PostgreSQL).
+    pub backend_port: Option<u16>,
 }
 
 /// The file format. Every key is optional except the cluster's identity.
@@ -70,6 +73,7 @@ struct File {
     startup_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     threads: Option<usize>,
+    backend_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -286,7 +290,11 @@ impl Config {
             startup_timeout: ms(file.startup_timeout_ms, 10_000),
             max_connections: file.max_connections.unwrap_or(10_000),
             threads: file.threads.unwrap_or(1),
+            backend_port: file.backend_port,
         };
+        if cfg.backend_port == Some(0) {
+            return Err(invalid("backend_port", "must be a port number (1-65535)"));
+        }
         if !(1..=256).contains(&cfg.threads) {
             return Err(invalid("threads", "must be between 1 and 256"));
         }
@@ -336,6 +344,8 @@ mod tests {
             ("scope: x\nread: {enter_ratio: 2}\n", "read.enter_ratio"),
             ("scope: x\nadmin: {username: a}\n", "admin"),
             ("scope: x\nthreads: 0\n", "threads"),
+            ("scope: x\nbackend_port: 0\n", "backend_port"),
+            ("scope: x\nbackend_port: 70000\n", "backend_port"),
             (
                 "scope: x\nlisten: {write: '127.0.0.1:1', read: '127.0.0.1:1'}\n",
                 "listen",

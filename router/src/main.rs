@@ -155,6 +155,26 @@ fn overrides(c: &ClusterArgs) -> Overrides {
     }
 }
 
+/// Every relayed session holds two descriptors: raise the soft limit to the hard one, and say so
+/// when even that cannot hold `max_connections` sessions.
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let needed = 2 * max_connections as u64 + 64;
+    if limit < needed {
+        tracing::warn!(
+            "open file limit {limit} is below the {needed} that max_connections {max_connections} needs (two per session); raise LimitNOFILE / ulimit -n"
+        );
+    }
+}
+
 /// The control runtime (etcd watch, probes, admin page, signals): one thread. The data path runs
 /// on its own threads (`threads` in the configuration), started by `patrol_router::run`.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -281,6 +301,7 @@ fn main() -> ExitCode {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .try_init();
+    raise_fd_limit(cfg.max_connections);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(c) => return c,

@@ -82,10 +82,12 @@ pub struct Table {
     pub dcs_healthy: bool,
 }
 
-fn addr_of(conn_url: &str) -> Option<SocketAddr> {
+/// Where to connect for a member: the host and port of its `conn_url`, or the same host at
+/// `backend_port` when one is configured (a pooler beside each PostgreSQL).
+fn addr_of(conn_url: &str, backend_port: Option<u16>) -> Option<SocketAddr> {
     let (host, port) = patrol_dcs::parse_conn_url(conn_url)?;
     let ip: std::net::IpAddr = host.parse().ok()?;
-    Some(SocketAddr::new(ip, port))
+    Some(SocketAddr::new(ip, backend_port.unwrap_or(port)))
 }
 
 fn fresh(p: Option<&Probe>, now: Instant, max_age: Duration) -> Option<&Probe> {
@@ -131,7 +133,7 @@ pub fn build(
             Some(l) if confirmed(l) => {
                 t.writer = c
                     .member(l)
-                    .and_then(|m| addr_of(&m.data.conn_url))
+                    .and_then(|m| addr_of(&m.data.conn_url, cfg.backend_port))
                     .map(|addr| Backend {
                         name: l.clone(),
                         addr,
@@ -175,7 +177,7 @@ pub fn build(
         .max();
 
     for m in &c.members {
-        let addr = addr_of(&m.data.conn_url);
+        let addr = addr_of(&m.data.conn_url, cfg.backend_port);
         let probe = fresh(probes.get(&m.name), now, max_age);
         let prev_view = prev.members.iter().find(|v| v.name == m.name);
         let is_writer = t.writer.as_ref().is_some_and(|w| w.name == m.name);
@@ -378,6 +380,27 @@ mod tests_support {
         assert_eq!(t.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
         let r: Vec<_> = t.readers.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(r, ["b", "c"]);
+    }
+
+    #[test]
+    fn backend_port_replaces_the_conn_url_port_on_the_same_host() {
+        let now = Instant::now();
+        let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, true, 1000, 0));
+        p.insert("b".into(), probe(now, false, 1000, 1000));
+        let direct = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+        let mut pooled_cfg = cfg();
+        pooled_cfg.backend_port = Some(6432);
+        let pooled = build(&pooled_cfg, Some(&c), true, &p, &Table::default(), now);
+        let (d, w) = (
+            direct.writer.expect("writer"),
+            pooled.writer.expect("writer"),
+        );
+        assert_eq!(w.addr.ip(), d.addr.ip());
+        assert_ne!(d.addr.port(), 6432);
+        assert_eq!(w.addr.port(), 6432);
+        assert_eq!(pooled.readers[0].addr.port(), 6432);
     }
 
     #[test]
