@@ -104,9 +104,14 @@ pub fn probe_from_status(body: &serde_json::Value, at: Instant) -> Probe {
     }
 }
 
-/// Probes every member every `probe_interval`, and the lock holder every 50 ms while it is not
-/// yet confirmed primary (so a promotion is noticed within tens of milliseconds).
-pub async fn run_probes(shared: Arc<Shared>, cluster_rx: watch::Receiver<Option<Arc<Cluster>>>) {
+/// Probes every member's `GET /patroni`, one task per member, so a member that does not answer
+/// (a frozen host: each probe waits the whole probe timeout) never delays the others. Members
+/// are probed every `probe_interval`; the lock holder that is not confirmed primary yet
+/// (promoting) every 20 ms, and at once on any etcd change while it is in that state.
+pub async fn run_probes(
+    shared: Arc<Shared>,
+    mut cluster_rx: watch::Receiver<Option<Arc<Cluster>>>,
+) {
     let Ok(client) = reqwest::Client::builder()
         .timeout(shared.cfg.probe_timeout)
         .pool_max_idle_per_host(2)
@@ -115,101 +120,121 @@ pub async fn run_probes(shared: Arc<Shared>, cluster_rx: watch::Receiver<Option<
         tracing::error!("cannot build the HTTP client for probes");
         return;
     };
-    let mut last_full = Instant::now() - shared.cfg.probe_interval;
+    let mut tasks: BTreeMap<String, (String, tokio::task::JoinHandle<()>)> = BTreeMap::new();
     loop {
-        let cluster = cluster_rx.borrow().clone();
-        let table = shared.table.load_full();
-        let unconfirmed_leader = table
-            .leader
-            .clone()
-            .filter(|l| table.writer.as_ref().map(|w| &w.name) != Some(l));
-        let full = last_full.elapsed() >= shared.cfg.probe_interval;
+        let cluster = cluster_rx.borrow_and_update().clone();
         if let Some(c) = cluster {
-            let targets: Vec<(String, String)> = c
+            let wanted: BTreeMap<&str, &str> = c
                 .members
                 .iter()
                 .filter(|m| !m.data.api_url.is_empty())
-                .filter(|m| full || unconfirmed_leader.as_deref() == Some(m.name.as_str()))
-                .map(|m| (m.name.clone(), m.data.api_url.clone()))
+                .map(|m| (m.name.as_str(), m.data.api_url.as_str()))
                 .collect();
-            if full {
-                last_full = Instant::now();
-            }
-            let mut set = tokio::task::JoinSet::new();
-            for (name, url) in targets {
-                let client = client.clone();
-                set.spawn(async move {
-                    let at = Instant::now();
-                    let r = async {
-                        client
-                            .get(&url)
-                            .send()
-                            .await?
-                            .json::<serde_json::Value>()
-                            .await
-                    }
-                    .await;
-                    let p = match r {
-                        Ok(body) => probe_from_status(&body, at),
-                        Err(_) => Probe {
-                            at,
-                            reachable: false,
-                            primary: false,
-                            running: false,
-                            wal_position: 0,
-                            replayed: 0,
-                            streaming: false,
-                            timeline: 0,
-                            replay_delay_seconds: 0.0,
-                            failures: 1,
-                        },
-                    };
-                    (name, p)
-                });
-            }
-            let mut results = Vec::new();
-            while let Some(r) = set.join_next().await {
-                if let Ok(x) = r {
-                    results.push(x);
+            tasks.retain(|name, (url, task)| {
+                let keep = wanted.get(name.as_str()) == Some(&url.as_str());
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for (name, url) in &wanted {
+                if !tasks.contains_key(*name) {
+                    let task = tokio::spawn(probe_member(
+                        shared.clone(),
+                        client.clone(),
+                        name.to_string(),
+                        url.to_string(),
+                        cluster_rx.clone(),
+                    ));
+                    tasks.insert(name.to_string(), (url.to_string(), task));
                 }
             }
-            if !results.is_empty() {
-                let mut g = shared.probes.lock().unwrap_or_else(|p| p.into_inner());
-                let mut changed = false;
-                for (name, mut p) in results {
-                    let old = g.get(&name);
-                    if !p.reachable {
-                        p.failures = old.map(|o| o.failures + 1).unwrap_or(1);
+            let names: Vec<String> = c.members.iter().map(|m| m.name.clone()).collect();
+            shared
+                .probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|k, _| names.contains(k));
+        }
+        if cluster_rx.changed().await.is_err() {
+            for (_, (_, task)) in tasks {
+                task.abort();
+            }
+            return;
+        }
+    }
+}
+
+/// Whether `name` holds the leader key in `cluster` but is not the table's writer yet.
+fn unconfirmed_leader(shared: &Shared, cluster: Option<&Cluster>, name: &str) -> bool {
+    let holds = cluster
+        .and_then(|c| c.leader.as_ref())
+        .is_some_and(|l| l.name == name);
+    holds && shared.table.load().writer.as_ref().map(|w| w.name.as_str()) != Some(name)
+}
+
+async fn probe_member(
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    name: String,
+    url: String,
+    mut cluster_rx: watch::Receiver<Option<Arc<Cluster>>>,
+) {
+    loop {
+        let at = Instant::now();
+        let r = async {
+            client
+                .get(&url)
+                .send()
+                .await?
+                .json::<serde_json::Value>()
+                .await
+        }
+        .await;
+        let mut p = match r {
+            Ok(body) => probe_from_status(&body, at),
+            Err(_) => Probe {
+                at,
+                reachable: false,
+                primary: false,
+                running: false,
+                wal_position: 0,
+                replayed: 0,
+                streaming: false,
+                timeline: 0,
+                replay_delay_seconds: 0.0,
+                failures: 1,
+            },
+        };
+        {
+            let mut g = shared.probes.lock().unwrap_or_else(|p| p.into_inner());
+            if !p.reachable {
+                p.failures = g.get(&name).map(|o| o.failures + 1).unwrap_or(1);
+            }
+            g.insert(name.clone(), p);
+        }
+        shared.dirty.notify_one();
+        let fast = unconfirmed_leader(&shared, cluster_rx.borrow_and_update().as_deref(), &name);
+        let next = at
+            + if fast {
+                Duration::from_millis(20)
+            } else {
+                shared.cfg.probe_interval
+            };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => break,
+                r = cluster_rx.changed() => {
+                    if r.is_err() {
+                        return;
                     }
-                    let differs = old.is_none_or(|o| {
-                        o.reachable != p.reachable
-                            || o.primary != p.primary
-                            || o.running != p.running
-                            || o.streaming != p.streaming
-                            || o.replayed != p.replayed
-                            || o.wal_position != p.wal_position
-                    });
-                    changed |= differs;
-                    g.insert(name, p);
-                }
-                let names: Vec<String> = c.members.iter().map(|m| m.name.clone()).collect();
-                g.retain(|k, _| names.contains(k));
-                drop(g);
-                if changed || full {
-                    shared.dirty.notify_one();
+                    let c = cluster_rx.borrow_and_update().clone();
+                    if unconfirmed_leader(&shared, c.as_deref(), &name) {
+                        break;
+                    }
                 }
             }
         }
-        let pause = if unconfirmed_leader.is_some() {
-            Duration::from_millis(50)
-        } else {
-            shared
-                .cfg
-                .probe_interval
-                .saturating_sub(last_full.elapsed())
-                .max(Duration::from_millis(10))
-        };
-        tokio::time::sleep(pause).await;
     }
 }
 

@@ -80,9 +80,11 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
     let query = req.uri().query().unwrap_or("").to_string();
     match h {
         Handler::Status => {
-            // Patroni's GET /patroni runs the status query for each request.
+            // Patroni's GET /patroni runs the status query for each request. Also when the
+            // last cycle has no status but PostgreSQL runs (the moments around a promotion):
+            // that is when routers and peers most need the live role.
             let mut snap = ctx.shared.snapshot();
-            if snap.status.is_some() {
+            if snap.status.is_some() || snap.node.state == "running" {
                 if let Ok(Ok(fresh)) =
                     tokio::time::timeout(Duration::from_secs(2), ctx.pg.status()).await
                 {
