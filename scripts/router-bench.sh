@@ -3,11 +3,15 @@
 # connection rate (-C), direct to the leader, through patrol-router and through HAProxy 2.6 in
 # TCP mode (the generated config), all in one run on the demo cluster. Prints a markdown table.
 #
+# Each figure is the median of REPS runs (default 3); the three targets take turns within each
+# repetition so that drift on the shared machine hits them alike.
+#
 #   scripts/demo.sh                # a running demo cluster (release build)
-#   scripts/router-bench.sh [seconds per run, default 10]
+#   scripts/router-bench.sh [seconds per run, default 10] [repetitions, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-10}
+REPS=${2:-3}
 root="$PWD/demo"
 bin="$root/bin"
 [ -x "$bin/patrolctl" ] || { echo "start the demo first: scripts/demo.sh"; exit 1; }
@@ -38,15 +42,26 @@ run() { # port clients extra-args -> tps
 lat() { # port -> average latency ms at 1 client, select-only
   $pgbench -p "$1" -c 1 -j 1 -T "$T" -n -S bench 2>/dev/null | awk '/latency average/ {print $4; exit}'
 }
+median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo "| workload | clients | direct TPS | patrol-router TPS (ratio) | HAProxy TPS (ratio) |"
 echo "|---|---|---|---|---|"
 for mode in "-S" "" "-S -C"; do
   name=$([ "$mode" = "-S" ] && echo "select-only" || ([ "$mode" = "" ] && echo "TPC-B-like" || echo "select-only, new connection per transaction (-C)"))
   for c in 1 8 32; do
-    d=$(run "$leader_port" $c "$mode"); r=$(run 6100 $c "$mode"); h=$(run 7100 $c "$mode")
-    awk -v n="$name" -v c=$c -v d="$d" -v r="$r" -v h="$h" 'BEGIN { printf "| %s | %d | %.0f | %.0f (%.2f) | %.0f (%.2f) |\n", n, c, d, r, r/d, h, h/d }'
+    ds=() rs=() hs=() rr=() hr=()
+    for _ in $(seq 1 "$REPS"); do
+      d=$(run "$leader_port" $c "$mode"); r=$(run 6100 $c "$mode"); h=$(run 7100 $c "$mode")
+      ds+=("$d"); rs+=("$r"); hs+=("$h")
+      rr+=("$(awk -v a="$r" -v b="$d" 'BEGIN { print a / b }')"); hr+=("$(awk -v a="$h" -v b="$d" 'BEGIN { print a / b }')")
+    done
+    d=$(echo "${ds[*]}" | median); r=$(echo "${rs[*]}" | median); h=$(echo "${hs[*]}" | median)
+    r_ratio=$(echo "${rr[*]}" | median); h_ratio=$(echo "${hr[*]}" | median)
+    awk -v n="$name" -v c=$c -v d="$d" -v r="$r" -v h="$h" -v rq="$r_ratio" -v hq="$h_ratio" 'BEGIN { printf "| %s | %d | %.0f | %.0f (%.2f) | %.0f (%.2f) |\n", n, c, d, r, rq, h, hq }'
   done
 done
-ld=$(lat "$leader_port"); lr=$(lat 6100); lh=$(lat 7100)
-awk -v d="$ld" -v r="$lr" -v h="$lh" 'BEGIN { printf "\nLatency at 1 client (select-only): direct %.3f ms, patrol-router %.3f ms (+%.0f us), HAProxy %.3f ms (+%.0f us)\n", d, r, (r-d)*1000, h, (h-d)*1000 }'
+lds=() lrs=() lhs=()
+for _ in $(seq 1 "$REPS"); do lds+=("$(lat "$leader_port")"); lrs+=("$(lat 6100)"); lhs+=("$(lat 7100)"); done
+ld=$(echo "${lds[*]}" | median); lr=$(echo "${lrs[*]}" | median); lh=$(echo "${lhs[*]}" | median)
+awk -v d="$ld" -v r="$lr" -v h="$lh" 'BEGIN { printf "\nLatency at 1 client (select-only, medians): direct %.3f ms, patrol-router %.3f ms (+%.0f us), HAProxy %.3f ms (+%.0f us)\n", d, r, (r-d)*1000, h, (h-d)*1000 }'
 echo "patrol-router RSS after the runs: $(awk '/VmRSS/ {print $2/1024 " MB"}' /proc/$router_pid/status)"
+echo "(ratios are medians of the per-repetition ratios to direct)"

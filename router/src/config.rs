@@ -47,11 +47,20 @@ pub struct Config {
     pub startup_timeout: Duration,
     pub max_connections: usize,
     /// Data-path threads, each with its own single-threaded event loop accepting on the same
-    /// listeners (a connection stays on the thread that accepted it).
+    /// listeners (a connection stays on the thread that accepted it). Default: one per CPU,
+    /// at most 16.
     pub threads: usize,
     /// Connect to each member's host at this port instead of its `conn_url` port (a PgBouncer
     /// or other pooler running beside every PostgreSQL).
     pub backend_port: Option<u16>,
+}
+
+/// One data-path thread per CPU (as HAProxy's `nbthread`), at most 16.
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(16)
 }
 
 /// The file format. Every key is optional except the cluster's identity.
@@ -289,7 +298,7 @@ impl Config {
             connect_timeout: ms(file.connect_timeout_ms, 2_000),
             startup_timeout: ms(file.startup_timeout_ms, 10_000),
             max_connections: file.max_connections.unwrap_or(10_000),
-            threads: file.threads.unwrap_or(1),
+            threads: file.threads.unwrap_or_else(default_threads),
             backend_port: file.backend_port,
         };
         if cfg.backend_port == Some(0) {
@@ -334,6 +343,10 @@ mod tests {
         assert_eq!(c.endpoints, ["http://127.0.0.1:2379"]);
         assert_eq!(c.namespace, "/service");
         assert_eq!(c.read_fallback, ReadFallback::Refuse);
+        assert!((1..=16).contains(&c.threads), "{}", c.threads);
+        assert_eq!(c.backend_port, None);
+        let c = load("scope: demo\nthreads: 3\nbackend_port: 6432\n").expect("valid");
+        assert_eq!((c.threads, c.backend_port), (3, Some(6432)));
     }
 
     #[test]
