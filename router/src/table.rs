@@ -28,10 +28,6 @@ pub struct Probe {
     pub failures: u32,
 }
 
-/// Missed probes tolerated before a member counts as down: one lost answer (a hiccup of the
-/// agent's API) must not cut every session; a dead host is also caught by its lease.
-pub const TOLERATED_PROBE_FAILURES: u32 = 1;
-
 /// One backend a connection may go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
@@ -124,7 +120,10 @@ pub fn build(
         let m = c.member(name);
         match fresh(probes.get(name), now, max_age) {
             Some(p) if p.reachable => p.primary,
-            Some(p) => p.failures <= TOLERATED_PROBE_FAILURES && was_writer(name),
+            // Not answering is not evidence: a saturated host answers late, and the lease in
+            // etcd is the liveness proof (a dead or frozen agent loses the key after ttl, and
+            // that event cuts the sessions). Only an answer saying "not primary" removes it.
+            Some(_) => was_writer(name),
             None => m.is_some_and(|m| m.data.role == Role::Primary && m.data.state == "running"),
         }
     };
@@ -210,9 +209,9 @@ pub fn build(
             _ if addr.is_none() => Some("no usable conn_url".into()),
             None => Some("no recent probe".into()),
             Some(p) if !p.reachable => {
-                // One missed answer: out of the pool for new sessions, existing ones kept.
-                v.alive_replica = p.failures <= TOLERATED_PROBE_FAILURES
-                    && prev_view.is_some_and(|pv| pv.alive_replica);
+                // Out of the pool for new sessions; existing ones are kept (not answering is
+                // not evidence of death: its member key, kept alive by its agent, is).
+                v.alive_replica = prev_view.is_some_and(|pv| pv.alive_replica);
                 Some("down (API not answering)".into())
             }
             Some(p) if !p.running => Some("PostgreSQL not running".into()),
@@ -561,22 +560,39 @@ mod probe_tolerance {
     use super::tests_support::*;
 
     #[test]
-    fn one_missed_probe_keeps_the_writer_two_remove_it() {
+    fn unanswered_probes_keep_the_lock_holder_an_answer_or_the_key_decides() {
         let now = Instant::now();
         let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
         let mut p = BTreeMap::new();
         p.insert("a".to_string(), probe(now, true, 100, 0));
+        p.insert("b".to_string(), probe(now, false, 100, 100));
         let t1 = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
         assert!(t1.writer.is_some());
+        assert!(t1.members[1].alive_replica);
+        // A saturated host: its API stops answering for a while, the key stays held.
         let mut miss = probe(now, false, 0, 0);
         miss.reachable = false;
-        miss.failures = 1;
+        miss.failures = 5;
         p.insert("a".to_string(), miss.clone());
+        p.insert("b".to_string(), miss.clone());
         let t2 = build(&cfg(), Some(&c), true, &p, &t1, now);
         assert_eq!(t2.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
-        miss.failures = 2;
-        p.insert("a".to_string(), miss);
-        let t3 = build(&cfg(), Some(&c), true, &p, &t2, now);
+        assert!(
+            t2.readers.is_empty(),
+            "an unanswering replica takes no new sessions"
+        );
+        assert!(t2.members[1].alive_replica, "but keeps the ones it has");
+        // The key moves (expired, taken by b): a is not the writer any more.
+        let moved = cluster(Some("b"), &[("a", "primary"), ("b", "replica")]);
+        let t3 = build(&cfg(), Some(&moved), true, &p, &t2, now);
         assert!(t3.writer.is_none());
+        // An answer saying "not primary" removes it at once.
+        p.insert("a".to_string(), probe(now, false, 0, 100));
+        let t4 = build(&cfg(), Some(&c), true, &p, &t2, now);
+        assert!(t4.writer.is_none());
+        // Without etcd there is no lease to rely on: only a fresh "primary" answer keeps it.
+        p.insert("a".to_string(), miss);
+        let t5 = build(&cfg(), Some(&c), false, &p, &t2, now);
+        assert!(t5.writer.is_none());
     }
 }

@@ -8,6 +8,10 @@
 //! cargo build --release --bins -p patrol-agent
 //! PATROL_BIN_DIR=target/release cargo run --release -p patrol-tests --example failover_bench
 //! ```
+//! With `BENCH_VIA_ROUTER=1` the client writes only through a `patrol-router` write port
+//! instead (every 50 ms, waiting for connections the router holds), and the figure is the
+//! longest interval between two acknowledged writes in the 30 s after the fault.
+//!
 //! Environment: `BENCH_RUNS` (default 5), `BENCH_DCS` (the bootstrap.dcs flow mapping, default
 //! `{ttl: 10, loop_wait: 1, retry_timeout: 3}`), `BENCH_SCENARIOS` (comma list of
 //! `crash,sigterm,hostloss,switchover`).
@@ -15,18 +19,18 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use patrol_tests::{wait_until, Cluster, Signal};
+use patrol_tests::{wait_until, Cluster, Router, Signal};
 use tokio_postgres::NoTls;
 
 /// One attempt: connect (1 s timeout) to `port` and insert a row; `Ok` only if it committed.
-async fn try_write(port: u16) -> anyhow::Result<()> {
+async fn try_write(port: u16, connect_timeout: Duration) -> anyhow::Result<()> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host("127.0.0.1")
         .port(port)
         .user("postgres")
         .password("supersecret")
         .dbname("postgres")
-        .connect_timeout(Duration::from_secs(1));
+        .connect_timeout(connect_timeout);
     let (client, conn) = cfg.connect(NoTls).await?;
     let h = tokio::spawn(conn);
     let r = tokio::time::timeout(
@@ -53,7 +57,7 @@ async fn writer(ports: Vec<u16>, fault_at: Instant, deadline: Instant) -> Option
         let mut ok = false;
         for k in 0..ports.len() {
             let i = (preferred + k) % ports.len();
-            if try_write(ports[i]).await.is_ok() {
+            if try_write(ports[i], Duration::from_secs(1)).await.is_ok() {
                 preferred = i;
                 ok = true;
                 break;
@@ -72,6 +76,29 @@ async fn writer(ports: Vec<u16>, fault_at: Instant, deadline: Instant) -> Option
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Through the router's write port: a write every 50 ms (connections the router holds while
+/// there is no leader are waited for, up to 15 s) during `window` after `fault_at`; returns the
+/// longest interval between two acknowledged writes, and how many attempts failed.
+async fn router_writer(port: u16, fault_at: Instant, window: Duration) -> (Duration, usize) {
+    let mut last_ok = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut failed = 0;
+    while Instant::now() < fault_at + window {
+        let ok = try_write(port, Duration::from_secs(15)).await.is_ok();
+        let t = Instant::now();
+        if ok {
+            if t > fault_at {
+                longest = longest.max(t - last_ok);
+            }
+            last_ok = t;
+        } else if t > fault_at {
+            failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (longest, failed)
 }
 
 async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
@@ -119,8 +146,26 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
         p.extend((0..3).filter(|i| *i != li).map(|i| c.pg_port(i)));
         p
     };
+    let via_router = std::env::var_os("BENCH_VIA_ROUTER").is_some();
+    let router = if via_router {
+        Some(Router::start(&c, "")?)
+    } else {
+        None
+    };
     let fault_at = Instant::now() + Duration::from_millis(500);
-    let w = tokio::spawn(writer(ports, fault_at, fault_at + Duration::from_secs(120)));
+    let w = match &router {
+        None => tokio::spawn(writer(ports, fault_at, fault_at + Duration::from_secs(120))),
+        Some(r) => {
+            let port = r.write_port();
+            // Long enough for host loss (ttl) plus the new leader settling.
+            let window = Duration::from_secs(30);
+            tokio::spawn(async move {
+                let (gap, failed) = router_writer(port, fault_at, window).await;
+                eprintln!("  through the router: {failed} failed attempts");
+                Some(gap)
+            })
+        }
+    };
     tokio::time::sleep_until(fault_at.into()).await;
     match scenario {
         "crash" => c.signal_postgres(li, Signal::SIGKILL)?,
