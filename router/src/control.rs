@@ -89,6 +89,7 @@ pub fn probe_from_status(body: &serde_json::Value, at: Instant) -> Probe {
     Probe {
         at,
         reachable: true,
+        refused: false,
         primary: primary && state == "running",
         running: state == "running",
         wal_position: if primary {
@@ -165,6 +166,34 @@ pub async fn run_probes(
     }
 }
 
+/// Resolves the host of the member's `conn_url` when it is a name (each probe round, so a
+/// changed DNS record is followed); a failed lookup keeps the last address.
+async fn resolve_conn_host(shared: &Shared, name: &str, cluster: Option<&Cluster>) {
+    let Some((host, port)) = cluster
+        .and_then(|c| c.member(name))
+        .and_then(|m| patrol_dcs::parse_conn_url(&m.data.conn_url))
+    else {
+        return;
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return;
+    }
+    let lookup = tokio::net::lookup_host(format!("{host}:{port}"));
+    let found = tokio::time::timeout(shared.cfg.probe_timeout, lookup).await;
+    match found {
+        Ok(Ok(mut addrs)) => {
+            if let Some(a) = addrs.next() {
+                let mut g = shared.resolved.lock().unwrap_or_else(|p| p.into_inner());
+                if g.insert(host, a.ip()) != Some(a.ip()) {
+                    shared.dirty.notify_one();
+                }
+            }
+        }
+        Ok(Err(e)) => tracing::debug!("{name}: cannot resolve {host}: {e}"),
+        Err(_) => tracing::debug!("{name}: resolving {host} timed out"),
+    }
+}
+
 /// Whether `name` holds the leader key in `cluster` but is not the table's writer yet.
 fn unconfirmed_leader(shared: &Shared, cluster: Option<&Cluster>, name: &str) -> bool {
     let holds = cluster
@@ -182,6 +211,8 @@ async fn probe_member(
 ) {
     loop {
         let at = Instant::now();
+        let cluster = cluster_rx.borrow().clone();
+        resolve_conn_host(&shared, &name, cluster.as_deref()).await;
         let r = async {
             client
                 .get(&url)
@@ -193,9 +224,12 @@ async fn probe_member(
         .await;
         let mut p = match r {
             Ok(body) => probe_from_status(&body, at),
-            Err(_) => Probe {
+            Err(e) => Probe {
                 at,
                 reachable: false,
+                // Nothing listens on the agent's port (its process is gone), as opposed to no
+                // answer in time (a slow or frozen host).
+                refused: e.is_connect() && !e.is_timeout(),
                 primary: false,
                 running: false,
                 wal_position: 0,
@@ -303,12 +337,18 @@ pub async fn run_control(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let resolved = shared
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let prev = shared.table.load_full();
-        let next = table::build(
+        let next = table::build_resolved(
             &shared.cfg,
             cluster.as_deref(),
             healthy,
             &probes,
+            &resolved,
             &prev,
             Instant::now(),
         );

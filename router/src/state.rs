@@ -118,6 +118,8 @@ pub struct Shared {
     /// Bumped (with the generation) on every table swap; held write connections wait on it.
     pub table_tx: watch::Sender<u64>,
     pub probes: Mutex<BTreeMap<String, Probe>>,
+    /// Member host names and what they last resolved to (kept when a lookup fails).
+    pub resolved: Mutex<crate::table::Resolved>,
     /// Probes or the DCS view changed: rebuild the table.
     pub dirty: Notify,
     pub sessions: Sessions,
@@ -163,6 +165,7 @@ impl Shared {
             table: ArcSwap::from_pointee(Table::default()),
             table_tx,
             probes: Mutex::new(BTreeMap::new()),
+            resolved: Mutex::new(BTreeMap::new()),
             dirty: Notify::new(),
             sessions: Sessions::default(),
             events: Mutex::new(VecDeque::new()),

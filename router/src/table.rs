@@ -26,7 +26,14 @@ pub struct Probe {
     pub replay_delay_seconds: f64,
     /// Consecutive probes that got no answer (0 when this one answered).
     pub failures: u32,
+    /// The last probe found nothing listening on the agent's port (the agent is gone), as
+    /// opposed to no answer in time.
+    pub refused: bool,
 }
+
+/// Refused probes of the agent's port tolerated before its node counts as down (one can be a
+/// restart of the agent).
+pub const TOLERATED_REFUSALS: u32 = 1;
 
 /// One backend a connection may go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,11 +85,19 @@ pub struct Table {
     pub dcs_healthy: bool,
 }
 
-/// Where to connect for a member: the host and port of its `conn_url`, or the same host at
-/// `backend_port` when one is configured (a pooler beside each PostgreSQL).
-fn addr_of(conn_url: &str, backend_port: Option<u16>) -> Option<SocketAddr> {
+/// Host names of members' `conn_url`s and the address each last resolved to (the probes
+/// resolve them; the table is built without I/O).
+pub type Resolved = BTreeMap<String, std::net::IpAddr>;
+
+/// Where to connect for a member: the host (an address, or a name as last resolved) and port of
+/// its `conn_url`, or the same host at `backend_port` when one is configured (a pooler beside
+/// each PostgreSQL).
+fn addr_of(conn_url: &str, backend_port: Option<u16>, resolved: &Resolved) -> Option<SocketAddr> {
     let (host, port) = patrol_dcs::parse_conn_url(conn_url)?;
-    let ip: std::net::IpAddr = host.parse().ok()?;
+    let ip: std::net::IpAddr = match host.parse() {
+        Ok(ip) => ip,
+        Err(_) => *resolved.get(&host)?,
+    };
     Some(SocketAddr::new(ip, backend_port.unwrap_or(port)))
 }
 
@@ -97,6 +112,27 @@ pub fn build(
     cluster: Option<&Cluster>,
     dcs_healthy: bool,
     probes: &BTreeMap<String, Probe>,
+    prev: &Table,
+    now: Instant,
+) -> Table {
+    build_resolved(
+        cfg,
+        cluster,
+        dcs_healthy,
+        probes,
+        &Resolved::new(),
+        prev,
+        now,
+    )
+}
+
+/// [`build`], with the addresses member host names resolved to.
+pub fn build_resolved(
+    cfg: &Config,
+    cluster: Option<&Cluster>,
+    dcs_healthy: bool,
+    probes: &BTreeMap<String, Probe>,
+    resolved: &Resolved,
     prev: &Table,
     now: Instant,
 ) -> Table {
@@ -120,10 +156,12 @@ pub fn build(
         let m = c.member(name);
         match fresh(probes.get(name), now, max_age) {
             Some(p) if p.reachable => p.primary,
-            // Not answering is not evidence: a saturated host answers late, and the lease in
-            // etcd is the liveness proof (a dead or frozen agent loses the key after ttl, and
-            // that event cuts the sessions). Only an answer saying "not primary" removes it.
-            Some(_) => was_writer(name),
+            // No answer in time is not evidence: a saturated host answers late, and the lease
+            // in etcd is the liveness proof (a frozen host loses the key after ttl, and that
+            // event cuts the sessions). An answer saying "not primary", or the agent's port
+            // refusing twice (the agent is gone and nothing will demote this PostgreSQL when the
+            // key expires), removes it.
+            Some(p) => was_writer(name) && !(p.refused && p.failures > TOLERATED_REFUSALS),
             None => m.is_some_and(|m| m.data.role == Role::Primary && m.data.state == "running"),
         }
     };
@@ -132,7 +170,7 @@ pub fn build(
             Some(l) if confirmed(l) => {
                 t.writer = c
                     .member(l)
-                    .and_then(|m| addr_of(&m.data.conn_url, cfg.backend_port))
+                    .and_then(|m| addr_of(&m.data.conn_url, cfg.backend_port, resolved))
                     .map(|addr| Backend {
                         name: l.clone(),
                         addr,
@@ -176,7 +214,7 @@ pub fn build(
         .max();
 
     for m in &c.members {
-        let addr = addr_of(&m.data.conn_url, cfg.backend_port);
+        let addr = addr_of(&m.data.conn_url, cfg.backend_port, resolved);
         let probe = fresh(probes.get(&m.name), now, max_age);
         let prev_view = prev.members.iter().find(|v| v.name == m.name);
         let is_writer = t.writer.as_ref().is_some_and(|w| w.name == m.name);
@@ -206,12 +244,16 @@ pub fn build(
         };
         let was_in = prev_view.is_some_and(|p| p.in_read_pool);
         let why_not: Option<String> = match probe {
-            _ if addr.is_none() => Some("no usable conn_url".into()),
+            _ if addr.is_none() => {
+                Some("no usable conn_url (or its host name did not resolve)".into())
+            }
             None => Some("no recent probe".into()),
             Some(p) if !p.reachable => {
-                // Out of the pool for new sessions; existing ones are kept (not answering is
-                // not evidence of death: its member key, kept alive by its agent, is).
-                v.alive_replica = prev_view.is_some_and(|pv| pv.alive_replica);
+                // Out of the pool for new sessions; existing ones are kept unless the agent is
+                // gone (refused twice): a late answer is not evidence of death, its member key
+                // (kept alive by its agent) is.
+                v.alive_replica = prev_view.is_some_and(|pv| pv.alive_replica)
+                    && !(p.refused && p.failures > TOLERATED_REFUSALS);
                 Some("down (API not answering)".into())
             }
             Some(p) if !p.running => Some("PostgreSQL not running".into()),
@@ -361,6 +403,7 @@ mod tests_support {
             timeline: 1,
             replay_delay_seconds: 0.0,
             failures: 0,
+            refused: false,
         }
     }
 
@@ -400,6 +443,22 @@ mod tests_support {
         assert_ne!(d.addr.port(), 6432);
         assert_eq!(w.addr.port(), 6432);
         assert_eq!(pooled.readers[0].addr.port(), 6432);
+    }
+
+    #[test]
+    fn host_names_route_once_resolved() {
+        let now = Instant::now();
+        let mut c = cluster(Some("a"), &[("a", "primary")]);
+        c.members[0].data.conn_url = "postgres://db-a.internal:5433/postgres".into();
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, true, 1000, 0));
+        let unresolved = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+        assert!(unresolved.writer.is_none());
+        let mut r = Resolved::new();
+        r.insert("db-a.internal".into(), "10.1.2.3".parse().expect("ip"));
+        let t = build_resolved(&cfg(), Some(&c), true, &p, &r, &Table::default(), now);
+        let w = t.writer.expect("writer");
+        assert_eq!(w.addr, "10.1.2.3:5433".parse().expect("addr"));
     }
 
     #[test]
@@ -582,6 +641,22 @@ mod probe_tolerance {
             "an unanswering replica takes no new sessions"
         );
         assert!(t2.members[1].alive_replica, "but keeps the ones it has");
+        // The agent's port refuses (its process is gone): once is tolerated, twice removes it
+        // and cuts the replica's sessions too.
+        let mut refused = miss.clone();
+        refused.refused = true;
+        refused.failures = 1;
+        p.insert("a".to_string(), refused.clone());
+        p.insert("b".to_string(), refused.clone());
+        let r1 = build(&cfg(), Some(&c), true, &p, &t2, now);
+        assert!(r1.writer.is_some() && r1.members[1].alive_replica);
+        refused.failures = 2;
+        p.insert("a".to_string(), refused.clone());
+        p.insert("b".to_string(), refused);
+        let r2 = build(&cfg(), Some(&c), true, &p, &r1, now);
+        assert!(r2.writer.is_none() && !r2.members[1].alive_replica);
+        p.insert("a".to_string(), miss.clone());
+        p.insert("b".to_string(), miss.clone());
         // The key moves (expired, taken by b): a is not the writer any more.
         let moved = cluster(Some("b"), &[("a", "primary"), ("b", "replica")]);
         let t3 = build(&cfg(), Some(&moved), true, &p, &t2, now);
