@@ -181,8 +181,11 @@ async fn resolve_conn_host(shared: &Shared, name: &str, cluster: Option<&Cluster
     let lookup = tokio::net::lookup_host(format!("{host}:{port}"));
     let found = tokio::time::timeout(shared.cfg.probe_timeout, lookup).await;
     match found {
-        Ok(Ok(mut addrs)) => {
-            if let Some(a) = addrs.next() {
+        Ok(Ok(addrs)) => {
+            // IPv4 first when a name has both (PostgreSQL often listens on IPv4 only).
+            let addrs: Vec<std::net::SocketAddr> = addrs.collect();
+            let first = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first());
+            if let Some(a) = first {
                 let mut g = shared.resolved.lock().unwrap_or_else(|p| p.into_inner());
                 if g.insert(host, a.ip()) != Some(a.ip()) {
                     shared.dirty.notify_one();

@@ -383,6 +383,38 @@ async fn switchover_moves_writes_and_cuts_old_sessions() {
     );
 }
 
+/// Members that advertise a host name (`postgresql.connect_address: localhost:<port>`, as
+/// DNS-based deployments do) are routed: the router resolves the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_host_names_are_routed() {
+    let mut c = Cluster::new(3).expect("cluster");
+    for i in 0..c.len() {
+        c.set_config_override(i, |y| {
+            *y = y.replace(
+                "  connect_address: 127.0.0.1:",
+                "  connect_address: localhost:",
+            )
+        });
+    }
+    let leader = start_cluster(&mut c).await;
+    let member = c
+        .etcd_get(&format!("members/{}", c.name(leader)))
+        .await
+        .expect("etcd")
+        .expect("member key");
+    assert!(member.contains("postgres://localhost:"), "{member}");
+    let r = Router::start(&c, "").expect("router");
+    wait_routing(&r, &c, leader).await;
+    let w = r.connect_write().await.expect("write session");
+    let (port, in_recovery) = server_of(&w).await.expect("query");
+    assert_eq!(node_of_port(&c, port), Some(leader));
+    assert!(!in_recovery);
+    let rd = r.connect_read().await.expect("read session");
+    let (port, in_recovery) = server_of(&rd).await.expect("query");
+    assert_ne!(node_of_port(&c, port), Some(leader));
+    assert!(in_recovery);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_connection_succeeds_when_a_leader_appears() {
     let mut c = Cluster::new(3).expect("cluster");
