@@ -53,6 +53,9 @@ pub struct Config {
     /// Connect to each member's host at this port instead of its `conn_url` port (a PgBouncer
     /// or other pooler running beside every PostgreSQL).
     pub backend_port: Option<u16>,
+    /// After each relayed message, keep the data thread polling for this long instead of
+    /// sleeping (0: off, the default).
+    pub busy_poll: Duration,
 }
 
 /// One data-path thread per CPU (as HAProxy's `nbthread`), at most 16.
@@ -83,6 +86,7 @@ struct File {
     max_connections: Option<usize>,
     threads: Option<usize>,
     backend_port: Option<u16>,
+    busy_poll_us: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,7 +304,11 @@ impl Config {
             max_connections: file.max_connections.unwrap_or(10_000),
             threads: file.threads.unwrap_or_else(default_threads),
             backend_port: file.backend_port,
+            busy_poll: Duration::from_micros(file.busy_poll_us.unwrap_or(0)),
         };
+        if cfg.busy_poll > Duration::from_millis(10) {
+            return Err(invalid("busy_poll_us", "must be at most 10000"));
+        }
         if cfg.backend_port == Some(0) {
             return Err(invalid("backend_port", "must be a port number (1-65535)"));
         }
@@ -347,6 +355,10 @@ mod tests {
         assert_eq!(c.backend_port, None);
         let c = load("scope: demo\nthreads: 3\nbackend_port: 6432\n").expect("valid");
         assert_eq!((c.threads, c.backend_port), (3, Some(6432)));
+        assert!(
+            c.busy_poll.is_zero(),
+            "busy polling is off unless asked for"
+        );
     }
 
     #[test]
@@ -358,6 +370,7 @@ mod tests {
             ("scope: x\nadmin: {username: a}\n", "admin"),
             ("scope: x\nthreads: 0\n", "threads"),
             ("scope: x\nbackend_port: 0\n", "backend_port"),
+            ("scope: x\nbusy_poll_us: 20000\n", "busy_poll_us"),
             ("scope: x\nbackend_port: 70000\n", "backend_port"),
             (
                 "scope: x\nlisten: {write: '127.0.0.1:1', read: '127.0.0.1:1'}\n",

@@ -134,10 +134,23 @@ fn data_thread(
                         return;
                     }
                 };
-                tokio::join!(
-                    proxy::serve(shared.clone(), Port::Write, w, shutdown.clone()),
-                    proxy::serve(shared, Port::Read, r, shutdown),
-                );
+                let window = shared.cfg.busy_poll;
+                let spinner = async move {
+                    if window.is_zero() {
+                        std::future::pending::<()>().await
+                    } else {
+                        proxy::spin(window).await
+                    }
+                };
+                tokio::select! {
+                    _ = async {
+                        tokio::join!(
+                            proxy::serve(shared.clone(), Port::Write, w, shutdown.clone()),
+                            proxy::serve(shared, Port::Read, r, shutdown),
+                        )
+                    } => {}
+                    _ = spinner => {}
+                }
             })
         })
         .context("starting a data-path thread")

@@ -28,6 +28,44 @@ const MIN_STARTUP: usize = 8;
 const MAX_STARTUP: usize = 10_000;
 const BUF: usize = 16 * 1024;
 
+thread_local! {
+    /// This data thread's last relayed message and its spinner's state (`busy_poll_us`).
+    static ACTIVITY: Activity = Activity::default();
+}
+
+#[derive(Default)]
+struct Activity {
+    last: std::cell::Cell<Option<std::time::Instant>>,
+    spinning: std::cell::Cell<bool>,
+    wake: std::rc::Rc<tokio::sync::Notify>,
+}
+
+fn note_activity() {
+    ACTIVITY.with(|a| {
+        a.last.set(Some(std::time::Instant::now()));
+        if !a.spinning.get() {
+            a.wake.notify_one();
+        }
+    });
+}
+
+/// `busy_poll_us`: after each relayed message, keep this data thread polling its sockets
+/// (without sleeping in the kernel) for `window`, so the reply that usually follows within tens
+/// of microseconds is picked up without a wake-up from idle. Costs CPU while it spins; runs on
+/// the data thread's own event loop (not a spawned task).
+pub async fn spin(window: Duration) {
+    let wake = ACTIVITY.with(|a| a.wake.clone());
+    loop {
+        wake.notified().await;
+        ACTIVITY.with(|a| a.spinning.set(true));
+        while ACTIVITY.with(|a| a.last.get().is_some_and(|t| t.elapsed() < window)) {
+            // Yielding makes the runtime poll its sockets without blocking before it comes back.
+            tokio::task::yield_now().await;
+        }
+        ACTIVITY.with(|a| a.spinning.set(false));
+    }
+}
+
 /// Why a connection got an error instead of a backend.
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
@@ -329,11 +367,12 @@ async fn relay(
         let down = m
             .bytes_total
             .with_label_values(&[port.as_str(), "to_client"]);
+        let spin = !shared.cfg.busy_poll.is_zero();
         let (cr, cw) = client.into_split();
         let (sr, sw) = server.into_split();
         tokio::select! {
-            _ = pump(cr, sw, &up) => {}
-            _ = pump(sr, cw, &down) => {}
+            _ = pump(cr, sw, &up, spin) => {}
+            _ = pump(sr, cw, &down, spin) => {}
             _ = cancel.cancelled() => {
                 tracing::debug!("{} session to {} closed: backend left the pool", port.as_str(), backend.name);
             }
@@ -347,6 +386,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     counter: &prometheus::IntCounter,
+    spin_enabled: bool,
 ) {
     loop {
         if from.readable().await.is_err() {
@@ -366,6 +406,9 @@ async fn pump(
                     return;
                 }
                 counter.inc_by(n as u64);
+                if spin_enabled {
+                    note_activity();
+                }
             }
             Err(_) => return,
         }

@@ -383,6 +383,59 @@ async fn switchover_moves_writes_and_cuts_old_sessions() {
     );
 }
 
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("comm")
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; after the command, index 11 and 12.
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+/// `busy_poll_us`: sessions relay as usual, and once they are idle the data threads stop
+/// spinning (the router does not keep a core busy while nothing flows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_relays_and_stops_spinning_when_idle() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let leader = start_cluster(&mut c).await;
+    let r = Router::start(&c, "busy_poll_us: 200\n").expect("router");
+    wait_routing(&r, &c, leader).await;
+    let w = r.connect_write().await.expect("write session");
+    w.batch_execute("CREATE TABLE spin (v int)")
+        .await
+        .expect("create");
+    for v in 0..200 {
+        w.execute("INSERT INTO spin VALUES ($1)", &[&v])
+            .await
+            .expect("insert");
+    }
+    let n: i64 = w
+        .query_one("SELECT count(*) FROM spin", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 200);
+    let rd = r.connect_read().await.expect("read session");
+    let (_, in_recovery) = server_of(&rd).await.expect("query");
+    assert!(in_recovery);
+    // Idle now (sessions open, nothing flowing): measure the router's CPU over 2 s.
+    let pid = r.proc().pid().as_raw();
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 0.5,
+        "an idle router must not spin: {used:.2} CPU seconds in 2 s"
+    );
+    drop((w, rd));
+}
+
 /// Members that advertise a host name (`postgresql.connect_address: localhost:<port>`, as
 /// DNS-based deployments do) are routed: the router resolves the name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
