@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use patrol_tests::{wait_until, Cluster, Router, Signal};
+use patrol_tests::{wait_healthy, Cluster, Router, Signal, HEALTHY_TIMEOUT};
 use tokio_postgres::NoTls;
 
 /// One attempt: connect (1 s timeout) to `port` and insert a row; `Ok` only if it committed.
@@ -114,28 +114,8 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
         c.start_node(i)?;
     }
     // Healthy: a leader and two streaming replicas.
-    let leader = wait_until(
-        "a leader and two streaming replicas",
-        Duration::from_secs(90),
-        || {
-            let c = &c;
-            async move {
-                let Some(l) = c.leader().await? else {
-                    return Ok(None);
-                };
-                let kvs = c.etcd_get_prefix().await?;
-                let streaming = kvs
-                    .iter()
-                    .filter(|(k, v)| {
-                        k.contains("members/") && v.contains("\"replication_state\":\"streaming\"")
-                    })
-                    .count();
-                Ok((streaming == 2).then_some(l))
-            }
-        },
-    )
-    .await?;
-    let li: usize = leader.trim_start_matches("pg").parse()?;
+    let li = wait_healthy(&c, &[0, 1, 2], HEALTHY_TIMEOUT).await?;
+    let leader = c.name(li).to_string();
     let client = c.connect(li).await?;
     client
         .batch_execute("CREATE TABLE bench(id bigserial primary key, at timestamptz)")

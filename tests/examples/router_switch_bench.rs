@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use etcd_client::{EventType, WatchOptions};
-use patrol_tests::{wait_until, Cluster, Router, Signal};
+use patrol_tests::{start_all, wait_until, Cluster, Router, Signal};
 
 /// What the leader-key watch saw: when the key stopped naming `old`, and when it first named
 /// someone else.
@@ -94,31 +94,8 @@ struct RunResult {
 
 async fn one_run(scenario: &str, sessions: usize) -> anyhow::Result<RunResult> {
     let mut c = Cluster::new(3)?;
-    for i in 0..3 {
-        c.start_node(i)?;
-    }
-    let leader = wait_until(
-        "a leader and two streaming replicas",
-        Duration::from_secs(90),
-        || {
-            let c = &c;
-            async move {
-                let Some(l) = c.leader().await? else {
-                    return Ok(None);
-                };
-                let kvs = c.etcd_get_prefix().await?;
-                let streaming = kvs
-                    .iter()
-                    .filter(|(k, v)| {
-                        k.contains("members/") && v.contains("\"replication_state\":\"streaming\"")
-                    })
-                    .count();
-                Ok((streaming == 2).then_some(l))
-            }
-        },
-    )
-    .await?;
-    let li: usize = leader.trim_start_matches("pg").parse()?;
+    let li = start_all(&mut c).await?;
+    let leader = c.name(li).to_string();
     eprintln!("  cluster up, leader {leader}");
     let router = Router::start(&c, "")?;
     let wp = router.write_port();

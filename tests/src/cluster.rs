@@ -415,19 +415,7 @@ tags: {{}}
     /// `GET <api_url(i)><path>`: status code and body text (5 s timeout).
     pub async fn api_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
         let url = format!("{}{path}", self.api_url(i));
-        let resp = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .text()
-            .await
-            .with_context(|| format!("body of GET {url}"))?;
-        Ok((status, body))
+        crate::util::http_get(&url).await
     }
 
     /// Prints to stderr the tails of every node's logs (agent.log, other `*.log` in the node

@@ -11,6 +11,7 @@
 mod bins;
 mod cluster;
 mod etcd;
+mod health;
 mod patroni;
 mod ports;
 mod process;
@@ -22,6 +23,9 @@ mod wait;
 pub use bins::{bin, workspace_dir};
 pub use cluster::{Cluster, NAMESPACE};
 pub use etcd::Etcd;
+pub use health::{
+    index_of, is_streaming_replica, members, start_all, wait_healthy, HEALTHY_TIMEOUT,
+};
 pub use nix::sys::signal::Signal;
 pub use patroni::patronictl;
 pub use ports::free_port;

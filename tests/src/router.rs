@@ -136,19 +136,7 @@ listen: {{write: '127.0.0.1:{write_port}', read: '127.0.0.1:{read_port}', admin:
     /// `GET <admin>/<path>`: status code and body (5 s timeout).
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let url = format!("{}{path}", self.admin_url());
-        let resp = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .text()
-            .await
-            .with_context(|| format!("body of GET {url}"))?;
-        Ok((status, body))
+        crate::util::http_get(&url).await
     }
 
     /// `GET /stats.json`, parsed.

@@ -65,3 +65,21 @@ where
         .map_err(|_| anyhow::anyhow!("harness helper thread panicked"))?
     })
 }
+
+/// `GET url`: status code and body text (5 s timeout).
+pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    use anyhow::Context;
+    let resp = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("body of GET {url}"))?;
+    Ok((status, body))
+}

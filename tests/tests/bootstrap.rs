@@ -13,20 +13,9 @@ use patrol_tests::{wait_until, Cluster};
 use serde_json::Value;
 
 use support::{
-    in_recovery, index_of, members, system_identifier, wait_healthy, wait_table_values,
+    in_recovery, index_of, members, start_all, system_identifier, wait_healthy, wait_table_values,
     HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT,
 };
-
-/// Starts every node of `cluster` and waits until it is healthy; returns the leader's index.
-async fn start_all(cluster: &mut Cluster) -> usize {
-    for i in 0..cluster.len() {
-        cluster.start_node(i).expect("start agent");
-    }
-    let nodes: Vec<usize> = (0..cluster.len()).collect();
-    wait_healthy(cluster, &nodes, HEALTHY_TIMEOUT)
-        .await
-        .expect("cluster becomes healthy")
-}
 
 /// Whether `s` is exactly how Python's `json.dumps(separators=(',', ':'))` would write its
 /// own content (no whitespace between tokens, key order kept).

@@ -19,7 +19,9 @@ use support::workload::{
     last_run_log, primary_timeline, secs_since, wait_streaming_from, written_ids, LeaderChange,
     LeaderWatch, ProbeLog, Prober, WriteLog, Writer,
 };
-use support::{in_recovery, index_of, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use support::{
+    in_recovery, index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT,
+};
 
 /// The harness's `ttl` (seconds).
 const TTL: Duration = Duration::from_secs(10);
@@ -27,17 +29,6 @@ const TTL: Duration = Duration::from_secs(10);
 const WRITES: usize = 10;
 /// `maximum_lag_on_failover` of the harness's `bootstrap.dcs`.
 const MAX_LAG: f64 = 1_048_576.0;
-
-/// Starts every node and waits until the cluster is healthy; returns the leader's index.
-async fn start_cluster(cluster: &mut Cluster) -> usize {
-    for i in 0..cluster.len() {
-        cluster.start_node(i).expect("start agent");
-    }
-    let nodes: Vec<usize> = (0..cluster.len()).collect();
-    wait_healthy(cluster, &nodes, HEALTHY_TIMEOUT)
-        .await
-        .expect("cluster becomes healthy")
-}
 
 fn all(cluster: &Cluster) -> Vec<usize> {
     (0..cluster.len()).collect()
@@ -202,7 +193,7 @@ fn assert_key_never_back(changes: &[LeaderChange], cluster: &Cluster, old: usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postmaster_crash_restarts_in_place() {
     let mut c = Cluster::new(3).expect("cluster");
-    let leader = start_cluster(&mut c).await;
+    let leader = start_all(&mut c).await;
     let name = c.name(leader).to_owned();
     let tl_before = checkpoint_timeline(&c, leader).await.expect("timeline");
 
@@ -293,7 +284,7 @@ async fn primary_start_timeout_zero_fails_over() {
         "{}",
         c.config_yaml(0)
     );
-    let old = start_cluster(&mut c).await;
+    let old = start_all(&mut c).await;
     let tl_before = primary_timeline(&c, old).await.expect("timeline");
 
     let t0 = Instant::now();
@@ -365,7 +356,7 @@ async fn primary_start_timeout_zero_fails_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_host_loss_fails_over_and_old_primary_rejoins_with_rewind() {
     let mut c = Cluster::new(3).expect("cluster");
-    let old = start_cluster(&mut c).await;
+    let old = start_all(&mut c).await;
     let tl_before = primary_timeline(&c, old).await.expect("timeline");
 
     let t0 = Instant::now();
@@ -493,7 +484,7 @@ async fn leader_host_loss_fails_over_and_old_primary_rejoins_with_rewind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_leader_agent_hands_over_quickly() {
     let mut c = Cluster::new(3).expect("cluster");
-    let old = start_cluster(&mut c).await;
+    let old = start_all(&mut c).await;
 
     let t0 = Instant::now();
     let watch = LeaderWatch::start(&c).await.expect("leader watch");
@@ -564,7 +555,7 @@ async fn sigterm_of_leader_agent_hands_over_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_leader_agent_is_demoted_after_waking() {
     let mut c = Cluster::new(3).expect("cluster");
-    let old = start_cluster(&mut c).await;
+    let old = start_all(&mut c).await;
     let tl_before = primary_timeline(&c, old).await.expect("timeline");
 
     let t0 = Instant::now();
@@ -694,7 +685,7 @@ async fn frozen_leader_agent_is_demoted_after_waking() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_outage_demotes_leader_and_nobody_promotes() {
     let mut c = Cluster::new(3).expect("cluster");
-    let old = start_cluster(&mut c).await;
+    let old = start_all(&mut c).await;
 
     let t0 = Instant::now();
     let watch = LeaderWatch::start(&c).await.expect("leader watch");
@@ -811,7 +802,7 @@ async fn etcd_outage_demotes_leader_and_nobody_promotes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_replica_is_never_promoted() {
     let mut c = Cluster::new(3).expect("cluster");
-    let old = start_cluster(&mut c).await;
+    let old = start_all(&mut c).await;
     let replicas: Vec<usize> = all(&c).into_iter().filter(|&i| i != old).collect();
     let (paused, fresh) = (replicas[0], replicas[1]);
     let cl = &c;

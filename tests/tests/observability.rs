@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use patrol_tests::{free_port, wait_until, workspace_dir, Cluster, Proc, Router, Signal};
 use serde_json::Value;
-use support::{wait_healthy, HEALTHY_TIMEOUT};
+use support::start_all;
 
 /// The agent metrics (spec 2.6 of the Patroni reference: Patroni 4.x's `GET /metrics`).
 const PATRONI_METRICS: &[&str] = &[
@@ -314,12 +314,7 @@ async fn prometheus_scrapes_a_cluster_and_every_expression_returns_data() {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     let mut cluster = Cluster::new(3).expect("cluster");
-    for i in 0..3 {
-        cluster.start_node(i).expect("start agent");
-    }
-    let leader = wait_healthy(&cluster, &[0, 1, 2], HEALTHY_TIMEOUT)
-        .await
-        .expect("healthy cluster");
+    let leader = start_all(&mut cluster).await;
     let router = Router::start(&cluster, "").expect("router");
 
     // Agents are scraped when they answer /metrics.

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use patrol_tests::{wait_until, Cluster};
 use serde_json::Value;
 
-use support::{index_of, members, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use support::{index_of, members, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 fn text(out: &Output) -> (String, String) {
     (
@@ -68,16 +68,6 @@ fn patronictl_ok(cluster: &Cluster, args: &[&str]) -> String {
         out.status
     );
     stdout
-}
-
-async fn start_all(cluster: &mut Cluster) -> usize {
-    for i in 0..cluster.len() {
-        cluster.start_node(i).expect("start agent");
-    }
-    let nodes: Vec<usize> = (0..cluster.len()).collect();
-    wait_healthy(cluster, &nodes, HEALTHY_TIMEOUT)
-        .await
-        .expect("cluster becomes healthy")
 }
 
 /// Waits until patrolctl and patronictl print the same text for `args` (member keys move a

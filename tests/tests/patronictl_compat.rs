@@ -8,7 +8,7 @@ use std::process::Output;
 use patrol_tests::{wait_until, Cluster};
 use serde_json::Value;
 
-use support::{system_identifier, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use support::{start_all, system_identifier, PROPAGATION_TIMEOUT};
 
 fn text(out: &Output) -> (String, String) {
     (
@@ -41,12 +41,7 @@ async fn patronictl_lists_our_cluster() {
     assert!(ctl.is_file());
 
     let mut cluster = Cluster::new(3).expect("cluster");
-    for i in 0..3 {
-        cluster.start_node(i).expect("start agent");
-    }
-    let leader = wait_healthy(&cluster, &[0, 1, 2], HEALTHY_TIMEOUT)
-        .await
-        .expect("cluster healthy");
+    let leader = start_all(&mut cluster).await;
     let leader_name = cluster.name(leader).to_owned();
     let sysid = system_identifier(&cluster, leader).await.expect("sysid");
 

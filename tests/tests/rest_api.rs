@@ -16,18 +16,7 @@ use patrol_tests::{wait_until, Cluster};
 use serde_json::{json, Value};
 
 use http::{call, call_within, iso_utc_in, send_raw, Resp};
-use support::{index_of, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
-
-/// Starts every node and waits for one leader and streaming replicas; returns the leader.
-async fn start_all(cluster: &mut Cluster) -> usize {
-    for i in 0..cluster.len() {
-        cluster.start_node(i).expect("start agent");
-    }
-    let nodes: Vec<usize> = (0..cluster.len()).collect();
-    wait_healthy(cluster, &nodes, HEALTHY_TIMEOUT)
-        .await
-        .expect("cluster becomes healthy")
-}
+use support::{index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 fn assert_text(r: &Resp, code: u16, text: &str, what: &str) {
     assert_eq!(

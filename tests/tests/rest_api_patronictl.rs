@@ -8,7 +8,7 @@ use std::process::Output;
 
 use patrol_tests::{wait_until, Cluster};
 
-use support::{wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use support::{start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 /// Runs patronictl and insists on exit 0; returns stdout + stderr.
 fn ctl_ok(cluster: &Cluster, args: &[&str]) -> String {
@@ -36,13 +36,8 @@ async fn patronictl_operates_the_cluster_through_the_rest_api() {
     assert!(ctl.is_file());
 
     let mut cluster = Cluster::new(3).expect("cluster");
-    for i in 0..3 {
-        cluster.start_node(i).expect("start agent");
-    }
     let all = [0, 1, 2];
-    let leader = wait_healthy(&cluster, &all, HEALTHY_TIMEOUT)
-        .await
-        .expect("cluster healthy");
+    let leader = start_all(&mut cluster).await;
     let scope = cluster.scope().to_owned();
     let lname = cluster.name(leader).to_owned();
     let replica = (0..3).find(|&i| i != leader).expect("a replica");

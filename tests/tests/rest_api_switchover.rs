@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use http::{call, call_within, iso_utc_in};
 use support::workload::{primary_timeline, wait_streaming_from};
-use support::{index_of, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use support::{index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 /// Longer than Patroni's own wait (2 * max(10, loop_wait) s) so the API decides.
 const SWITCHOVER_CALL: Duration = Duration::from_secs(40);
@@ -32,13 +32,8 @@ async fn failover_key(cluster: &Cluster) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_switchover_switchover_and_failover() {
     let mut cluster = Cluster::new(3).expect("cluster");
-    for i in 0..3 {
-        cluster.start_node(i).expect("start agent");
-    }
     let all: Vec<usize> = (0..3).collect();
-    let leader = wait_healthy(&cluster, &all, HEALTHY_TIMEOUT)
-        .await
-        .expect("cluster becomes healthy");
+    let leader = start_all(&mut cluster).await;
     let lname = cluster.name(leader).to_owned();
     let replicas: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let cand = cluster.name(replicas[0]).to_owned();

@@ -15,21 +15,10 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use support::{start_all, PROPAGATION_TIMEOUT};
 
 /// The harness's `ttl`.
 const TTL: Duration = Duration::from_secs(10);
-
-/// Starts every node and waits until the cluster is healthy; returns the leader's index.
-async fn start_cluster(cluster: &mut Cluster) -> usize {
-    for i in 0..cluster.len() {
-        cluster.start_node(i).expect("start agent");
-    }
-    let nodes: Vec<usize> = (0..cluster.len()).collect();
-    wait_healthy(cluster, &nodes, HEALTHY_TIMEOUT)
-        .await
-        .expect("cluster becomes healthy")
-}
 
 fn others(cluster: &Cluster, but: usize) -> Vec<usize> {
     (0..cluster.len()).filter(|&i| i != but).collect()
@@ -178,7 +167,7 @@ async fn wait_session_error(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_port_goes_to_the_leader_read_port_to_replicas() {
     let mut c = Cluster::new(3).expect("cluster");
-    let leader = start_cluster(&mut c).await;
+    let leader = start_all(&mut c).await;
     let r = Router::start(&c, "").expect("router");
     let stats = wait_routing(&r, &c, leader).await;
     assert_eq!(stats["leader"], c.name(leader), "{stats:#}");
@@ -266,7 +255,7 @@ async fn write_port_goes_to_the_leader_read_port_to_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_moves_writes_and_cuts_old_sessions() {
     let mut c = Cluster::new(3).expect("cluster");
-    let old = start_cluster(&mut c).await;
+    let old = start_all(&mut c).await;
     let r = Router::start(&c, "").expect("router");
     wait_routing(&r, &c, old).await;
 
@@ -403,7 +392,7 @@ fn cpu_seconds(pid: i32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_polling_relays_and_stops_spinning_when_idle() {
     let mut c = Cluster::new(3).expect("cluster");
-    let leader = start_cluster(&mut c).await;
+    let leader = start_all(&mut c).await;
     let r = Router::start(&c, "busy_poll_us: 200\n").expect("router");
     wait_routing(&r, &c, leader).await;
     let w = r.connect_write().await.expect("write session");
@@ -449,7 +438,7 @@ async fn members_with_host_names_are_routed() {
             )
         });
     }
-    let leader = start_cluster(&mut c).await;
+    let leader = start_all(&mut c).await;
     let member = c
         .etcd_get(&format!("members/{}", c.name(leader)))
         .await
@@ -471,7 +460,7 @@ async fn members_with_host_names_are_routed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_connection_succeeds_when_a_leader_appears() {
     let mut c = Cluster::new(3).expect("cluster");
-    let old = start_cluster(&mut c).await;
+    let old = start_all(&mut c).await;
     let r = Router::start(&c, "write: {hold_ms: 30000}\n").expect("router");
     wait_routing(&r, &c, old).await;
 
@@ -576,7 +565,7 @@ fn error_fields(body: &[u8]) -> BTreeMap<char, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_leader_past_hold_time_gets_an_error_response() {
     let mut c = Cluster::new(3).expect("cluster");
-    let leader = start_cluster(&mut c).await;
+    let leader = start_all(&mut c).await;
     let r = Router::start(&c, "write: {hold_ms: 500}\n").expect("router");
     wait_routing(&r, &c, leader).await;
 
@@ -696,7 +685,7 @@ fn xorshift(state: &mut u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_bad_startup_packets_close_only_that_connection() {
     let mut c = Cluster::new(3).expect("cluster");
-    let leader = start_cluster(&mut c).await;
+    let leader = start_all(&mut c).await;
     let mut r =
         Router::start(&c, "startup_timeout_ms: 1000\nmax_connections: 16\n").expect("router");
     wait_routing(&r, &c, leader).await;
@@ -917,7 +906,7 @@ async fn garbage_and_bad_startup_packets_close_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_replica_leaves_the_read_pool_and_returns_without_flapping() {
     let mut c = Cluster::new(3).expect("cluster");
-    let leader = start_cluster(&mut c).await;
+    let leader = start_all(&mut c).await;
     let r =
         Router::start(&c, "read: {max_lag_bytes: 1048576, hold_down_ms: 3000}\n").expect("router");
     wait_routing(&r, &c, leader).await;
@@ -1071,7 +1060,7 @@ async fn lagging_replica_leaves_the_read_pool_and_returns_without_flapping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_blip_drops_no_session() {
     let mut c = Cluster::new(3).expect("cluster");
-    let leader = start_cluster(&mut c).await;
+    let leader = start_all(&mut c).await;
     let r = Router::start(&c, "").expect("router");
     wait_routing(&r, &c, leader).await;
     let w = r.connect_write().await.expect("write session");
@@ -1163,7 +1152,7 @@ async fn etcd_blip_drops_no_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_page_html() {
     let mut c = Cluster::new(3).expect("cluster");
-    let leader = start_cluster(&mut c).await;
+    let leader = start_all(&mut c).await;
     let r = Router::start(&c, "").expect("router");
     wait_routing(&r, &c, leader).await;
     let w = r.connect_write().await.expect("write session");

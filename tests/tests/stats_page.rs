@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use patrol_tests::{wait_until, workspace_dir, Cluster, Router, Signal};
-use support::{index_of, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use support::{index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 /// Runs headless Chromium with a fresh profile in `dir`, killing its whole process group
 /// after `timeout` (and when it is done: helpers may linger).
@@ -202,12 +202,7 @@ async fn stats_page_in_headless_chromium_shows_leader_replicas_lag_pools_and_fol
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     let mut cluster = Cluster::new(3).expect("cluster");
-    for i in 0..3 {
-        cluster.start_node(i).expect("start agent");
-    }
-    let leader = wait_healthy(&cluster, &[0, 1, 2], HEALTHY_TIMEOUT)
-        .await
-        .expect("healthy cluster");
+    let leader = start_all(&mut cluster).await;
     let router = Router::start(&cluster, "").expect("router");
     let url = format!("{}/", router.admin_url());
     let replicas: Vec<&str> = (0..3)

@@ -5,77 +5,22 @@
 
 pub mod workload;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use patrol_dcs::{MemberData, Role};
+#[allow(unused_imports)] // each test crate uses a different part
+pub use patrol_tests::{index_of, is_streaming_replica, members, wait_healthy, HEALTHY_TIMEOUT};
 use patrol_tests::{wait_until, Cluster};
 
-/// Deadline for a cluster to bootstrap (or a member to join) and become healthy.
-pub const HEALTHY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Starts every node of `cluster` and waits until it is healthy; returns the leader's index.
+pub async fn start_all(cluster: &mut Cluster) -> usize {
+    patrol_tests::start_all(cluster)
+        .await
+        .expect("cluster becomes healthy")
+}
 
 /// Deadline for data or state to propagate once the cluster is healthy.
 pub const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The index of the node named `name`, if any.
-pub fn index_of(cluster: &Cluster, name: &str) -> Option<usize> {
-    (0..cluster.len()).find(|&i| cluster.name(i) == name)
-}
-
-/// Every `members/<name>` key, parsed, by member name.
-pub async fn members(cluster: &Cluster) -> anyhow::Result<BTreeMap<String, MemberData>> {
-    let prefix = format!("{}members/", cluster.prefix());
-    Ok(cluster
-        .etcd_get_prefix()
-        .await?
-        .into_iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(&prefix)
-                .map(|name| (name.to_owned(), MemberData::parse(&v)))
-        })
-        .collect())
-}
-
-/// Whether the published member is a running, streaming replica.
-pub fn is_streaming_replica(m: &MemberData) -> bool {
-    m.role == Role::Replica
-        && m.state == "running"
-        && m.replication_state.as_deref() == Some("streaming")
-}
-
-/// Waits until the leader key names one of `nodes`, whose member key says primary/running, and
-/// every other node of `nodes` publishes a running, streaming replica. Returns the leader's
-/// index.
-pub async fn wait_healthy(
-    cluster: &Cluster,
-    nodes: &[usize],
-    timeout: Duration,
-) -> anyhow::Result<usize> {
-    let what = format!(
-        "one leader and streaming replicas among {:?}",
-        nodes.iter().map(|&i| cluster.name(i)).collect::<Vec<_>>()
-    );
-    wait_until(&what, timeout, || async move {
-        let Some(leader) = cluster.leader().await? else {
-            return Ok(None);
-        };
-        let Some(li) = index_of(cluster, &leader).filter(|i| nodes.contains(i)) else {
-            return Ok(None);
-        };
-        let members = members(cluster).await?;
-        let leader_ok = members
-            .get(&leader)
-            .is_some_and(|m| m.role == Role::Primary && m.state == "running");
-        let replicas_ok = nodes.iter().filter(|&&i| i != li).all(|&i| {
-            members
-                .get(cluster.name(i))
-                .is_some_and(is_streaming_replica)
-        });
-        Ok((leader_ok && replicas_ok).then_some(li))
-    })
-    .await
-}
 
 /// `SELECT pg_is_in_recovery()` on node `i`.
 pub async fn in_recovery(cluster: &Cluster, i: usize) -> anyhow::Result<bool> {
