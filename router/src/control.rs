@@ -243,14 +243,25 @@ async fn probe_member(
                 failures: 1,
             },
         };
-        {
+        let changed = {
             let mut g = shared.probes.lock().unwrap_or_else(|p| p.into_inner());
             if !p.reachable {
                 p.failures = g.get(&name).map(|o| o.failures + 1).unwrap_or(1);
             }
+            // Only a different reading needs a new table (the control loop also rebuilds every
+            // probe interval, which ages readings out).
+            let changed = g.get(&name).is_none_or(|o| {
+                Probe {
+                    at: p.at,
+                    ..o.clone()
+                } != p
+            });
             g.insert(name.clone(), p);
+            changed
+        };
+        if changed {
+            shared.dirty.notify_one();
         }
-        shared.dirty.notify_one();
         let fast = unconfirmed_leader(&shared, cluster_rx.borrow_and_update().as_deref(), &name);
         let next = at
             + if fast {
@@ -346,7 +357,7 @@ pub async fn run_control(
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let prev = shared.table.load_full();
-        let next = table::build_resolved(
+        let next = table::build(
             &shared.cfg,
             cluster.as_deref(),
             healthy,

@@ -112,26 +112,6 @@ pub fn build(
     cluster: Option<&Cluster>,
     dcs_healthy: bool,
     probes: &BTreeMap<String, Probe>,
-    prev: &Table,
-    now: Instant,
-) -> Table {
-    build_resolved(
-        cfg,
-        cluster,
-        dcs_healthy,
-        probes,
-        &Resolved::new(),
-        prev,
-        now,
-    )
-}
-
-/// [`build`], with the addresses member host names resolved to.
-pub fn build_resolved(
-    cfg: &Config,
-    cluster: Option<&Cluster>,
-    dcs_healthy: bool,
-    probes: &BTreeMap<String, Probe>,
     resolved: &Resolved,
     prev: &Table,
     now: Instant,
@@ -356,6 +336,26 @@ mod tests_support {
     pub use crate::config::{Config, Overrides};
     pub use patrol_dcs::Kv;
 
+    /// [`super::build`] for members whose `conn_url`s are addresses (no host names to resolve).
+    pub fn build(
+        cfg: &Config,
+        cluster: Option<&Cluster>,
+        dcs_healthy: bool,
+        probes: &BTreeMap<String, Probe>,
+        prev: &Table,
+        now: Instant,
+    ) -> Table {
+        super::build(
+            cfg,
+            cluster,
+            dcs_healthy,
+            probes,
+            &Resolved::new(),
+            prev,
+            now,
+        )
+    }
+
     pub fn cfg() -> Config {
         let o = Overrides {
             scope: Some("c".into()),
@@ -456,7 +456,7 @@ mod tests_support {
         assert!(unresolved.writer.is_none());
         let mut r = Resolved::new();
         r.insert("db-a.internal".into(), "10.1.2.3".parse().expect("ip"));
-        let t = build_resolved(&cfg(), Some(&c), true, &p, &r, &Table::default(), now);
+        let t = super::build(&cfg(), Some(&c), true, &p, &r, &Table::default(), now);
         let w = t.writer.expect("writer");
         assert_eq!(w.addr, "10.1.2.3:5433".parse().expect("addr"));
     }
