@@ -74,6 +74,7 @@ pub fn stats_json(shared: &Shared) -> Value {
         "read_backends": t.readers.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "dcs": {"healthy": t.dcs_healthy, "watch_reconnects": shared.metrics.watch_reconnects_total.get()},
         "sessions": shared.sessions.total(),
+        "relay": if shared.splicer.is_some() { "kernel" } else { "user space" },
         "connections": shared.connections.load(std::sync::atomic::Ordering::Relaxed),
         "table_generation": t.generation,
         "members": members,
@@ -138,7 +139,7 @@ tr.writer {{ background: #cfe8cf; }} tr.reader {{ background: #dde8f8; }} tr.out
 </style></head><body>
 <h1>patrol-router: cluster <span id="cluster">{cluster}</span></h1>
 <p>Leader: <b id="leader">{leader}</b>{leader_for}. Write port → <b id="writer">{writer}</b> {wreason}</p>
-<p>Read pool: <b id="readers">{readers}</b>. Sessions: {sessions}. etcd view: <span class="{dcs_cls}">{dcs}</span> (watch re-established {reconnects} times).</p>
+<p>Read pool: <b id="readers">{readers}</b>. Sessions: {sessions} (relayed in {relay}). etcd view: <span class="{dcs_cls}">{dcs}</span> (watch re-established {reconnects} times).</p>
 <table id="members"><tr><th>member</th><th>address</th><th>role</th><th>state</th><th>TL</th><th>lag bytes</th><th>lag s</th><th>write pool</th><th>read pool</th><th>why not</th><th>write sessions</th><th>read sessions</th></tr>
 {rows}</table>
 <h2>Recent events</h2><ul id="events">
@@ -172,6 +173,7 @@ tr.writer {{ background: #cfe8cf; }} tr.reader {{ background: #dde8f8; }} tr.out
                 .to_string()
         },
         reconnects = s(&v["dcs"]["watch_reconnects"]),
+        relay = s(&v["relay"]),
     )
 }
 

@@ -56,6 +56,8 @@ pub struct Config {
     /// After each relayed message, keep the data thread polling for this long instead of
     /// sleeping (0: off, the default).
     pub busy_poll: Duration,
+    /// Relay established sessions in the kernel (BPF sockhash redirect; needs root).
+    pub splice: bool,
 }
 
 /// One data-path thread per CPU (as HAProxy's `nbthread`), at most 16.
@@ -87,6 +89,7 @@ struct File {
     threads: Option<usize>,
     backend_port: Option<u16>,
     busy_poll_us: Option<u64>,
+    splice: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,6 +308,7 @@ impl Config {
             threads: file.threads.unwrap_or_else(default_threads),
             backend_port: file.backend_port,
             busy_poll: Duration::from_micros(file.busy_poll_us.unwrap_or(0)),
+            splice: file.splice.unwrap_or(false),
         };
         if cfg.busy_poll > Duration::from_millis(10) {
             return Err(invalid("busy_poll_us", "must be at most 10000"));
@@ -359,6 +363,8 @@ mod tests {
             c.busy_poll.is_zero(),
             "busy polling is off unless asked for"
         );
+        assert!(!c.splice, "kernel splicing is off unless asked for");
+        assert!(load("scope: demo\nsplice: true\n").expect("valid").splice);
     }
 
     #[test]
@@ -371,6 +377,7 @@ mod tests {
             ("scope: x\nthreads: 0\n", "threads"),
             ("scope: x\nbackend_port: 0\n", "backend_port"),
             ("scope: x\nbusy_poll_us: 20000\n", "busy_poll_us"),
+            ("scope: x\nsplice: yes please\n", "splice"),
             ("scope: x\nbackend_port: 70000\n", "backend_port"),
             (
                 "scope: x\nlisten: {write: '127.0.0.1:1', read: '127.0.0.1:1'}\n",

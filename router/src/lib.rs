@@ -1,6 +1,6 @@
 //! `patrol-router`: routes the write port to the confirmed leader and the read port across
 //! replicas within a lag limit, from an etcd watch plus live probes of each member's REST API.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod config;
@@ -8,6 +8,7 @@ pub mod control;
 pub mod haproxy_sync;
 pub mod metrics;
 pub mod proxy;
+pub mod splice;
 pub mod state;
 pub mod table;
 
@@ -80,6 +81,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tasks.spawn(haproxy_sync::run(h, shared.clone(), cluster_rx.clone()));
     }
     tasks.spawn(control::run_probes(shared.clone(), cluster_rx));
+    if shared.splicer.is_some() {
+        tracing::info!("splice: established sessions are relayed in the kernel");
+        let s = shared.clone();
+        tasks.spawn(async move {
+            if let Some(splicer) = &s.splicer {
+                if let Err(e) = splicer.watch_ends().await {
+                    tracing::error!("splice: watching session ends failed: {e}");
+                }
+            }
+        });
+    }
     // The listeners were bound by tokio (SO_REUSEADDR, non-blocking); each data thread
     // registers its own clone of them with its event loop.
     let write = write.into_std().context("listen.write")?;

@@ -295,10 +295,27 @@ async fn relay_plain(
         Ok(s) => s,
         Err(r) => return refuse(shared, port, client, &r).await,
     };
+    let joined = join(shared, &client, &server);
     if server.write_all(first).await.is_err() {
         return;
     }
-    relay(shared, port, client, server, backend).await;
+    relay(shared, port, client, server, backend, joined).await;
+}
+
+/// Hands the pair to the kernel relay when `splice` is on (before anything is in flight).
+fn join<'a>(
+    shared: &'a Shared,
+    client: &TcpStream,
+    server: &TcpStream,
+) -> Option<crate::splice::Joined<'a>> {
+    let splicer = shared.splicer.as_ref()?;
+    match splicer.join(client, server) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            tracing::debug!("splice: relaying this session in user space: {e}");
+            None
+        }
+    }
 }
 
 /// Forwards the SSL/GSSENC request to the backend and its one-byte answer to the client; TLS
@@ -329,10 +346,14 @@ async fn relay_with_ssl(
         return;
     }
     let mut answer = [0u8; 1];
-    if server.read_exact(&mut answer).await.is_err() || client.write_all(&answer).await.is_err() {
+    if server.read_exact(&mut answer).await.is_err() {
         return;
     }
-    relay(shared, port, client, server, backend).await;
+    let joined = join(shared, &client, &server);
+    if client.write_all(&answer).await.is_err() {
+        return;
+    }
+    relay(shared, port, client, server, backend, joined).await;
 }
 
 /// Copies both ways with buffers allocated only while data flows, until either side closes or
@@ -343,6 +364,7 @@ async fn relay(
     client: TcpStream,
     server: TcpStream,
     backend: Backend,
+    joined: Option<crate::splice::Joined<'_>>,
 ) {
     let (id, cancel) = shared.sessions.register(port, &backend.name);
     let m = &shared.metrics;
@@ -367,6 +389,21 @@ async fn relay(
         let down = m
             .bytes_total
             .with_label_values(&[port.as_str(), "to_client"]);
+        if let Some(joined) = joined {
+            let carried = joined.run(client, server, &cancel).await;
+            up.inc_by(carried.to_backend);
+            down.inc_by(carried.to_client);
+            if cancel.is_cancelled() {
+                tracing::debug!(
+                    "{} session to {} closed: backend left the pool",
+                    port.as_str(),
+                    backend.name
+                );
+            }
+            current.dec();
+            shared.sessions.unregister(id);
+            return;
+        }
         let spin = !shared.cfg.busy_poll.is_zero();
         let (cr, cw) = client.into_split();
         let (sr, sw) = server.into_split();

@@ -133,6 +133,8 @@ pub struct Shared {
     /// Client connections open on the write and read ports in any phase (startup, held for a
     /// leader, relaying): what `max_connections` caps.
     pub connections: AtomicUsize,
+    /// Kernel splicing of established sessions (`splice: true` and the program loaded).
+    pub splicer: Option<crate::splice::Splicer>,
 }
 
 /// One open client connection, counted in [`Shared::connections`] until dropped.
@@ -159,6 +161,19 @@ impl Drop for ConnectionSlot {
 
 impl Shared {
     pub fn new(cfg: Arc<Config>) -> Arc<Shared> {
+        let splicer = if cfg.splice {
+            match crate::splice::Splicer::new(cfg.max_connections) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(
+                        "splice: cannot load the kernel relay ({e}); relaying in user space"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (table_tx, _) = watch::channel(0);
         Arc::new(Shared {
             cfg,
@@ -174,6 +189,7 @@ impl Shared {
             started: Instant::now(),
             rr: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
+            splicer,
         })
     }
 

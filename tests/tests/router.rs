@@ -1194,3 +1194,186 @@ async fn stats_page_html() {
     let (status, _) = r.get("/health").await.expect("health");
     assert_eq!(status, 200);
 }
+
+/// Context switches (voluntary and not) of the router's data-path threads so far.
+fn data_thread_switches(pid: i32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("data-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// Runs `n` one-row round trips on `client`; returns how often the router's data threads were
+/// switched in meanwhile.
+async fn switches_for_round_trips(router: &Router, client: &tokio_postgres::Client, n: u64) -> u64 {
+    let pid = router.proc().pid().as_raw();
+    let before = data_thread_switches(pid);
+    for _ in 0..n {
+        client.simple_query("SELECT 1").await.expect("SELECT 1");
+    }
+    data_thread_switches(pid) - before
+}
+
+/// Every row of `SELECT g, md5(g::text) FROM generate_series(1, n)`, as text.
+async fn md5_rows(client: &tokio_postgres::Client, n: i32) -> Vec<String> {
+    client
+        .simple_query(&format!(
+            "SELECT g, md5(g::text) FROM generate_series(1, {n}) g"
+        ))
+        .await
+        .expect("rows")
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(format!(
+                "{}|{}",
+                r.get(0).unwrap_or(""),
+                r.get(1).unwrap_or("")
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `splice: true` (root): established sessions are relayed by the kernel. Bytes arrive intact
+/// both ways, errors and a server's last FATAL message reach the client, the data threads are
+/// not woken per message (a user-space router beside it is, which shows the count measures
+/// something), ended sessions are noticed, and a switchover cuts the old leader's sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spliced_sessions_relay_in_the_kernel_and_are_cut_on_switchover() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: loading the kernel relay needs root (CI runs as root)");
+        return;
+    }
+    let mut c = Cluster::new(3).expect("cluster");
+    let old = start_all(&mut c).await;
+    let r = Router::start(&c, "splice: true\n").expect("router");
+    let plain = Router::start(&c, "").expect("user-space router");
+    wait_routing(&r, &c, old).await;
+    wait_routing(&plain, &c, old).await;
+    let stats = r.stats().await.expect("stats");
+    assert_eq!(stats["relay"], "kernel", "{stats:#}");
+    assert_eq!(plain.stats().await.expect("stats")["relay"], "user space");
+
+    // Bytes both ways: 200,000 rows down, 1 MB up, compared with a direct session.
+    let w = r.connect_write().await.expect("write session");
+    let direct = c.connect(old).await.expect("direct session");
+    let (down_router, down_direct) =
+        tokio::join!(md5_rows(&w, 200_000), md5_rows(&direct, 200_000));
+    assert_eq!(down_router.len(), 200_000);
+    assert!(
+        down_router == down_direct,
+        "rows through the kernel relay differ"
+    );
+    let big: String = (0..1_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let row = w
+        .query_one("SELECT length($1::text), md5($1::text)", &[&big])
+        .await
+        .expect("1 MB parameter");
+    let want = direct
+        .query_one("SELECT md5($1::text)", &[&big])
+        .await
+        .expect("md5 direct");
+    assert_eq!(row.get::<_, i32>(0), 1_000_000);
+    assert_eq!(row.get::<_, String>(1), want.get::<_, String>(0));
+
+    // An error leaves the session usable; a FATAL is the last thing the server sends before
+    // it closes, and it must reach the client before the router closes its side.
+    let err = w
+        .simple_query("SELECT 1/0")
+        .await
+        .expect_err("division by zero");
+    assert!(format!("{err:?}").contains("division by zero"), "{err:?}");
+    w.simple_query("SELECT 1")
+        .await
+        .expect("session still usable");
+    let doomed = r.connect_write().await.expect("second session");
+    let err = doomed
+        .simple_query("SELECT pg_terminate_backend(pg_backend_pid())")
+        .await
+        .expect_err("the backend terminates itself");
+    assert!(
+        format!("{err:?}").contains("terminating connection due to administrator command"),
+        "the server's FATAL must reach the client: {err:?}"
+    );
+
+    // No wake-up per message: 2,000 round trips through each router.
+    let p = plain.connect_write().await.expect("user-space session");
+    let spliced = switches_for_round_trips(&r, &w, 2_000).await;
+    let relayed = switches_for_round_trips(&plain, &p, 2_000).await;
+    eprintln!(
+        "data-thread switches for 2,000 round trips: kernel relay {spliced}, user space {relayed}"
+    );
+    assert!(
+        relayed >= 2_000,
+        "the user-space relay wakes per message: {relayed}"
+    );
+    assert!(
+        spliced < 200,
+        "the kernel relay must not wake the router per message: {spliced}"
+    );
+
+    // Ended sessions are noticed (the count returns to the open ones) and their bytes counted.
+    drop((doomed, p));
+    wait_until(
+        "the router to count one open session",
+        PROPAGATION_TIMEOUT,
+        || async {
+            let s = r.stats().await?;
+            Ok((s["sessions"] == 1).then_some(()))
+        },
+    )
+    .await
+    .expect("ended sessions are noticed");
+
+    // A switchover cuts the kernel-relayed session to the old leader.
+    let new = others(&c, old)[0];
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/switchover", c.api_url(old)))
+        .json(&serde_json::json!({"leader": c.name(old), "candidate": c.name(new)}))
+        .send()
+        .await
+        .expect("POST /switchover");
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+    let err = wait_session_error(&w, "the old write session to fail", PROPAGATION_TIMEOUT)
+        .await
+        .expect("the session to the old leader is cut");
+    eprintln!("old spliced session ended: {err}");
+    let landed = wait_write_lands_elsewhere(&r, &c, &[old], Duration::from_secs(15))
+        .await
+        .expect("writes move to the new leader");
+    assert_eq!(landed, new);
+    drop(w);
+    wait_until(
+        "the router to count no session",
+        PROPAGATION_TIMEOUT,
+        || async {
+            let s = r.stats().await?;
+            Ok((s["sessions"] == 0).then_some(()))
+        },
+    )
+    .await
+    .expect("every session ended");
+    let to_client = metric(
+        &r.metrics().await.expect("metrics"),
+        "patrol_router_bytes_total{direction=\"to_client\",port=\"write\"}",
+    );
+    assert!(
+        to_client > 8_000_000.0,
+        "spliced bytes are counted: {to_client}"
+    );
+    drop(direct);
+}

@@ -1,0 +1,552 @@
+//! Kernel splicing of relayed sessions (`splice: true`): both sockets of a session go into a
+//! BPF sockhash whose stream-verdict program redirects every received segment to the other
+//! socket's send path, so established sessions are relayed inside the kernel and the data
+//! threads wake only for a session's end.
+//!
+//! The program is eleven instructions, assembled here; the map is keyed by the receiving
+//! socket's cookie and holds the peer socket. Loading it needs `CAP_BPF` and `CAP_NET_ADMIN`
+//! (root); without them the router says so once and relays in user space.
+//!
+//! A spliced socket must not stay in the data threads' epoll: the kernel still signals "data
+//! arrived" for every redirected segment, which would wake a thread per message (the cost
+//! splicing removes). So the pair leaves tokio's reactor and is watched, for its end only
+//! (`EPOLLRDHUP`, errors, hang-ups), by one epoll instance of its own that the control loop
+//! polls. At the end, whatever the kernel still holds for the other side is sent before its
+//! sending side is shut down: the bytes each socket received must all be in the other's send
+//! queue (`tcpi_bytes_received` against `tcpi_bytes_acked` plus `SIOCOUTQ`), so a server's
+//! last `ErrorResponse` reaches the client.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
+const BPF_PROG_TYPE_SK_SKB: u32 = 14;
+const BPF_SK_SKB_VERDICT: u32 = 38;
+const BPF_FUNC_GET_SOCKET_COOKIE: i32 = 46;
+const BPF_FUNC_SK_REDIRECT_HASH: i32 = 72;
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: (src << 4) | dst,
+        off,
+        imm,
+    }
+}
+
+/// `key = bpf_get_socket_cookie(skb); return bpf_sk_redirect_hash(skb, map, &key, 0);`
+fn program(map_fd: RawFd) -> [Insn; 11] {
+    [
+        insn(0xbf, 6, 1, 0, 0),                          // r6 = r1 (skb)
+        insn(0x85, 0, 0, 0, BPF_FUNC_GET_SOCKET_COOKIE), // r0 = cookie(skb)
+        insn(0x7b, 10, 0, -8, 0),                        // *(u64 *)(r10 - 8) = r0
+        insn(0xbf, 1, 6, 0, 0),                          // r1 = skb
+        insn(0x18, 2, BPF_PSEUDO_MAP_FD, 0, map_fd),     // r2 = map (ld_imm64, 2 slots)
+        insn(0, 0, 0, 0, 0),                             //
+        insn(0xbf, 3, 10, 0, 0),                         // r3 = r10
+        insn(0x07, 3, 0, 0, -8),                         // r3 += -8 (&key)
+        insn(0xb7, 4, 0, 0, 0),                          // r4 = 0 (flags: egress)
+        insn(0x85, 0, 0, 0, BPF_FUNC_SK_REDIRECT_HASH),  // r0 = redirect
+        insn(0x95, 0, 0, 0, 0),                          // exit
+    ]
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElem {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgAttach {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, initialised `#[repr(C)]` prefix of `union bpf_attr` and its
+    // exact size is passed; the kernel reads (and for some commands writes) only that much.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: `fd` was just returned by the kernel as a new descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+}
+
+/// The loaded program, its sockhash, and the epoll instance that watches spliced sessions for
+/// their end. Dropping it detaches everything (sockets still in the map are released by the
+/// kernel).
+pub struct Splicer {
+    map: OwnedFd,
+    _prog: OwnedFd,
+    ends: Epoll,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next: AtomicU64,
+}
+
+/// How long a closing session waits for the kernel to hand over what it still holds.
+const DRAIN: Duration = Duration::from_secs(1);
+
+impl Splicer {
+    /// Creates the map for `sessions` concurrent sessions and loads and attaches the program.
+    pub fn new(sessions: usize) -> io::Result<Splicer> {
+        let mut create = MapCreate {
+            map_type: BPF_MAP_TYPE_SOCKHASH,
+            key_size: 8,
+            value_size: 4,
+            max_entries: sessions.saturating_mul(2).clamp(2, u32::MAX as usize) as u32,
+            ..Default::default()
+        };
+        let map = owned(bpf(BPF_MAP_CREATE, &mut create)?);
+        let insns = program(map.as_raw_fd());
+        let license = b"GPL\0";
+        let mut log = vec![0u8; 4096];
+        let mut load = ProgLoad {
+            prog_type: BPF_PROG_TYPE_SK_SKB,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: 1,
+            log_size: log.len() as u32,
+            log_buf: log.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        load.prog_name[..13].copy_from_slice(b"patrol_splice");
+        let prog = match bpf(BPF_PROG_LOAD, &mut load) {
+            Ok(fd) => owned(fd),
+            Err(e) => {
+                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                let text = String::from_utf8_lossy(&log[..end]);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{e}; verifier: {}", text.trim()),
+                ));
+            }
+        };
+        let mut attach = ProgAttach {
+            target_fd: map.as_raw_fd() as u32,
+            attach_bpf_fd: prog.as_raw_fd() as u32,
+            attach_type: BPF_SK_SKB_VERDICT,
+            attach_flags: 0,
+        };
+        bpf(BPF_PROG_ATTACH, &mut attach)?;
+        let ends = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+        Ok(Splicer {
+            map,
+            _prog: prog,
+            ends,
+            waiting: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    fn update(&self, key: u64, fd: RawFd) -> io::Result<()> {
+        let value: u32 = fd as u32;
+        let mut elem = MapElem {
+            map_fd: self.map.as_raw_fd() as u32,
+            key: &key as *const u64 as u64,
+            value: &value as *const u32 as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut elem).map(|_| ())
+    }
+
+    fn delete(&self, key: u64) {
+        let mut elem = MapElem {
+            map_fd: self.map.as_raw_fd() as u32,
+            key: &key as *const u64 as u64,
+            ..Default::default()
+        };
+        let _ = bpf(BPF_MAP_DELETE_ELEM, &mut elem);
+    }
+
+    /// From now on, whatever `client` receives is sent on `server` and the reverse, in the
+    /// kernel. Call it before anything can be in flight on either socket; then hand both to
+    /// [`Joined::run`].
+    pub fn join(&self, client: &TcpStream, server: &TcpStream) -> io::Result<Joined<'_>> {
+        let (fc, fs) = (client.as_raw_fd(), server.as_raw_fd());
+        let (kc, ks) = (cookie(fc)?, cookie(fs)?);
+        self.update(kc, fs)?;
+        if let Err(e) = self.update(ks, fc) {
+            self.delete(kc);
+            return Err(e);
+        }
+        Ok(Joined {
+            splicer: self,
+            keys: [kc, ks],
+        })
+    }
+
+    /// Wakes the session of every socket that reached its end. Runs for the router's life.
+    pub async fn watch_ends(&self) -> io::Result<()> {
+        // SAFETY: the epoll descriptor is owned by `self`, which outlives this registration.
+        let ready = unsafe {
+            AsyncFd::register_with_interest(self.ends.0.as_fd(), tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)?;
+        let mut events = [EpollEvent::empty(); 64];
+        loop {
+            let mut guard = ready.readable().await?;
+            let n = self
+                .ends
+                .wait(&mut events, EpollTimeout::ZERO)
+                .map_err(io::Error::from)?;
+            if n == 0 {
+                guard.clear_ready();
+                continue;
+            }
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &events[..n] {
+                if let Some(tx) = waiting.remove(&e.data()) {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+}
+
+/// A joined pair; dropping it takes both sockets out of the map.
+pub struct Joined<'a> {
+    splicer: &'a Splicer,
+    keys: [u64; 2],
+}
+
+/// Bytes a finished spliced session carried, each way.
+pub struct Carried {
+    pub to_backend: u64,
+    pub to_client: u64,
+}
+
+impl Joined<'_> {
+    /// Waits for either end to close (or `cancel`), then closes the session: on a close, what
+    /// the kernel still holds for the other side is sent first (at most [`DRAIN`]); on
+    /// `cancel`, both are cut at once.
+    pub async fn run(
+        self,
+        client: TcpStream,
+        server: TcpStream,
+        cancel: &CancellationToken,
+    ) -> Carried {
+        let (client, server) = match (client.into_std(), server.into_std()) {
+            (Ok(c), Ok(s)) => (c, s),
+            _ => {
+                return Carried {
+                    to_backend: 0,
+                    to_client: 0,
+                }
+            }
+        };
+        let token = self.splicer.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.splicer
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token, tx);
+        let flags = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
+        let watched = [&client, &server].iter().all(|s| {
+            self.splicer
+                .ends
+                .add(s, EpollEvent::new(flags, token))
+                .is_ok()
+        });
+        let cancelled = if watched {
+            tokio::select! {
+                _ = rx => false,
+                _ = cancel.cancelled() => true,
+            }
+        } else {
+            true
+        };
+        self.splicer
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&token);
+        for s in [&client, &server] {
+            let _ = self.splicer.ends.delete(s);
+        }
+        if cancelled {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+        } else {
+            let deadline = tokio::time::Instant::now() + DRAIN;
+            for (from, to, to_is_server) in [(&client, &server, true), (&server, &client, false)] {
+                while pending(from, to, to_is_server) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let _ = to.shutdown(Shutdown::Write);
+            }
+        }
+        Carried {
+            to_backend: tcp_info(&client).map_or(0, |i| data_received(&i)),
+            to_client: tcp_info(&server).map_or(0, |i| data_received(&i)),
+        }
+    }
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        for k in self.keys {
+            self.splicer.delete(k);
+        }
+    }
+}
+
+/// TCP states (include/net/tcp_states.h).
+const ESTABLISHED: u8 = 1;
+const TIME_WAIT: u8 = 6;
+const CLOSE: u8 = 7;
+const CLOSE_WAIT: u8 = 8;
+const LAST_ACK: u8 = 9;
+const CLOSING: u8 = 11;
+
+/// Data bytes a socket received: `bytes_received` counts sequence numbers, and a received FIN
+/// takes one. A socket in CLOSE was reset, after a FIN or not: counting a FIN there can only
+/// miss a last single byte of a session that was reset anyway.
+fn data_received(i: &libc::tcp_info) -> u64 {
+    let fin = [CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT, CLOSE].contains(&i.tcpi_state);
+    i.tcpi_bytes_received.saturating_sub(u64::from(fin))
+}
+
+/// Whether `from` received data that is not yet in `to`'s send queue (while `to` can still
+/// send). Before the join the router forwarded exactly what it read, so the counts match once
+/// the kernel caught up. On the side the router connected from, `bytes_acked` also counts the
+/// SYN.
+fn pending(from: &impl AsRawFd, to: &impl AsRawFd, to_is_server: bool) -> bool {
+    let (Ok(f), Ok(t)) = (tcp_info(from), tcp_info(to)) else {
+        return false;
+    };
+    if t.tcpi_state != ESTABLISHED && t.tcpi_state != CLOSE_WAIT {
+        return false;
+    }
+    let written =
+        (t.tcpi_bytes_acked + outq(to).unwrap_or(0)).saturating_sub(u64::from(to_is_server));
+    data_received(&f) > written
+}
+
+fn tcp_info(s: &impl AsRawFd) -> io::Result<libc::tcp_info> {
+    // SAFETY: `tcp_info` is plain old data; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are live locals; the kernel writes at most `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(info)
+    }
+}
+
+/// Bytes written to the socket and not yet acknowledged by its peer.
+fn outq(s: &impl AsRawFd) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int to the live local `n`.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n.max(0) as u64)
+    }
+}
+
+fn cookie(fd: RawFd) -> io::Result<u64> {
+    let mut v: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are live locals of the sizes the kernel expects for SO_COOKIE.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            &mut v as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets: (the outside end, the router's end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let outside = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (inside, _) = l.accept().await.expect("accept");
+        (outside, inside)
+    }
+
+    /// The kernel relays both ways; the server's last bytes before it closes reach the client,
+    /// then the client sees the end; the byte counts are right.
+    #[tokio::test]
+    async fn relays_both_ways_and_hands_over_the_last_bytes() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: loading the kernel relay needs root (CI runs as root)");
+            return;
+        }
+        let splicer = Arc::new(Splicer::new(16).expect("load the program"));
+        let watcher = {
+            let s = splicer.clone();
+            tokio::spawn(async move { s.watch_ends().await })
+        };
+        let (mut client, router_client) = pair().await;
+        // The router's side towards the server is the one it connected (`pair`'s outside end).
+        let (router_server, mut server) = pair().await;
+        let joined = splicer.join(&router_client, &router_server).expect("join");
+        let cancel = CancellationToken::new();
+        let session = joined.run(router_client, router_server, &cancel);
+        let big = vec![7u8; 3 << 20];
+        client.write_all(b"hello server").await.expect("write");
+        let mut buf = [0u8; 12];
+        let (mut client_read, _client_write) = client.split();
+        let server_side = async {
+            server.read_exact(&mut buf).await.expect("read");
+            server.write_all(&big).await.expect("write 3 MB");
+            server.write_all(b"last words").await.expect("write");
+            drop(server);
+        };
+        let client_side = async {
+            let mut got = Vec::new();
+            client_read
+                .read_to_end(&mut got)
+                .await
+                .expect("read to the end");
+            got
+        };
+        let ends = async { tokio::join!(server_side, client_side).1 };
+        let (carried, got) = tokio::join!(session, ends);
+        assert_eq!(&buf, b"hello server");
+        assert_eq!(got.len(), big.len() + 10);
+        assert!(got.ends_with(b"last words"));
+        assert_eq!(carried.to_backend, 12);
+        assert_eq!(carried.to_client, big.len() as u64 + 10);
+        watcher.abort();
+    }
+
+    /// Cancelling (the backend left the pool) cuts both ends at once, and nothing more is
+    /// relayed.
+    #[tokio::test]
+    async fn cancel_cuts_both_ends() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: loading the kernel relay needs root (CI runs as root)");
+            return;
+        }
+        let splicer = Arc::new(Splicer::new(16).expect("load the program"));
+        let watcher = {
+            let s = splicer.clone();
+            tokio::spawn(async move { s.watch_ends().await })
+        };
+        let (mut client, router_client) = pair().await;
+        let (router_server, mut server) = pair().await;
+        let joined = splicer.join(&router_client, &router_server).expect("join");
+        let cancel = CancellationToken::new();
+        let session = joined.run(router_client, router_server, &cancel);
+        let ends = async {
+            client.write_all(b"ping").await.expect("write");
+            let mut buf = [0u8; 4];
+            server.read_exact(&mut buf).await.expect("read");
+            cancel.cancel();
+            let mut rest = Vec::new();
+            let c = client.read_to_end(&mut rest).await;
+            let s = server.read_to_end(&mut rest).await;
+            (c.map_or(0, |n| n), s.map_or(0, |n| n), rest)
+        };
+        let (_, (c, s, rest)) = tokio::join!(session, ends);
+        assert_eq!((c, s), (0, 0), "both ends see the end and nothing else");
+        assert!(rest.is_empty());
+        watcher.abort();
+    }
+}
