@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Router data-path benchmark: pgbench select-only and TPC-B-like at 1, 8 and 32 clients, and
-# connection rate (-C), direct to the leader, through patrol-router and through HAProxy 2.6 in
-# TCP mode (the generated config), all in one run on the demo cluster. Prints a markdown table.
+# connection rate (-C), direct to the leader, through patrol-router (default settings, and with
+# `splice: true`, the kernel relay, which needs root) and through HAProxy 2.6 in TCP mode (the
+# generated config), all in one run on the demo cluster. Prints a markdown table.
 #
-# Each figure is the median of REPS runs (default 3); the three targets take turns within each
+# Each figure is the median of REPS runs (default 3); the four targets take turns within each
 # repetition so that drift on the shared machine hits them alike.
 #
 #   scripts/demo.sh                # a running demo cluster (release build)
@@ -27,12 +28,16 @@ $pgbench -p "$leader_port" -i -s 10 -q bench >/dev/null 2>&1
 # A second patrol-router on 6100/6101/6180 (the demo has its own on 5000).
 "$router_bin" --agent-config "$root/pg0/patrol.yml" --write 127.0.0.1:6100 --read 127.0.0.1:6101 --admin 127.0.0.1:6180 >"$root/bench-router.log" 2>&1 &
 router_pid=$!
+# A third with the kernel relay on 6200/6201/6280.
+printf 'agent_config: %s\nlisten: {write: 127.0.0.1:6200, read: 127.0.0.1:6201, admin: 127.0.0.1:6280}\nsplice: true\n' "$root/pg0/patrol.yml" >"$root/bench-splice.yml"
+"$router_bin" -c "$root/bench-splice.yml" >"$root/bench-splice.log" 2>&1 &
+splice_pid=$!
 # A second HAProxy with the generated configuration on 7100/7101 (stats 7180).
 "$router_bin" haproxy-config --agent-config "$root/pg0/patrol.yml" --write-bind 127.0.0.1:7100 --read-bind 127.0.0.1:7101 --stats-bind 127.0.0.1:7180 >"$root/bench-haproxy.cfg"
 haproxy -f "$root/bench-haproxy.cfg" -db >"$root/bench-haproxy.log" 2>&1 &
 haproxy_pid=$!
-trap 'kill $router_pid $haproxy_pid 2>/dev/null || true' EXIT
-for p in 6100 7100; do
+trap 'kill $router_pid $splice_pid $haproxy_pid 2>/dev/null || true' EXIT
+for p in 6100 6200 7100; do
   for _ in $(seq 1 100); do psql -p $p -qAtc "select 1" bench >/dev/null 2>&1 && break; sleep 0.1; done
 done
 
@@ -43,25 +48,26 @@ lat() { # port -> average latency ms at 1 client, select-only
   $pgbench -p "$1" -c 1 -j 1 -T "$T" -n -S bench 2>/dev/null | awk '/latency average/ {print $4; exit}'
 }
 median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-echo "| workload | clients | direct TPS | patrol-router TPS (ratio) | HAProxy TPS (ratio) |"
-echo "|---|---|---|---|---|"
+grep -q "relayed in the kernel" "$root/bench-splice.log" || echo "(splice: the kernel relay did not load, see $root/bench-splice.log)"
+echo "| workload | clients | direct TPS | patrol-router TPS (ratio) | patrol-router, splice TPS (ratio) | HAProxy TPS (ratio) |"
+echo "|---|---|---|---|---|---|"
 for mode in "-S" "" "-S -C"; do
   name=$([ "$mode" = "-S" ] && echo "select-only" || ([ "$mode" = "" ] && echo "TPC-B-like" || echo "select-only, new connection per transaction (-C)"))
   for c in 1 8 32; do
-    ds=() rs=() hs=() rr=() hr=()
+    ds=() rs=() ss=() hs=() rr=() sr=() hr=()
     for _ in $(seq 1 "$REPS"); do
-      d=$(run "$leader_port" $c "$mode"); r=$(run 6100 $c "$mode"); h=$(run 7100 $c "$mode")
-      ds+=("$d"); rs+=("$r"); hs+=("$h")
-      rr+=("$(awk -v a="$r" -v b="$d" 'BEGIN { print a / b }')"); hr+=("$(awk -v a="$h" -v b="$d" 'BEGIN { print a / b }')")
+      d=$(run "$leader_port" $c "$mode"); r=$(run 6100 $c "$mode"); s=$(run 6200 $c "$mode"); h=$(run 7100 $c "$mode")
+      ds+=("$d"); rs+=("$r"); ss+=("$s"); hs+=("$h")
+      rr+=("$(awk -v a="$r" -v b="$d" 'BEGIN { print a / b }')"); sr+=("$(awk -v a="$s" -v b="$d" 'BEGIN { print a / b }')"); hr+=("$(awk -v a="$h" -v b="$d" 'BEGIN { print a / b }')")
     done
-    d=$(echo "${ds[*]}" | median); r=$(echo "${rs[*]}" | median); h=$(echo "${hs[*]}" | median)
-    r_ratio=$(echo "${rr[*]}" | median); h_ratio=$(echo "${hr[*]}" | median)
-    awk -v n="$name" -v c=$c -v d="$d" -v r="$r" -v h="$h" -v rq="$r_ratio" -v hq="$h_ratio" 'BEGIN { printf "| %s | %d | %.0f | %.0f (%.2f) | %.0f (%.2f) |\n", n, c, d, r, rq, h, hq }'
+    d=$(echo "${ds[*]}" | median); r=$(echo "${rs[*]}" | median); s=$(echo "${ss[*]}" | median); h=$(echo "${hs[*]}" | median)
+    r_ratio=$(echo "${rr[*]}" | median); s_ratio=$(echo "${sr[*]}" | median); h_ratio=$(echo "${hr[*]}" | median)
+    awk -v n="$name" -v c=$c -v d="$d" -v r="$r" -v s="$s" -v h="$h" -v rq="$r_ratio" -v sq="$s_ratio" -v hq="$h_ratio" 'BEGIN { printf "| %s | %d | %.0f | %.0f (%.2f) | %.0f (%.2f) | %.0f (%.2f) |\n", n, c, d, r, rq, s, sq, h, hq }'
   done
 done
-lds=() lrs=() lhs=()
-for _ in $(seq 1 "$REPS"); do lds+=("$(lat "$leader_port")"); lrs+=("$(lat 6100)"); lhs+=("$(lat 7100)"); done
-ld=$(echo "${lds[*]}" | median); lr=$(echo "${lrs[*]}" | median); lh=$(echo "${lhs[*]}" | median)
-awk -v d="$ld" -v r="$lr" -v h="$lh" 'BEGIN { printf "\nLatency at 1 client (select-only, medians): direct %.3f ms, patrol-router %.3f ms (+%.0f us), HAProxy %.3f ms (+%.0f us)\n", d, r, (r-d)*1000, h, (h-d)*1000 }'
+lds=() lrs=() lss=() lhs=()
+for _ in $(seq 1 "$REPS"); do lds+=("$(lat "$leader_port")"); lrs+=("$(lat 6100)"); lss+=("$(lat 6200)"); lhs+=("$(lat 7100)"); done
+ld=$(echo "${lds[*]}" | median); lr=$(echo "${lrs[*]}" | median); ls=$(echo "${lss[*]}" | median); lh=$(echo "${lhs[*]}" | median)
+awk -v d="$ld" -v r="$lr" -v s="$ls" -v h="$lh" 'BEGIN { printf "\nLatency at 1 client (select-only, medians): direct %.3f ms, patrol-router %.3f ms (+%.0f us), with splice %.3f ms (+%.0f us), HAProxy %.3f ms (+%.0f us)\n", d, r, (r-d)*1000, s, (s-d)*1000, h, (h-d)*1000 }'
 echo "patrol-router RSS after the runs: $(awk '/VmRSS/ {print $2/1024 " MB"}' /proc/$router_pid/status)"
 echo "(ratios are medians of the per-repetition ratios to direct)"
