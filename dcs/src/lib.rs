@@ -5,7 +5,9 @@
 pub mod client;
 pub mod etcd;
 pub mod model;
+pub mod status;
 
 pub use client::Dcs;
 pub use etcd::{DcsError, EtcdDcs, EtcdSettings, LeaseInfo};
 pub use model::*;
+pub use status::NodeStatus;

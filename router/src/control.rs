@@ -62,18 +62,12 @@ pub fn parse_timestamp(s: &str) -> Option<f64> {
 
 /// Reads a member's `GET /patroni` answer.
 pub fn probe_from_status(body: &serde_json::Value, at: Instant) -> Probe {
-    let xlog = body.get("xlog");
-    let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|v| v.as_u64());
-    let role = body.get("role").and_then(|v| v.as_str()).unwrap_or("");
-    let state = body.get("state").and_then(|v| v.as_str()).unwrap_or("");
-    let primary = num("location").is_some() || role == "primary" || role == "master";
-    let received = num("received_location").unwrap_or(0);
-    let replayed = num("replayed_location").unwrap_or(0);
+    let s = patrol_dcs::NodeStatus::from_json(body);
     // Replay delay: how old the last replayed transaction is, while replay is behind what was
     // received (a replica that replayed everything is not late however old its last commit).
-    let replay_delay_seconds = if !primary && received > replayed {
-        xlog.and_then(|x| x.get("replayed_timestamp"))
-            .and_then(|v| v.as_str())
+    let replay_delay_seconds = if !s.primary && s.received > s.replayed {
+        s.replayed_timestamp
+            .as_deref()
             .and_then(parse_timestamp)
             .map(|ts| {
                 let now = SystemTime::now()
@@ -90,16 +84,12 @@ pub fn probe_from_status(body: &serde_json::Value, at: Instant) -> Probe {
         at,
         reachable: true,
         refused: false,
-        primary: primary && state == "running",
-        running: state == "running",
-        wal_position: if primary {
-            num("location").unwrap_or(0)
-        } else {
-            received.max(replayed)
-        },
-        replayed,
-        streaming: body.get("replication_state").and_then(|v| v.as_str()) == Some("streaming"),
-        timeline: body.get("timeline").and_then(|v| v.as_u64()).unwrap_or(0),
+        primary: s.primary,
+        running: s.running,
+        wal_position: s.wal_position,
+        replayed: s.replayed,
+        streaming: s.streaming,
+        timeline: s.timeline,
         replay_delay_seconds,
         failures: 0,
     }

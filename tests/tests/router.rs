@@ -211,24 +211,7 @@ async fn write_port_goes_to_the_leader_read_port_to_replicas() {
         "least-connections balance: {per_node:?}"
     );
 
-    // An SSLRequest goes to the backend (TLS would run end to end): the test servers have no
-    // TLS, so the answer is their `N`, and the startup that follows reaches PostgreSQL, which
-    // asks for the password.
-    let mut raw = TcpStream::connect(("127.0.0.1", r.write_port()))
-        .await
-        .expect("connect");
-    let mut req = 8u32.to_be_bytes().to_vec();
-    req.extend_from_slice(&80_877_103u32.to_be_bytes());
-    raw.write_all(&req).await.expect("SSLRequest");
-    let answer = tokio::time::timeout(Duration::from_secs(10), raw.read_u8())
-        .await
-        .expect("an answer to the SSLRequest")
-        .expect("answer");
-    assert_eq!(answer, b'N');
-    raw.write_all(&startup_message()).await.expect("startup");
-    let (ty, _) = read_message(&mut raw).await.expect("a message");
-    assert_eq!(ty, b'R', "PostgreSQL's authentication request");
-    drop(raw);
+    ssl_request_reaches_the_backend(r.write_port()).await;
 
     // The stats count them too.
     let stats = wait_until(
@@ -524,6 +507,26 @@ async fn held_connection_succeeds_when_a_leader_appears() {
         elapsed >= Duration::from_secs(1),
         "the connection was held until a leader appeared, not answered at once ({elapsed:?})"
     );
+}
+
+/// An SSLRequest goes to the backend (TLS would run end to end): the test servers have no TLS,
+/// so the answer is their `N`, and the startup that follows reaches PostgreSQL, which asks for
+/// the password.
+async fn ssl_request_reaches_the_backend(port: u16) {
+    let mut raw = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut req = 8u32.to_be_bytes().to_vec();
+    req.extend_from_slice(&80_877_103u32.to_be_bytes());
+    raw.write_all(&req).await.expect("SSLRequest");
+    let answer = tokio::time::timeout(Duration::from_secs(10), raw.read_u8())
+        .await
+        .expect("an answer to the SSLRequest")
+        .expect("answer");
+    assert_eq!(answer, b'N');
+    raw.write_all(&startup_message()).await.expect("startup");
+    let (ty, _) = read_message(&mut raw).await.expect("a message");
+    assert_eq!(ty, b'R', "PostgreSQL's authentication request");
 }
 
 /// A v3 startup message for user/database `postgres`.
@@ -1308,6 +1311,9 @@ async fn spliced_sessions_relay_in_the_kernel_and_are_cut_on_switchover() {
         format!("{err:?}").contains("terminating connection due to administrator command"),
         "the server's FATAL must reach the client: {err:?}"
     );
+
+    // The SSLRequest path joins the pair after the backend's one-byte answer.
+    ssl_request_reaches_the_backend(r.write_port()).await;
 
     // No wake-up per message: 2,000 round trips through each router.
     let p = plain.connect_write().await.expect("user-space session");

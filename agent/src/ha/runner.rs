@@ -1385,38 +1385,16 @@ fn api_scheme(cfg: &Config) -> &'static str {
 /// Reads a peer's `GET /patroni` answer as Patroni's leader race does (spec 2.4): in recovery
 /// unless `xlog.location` is set or the role is primary; position = max(received, replayed).
 pub fn peer_from_status(name: &str, body: &serde_json::Value) -> PeerStatus {
-    let xlog = body.get("xlog").or_else(|| body.get("wal"));
-    let num = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|v| v.as_u64());
-    let role = body.get("role").and_then(|r| r.as_str()).unwrap_or("");
-    let running = body.get("state").and_then(|s| s.as_str()) == Some("running");
-    // A primary whose PostgreSQL is down (crashed, stopping) is not a live primary.
-    let primary = running && (num("location").is_some() || role == "primary" || role == "master");
-    let received = num("received_location").unwrap_or(0);
-    let replayed = num("replayed_location").unwrap_or(0);
-    let tags = body
-        .get("tags")
-        .and_then(|t| t.as_object())
-        .cloned()
-        .unwrap_or_default();
+    let s = patrol_dcs::NodeStatus::from_json(body);
     PeerStatus {
         name: name.to_string(),
-        primary,
-        wal_position: if primary {
-            num("location").unwrap_or(0)
-        } else {
-            received.max(replayed)
-        },
-        replay_position: replayed,
-        paused: xlog
-            .and_then(|x| x.get("paused"))
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-        nofailover: patrol_dcs::tags_nofailover(&tags),
-        failover_priority: patrol_dcs::tags_failover_priority(&tags),
-        watchdog_failed: body
-            .get("watchdog_failed")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
+        primary: s.primary,
+        wal_position: s.wal_position,
+        replay_position: s.replayed,
+        paused: s.paused,
+        nofailover: patrol_dcs::tags_nofailover(&s.tags),
+        failover_priority: patrol_dcs::tags_failover_priority(&s.tags),
+        watchdog_failed: s.watchdog_failed,
     }
 }
 
