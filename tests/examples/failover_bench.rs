@@ -14,7 +14,8 @@
 //!
 //! Environment: `BENCH_RUNS` (default 5), `BENCH_DCS` (the bootstrap.dcs flow mapping, default
 //! `{ttl: 10, loop_wait: 1, retry_timeout: 3}`), `BENCH_SCENARIOS` (comma list of
-//! `crash,sigterm,hostloss,switchover`).
+//! `crash,sigterm,hostloss,switchover`), `BENCH_ROUTER_YAML` (extra router settings, e.g.
+//! `splice: true`).
 
 use std::time::{Duration, Instant};
 
@@ -128,7 +129,7 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
     };
     let via_router = std::env::var_os("BENCH_VIA_ROUTER").is_some();
     let router = if via_router {
-        Some(Router::start(&c, "")?)
+        Some(Router::start(&c, &std::env::var("BENCH_ROUTER_YAML").unwrap_or_default())?)
     } else {
         None
     };

@@ -15,7 +15,8 @@
 //! PATROL_BIN_DIR=target/release cargo run --release -p patrol-tests --example router_switch_bench
 //! ```
 //! Environment: `BENCH_RUNS` (default 3), `BENCH_SCENARIOS` (default `switchover,freeze`),
-//! `BENCH_SESSIONS` (idle sessions to the old leader, default 20).
+//! `BENCH_SESSIONS` (idle sessions to the old leader, default 20), `BENCH_ROUTER_YAML` (extra
+//! router settings, e.g. `splice: true`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,7 +98,7 @@ async fn one_run(scenario: &str, sessions: usize) -> anyhow::Result<RunResult> {
     let li = start_all(&mut c).await?;
     let leader = c.name(li).to_string();
     eprintln!("  cluster up, leader {leader}");
-    let router = Router::start(&c, "")?;
+    let router = Router::start(&c, &std::env::var("BENCH_ROUTER_YAML").unwrap_or_default())?;
     let wp = router.write_port();
     // The cost of one connection (SCRAM, startup) through the router before the switch.
     let mut connects = Vec::new();
