@@ -5,7 +5,10 @@
 //!
 //! The program is eleven instructions, assembled here; the map is keyed by the receiving
 //! socket's cookie and holds the peer socket. Loading it needs `CAP_BPF` and `CAP_NET_ADMIN`
-//! (root); without them the router says so once and relays in user space.
+//! (root) and Linux 5.13 or later (`BPF_SK_SKB_VERDICT`); without them the router says so once
+//! and relays in user space. (A loader crate such as aya takes a compiled BPF object, which
+//! would make clang or a nightly toolchain a build dependency for eleven instructions; the
+//! four `bpf` commands used here are all this module needs.)
 //!
 //! A spliced socket must not stay in the data threads' epoll: the kernel still signals "data
 //! arrived" for every redirected segment, which would wake a thread per message (the cost
@@ -31,6 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+// From include/uapi/linux/bpf.h.
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
@@ -158,7 +162,9 @@ pub struct Splicer {
     next: AtomicU64,
 }
 
-/// How long a closing session waits for the kernel to hand over what it still holds.
+/// How long a closing session waits for the kernel to hand over what it still holds, without
+/// progress (the receiving peer acknowledging, or the kernel queueing more for it): a slow
+/// client still reading a large result gets all of it, a stuck one does not hold the session.
 const DRAIN: Duration = Duration::from_secs(1);
 
 impl Splicer {
@@ -293,8 +299,8 @@ pub struct Carried {
 
 impl Joined<'_> {
     /// Waits for either end to close (or `cancel`), then closes the session: on a close, what
-    /// the kernel still holds for the other side is sent first (at most [`DRAIN`]); on
-    /// `cancel`, both are cut at once.
+    /// the kernel still holds for the other side is sent first (while it makes progress, see
+    /// [`DRAIN`]); on `cancel`, both are cut at once.
     pub async fn run(
         self,
         client: TcpStream,
@@ -344,11 +350,8 @@ impl Joined<'_> {
             let _ = client.shutdown(Shutdown::Both);
             let _ = server.shutdown(Shutdown::Both);
         } else {
-            let deadline = tokio::time::Instant::now() + DRAIN;
             for (from, to, to_is_server) in [(&client, &server, true), (&server, &client, false)] {
-                while pending(from, to, to_is_server) && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
+                drain(from, to, to_is_server).await;
                 let _ = to.shutdown(Shutdown::Write);
             }
         }
@@ -383,20 +386,40 @@ fn data_received(i: &libc::tcp_info) -> u64 {
     i.tcpi_bytes_received.saturating_sub(u64::from(fin))
 }
 
-/// Whether `from` received data that is not yet in `to`'s send queue (while `to` can still
-/// send). Before the join the router forwarded exactly what it read, so the counts match once
-/// the kernel caught up. On the side the router connected from, `bytes_acked` also counts the
-/// SYN.
-fn pending(from: &impl AsRawFd, to: &impl AsRawFd, to_is_server: bool) -> bool {
+/// Waits until everything `from` received is in `to`'s send queue, or nothing moved for
+/// [`DRAIN`]. Polls at 1 ms, backing off to 50 ms while a slow peer reads.
+async fn drain(from: &impl AsRawFd, to: &impl AsRawFd, to_is_server: bool) {
+    let mut last = None;
+    let mut still_since = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    while let Some(progress) = pending(from, to, to_is_server) {
+        let now = tokio::time::Instant::now();
+        if last != Some(progress) {
+            last = Some(progress);
+            still_since = now;
+        } else if now - still_since >= DRAIN {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// When `from` received data that is not yet in `to`'s send queue (while `to` can still send):
+/// how far `to` has got (bytes acknowledged, bytes queued), to tell progress; `None` once all
+/// of it is queued. Before the join the router forwarded exactly what it read, so the counts
+/// match once the kernel caught up. On the side the router connected from, `bytes_acked` also
+/// counts the SYN.
+fn pending(from: &impl AsRawFd, to: &impl AsRawFd, to_is_server: bool) -> Option<(u64, u64)> {
     let (Ok(f), Ok(t)) = (tcp_info(from), tcp_info(to)) else {
-        return false;
+        return None;
     };
     if t.tcpi_state != ESTABLISHED && t.tcpi_state != CLOSE_WAIT {
-        return false;
+        return None;
     }
-    let written =
-        (t.tcpi_bytes_acked + outq(to).unwrap_or(0)).saturating_sub(u64::from(to_is_server));
-    data_received(&f) > written
+    let queued = outq(to).unwrap_or(0);
+    let written = (t.tcpi_bytes_acked + queued).saturating_sub(u64::from(to_is_server));
+    (data_received(&f) > written).then_some((t.tcpi_bytes_acked, queued))
 }
 
 fn tcp_info(s: &impl AsRawFd) -> io::Result<libc::tcp_info> {
@@ -547,6 +570,49 @@ mod tests {
         let (_, (c, s, rest)) = tokio::join!(session, ends);
         assert_eq!((c, s), (0, 0), "both ends see the end and nothing else");
         assert!(rest.is_empty());
+        watcher.abort();
+    }
+
+    /// A server that sends a large last chunk and closes, to a client that reads it slowly
+    /// (for longer than [`DRAIN`]): the client still gets every byte.
+    #[tokio::test]
+    async fn a_slow_client_gets_everything_after_the_server_closed() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: loading the kernel relay needs root (CI runs as root)");
+            return;
+        }
+        let splicer = Arc::new(Splicer::new(16).expect("load the program"));
+        let watcher = {
+            let s = splicer.clone();
+            tokio::spawn(async move { s.watch_ends().await })
+        };
+        let (mut client, router_client) = pair().await;
+        let (router_server, mut server) = pair().await;
+        let joined = splicer.join(&router_client, &router_server).expect("join");
+        let cancel = CancellationToken::new();
+        let session = joined.run(router_client, router_server, &cancel);
+        let total = 8usize << 20;
+        let server_side = async {
+            let chunk = vec![1u8; 1 << 20];
+            for _ in 0..8 {
+                server.write_all(&chunk).await.expect("write");
+            }
+            drop(server);
+        };
+        let client_side = async {
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match client.read(&mut buf).await.expect("read") {
+                    0 => break got,
+                    n => got += n,
+                }
+                // At least 128 reads of at most 64 kB, 15 ms apart: longer than DRAIN.
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        };
+        let (_, (), got) = tokio::join!(session, server_side, client_side);
+        assert_eq!(got, total);
         watcher.abort();
     }
 }

@@ -129,7 +129,10 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
     };
     let via_router = std::env::var_os("BENCH_VIA_ROUTER").is_some();
     let router = if via_router {
-        Some(Router::start(&c, &std::env::var("BENCH_ROUTER_YAML").unwrap_or_default())?)
+        Some(Router::start(
+            &c,
+            &std::env::var("BENCH_ROUTER_YAML").unwrap_or_default(),
+        )?)
     } else {
         None
     };
