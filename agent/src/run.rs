@@ -40,6 +40,7 @@ pub async fn run(cfg: Config, reload: ReloadSource) -> anyhow::Result<()> {
         endpoints: cfg.etcd.endpoints.clone(),
         username: cfg.etcd.username.clone(),
         password: cfg.etcd.password.clone(),
+        tls: cfg.etcd.tls(),
         prefix: cluster_prefix(&cfg.namespace, &cfg.scope),
         member_name: cfg.name.clone(),
     };

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use tokio::sync::{watch, Mutex};
 use tokio::time::{timeout, Instant};
@@ -60,10 +61,54 @@ pub struct EtcdSettings {
     pub endpoints: Vec<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS to etcd (used when an endpoint is `https://` or any file is given).
+    pub tls: EtcdTls,
     /// `/<namespace>/<scope>/`.
     pub prefix: String,
     /// This member's name (the leader key's value when we hold it).
     pub member_name: String,
+}
+
+/// PEM files for TLS to etcd, as Patroni's `etcd3.cacert`, `cert` and `key`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's certificate (default: the system's roots are not used, so
+    /// give it whenever etcd's certificate is not from a public CA).
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate and key, for etcd's `--client-cert-auth`.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl EtcdTls {
+    fn is_set(&self) -> bool {
+        self.cacert.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// The TLS options, or an error naming the file that cannot be read.
+    fn options(&self) -> Result<TlsOptions, DcsError> {
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                DcsError::Other(format!("cannot read etcd {what} {}: {e}", p.display()))
+            })
+        };
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &self.cacert {
+            tls = tls.ca_certificate(Certificate::from_pem(read("cacert", ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                tls = tls.identity(Identity::from_pem(read("cert", c)?, read("key", k)?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(DcsError::Other(
+                    "etcd cert and key go together: give both or neither".into(),
+                ))
+            }
+        }
+        Ok(tls)
+    }
 }
 
 struct LeaseState {
@@ -104,6 +149,9 @@ impl EtcdDcs {
             .with_keep_alive(Duration::from_secs(2), retry_timeout);
         if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
             opts = opts.with_user(u.clone(), p.clone());
+        }
+        if settings.tls.is_set() || settings.endpoints.iter().any(|e| e.starts_with("https://")) {
+            opts = opts.with_tls(settings.tls.options()?);
         }
         let client = timeout(
             retry_timeout,

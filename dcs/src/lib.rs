@@ -8,6 +8,6 @@ pub mod model;
 pub mod status;
 
 pub use client::Dcs;
-pub use etcd::{DcsError, EtcdDcs, EtcdSettings, LeaseInfo};
+pub use etcd::{DcsError, EtcdDcs, EtcdSettings, EtcdTls, LeaseInfo};
 pub use model::*;
 pub use status::NodeStatus;

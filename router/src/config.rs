@@ -22,6 +22,8 @@ pub struct Config {
     pub endpoints: Vec<String>,
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
+    /// TLS to etcd (`etcd.cacert`, `cert`, `key`, or the agent config's `etcd3` ones).
+    pub etcd_tls: patrol_dcs::EtcdTls,
     pub namespace: String,
     pub scope: String,
     pub write_listen: SocketAddr,
@@ -98,6 +100,9 @@ struct EtcdSection {
     hosts: Option<Vec<String>>,
     username: Option<String>,
     password: Option<String>,
+    cacert: Option<std::path::PathBuf>,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,16 +158,33 @@ fn addr(key: &str, v: &str) -> anyhow::Result<SocketAddr> {
         .map_err(|_| invalid(key, format!("{v:?} is not an address:port")))
 }
 
-fn endpoint(h: &str) -> String {
+/// `host:port` as an endpoint URL: `https` when TLS is configured, else `http`; a URL given
+/// with its scheme is kept.
+fn endpoint(h: &str, tls: bool) -> String {
     if h.starts_with("http://") || h.starts_with("https://") {
         h.to_string()
+    } else if tls {
+        format!("https://{h}")
     } else {
         format!("http://{h}")
     }
 }
 
-/// Reads `etcd3`/`etcd` hosts, namespace and scope from an agent (Patroni) configuration.
-fn from_agent_config(path: &Path) -> anyhow::Result<(Vec<String>, Option<String>, Option<String>)> {
+/// What an agent (Patroni) configuration says about the cluster and its etcd.
+#[derive(Default)]
+struct FromAgent {
+    hosts: Vec<String>,
+    username: Option<String>,
+    password: Option<String>,
+    https: bool,
+    tls: patrol_dcs::EtcdTls,
+    namespace: Option<String>,
+    scope: Option<String>,
+}
+
+/// Reads `etcd3`/`etcd` (hosts, `protocol`, credentials, TLS files), namespace and scope from
+/// an agent (Patroni) configuration.
+fn from_agent_config(path: &Path) -> anyhow::Result<FromAgent> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         invalid(
             "agent_config",
@@ -172,30 +194,45 @@ fn from_agent_config(path: &Path) -> anyhow::Result<(Vec<String>, Option<String>
     let doc: serde_json::Value = serde_yaml_ng::from_str(&text)
         .map_err(|e| invalid("agent_config", format!("{}: {e}", path.display())))?;
     let section = doc.get("etcd3").or_else(|| doc.get("etcd"));
-    let mut hosts = Vec::new();
+    let text_of = |k: &str| {
+        section
+            .and_then(|s| s.get(k))
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .map(String::from)
+    };
+    let mut out = FromAgent::default();
     if let Some(s) = section {
         if let Some(u) = s.get("url").and_then(|v| v.as_str()) {
-            hosts.push(u.to_string());
+            out.hosts.push(u.to_string());
         } else if let Some(h) = s.get("hosts") {
             match h {
-                serde_json::Value::Array(a) => {
-                    hosts.extend(a.iter().filter_map(|v| v.as_str()).map(String::from))
-                }
+                serde_json::Value::Array(a) => out
+                    .hosts
+                    .extend(a.iter().filter_map(|v| v.as_str()).map(String::from)),
                 serde_json::Value::String(s) => {
-                    hosts.extend(s.split(',').map(|x| x.trim().to_string()))
+                    out.hosts.extend(s.split(',').map(|x| x.trim().to_string()))
                 }
                 _ => {}
             }
         } else if let Some(h) = s.get("host").and_then(|v| v.as_str()) {
-            hosts.push(h.to_string());
+            out.hosts.push(h.to_string());
         }
     }
-    let ns = doc
+    out.https = text_of("protocol").as_deref() == Some("https");
+    out.username = text_of("username");
+    out.password = text_of("password");
+    out.tls = patrol_dcs::EtcdTls {
+        cacert: text_of("cacert").map(Into::into),
+        cert: text_of("cert").map(Into::into),
+        key: text_of("key").map(Into::into),
+    };
+    out.namespace = doc
         .get("namespace")
         .and_then(|v| v.as_str())
         .map(String::from);
-    let scope = doc.get("scope").and_then(|v| v.as_str()).map(String::from);
-    Ok((hosts, ns, scope))
+    out.scope = doc.get("scope").and_then(|v| v.as_str()).map(String::from);
+    Ok(out)
 }
 
 impl Config {
@@ -215,27 +252,37 @@ impl Config {
             }
             None => File::default(),
         };
-        let mut endpoints: Vec<String> = Vec::new();
-        let mut namespace = None;
-        let mut scope = None;
-        if let Some(a) = o.agent_config.as_deref().or(file.agent_config.as_deref()) {
-            let (h, n, s) = from_agent_config(Path::new(a))?;
-            endpoints = h.iter().map(|x| endpoint(x)).collect();
-            namespace = n;
-            scope = s;
-        }
+        let agent = match o.agent_config.as_deref().or(file.agent_config.as_deref()) {
+            Some(a) => from_agent_config(Path::new(a))?,
+            None => FromAgent::default(),
+        };
         let etcd = file.etcd.unwrap_or_default();
+        // The router's own `etcd` section wins over the agent config, key by key.
+        let tls = patrol_dcs::EtcdTls {
+            cacert: etcd.cacert.or(agent.tls.cacert),
+            cert: etcd.cert.or(agent.tls.cert),
+            key: etcd.key.or(agent.tls.key),
+        };
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(invalid(
+                "etcd",
+                "cert and key go together: give both or neither",
+            ));
+        }
+        let https = agent.https || tls != patrol_dcs::EtcdTls::default();
+        let mut endpoints: Vec<String> = agent.hosts.iter().map(|x| endpoint(x, https)).collect();
         if let Some(h) = &etcd.hosts {
-            endpoints = h.iter().map(|x| endpoint(x)).collect();
+            endpoints = h.iter().map(|x| endpoint(x, https)).collect();
         }
         if let Some(h) = &o.etcd_hosts {
-            endpoints = h.split(',').map(|x| endpoint(x.trim())).collect();
+            endpoints = h.split(',').map(|x| endpoint(x.trim(), https)).collect();
         }
+        let (namespace, scope) = (agent.namespace, agent.scope);
         if endpoints.is_empty() {
             endpoints.push("http://127.0.0.1:2379".into());
         }
-        namespace = o.namespace.clone().or(file.namespace).or(namespace);
-        scope = o.scope.clone().or(file.scope).or(scope);
+        let namespace = o.namespace.clone().or(file.namespace).or(namespace);
+        let scope = o.scope.clone().or(file.scope).or(scope);
         let scope = scope
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| invalid("scope", "missing (the cluster name; or give agent_config)"))?;
@@ -285,8 +332,9 @@ impl Config {
         let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
         let cfg = Config {
             endpoints,
-            etcd_username: etcd.username,
-            etcd_password: etcd.password,
+            etcd_username: etcd.username.or(agent.username),
+            etcd_password: etcd.password.or(agent.password),
+            etcd_tls: tls,
             namespace: namespace.unwrap_or_else(|| "/service".into()),
             scope,
             write_listen: addr("listen.write", &write)?,
@@ -408,5 +456,32 @@ mod tests {
         assert_eq!(c.scope, "batman");
         assert_eq!(c.namespace, "/svc/");
         assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.etcd_tls, patrol_dcs::EtcdTls::default());
+    }
+
+    #[test]
+    fn etcd_tls_and_credentials_from_the_agent_config_or_the_router_file() {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(
+            b"scope: s\netcd3: {hosts: [10.0.0.1:2379], protocol: https, username: u, password: p, \
+              cacert: /etc/ca.pem, cert: /etc/c.pem, key: /etc/k.pem}\n",
+        )
+        .expect("write");
+        let agent = f.path().display().to_string();
+        let c = load(&format!("agent_config: {agent}\n")).expect("valid");
+        assert_eq!(c.endpoints, ["https://10.0.0.1:2379"]);
+        assert_eq!(
+            (c.etcd_username.as_deref(), c.etcd_password.as_deref()),
+            (Some("u"), Some("p"))
+        );
+        assert_eq!(c.etcd_tls.cacert.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(c.etcd_tls.key.as_deref(), Some(Path::new("/etc/k.pem")));
+        // The router's own etcd section wins, key by key; a CA alone means https.
+        let c = load("scope: s\netcd: {hosts: ['127.0.0.1:2379'], cacert: /r/ca.pem}\n")
+            .expect("valid");
+        assert_eq!(c.endpoints, ["https://127.0.0.1:2379"]);
+        assert_eq!(c.etcd_tls.cacert.as_deref(), Some(Path::new("/r/ca.pem")));
+        let e = load("scope: s\netcd: {cert: /r/c.pem}\n").expect_err("cert without key");
+        assert!(e.to_string().contains("etcd"), "{e}");
     }
 }

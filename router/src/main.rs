@@ -204,6 +204,7 @@ fn haproxy_config(a: HaproxyConfigArgs) -> ExitCode {
         endpoints: cfg.endpoints.clone(),
         username: cfg.etcd_username.clone(),
         password: cfg.etcd_password.clone(),
+        tls: cfg.etcd_tls.clone(),
         prefix: patrol_dcs::cluster_prefix(&cfg.namespace, &cfg.scope),
         member_name: String::new(),
     };

@@ -21,6 +21,8 @@ pub struct Etcd {
     proc: Proc,
     extra_args: Vec<String>,
     client_port: u16,
+    /// A second client listener with TLS ([`Etcd::start_tls`]).
+    tls_port: Option<u16>,
     peer_port: u16,
     dir: tempfile::TempDir,
 }
@@ -43,6 +45,24 @@ impl Etcd {
     /// Like [`Etcd::start`] with extra command-line flags (e.g. `--quota-backend-bytes=...`).
     /// Retries with new ports if etcd exits early (a port taken between check and bind).
     pub fn start_with(extra_args: &[&str]) -> anyhow::Result<Etcd> {
+        Self::start_inner(extra_args, false)
+    }
+
+    /// Like [`Etcd::start`], plus a TLS client listener ([`Etcd::tls_host_port`]) with
+    /// `certs`' server certificate that requires a client certificate from the same CA. The
+    /// plain listener stays, for the harness's own checks.
+    pub fn start_tls(certs: &TestCerts) -> anyhow::Result<Etcd> {
+        let flags = [
+            format!("--cert-file={}", certs.server_cert().display()),
+            format!("--key-file={}", certs.server_key().display()),
+            format!("--trusted-ca-file={}", certs.ca().display()),
+            "--client-cert-auth".to_string(),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Self::start_inner(&flags, true)
+    }
+
+    fn start_inner(extra_args: &[&str], tls: bool) -> anyhow::Result<Etcd> {
         let mut dir = tempfile::Builder::new()
             .prefix("patrol-etcd-")
             .tempdir()
@@ -51,17 +71,19 @@ impl Etcd {
         let mut last_err = None;
         for _ in 0..3 {
             let client_port = free_port();
+            let tls_port = tls.then(free_port);
             let peer_port = free_port();
             let data = dir.path().join("data");
             if data.exists() {
                 std::fs::remove_dir_all(&data)
                     .with_context(|| format!("removing {}", data.display()))?;
             }
-            let proc = spawn(dir.path(), client_port, peer_port, &extra_args)?;
+            let proc = spawn(dir.path(), client_port, tls_port, peer_port, &extra_args)?;
             let mut etcd = Etcd {
                 proc,
                 extra_args: extra_args.clone(),
                 client_port,
+                tls_port,
                 peer_port,
                 dir,
             };
@@ -88,6 +110,11 @@ impl Etcd {
     /// `127.0.0.1:<client port>`, as Patroni's `etcd3.hosts` wants it.
     pub fn host_port(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:<TLS client port>` of an etcd from [`Etcd::start_tls`].
+    pub fn tls_host_port(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("127.0.0.1:{p}"))
     }
 
     pub fn client_port(&self) -> u16 {
@@ -124,6 +151,7 @@ impl Etcd {
         self.proc = spawn(
             self.dir.path(),
             self.client_port,
+            self.tls_port,
             self.peer_port,
             &self.extra_args,
         )?;
@@ -186,8 +214,17 @@ impl Etcd {
     }
 }
 
-fn spawn(dir: &Path, client_port: u16, peer_port: u16, extra: &[String]) -> anyhow::Result<Proc> {
-    let client = format!("http://127.0.0.1:{client_port}");
+fn spawn(
+    dir: &Path,
+    client_port: u16,
+    tls_port: Option<u16>,
+    peer_port: u16,
+    extra: &[String],
+) -> anyhow::Result<Proc> {
+    let mut client = format!("http://127.0.0.1:{client_port}");
+    if let Some(p) = tls_port {
+        client.push_str(&format!(",https://127.0.0.1:{p}"));
+    }
     let peer = format!("http://127.0.0.1:{peer_port}");
     let mut cmd = Command::new(etcd_binary());
     // Keep the developer's ETCD_* settings out of the test etcd.
@@ -210,4 +247,126 @@ fn spawn(dir: &Path, client_port: u16, peer_port: u16, extra: &[String]) -> anyh
         .args(extra)
         .current_dir(dir);
     Proc::spawn("etcd", cmd, dir.join("etcd.log"))
+}
+
+/// A test CA with a server certificate for 127.0.0.1 and a client certificate, made with the
+/// `openssl` tool in a world-readable temp dir (agents run as another user and read them).
+#[derive(Debug)]
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    pub fn generate() -> anyhow::Result<TestCerts> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("patrol-certs-")
+            .tempdir()
+            .context("creating the certificates' temp dir")?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .context("running openssl")?;
+            if !out.status.success() {
+                bail!(
+                    "openssl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &[
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=patrol test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ][..],
+            &ec[..],
+        ]
+        .concat())?;
+        for (name, cn, ext) in [
+            (
+                "server",
+                "127.0.0.1",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            ),
+            ("client", "patrol", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            let (key, csr, pem, extfile) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(dir.path().join(&extfile), ext)?;
+            run(&[
+                &[
+                    "req",
+                    "-subj",
+                    &format!("/CN={cn}"),
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                ][..],
+                &ec[..],
+            ]
+            .concat())?;
+            run(&[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                &extfile,
+                "-out",
+                &pem,
+            ])?;
+        }
+        for f in std::fs::read_dir(dir.path())? {
+            std::fs::set_permissions(f?.path(), std::fs::Permissions::from_mode(0o644))?;
+        }
+        Ok(TestCerts { dir })
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
+    }
 }

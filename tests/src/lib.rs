@@ -22,7 +22,7 @@ mod wait;
 
 pub use bins::{bin, workspace_dir};
 pub use cluster::{Cluster, NAMESPACE};
-pub use etcd::Etcd;
+pub use etcd::{Etcd, TestCerts};
 pub use health::{
     index_of, is_streaming_replica, members, start_all, wait_healthy, HEALTHY_TIMEOUT,
 };

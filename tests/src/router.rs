@@ -37,17 +37,26 @@ impl Router {
     /// with `RUST_LOG=info,patrol_router=debug` (log next to the config), and waits until its
     /// `/health` answers (any status).
     pub fn start(cluster: &Cluster, extra_yaml: &str) -> anyhow::Result<Router> {
+        let etcd = format!("etcd: {{hosts: ['{}']}}", cluster.etcd().host_port());
+        Self::start_with_etcd(cluster, &etcd, extra_yaml)
+    }
+
+    /// Like [`Router::start`] with another `etcd:` section (one line of YAML), e.g. TLS.
+    pub fn start_with_etcd(
+        cluster: &Cluster,
+        etcd_yaml: &str,
+        extra_yaml: &str,
+    ) -> anyhow::Result<Router> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let (write_port, read_port, admin_port) = (free_port(), free_port(), free_port());
         let mut yaml = format!(
             "\
-etcd: {{hosts: ['{etcd}']}}
+{etcd_yaml}
 namespace: {ns}
 scope: {scope}
 listen: {{write: '127.0.0.1:{write_port}', read: '127.0.0.1:{read_port}', admin: '127.0.0.1:{admin_port}'}}
 ",
-            etcd = cluster.etcd().host_port(),
             ns = cluster.namespace(),
             scope = cluster.scope(),
         );

@@ -596,6 +596,7 @@ impl Ctx {
             endpoints: self.target.endpoints.clone(),
             username: self.target.username.clone(),
             password: self.target.password.clone(),
+            tls: self.target.tls.clone(),
             prefix: cluster_prefix(&self.target.namespace, scope),
             member_name: String::new(),
         };

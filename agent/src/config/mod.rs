@@ -99,6 +99,7 @@ pub struct CtlTarget {
     pub endpoints: Vec<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+    pub tls: patrol_dcs::EtcdTls,
     pub namespace: String,
     pub scope: Option<String>,
 }
@@ -143,6 +144,7 @@ pub fn ctl_target(doc: &Map<String, Value>) -> Result<CtlTarget, ConfigError> {
         _ => None,
     };
     Ok(CtlTarget {
+        tls: etcd.tls(),
         endpoints: etcd.endpoints,
         username: etcd.username,
         password: etcd.password,
@@ -387,6 +389,17 @@ pub struct Etcd {
     pub cacert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+}
+
+impl Etcd {
+    /// The TLS files for the etcd client.
+    pub fn tls(&self) -> patrol_dcs::EtcdTls {
+        patrol_dcs::EtcdTls {
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for Etcd {
