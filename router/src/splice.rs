@@ -482,6 +482,50 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    /// Aborts the end-watcher task when a test ends.
+    struct AbortOnDrop(tokio::task::JoinHandle<io::Result<()>>);
+
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+
+    /// A loaded splicer with its end-watcher running, and two connections through a would-be
+    /// router: the application's `client` end and the router's `router_client` end, the
+    /// router's `router_server` end (the side it connected) and PostgreSQL's `server` end.
+    struct Rig {
+        splicer: Arc<Splicer>,
+        _watcher: AbortOnDrop,
+        client: TcpStream,
+        router_client: TcpStream,
+        router_server: TcpStream,
+        server: TcpStream,
+    }
+
+    /// `None` (and a note) unless root: loading the program needs it; CI runs as root.
+    async fn rig() -> Option<Rig> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: loading the kernel relay needs root (CI runs as root)");
+            return None;
+        }
+        let splicer = Arc::new(Splicer::new(16).expect("load the program"));
+        let watcher = {
+            let s = splicer.clone();
+            AbortOnDrop(tokio::spawn(async move { s.watch_ends().await }))
+        };
+        let (client, router_client) = pair().await;
+        let (router_server, server) = pair().await;
+        Some(Rig {
+            splicer,
+            _watcher: watcher,
+            client,
+            router_client,
+            router_server,
+            server,
+        })
+    }
+
     /// A connected pair of loopback sockets: (the outside end, the router's end).
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -496,21 +540,13 @@ mod tests {
     /// then the client sees the end; the byte counts are right.
     #[tokio::test]
     async fn relays_both_ways_and_hands_over_the_last_bytes() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: loading the kernel relay needs root (CI runs as root)");
-            return;
-        }
-        let splicer = Arc::new(Splicer::new(16).expect("load the program"));
-        let watcher = {
-            let s = splicer.clone();
-            tokio::spawn(async move { s.watch_ends().await })
-        };
-        let (mut client, router_client) = pair().await;
-        // The router's side towards the server is the one it connected (`pair`'s outside end).
-        let (router_server, mut server) = pair().await;
-        let joined = splicer.join(&router_client, &router_server).expect("join");
+        let Some(rig) = rig().await else { return };
         let cancel = CancellationToken::new();
-        let session = joined.run(router_client, router_server, &cancel);
+        let joined = rig.splicer.join(&rig.router_client, &rig.router_server);
+        let session = joined
+            .expect("join")
+            .run(rig.router_client, rig.router_server, &cancel);
+        let (mut client, mut server) = (rig.client, rig.server);
         let big = vec![7u8; 3 << 20];
         client.write_all(b"hello server").await.expect("write");
         let mut buf = [0u8; 12];
@@ -536,27 +572,19 @@ mod tests {
         assert!(got.ends_with(b"last words"));
         assert_eq!(carried.to_backend, 12);
         assert_eq!(carried.to_client, big.len() as u64 + 10);
-        watcher.abort();
     }
 
     /// Cancelling (the backend left the pool) cuts both ends at once, and nothing more is
     /// relayed.
     #[tokio::test]
     async fn cancel_cuts_both_ends() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: loading the kernel relay needs root (CI runs as root)");
-            return;
-        }
-        let splicer = Arc::new(Splicer::new(16).expect("load the program"));
-        let watcher = {
-            let s = splicer.clone();
-            tokio::spawn(async move { s.watch_ends().await })
-        };
-        let (mut client, router_client) = pair().await;
-        let (router_server, mut server) = pair().await;
-        let joined = splicer.join(&router_client, &router_server).expect("join");
+        let Some(rig) = rig().await else { return };
         let cancel = CancellationToken::new();
-        let session = joined.run(router_client, router_server, &cancel);
+        let joined = rig.splicer.join(&rig.router_client, &rig.router_server);
+        let session = joined
+            .expect("join")
+            .run(rig.router_client, rig.router_server, &cancel);
+        let (mut client, mut server) = (rig.client, rig.server);
         let ends = async {
             client.write_all(b"ping").await.expect("write");
             let mut buf = [0u8; 4];
@@ -570,27 +598,19 @@ mod tests {
         let (_, (c, s, rest)) = tokio::join!(session, ends);
         assert_eq!((c, s), (0, 0), "both ends see the end and nothing else");
         assert!(rest.is_empty());
-        watcher.abort();
     }
 
     /// A server that sends a large last chunk and closes, to a client that reads it slowly
     /// (for longer than [`DRAIN`]): the client still gets every byte.
     #[tokio::test]
     async fn a_slow_client_gets_everything_after_the_server_closed() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: loading the kernel relay needs root (CI runs as root)");
-            return;
-        }
-        let splicer = Arc::new(Splicer::new(16).expect("load the program"));
-        let watcher = {
-            let s = splicer.clone();
-            tokio::spawn(async move { s.watch_ends().await })
-        };
-        let (mut client, router_client) = pair().await;
-        let (router_server, mut server) = pair().await;
-        let joined = splicer.join(&router_client, &router_server).expect("join");
+        let Some(rig) = rig().await else { return };
         let cancel = CancellationToken::new();
-        let session = joined.run(router_client, router_server, &cancel);
+        let joined = rig.splicer.join(&rig.router_client, &rig.router_server);
+        let session = joined
+            .expect("join")
+            .run(rig.router_client, rig.router_server, &cancel);
+        let (mut client, mut server) = (rig.client, rig.server);
         let total = 8usize << 20;
         let server_side = async {
             let chunk = vec![1u8; 1 << 20];
@@ -613,6 +633,5 @@ mod tests {
         };
         let (_, (), got) = tokio::join!(session, server_side, client_side);
         assert_eq!(got, total);
-        watcher.abort();
     }
 }

@@ -1228,6 +1228,20 @@ async fn switches_for_round_trips(router: &Router, client: &tokio_postgres::Clie
     data_thread_switches(pid) - before
 }
 
+/// Waits until the router counts `n` open sessions (ended ones are noticed).
+async fn wait_sessions(r: &Router, n: u64) {
+    wait_until(
+        &format!("the router to count {n} open sessions"),
+        PROPAGATION_TIMEOUT,
+        || async {
+            let s = r.stats().await?;
+            Ok((s["sessions"] == n).then_some(()))
+        },
+    )
+    .await
+    .expect("ended sessions are noticed");
+}
+
 /// Every row of `SELECT g, md5(g::text) FROM generate_series(1, n)`, as text.
 async fn md5_rows(client: &tokio_postgres::Client, n: i32) -> Vec<String> {
     client
@@ -1333,16 +1347,7 @@ async fn spliced_sessions_relay_in_the_kernel_and_are_cut_on_switchover() {
 
     // Ended sessions are noticed (the count returns to the open ones) and their bytes counted.
     drop((doomed, p));
-    wait_until(
-        "the router to count one open session",
-        PROPAGATION_TIMEOUT,
-        || async {
-            let s = r.stats().await?;
-            Ok((s["sessions"] == 1).then_some(()))
-        },
-    )
-    .await
-    .expect("ended sessions are noticed");
+    wait_sessions(&r, 1).await;
 
     // A switchover cuts the kernel-relayed session to the old leader.
     let new = others(&c, old)[0];
@@ -1363,16 +1368,7 @@ async fn spliced_sessions_relay_in_the_kernel_and_are_cut_on_switchover() {
         .expect("writes move to the new leader");
     assert_eq!(landed, new);
     drop(w);
-    wait_until(
-        "the router to count no session",
-        PROPAGATION_TIMEOUT,
-        || async {
-            let s = r.stats().await?;
-            Ok((s["sessions"] == 0).then_some(()))
-        },
-    )
-    .await
-    .expect("every session ended");
+    wait_sessions(&r, 0).await;
     let to_client = metric(
         &r.metrics().await.expect("metrics"),
         "patrol_router_bytes_total{direction=\"to_client\",port=\"write\"}",
