@@ -7,6 +7,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// How the read port spreads new connections over the replicas in its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// The replica with the fewest open read sessions (ties rotate): long-lived sessions and
+    /// a replica returning to the pool even out.
+    LeastConnections,
+    /// Each replica in turn, whatever it already carries (HAProxy's `roundrobin`).
+    RoundRobin,
+}
+
 /// What to do with a read-port connection when no replica qualifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,6 +50,7 @@ pub struct Config {
     /// ... and not before this long after it left.
     pub hold_down: Duration,
     pub read_fallback: ReadFallback,
+    pub balance: Balance,
     /// A replica leaving the pool for lag keeps its sessions (a demoted or dead one never does).
     pub keep_sessions_on_lag: bool,
     /// New write connections wait this long for a leader before they get an error.
@@ -129,6 +141,7 @@ struct ReadSection {
     hold_down_ms: Option<u64>,
     fallback: Option<ReadFallback>,
     keep_sessions_on_lag: Option<bool>,
+    balance: Option<Balance>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,6 +359,7 @@ impl Config {
             enter_ratio,
             hold_down: ms(r.hold_down_ms, 30_000),
             read_fallback: r.fallback.unwrap_or(ReadFallback::Refuse),
+            balance: r.balance.unwrap_or(Balance::LeastConnections),
             keep_sessions_on_lag: r.keep_sessions_on_lag.unwrap_or(true),
             hold: ms(file.write.and_then(|w| w.hold_ms), 10_000),
             probe_interval: ms(file.probe_interval_ms, 500),
@@ -403,6 +417,7 @@ mod tests {
         assert_eq!(c.endpoints, ["http://127.0.0.1:2379"]);
         assert_eq!(c.namespace, "/service");
         assert_eq!(c.read_fallback, ReadFallback::Refuse);
+        assert_eq!(c.balance, Balance::LeastConnections);
         assert!((1..=16).contains(&c.threads), "{}", c.threads);
         assert_eq!(c.backend_port, None);
         let c = load("scope: demo\nthreads: 3\nbackend_port: 6432\n").expect("valid");
@@ -412,6 +427,8 @@ mod tests {
             "busy polling is off unless asked for"
         );
         assert!(!c.splice, "kernel splicing is off unless asked for");
+        let c = load("scope: demo\nread: {balance: round_robin}\n").expect("valid");
+        assert_eq!(c.balance, Balance::RoundRobin);
         assert!(load("scope: demo\nsplice: true\n").expect("valid").splice);
     }
 
@@ -426,6 +443,7 @@ mod tests {
             ("scope: x\nbackend_port: 0\n", "backend_port"),
             ("scope: x\nbusy_poll_us: 20000\n", "busy_poll_us"),
             ("scope: x\nsplice: yes please\n", "splice"),
+            ("scope: x\nread: {balance: random}\n", "balance"),
             ("scope: x\nbackend_port: 70000\n", "backend_port"),
             (
                 "scope: x\nlisten: {write: '127.0.0.1:1', read: '127.0.0.1:1'}\n",

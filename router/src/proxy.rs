@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ReadFallback;
+use crate::config::{Balance, ReadFallback};
 use crate::state::{ConnectionSlot, Port, Shared};
 use crate::table::Backend;
 
@@ -254,22 +254,35 @@ async fn pick(shared: &Shared, port: Port) -> Result<Backend, Refusal> {
         }
         Port::Read => {
             let t = shared.table.load();
-            // Least connections; ties rotate.
-            let n = t.readers.len();
-            let start = if n == 0 {
-                0
-            } else {
-                shared.rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize % n
-            };
-            let best = (0..n)
-                .map(|k| &t.readers[(start + k) % n])
-                .min_by_key(|b| shared.sessions.count(Port::Read, &b.name));
+            let turn = shared.rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+            let best = choose(&t.readers, shared.cfg.balance, turn, |b| {
+                shared.sessions.count(Port::Read, b)
+            });
             match (best, shared.cfg.read_fallback, &t.writer) {
                 (Some(b), _, _) => Ok(b.clone()),
                 (None, ReadFallback::Leader, Some(w)) => Ok(w.clone()),
                 _ => Err(Refusal::NoBackend("no replica within the lag limit".into())),
             }
         }
+    }
+}
+
+/// The read backend for a new connection: `turn` rotates (round robin, and ties of least
+/// connections); `sessions` counts a backend's open read sessions.
+fn choose(
+    readers: &[Backend],
+    balance: Balance,
+    turn: usize,
+    sessions: impl Fn(&str) -> usize,
+) -> Option<&Backend> {
+    let n = readers.len();
+    if n == 0 {
+        return None;
+    }
+    let in_turn = (0..n).map(|k| &readers[(turn + k) % n]);
+    match balance {
+        Balance::RoundRobin => in_turn.into_iter().next(),
+        Balance::LeastConnections => in_turn.min_by_key(|b| sessions(&b.name)),
     }
 }
 
@@ -482,5 +495,31 @@ mod tests {
             body.contains("57P03") && body.contains("no leader"),
             "{body}"
         );
+    }
+
+    #[test]
+    fn read_balancing() {
+        let backend = |n: &str| Backend {
+            name: n.into(),
+            addr: "127.0.0.1:1".parse().expect("addr"),
+        };
+        let readers = [backend("a"), backend("b"), backend("c")];
+        let open = |n: &str| match n {
+            "a" => 5,
+            "b" => 1,
+            _ => 1,
+        };
+        let pick = |balance, turn| choose(&readers, balance, turn, open).map(|b| b.name.clone());
+        // Least connections: never "a"; the tie between "b" and "c" rotates with the turn.
+        let least: Vec<_> = (0..4)
+            .filter_map(|t| pick(Balance::LeastConnections, t))
+            .collect();
+        assert_eq!(least, ["b", "b", "c", "b"]);
+        // Round robin: each in turn, whatever it carries.
+        let rr: Vec<_> = (0..4)
+            .filter_map(|t| pick(Balance::RoundRobin, t))
+            .collect();
+        assert_eq!(rr, ["a", "b", "c", "a"]);
+        assert!(choose(&[], Balance::RoundRobin, 0, open).is_none());
     }
 }
