@@ -116,7 +116,6 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
     }
     // Healthy: a leader and two streaming replicas.
     let li = wait_healthy(&c, &[0, 1, 2], HEALTHY_TIMEOUT).await?;
-    let leader = c.name(li).to_string();
     let client = c.connect(li).await?;
     client
         .batch_execute("CREATE TABLE bench(id bigserial primary key, at timestamptz)")
@@ -158,21 +157,7 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
             c.stop_node(li, Signal::SIGKILL)?;
             c.signal_postgres(li, Signal::SIGKILL)?;
         }
-        "switchover" => {
-            // A planned switchover through the leader's REST API (as patronictl does).
-            let candidate = c.name((li + 1) % 3).to_string();
-            let body = serde_json::json!({"leader": leader, "candidate": candidate});
-            let r = reqwest::Client::new()
-                .post(format!("{}/switchover", c.api_url(li)))
-                .json(&body)
-                .send()
-                .await?;
-            anyhow::ensure!(
-                r.status().is_success(),
-                "switchover refused: {}",
-                r.text().await?
-            );
-        }
+        "switchover" => c.switchover(li, (li + 1) % 3).await?,
         other => anyhow::bail!("unknown scenario {other}"),
     }
     let gap = w.await?.context("writes did not resume within 120 s")?;

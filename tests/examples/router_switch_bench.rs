@@ -161,16 +161,7 @@ async fn one_run(scenario: &str, sessions: usize) -> anyhow::Result<RunResult> {
     eprintln!("  sessions open, watching");
     let mut frozen = Vec::new();
     match scenario {
-        "switchover" => {
-            let candidate = c.name((li + 1) % 3).to_string();
-            let body = serde_json::json!({"leader": leader, "candidate": candidate});
-            let r = reqwest::Client::new()
-                .post(format!("{}/switchover", c.api_url(li)))
-                .json(&body)
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "switchover: {}", r.text().await?);
-        }
+        "switchover" => c.switchover(li, (li + 1) % 3).await?,
         "freeze" => {
             frozen = postgres_pids(&c, li)?;
             c.stop_node(li, Signal::SIGSTOP)?;

@@ -412,6 +412,26 @@ tags: {{}}
         self.etcd_get("leader").await
     }
 
+    /// A planned switchover from leader `from` to `to` through `from`'s REST API (`POST
+    /// /switchover`, as patronictl does); fails unless the agent accepts it.
+    pub async fn switchover(&self, from: usize, to: usize) -> anyhow::Result<()> {
+        let body = serde_json::json!({"leader": self.name(from), "candidate": self.name(to)});
+        let r = reqwest::Client::new()
+            .post(format!("{}/switchover", self.api_url(from)))
+            .json(&body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .context("POST /switchover")?;
+        let status = r.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "switchover refused ({status}): {}",
+            r.text().await?
+        );
+        Ok(())
+    }
+
     /// `GET <api_url(i)><path>`: status code and body text (5 s timeout).
     pub async fn api_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
         let url = format!("{}{path}", self.api_url(i));

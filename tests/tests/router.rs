@@ -1351,14 +1351,7 @@ async fn spliced_sessions_relay_in_the_kernel_and_are_cut_on_switchover() {
 
     // A switchover cuts the kernel-relayed session to the old leader.
     let new = others(&c, old)[0];
-    let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{}/switchover", c.api_url(old)))
-        .json(&serde_json::json!({"leader": c.name(old), "candidate": c.name(new)}))
-        .send()
-        .await
-        .expect("POST /switchover");
-    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+    c.switchover(old, new).await.expect("switchover");
     let err = wait_session_error(&w, "the old write session to fail", PROPAGATION_TIMEOUT)
         .await
         .expect("the session to the old leader is cut");
