@@ -183,72 +183,29 @@ fn endpoint(h: &str, tls: bool) -> String {
     }
 }
 
-/// What an agent (Patroni) configuration says about the cluster and its etcd.
-#[derive(Default)]
-struct FromAgent {
-    hosts: Vec<String>,
-    username: Option<String>,
-    password: Option<String>,
-    https: bool,
-    tls: patrol_dcs::EtcdTls,
-    namespace: Option<String>,
-    scope: Option<String>,
-}
-
-/// Reads `etcd3`/`etcd` (hosts, `protocol`, credentials, TLS files), namespace and scope from
-/// an agent (Patroni) configuration.
-fn from_agent_config(path: &Path) -> anyhow::Result<FromAgent> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        invalid(
-            "agent_config",
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
-    let doc: serde_json::Value = serde_yaml_ng::from_str(&text)
-        .map_err(|e| invalid("agent_config", format!("{}: {e}", path.display())))?;
-    let section = doc.get("etcd3").or_else(|| doc.get("etcd"));
-    let text_of = |k: &str| {
-        section
-            .and_then(|s| s.get(k))
-            .and_then(|v| v.as_str())
-            .filter(|v| !v.is_empty())
-            .map(String::from)
-    };
-    let mut out = FromAgent::default();
-    if let Some(s) = section {
-        if let Some(u) = s.get("url").and_then(|v| v.as_str()) {
-            out.hosts.push(u.to_string());
-        } else if let Some(h) = s.get("hosts") {
-            match h {
-                serde_json::Value::Array(a) => out
-                    .hosts
-                    .extend(a.iter().filter_map(|v| v.as_str()).map(String::from)),
-                serde_json::Value::String(s) => {
-                    out.hosts.extend(s.split(',').map(|x| x.trim().to_string()))
-                }
-                _ => {}
-            }
-        } else if let Some(h) = s.get("host").and_then(|v| v.as_str()) {
-            out.hosts.push(h.to_string());
-        }
-    }
-    out.https = text_of("protocol").as_deref() == Some("https");
-    out.username = text_of("username");
-    out.password = text_of("password");
-    out.tls = patrol_dcs::EtcdTls {
-        cacert: text_of("cacert").map(Into::into),
-        cert: text_of("cert").map(Into::into),
-        key: text_of("key").map(Into::into),
-    };
-    out.namespace = doc
-        .get("namespace")
-        .and_then(|v| v.as_str())
-        .map(String::from);
-    out.scope = doc.get("scope").and_then(|v| v.as_str()).map(String::from);
-    Ok(out)
+/// Reads etcd (endpoints with `protocol`, credentials, TLS files), namespace and scope from an
+/// agent (Patroni) configuration, as `patrolctl` does (the file only: no `PATRONI_*` overrides).
+fn from_agent_config(path: &Path) -> anyhow::Result<patrol_agent::config::CtlTarget> {
+    patrol_agent::config::load_ctl(
+        patrol_agent::config::ConfigSource::File(path),
+        &Default::default(),
+    )
+    .map_err(|e| invalid("agent_config", format!("{}: {e}", path.display())))
 }
 
 impl Config {
+    /// How to reach the cluster's keys in etcd (read only: no member name).
+    pub fn etcd_settings(&self) -> patrol_dcs::EtcdSettings {
+        patrol_dcs::EtcdSettings {
+            endpoints: self.endpoints.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+            tls: self.etcd_tls.clone(),
+            prefix: patrol_dcs::cluster_prefix(&self.namespace, &self.scope),
+            member_name: String::new(),
+        }
+    }
+
     /// Loads `path` (if any) and applies the overrides; every error names its key.
     pub fn load(path: Option<&Path>, o: &Overrides) -> anyhow::Result<Config> {
         let file: File = match path {
@@ -266,15 +223,19 @@ impl Config {
             None => File::default(),
         };
         let agent = match o.agent_config.as_deref().or(file.agent_config.as_deref()) {
-            Some(a) => from_agent_config(Path::new(a))?,
-            None => FromAgent::default(),
+            Some(a) => Some(from_agent_config(Path::new(a))?),
+            None => None,
+        };
+        let (agent_tls, agent_username, agent_password) = match &agent {
+            Some(a) => (a.tls.clone(), a.username.clone(), a.password.clone()),
+            None => Default::default(),
         };
         let etcd = file.etcd.unwrap_or_default();
         // The router's own `etcd` section wins over the agent config, key by key.
         let tls = patrol_dcs::EtcdTls {
-            cacert: etcd.cacert.or(agent.tls.cacert),
-            cert: etcd.cert.or(agent.tls.cert),
-            key: etcd.key.or(agent.tls.key),
+            cacert: etcd.cacert.or(agent_tls.cacert),
+            cert: etcd.cert.or(agent_tls.cert),
+            key: etcd.key.or(agent_tls.key),
         };
         if tls.cert.is_some() != tls.key.is_some() {
             return Err(invalid(
@@ -282,15 +243,23 @@ impl Config {
                 "cert and key go together: give both or neither",
             ));
         }
-        let https = agent.https || tls != patrol_dcs::EtcdTls::default();
-        let mut endpoints: Vec<String> = agent.hosts.iter().map(|x| endpoint(x, https)).collect();
+        let agent_endpoints = agent
+            .as_ref()
+            .map(|a| a.endpoints.clone())
+            .unwrap_or_default();
+        let https = agent_endpoints.iter().any(|e| e.starts_with("https://"))
+            || tls != patrol_dcs::EtcdTls::default();
+        let mut endpoints = agent_endpoints;
         if let Some(h) = &etcd.hosts {
             endpoints = h.iter().map(|x| endpoint(x, https)).collect();
         }
         if let Some(h) = &o.etcd_hosts {
             endpoints = h.split(',').map(|x| endpoint(x.trim(), https)).collect();
         }
-        let (namespace, scope) = (agent.namespace, agent.scope);
+        let (namespace, scope) = match agent {
+            Some(a) => (Some(a.namespace), a.scope),
+            None => (None, None),
+        };
         if endpoints.is_empty() {
             endpoints.push("http://127.0.0.1:2379".into());
         }
@@ -345,8 +314,8 @@ impl Config {
         let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
         let cfg = Config {
             endpoints,
-            etcd_username: etcd.username.or(agent.username),
-            etcd_password: etcd.password.or(agent.password),
+            etcd_username: etcd.username.or(agent_username),
+            etcd_password: etcd.password.or(agent_password),
             etcd_tls: tls,
             namespace: namespace.unwrap_or_else(|| "/service".into()),
             scope,
@@ -472,7 +441,7 @@ mod tests {
         };
         let c = Config::load(None, &o).expect("valid");
         assert_eq!(c.scope, "batman");
-        assert_eq!(c.namespace, "/svc/");
+        assert_eq!(c.namespace, "/svc");
         assert_eq!(c.endpoints.len(), 2);
         assert_eq!(c.etcd_tls, patrol_dcs::EtcdTls::default());
     }

@@ -33,14 +33,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("cannot listen on listen.admin {}", cfg.admin_listen))?;
-    let settings = patrol_dcs::EtcdSettings {
-        endpoints: cfg.endpoints.clone(),
-        username: cfg.etcd_username.clone(),
-        password: cfg.etcd_password.clone(),
-        tls: cfg.etcd_tls.clone(),
-        prefix: patrol_dcs::cluster_prefix(&cfg.namespace, &cfg.scope),
-        member_name: String::new(),
-    };
+    let settings = cfg.etcd_settings();
     let dcs = loop {
         match patrol_dcs::EtcdDcs::connect(&settings, 30, std::time::Duration::from_secs(3)).await {
             Ok(d) => break d,

@@ -200,14 +200,7 @@ fn haproxy_config(a: HaproxyConfigArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(c) => return c,
     };
-    let settings = patrol_dcs::EtcdSettings {
-        endpoints: cfg.endpoints.clone(),
-        username: cfg.etcd_username.clone(),
-        password: cfg.etcd_password.clone(),
-        tls: cfg.etcd_tls.clone(),
-        prefix: patrol_dcs::cluster_prefix(&cfg.namespace, &cfg.scope),
-        member_name: String::new(),
-    };
+    let settings = cfg.etcd_settings();
     let read = rt.block_on(async {
         let dcs = patrol_dcs::EtcdDcs::connect(&settings, 30, Duration::from_secs(5)).await?;
         dcs.get_cluster().await
