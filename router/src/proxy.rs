@@ -279,10 +279,11 @@ fn choose(
     if n == 0 {
         return None;
     }
-    let in_turn = (0..n).map(|k| &readers[(turn + k) % n]);
     match balance {
-        Balance::RoundRobin => in_turn.into_iter().next(),
-        Balance::LeastConnections => in_turn.min_by_key(|b| sessions(&b.name)),
+        Balance::RoundRobin => readers.get(turn % n),
+        Balance::LeastConnections => (0..n)
+            .map(|k| &readers[(turn + k) % n])
+            .min_by_key(|b| sessions(&b.name)),
     }
 }
 
@@ -402,30 +403,27 @@ async fn relay(
         let down = m
             .bytes_total
             .with_label_values(&[port.as_str(), "to_client"]);
-        if let Some(joined) = joined {
+        let ended = if let Some(joined) = joined {
             let carried = joined.run(client, server, &cancel).await;
             up.inc_by(carried.to_backend);
             down.inc_by(carried.to_client);
-            if cancel.is_cancelled() {
-                tracing::debug!(
-                    "{} session to {} closed: backend left the pool",
-                    port.as_str(),
-                    backend.name
-                );
+            !cancel.is_cancelled()
+        } else {
+            let spin = !shared.cfg.busy_poll.is_zero();
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::select! {
+                _ = pump(cr, sw, &up, spin) => true,
+                _ = pump(sr, cw, &down, spin) => true,
+                _ = cancel.cancelled() => false,
             }
-            current.dec();
-            shared.sessions.unregister(id);
-            return;
-        }
-        let spin = !shared.cfg.busy_poll.is_zero();
-        let (cr, cw) = client.into_split();
-        let (sr, sw) = server.into_split();
-        tokio::select! {
-            _ = pump(cr, sw, &up, spin) => {}
-            _ = pump(sr, cw, &down, spin) => {}
-            _ = cancel.cancelled() => {
-                tracing::debug!("{} session to {} closed: backend left the pool", port.as_str(), backend.name);
-            }
+        };
+        if !ended {
+            tracing::debug!(
+                "{} session to {} closed: backend left the pool",
+                port.as_str(),
+                backend.name
+            );
         }
     }
     current.dec();

@@ -35,6 +35,16 @@ pub struct Probe {
 /// restart of the agent).
 pub const TOLERATED_REFUSALS: u32 = 1;
 
+impl Probe {
+    /// The agent is gone: its port refused, after more than [`TOLERATED_REFUSALS`] failed
+    /// probes. Nothing will demote that node's PostgreSQL when its key expires, so its sessions
+    /// are cut. (No answer in time is not evidence: a saturated or frozen host answers late,
+    /// and its lease in etcd is the liveness proof.)
+    pub fn agent_gone(&self) -> bool {
+        self.refused && self.failures > TOLERATED_REFUSALS
+    }
+}
+
 /// One backend a connection may go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
@@ -141,7 +151,7 @@ pub fn build(
             // event cuts the sessions). An answer saying "not primary", or the agent's port
             // refusing twice (the agent is gone and nothing will demote this PostgreSQL when the
             // key expires), removes it.
-            Some(p) => was_writer(name) && !(p.refused && p.failures > TOLERATED_REFUSALS),
+            Some(p) => was_writer(name) && !p.agent_gone(),
             None => m.is_some_and(|m| m.data.role == Role::Primary && m.data.state == "running"),
         }
     };
@@ -232,8 +242,7 @@ pub fn build(
                 // Out of the pool for new sessions; existing ones are kept unless the agent is
                 // gone (refused twice): a late answer is not evidence of death, its member key
                 // (kept alive by its agent) is.
-                v.alive_replica = prev_view.is_some_and(|pv| pv.alive_replica)
-                    && !(p.refused && p.failures > TOLERATED_REFUSALS);
+                v.alive_replica = prev_view.is_some_and(|pv| pv.alive_replica) && !p.agent_gone();
                 Some("down (API not answering)".into())
             }
             Some(p) if !p.running => Some("PostgreSQL not running".into()),
