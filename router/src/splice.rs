@@ -257,6 +257,10 @@ impl Splicer {
         })
     }
 
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Wakes the session of every socket that reached its end. Runs for the router's life.
     pub async fn watch_ends(&self) -> io::Result<()> {
         // SAFETY: the epoll descriptor is owned by `self`, which outlives this registration.
@@ -275,7 +279,7 @@ impl Splicer {
                 guard.clear_ready();
                 continue;
             }
-            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let mut waiting = self.waiting();
             for e in &events[..n] {
                 if let Some(tx) = waiting.remove(&e.data()) {
                     let _ = tx.send(());
@@ -318,11 +322,7 @@ impl Joined<'_> {
         };
         let token = self.splicer.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.splicer
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(token, tx);
+        self.splicer.waiting().insert(token, tx);
         let flags = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
         let watched = [&client, &server].iter().all(|s| {
             self.splicer
@@ -338,11 +338,7 @@ impl Joined<'_> {
         } else {
             true
         };
-        self.splicer
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&token);
+        self.splicer.waiting().remove(&token);
         for s in [&client, &server] {
             let _ = self.splicer.ends.delete(s);
         }
@@ -422,25 +418,31 @@ fn pending(from: &impl AsRawFd, to: &impl AsRawFd, to_is_server: bool) -> Option
     (data_received(&f) > written).then_some((t.tcpi_bytes_acked, queued))
 }
 
-fn tcp_info(s: &impl AsRawFd) -> io::Result<libc::tcp_info> {
-    // SAFETY: `tcp_info` is plain old data; zeroed is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` and `len` are live locals; the kernel writes at most `len` bytes.
+/// A socket option whose value is plain old data (`TCP_INFO`, `SO_COOKIE`).
+fn getsockopt<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    // SAFETY: only used with plain-old-data `T` (integers, `tcp_info`), for which all-zero is a
+    // valid value.
+    let mut v: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are live locals; the kernel writes at most `len` bytes into `v`.
     let r = unsafe {
         libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            fd,
+            level,
+            name,
+            &mut v as *mut T as *mut libc::c_void,
             &mut len,
         )
     };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(info)
+        Ok(v)
     }
+}
+
+fn tcp_info(s: &impl AsRawFd) -> io::Result<libc::tcp_info> {
+    getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO)
 }
 
 /// Bytes written to the socket and not yet acknowledged by its peer.
@@ -456,23 +458,7 @@ fn outq(s: &impl AsRawFd) -> io::Result<u64> {
 }
 
 fn cookie(fd: RawFd) -> io::Result<u64> {
-    let mut v: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are live locals of the sizes the kernel expects for SO_COOKIE.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            &mut v as *mut u64 as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(v)
-    }
+    getsockopt(fd, libc::SOL_SOCKET, libc::SO_COOKIE)
 }
 
 #[cfg(test)]
