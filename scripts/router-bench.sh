@@ -9,37 +9,15 @@
 #
 #   scripts/demo.sh                # a running demo cluster (release build)
 #   scripts/router-bench.sh [seconds per run, default 10] [repetitions, default 3]
-set -euo pipefail
-cd "$(dirname "$0")/.."
 T=${1:-10}
 REPS=${2:-3}
-root="$PWD/demo"
-bin="$root/bin"
-[ -x "$bin/patrolctl" ] || { echo "start the demo first: scripts/demo.sh"; exit 1; }
-cargo build --release -q -p patrol-router
-router_bin="$PWD/target/release/patrol-router"
-export PGPASSWORD=postgres PGUSER=postgres PGHOST=127.0.0.1
-leader_port=$("$bin/patrolctl" -c "$root/pg0/patrol.yml" list | awk -F'|' '/ Leader / { split($3, hp, ":"); gsub(/ /, "", hp[2]); print hp[2] }')
-pgbench=/usr/lib/postgresql/15/bin/pgbench
-psql -p "$leader_port" -qc "DROP DATABASE IF EXISTS bench" postgres
-psql -p "$leader_port" -qc "CREATE DATABASE bench" postgres
-$pgbench -p "$leader_port" -i -s 10 -q bench >/dev/null 2>&1
-
-# A second patrol-router on 6100/6101/6180 (the demo has its own on 5000).
-"$router_bin" --agent-config "$root/pg0/patrol.yml" --write 127.0.0.1:6100 --read 127.0.0.1:6101 --admin 127.0.0.1:6180 >"$root/bench-router.log" 2>&1 &
-router_pid=$!
-# A third with the kernel relay on 6200/6201/6280.
-printf 'agent_config: %s\nlisten: {write: 127.0.0.1:6200, read: 127.0.0.1:6201, admin: 127.0.0.1:6280}\nsplice: true\n' "$root/pg0/patrol.yml" >"$root/bench-splice.yml"
-"$router_bin" -c "$root/bench-splice.yml" >"$root/bench-splice.log" 2>&1 &
-splice_pid=$!
-# A second HAProxy with the generated configuration on 7100/7101 (stats 7180).
-"$router_bin" haproxy-config --agent-config "$root/pg0/patrol.yml" --write-bind 127.0.0.1:7100 --read-bind 127.0.0.1:7101 --stats-bind 127.0.0.1:7180 >"$root/bench-haproxy.cfg"
-haproxy -f "$root/bench-haproxy.cfg" -db >"$root/bench-haproxy.log" 2>&1 &
-haproxy_pid=$!
-trap 'kill $router_pid $splice_pid $haproxy_pid 2>/dev/null || true' EXIT
-for p in 6100 6200 7100; do
-  for _ in $(seq 1 100); do psql -p $p -qAtc "select 1" bench >/dev/null 2>&1 && break; sleep 0.1; done
-done
+. "$(dirname "$0")/bench-lib.sh"
+bench_db fresh
+start_router 6100                  # default settings (the demo has its own router on 5000)
+start_router 6200 'splice: true'   # the kernel relay
+start_haproxy 7100
+router_pid=${bench_pids[0]}
+wait_ports 6100 6200 7100
 
 run() { # port clients extra-args -> tps
   $pgbench -p "$1" -c "$2" -j 2 -T "$T" -n $3 bench 2>/dev/null | awk '/^tps/ {print $3; exit}'
@@ -47,8 +25,7 @@ run() { # port clients extra-args -> tps
 lat() { # port -> average latency ms at 1 client, select-only
   $pgbench -p "$1" -c 1 -j 1 -T "$T" -n -S bench 2>/dev/null | awk '/latency average/ {print $4; exit}'
 }
-median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-grep -q "relayed in the kernel" "$root/bench-splice.log" || echo "(splice: the kernel relay did not load, see $root/bench-splice.log)"
+check_splice 6200
 echo "| workload | clients | direct TPS | patrol-router TPS (ratio) | patrol-router, splice TPS (ratio) | HAProxy TPS (ratio) |"
 echo "|---|---|---|---|---|---|"
 for mode in "-S" "" "-S -C"; do
@@ -56,7 +33,7 @@ for mode in "-S" "" "-S -C"; do
   for c in 1 8 32; do
     ds=() rs=() ss=() hs=() rr=() sr=() hr=()
     for _ in $(seq 1 "$REPS"); do
-      d=$(run "$leader_port" $c "$mode"); r=$(run 6100 $c "$mode"); s=$(run 6200 $c "$mode"); h=$(run 7100 $c "$mode")
+      d=$(run "$LP" $c "$mode"); r=$(run 6100 $c "$mode"); s=$(run 6200 $c "$mode"); h=$(run 7100 $c "$mode")
       ds+=("$d"); rs+=("$r"); ss+=("$s"); hs+=("$h")
       rr+=("$(awk -v a="$r" -v b="$d" 'BEGIN { print a / b }')"); sr+=("$(awk -v a="$s" -v b="$d" 'BEGIN { print a / b }')"); hr+=("$(awk -v a="$h" -v b="$d" 'BEGIN { print a / b }')")
     done
@@ -66,7 +43,7 @@ for mode in "-S" "" "-S -C"; do
   done
 done
 lds=() lrs=() lss=() lhs=()
-for _ in $(seq 1 "$REPS"); do lds+=("$(lat "$leader_port")"); lrs+=("$(lat 6100)"); lss+=("$(lat 6200)"); lhs+=("$(lat 7100)"); done
+for _ in $(seq 1 "$REPS"); do lds+=("$(lat "$LP")"); lrs+=("$(lat 6100)"); lss+=("$(lat 6200)"); lhs+=("$(lat 7100)"); done
 ld=$(echo "${lds[*]}" | median); lr=$(echo "${lrs[*]}" | median); ls=$(echo "${lss[*]}" | median); lh=$(echo "${lhs[*]}" | median)
 awk -v d="$ld" -v r="$lr" -v s="$ls" -v h="$lh" 'BEGIN { printf "\nLatency at 1 client (select-only, medians): direct %.3f ms, patrol-router %.3f ms (+%.0f us), with splice %.3f ms (+%.0f us), HAProxy %.3f ms (+%.0f us)\n", d, r, (r-d)*1000, s, (s-d)*1000, h, (h-d)*1000 }'
 echo "patrol-router RSS after the runs: $(awk '/VmRSS/ {print $2/1024 " MB"}' /proc/$router_pid/status)"

@@ -6,37 +6,16 @@
 #
 #   scripts/demo.sh
 #   scripts/router-latency-bench.sh [seconds per run, default 5] [repetitions, default 3]
-set -euo pipefail
-cd "$(dirname "$0")/.."
 T=${1:-5} REPS=${2:-3}
-root="$PWD/demo"; bin="$root/bin"
-[ -x "$bin/patrolctl" ] || { echo "start the demo first: scripts/demo.sh"; exit 1; }
-cargo build --release -q -p patrol-router
-router_bin="$PWD/target/release/patrol-router"
-export PGPASSWORD=postgres PGUSER=postgres PGHOST=127.0.0.1
-LP=$("$bin/patrolctl" -c "$root/pg0/patrol.yml" list | awk -F'|' '/ Leader / { split($3, hp, ":"); gsub(/ /, "", hp[2]); print hp[2] }')
-pgbench=/usr/lib/postgresql/15/bin/pgbench
-psql -p "$LP" -qAtc "select 1" bench >/dev/null 2>&1 || {
-  psql -p "$LP" -qc "CREATE DATABASE bench" postgres
-  $pgbench -p "$LP" -i -s 10 -q bench >/dev/null 2>&1
-}
-work="$root/latency-bench"; rm -rf "$work"; mkdir -p "$work"
-pids=()
-router() { # port-base extra-yaml
-  printf 'agent_config: %s\nlisten: {write: 127.0.0.1:%d, read: 127.0.0.1:%d, admin: 127.0.0.1:%d}\n%s\n' \
-    "$root/pg0/patrol.yml" "$1" $(( $1 + 1 )) $(( $1 + 80 )) "$2" >"$work/r$1.yml"
-  "$router_bin" -c "$work/r$1.yml" >"$work/r$1.log" 2>&1 & pids+=($!)
-}
-router 6100 ''
-router 6200 'busy_poll_us: 50'
-router 6300 'splice: true'
-"$router_bin" haproxy-config --agent-config "$root/pg0/patrol.yml" --write-bind 127.0.0.1:7100 --read-bind 127.0.0.1:7101 --stats-bind 127.0.0.1:7180 >"$work/haproxy.cfg"
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-for p in 6100 6200 6300 7100; do
-  for _ in $(seq 1 100); do psql -p $p -qAtc "select 1" bench >/dev/null 2>&1 && break; sleep 0.1; done
-done
-grep -q "relayed in the kernel" "$work/r6300.log" || echo "(splice: the kernel relay did not load, see $work/r6300.log)"
+. "$(dirname "$0")/bench-lib.sh"
+bench_db
+rm -f "$work"/t*.* "$work"/lat*.txt
+start_router 6100
+start_router 6200 'busy_poll_us: 50'
+start_router 6300 'splice: true'
+start_haproxy 7100
+wait_ports 6100 6200 6300 7100
+check_splice 6300
 names=(direct "patrol-router" "patrol-router, busy_poll_us: 50" "patrol-router, splice: true" HAProxy)
 ports=("$LP" 6100 6200 6300 7100)
 for rep in $(seq 1 "$REPS"); do
