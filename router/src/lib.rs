@@ -3,11 +3,13 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+mod bpf;
 pub mod config;
 pub mod control;
 pub mod haproxy_sync;
 pub mod metrics;
 pub mod proxy;
+pub mod redirect;
 pub mod splice;
 pub mod state;
 pub mod table;

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -34,46 +34,24 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::bpf::{insn, Insn, Map};
+
 // From include/uapi/linux/bpf.h.
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_ATTACH: libc::c_long = 8;
-const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
 const BPF_PROG_TYPE_SK_SKB: u32 = 14;
 const BPF_SK_SKB_VERDICT: u32 = 38;
 const BPF_FUNC_GET_SOCKET_COOKIE: i32 = 46;
 const BPF_FUNC_SK_REDIRECT_HASH: i32 = 72;
-const BPF_PSEUDO_MAP_FD: u8 = 1;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: (src << 4) | dst,
-        off,
-        imm,
-    }
-}
 
 /// `key = bpf_get_socket_cookie(skb); return bpf_sk_redirect_hash(skb, map, &key, 0);`
-fn program(map_fd: RawFd) -> [Insn; 11] {
+fn program(map: RawFd) -> [Insn; 11] {
+    let [ld0, ld1] = crate::bpf::ld_map(2, map);
     [
         insn(0xbf, 6, 1, 0, 0),                          // r6 = r1 (skb)
         insn(0x85, 0, 0, 0, BPF_FUNC_GET_SOCKET_COOKIE), // r0 = cookie(skb)
         insn(0x7b, 10, 0, -8, 0),                        // *(u64 *)(r10 - 8) = r0
         insn(0xbf, 1, 6, 0, 0),                          // r1 = skb
-        insn(0x18, 2, BPF_PSEUDO_MAP_FD, 0, map_fd),     // r2 = map (ld_imm64, 2 slots)
-        insn(0, 0, 0, 0, 0),                             //
+        ld0,                                             // r2 = map (ld_imm64, 2 slots)
+        ld1,                                             //
         insn(0xbf, 3, 10, 0, 0),                         // r3 = r10
         insn(0x07, 3, 0, 0, -8),                         // r3 += -8 (&key)
         insn(0xb7, 4, 0, 0, 0),                          // r4 = 0 (flags: egress)
@@ -82,80 +60,11 @@ fn program(map_fd: RawFd) -> [Insn; 11] {
     ]
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct MapCreate {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct MapElem {
-    map_fd: u32,
-    pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgAttach {
-    target_fd: u32,
-    attach_bpf_fd: u32,
-    attach_type: u32,
-    attach_flags: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, initialised `#[repr(C)]` prefix of `union bpf_attr` and its
-    // exact size is passed; the kernel reads (and for some commands writes) only that much.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn owned(fd: libc::c_long) -> OwnedFd {
-    // SAFETY: `fd` was just returned by the kernel as a new descriptor that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
-}
-
 /// The loaded program, its sockhash, and the epoll instance that watches spliced sessions for
 /// their end. Dropping it detaches everything (sockets still in the map are released by the
 /// kernel).
 pub struct Splicer {
-    map: OwnedFd,
+    map: Map,
     _prog: OwnedFd,
     ends: Epoll,
     waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
@@ -170,46 +79,19 @@ const DRAIN: Duration = Duration::from_secs(1);
 impl Splicer {
     /// Creates the map for `sessions` concurrent sessions and loads and attaches the program.
     pub fn new(sessions: usize) -> io::Result<Splicer> {
-        let mut create = MapCreate {
-            map_type: BPF_MAP_TYPE_SOCKHASH,
-            key_size: 8,
-            value_size: 4,
-            max_entries: sessions.saturating_mul(2).clamp(2, u32::MAX as usize) as u32,
-            ..Default::default()
-        };
-        let map = owned(bpf(BPF_MAP_CREATE, &mut create)?);
-        let insns = program(map.as_raw_fd());
-        let license = b"GPL\0";
-        let mut log = vec![0u8; 4096];
-        let mut load = ProgLoad {
-            prog_type: BPF_PROG_TYPE_SK_SKB,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 1,
-            log_size: log.len() as u32,
-            log_buf: log.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        load.prog_name[..13].copy_from_slice(b"patrol_splice");
-        let prog = match bpf(BPF_PROG_LOAD, &mut load) {
-            Ok(fd) => owned(fd),
-            Err(e) => {
-                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-                let text = String::from_utf8_lossy(&log[..end]);
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("{e}; verifier: {}", text.trim()),
-                ));
-            }
-        };
-        let mut attach = ProgAttach {
-            target_fd: map.as_raw_fd() as u32,
-            attach_bpf_fd: prog.as_raw_fd() as u32,
-            attach_type: BPF_SK_SKB_VERDICT,
-            attach_flags: 0,
-        };
-        bpf(BPF_PROG_ATTACH, &mut attach)?;
+        let map = Map::create(
+            crate::bpf::BPF_MAP_TYPE_SOCKHASH,
+            8,
+            4,
+            sessions.saturating_mul(2).max(2),
+        )?;
+        let prog = crate::bpf::load(
+            BPF_PROG_TYPE_SK_SKB,
+            0,
+            &program(map.raw_fd()),
+            "patrol_splice",
+        )?;
+        crate::bpf::attach(map.raw_fd(), &prog, BPF_SK_SKB_VERDICT)?;
         let ends = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
         Ok(Splicer {
             map,
@@ -221,23 +103,12 @@ impl Splicer {
     }
 
     fn update(&self, key: u64, fd: RawFd) -> io::Result<()> {
-        let value: u32 = fd as u32;
-        let mut elem = MapElem {
-            map_fd: self.map.as_raw_fd() as u32,
-            key: &key as *const u64 as u64,
-            value: &value as *const u32 as u64,
-            ..Default::default()
-        };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut elem).map(|_| ())
+        self.map
+            .update(&key.to_ne_bytes(), &(fd as u32).to_ne_bytes())
     }
 
     fn delete(&self, key: u64) {
-        let mut elem = MapElem {
-            map_fd: self.map.as_raw_fd() as u32,
-            key: &key as *const u64 as u64,
-            ..Default::default()
-        };
-        let _ = bpf(BPF_MAP_DELETE_ELEM, &mut elem);
+        let _ = self.map.delete(&key.to_ne_bytes());
     }
 
     /// From now on, whatever `client` receives is sent on `server` and the reverse, in the

@@ -1,0 +1,666 @@
+//! Connect-time routing of clients on the router's own host (`redirect_local: true`).
+//!
+//! A BPF program on the cgroup `connect()` hook (`BPF_CGROUP_INET4_CONNECT`) sees every IPv4
+//! TCP connect of the processes under the cgroup. When the address is one of the router's
+//! listeners and that port has backends, it rewrites the address to one of them (the writer;
+//! for the read port a random one of the pool) and records the socket's cookie with where it
+//! went. The kernel then connects the client straight to PostgreSQL: the router carries none of
+//! its bytes and the session costs what a direct one costs. Where the port has no backend (no
+//! leader yet, an empty read pool), the connect is left alone and reaches the router's
+//! listener, which holds or refuses it as usual; clients on other hosts always do.
+//!
+//! The router still decides where such sessions may stay. On every table change, and every
+//! [`SWEEP`], it lists the host's TCP sockets (`sock_diag`), keeps the ones whose cookie it
+//! recorded, and destroys (`SOCK_DESTROY`, as `ss -K` does: the client's next call fails with
+//! `ECONNABORTED` and the server gets a reset) every one whose backend it would cut: a
+//! write session off the writer, a read session on a replica that died or was demoted. The same
+//! listing gives the stats page its count and bytes of these sessions.
+//!
+//! The program is attached through a BPF link owned by the router process: when the router
+//! ends, however it ends, the kernel detaches it and local clients reach the listeners (or
+//! nothing) again. Sessions already redirected outlive a router restart, as direct ones would.
+//! Needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN` for the cgroup link) and cgroup v2;
+//! without them the router says so and relays every session.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::bpf::{insn, Insn, Map};
+
+// From include/uapi/linux/bpf.h.
+const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+const BPF_FUNC_MAP_UPDATE_ELEM: i32 = 2;
+const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
+const BPF_FUNC_GET_SOCKET_COOKIE: i32 = 46;
+// Offsets in `struct bpf_sock_addr`.
+const USER_IP4: i16 = 4;
+const USER_PORT: i16 = 24;
+const SOCK_TYPE: i16 = 32;
+
+/// Backends a route can hold (a read pool beyond this uses its first ones).
+pub const MAX_BACKENDS: usize = 8;
+const ROUTE_VALUE: usize = 8 + 8 * MAX_BACKENDS;
+/// Redirected sockets tracked at once; a connect beyond it is not redirected (it reaches the
+/// listener and is relayed).
+const TRACKED: usize = 1 << 18;
+/// How often the sockets are listed when nothing changes (stats, forgotten cookies).
+pub const SWEEP: Duration = Duration::from_millis(500);
+
+/// The program. Route key at r10-8 (ip, port as the context holds them), cookie at r10-16,
+/// the record at r10-32 (backend ip, backend port, listener ip, listener port).
+fn program(routes: RawFd, redirected: RawFd) -> Vec<Insn> {
+    let mut p = vec![
+        insn(0xbf, 6, 1, 0, 0),         // r6 = ctx
+        insn(0x61, 1, 6, SOCK_TYPE, 0), // r1 = ctx->type
+        insn(0x55, 1, 0, 0, 1),         // if r1 != SOCK_STREAM goto out   [patched]
+        insn(0x61, 7, 6, USER_IP4, 0),  // r7 = ctx->user_ip4
+        insn(0x61, 8, 6, USER_PORT, 0), // r8 = ctx->user_port
+        insn(0x63, 10, 7, -8, 0),       // key.ip = r7
+        insn(0x63, 10, 8, -4, 0),       // key.port = r8
+        insn(0x63, 10, 7, -24, 0),      // record.listener_ip = r7
+        insn(0x63, 10, 8, -20, 0),      // record.listener_port = r8
+    ];
+    p.extend(crate::bpf::ld_map(1, routes)); // r1 = routes
+    p.extend([
+        insn(0xbf, 2, 10, 0, 0),                         // r2 = r10
+        insn(0x07, 2, 0, 0, -8),                         // r2 = &key
+        insn(0x85, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),   // r0 = route
+        insn(0x15, 0, 0, 0, 0),                          // if r0 == 0 goto out   [patched]
+        insn(0xbf, 9, 0, 0, 0),                          // r9 = route
+        insn(0x85, 0, 0, 0, BPF_FUNC_GET_PRANDOM_U32),   // r0 = random
+        insn(0x61, 1, 9, 0, 0),                          // r1 = route->n
+        insn(0x15, 1, 0, 0, 0),                          // if r1 == 0 goto out   [patched]
+        insn(0x9c, 0, 1, 0, 0),                          // w0 %= w1
+        insn(0x35, 0, 0, 0, MAX_BACKENDS as i32),        // if r0 >= MAX goto out [patched]
+        insn(0x67, 0, 0, 0, 3),                          // r0 <<= 3
+        insn(0x0f, 9, 0, 0, 0),                          // r9 += r0
+        insn(0x61, 1, 9, 8, 0),                          // r1 = backend.ip
+        insn(0x63, 10, 1, -32, 0),                       // record.ip = r1
+        insn(0x61, 1, 9, 12, 0),                         // r1 = backend.port
+        insn(0x63, 10, 1, -28, 0),                       // record.port = r1
+        insn(0xbf, 1, 6, 0, 0),                          // r1 = ctx
+        insn(0x85, 0, 0, 0, BPF_FUNC_GET_SOCKET_COOKIE), // r0 = cookie
+        insn(0x7b, 10, 0, -16, 0),                       // *(u64 *)(r10 - 16) = cookie
+    ]);
+    p.extend(crate::bpf::ld_map(1, redirected)); // r1 = redirected
+    p.extend([
+        insn(0xbf, 2, 10, 0, 0),                       // r2 = r10
+        insn(0x07, 2, 0, 0, -16),                      // r2 = &cookie
+        insn(0xbf, 3, 10, 0, 0),                       // r3 = r10
+        insn(0x07, 3, 0, 0, -32),                      // r3 = &record
+        insn(0xb7, 4, 0, 0, 0),                        // r4 = BPF_ANY
+        insn(0x85, 0, 0, 0, BPF_FUNC_MAP_UPDATE_ELEM), // r0 = update
+        insn(0x55, 0, 0, 0, 0), // if r0 != 0 goto out (not tracked: leave it)
+        insn(0x61, 1, 10, -32, 0), // r1 = record.ip
+        insn(0x63, 6, 1, USER_IP4, 0), // ctx->user_ip4 = r1
+        insn(0x61, 1, 10, -28, 0), // r1 = record.port
+        insn(0x63, 6, 1, USER_PORT, 0), // ctx->user_port = r1
+    ]);
+    let out = p.len();
+    p.extend([
+        insn(0xb7, 0, 0, 0, 1), // out: r0 = 1 (let the connect go on)
+        insn(0x95, 0, 0, 0, 0), // exit
+    ]);
+    // Every conditional jump above goes to `out`.
+    for (i, ins) in p.iter_mut().enumerate().take(out) {
+        if matches!(ins.code(), 0x55 | 0x15 | 0x35) {
+            *ins = ins.with_off((out - i - 1) as i16);
+        }
+    }
+    p
+}
+
+/// An IPv4 address and port as `struct bpf_sock_addr` holds them (network byte order).
+fn ctx_pair(a: SocketAddrV4) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&a.ip().octets());
+    k[4..6].copy_from_slice(&a.port().to_be_bytes());
+    k
+}
+
+fn from_ctx_pair(b: &[u8]) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+        u16::from_be_bytes([b[4], b[5]]),
+    )
+}
+
+/// The route value: how many backends, then each one.
+fn route_value(backends: &[SocketAddrV4]) -> [u8; ROUTE_VALUE] {
+    let mut v = [0u8; ROUTE_VALUE];
+    let n = backends.len().min(MAX_BACKENDS);
+    v[..4].copy_from_slice(&(n as u32).to_ne_bytes());
+    for (i, b) in backends.iter().take(n).enumerate() {
+        v[8 + 8 * i..16 + 8 * i].copy_from_slice(&ctx_pair(*b));
+    }
+    v
+}
+
+/// The cgroup v2 hierarchy's mount point, from `/proc/self/mountinfo`.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next() == Some("cgroup2"))
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// Where one redirected socket went, and through which listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redirected {
+    pub backend: SocketAddrV4,
+    pub listener: SocketAddrV4,
+}
+
+/// The loaded program, its maps and its link.
+pub struct Redirector {
+    routes: Map,
+    redirected: Map,
+    _prog: OwnedFd,
+    _link: OwnedFd,
+    /// The routes last written, by listener address.
+    current: Mutex<BTreeMap<SocketAddrV4, Vec<SocketAddrV4>>>,
+}
+
+impl Redirector {
+    /// Loads the program and links it to the cgroup at `cgroup` (every process below it).
+    pub fn new(cgroup: &Path) -> io::Result<Redirector> {
+        let routes = Map::create(crate::bpf::BPF_MAP_TYPE_HASH, 8, ROUTE_VALUE, 64)?;
+        let redirected = Map::create(crate::bpf::BPF_MAP_TYPE_HASH, 8, 16, TRACKED)?;
+        let prog = crate::bpf::load(
+            BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            BPF_CGROUP_INET4_CONNECT,
+            &program(routes.raw_fd(), redirected.raw_fd()),
+            "patrol_connect",
+        )?;
+        let dir = std::fs::File::open(cgroup)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", cgroup.display())))?;
+        let link = crate::bpf::link(dir.as_raw_fd(), &prog, BPF_CGROUP_INET4_CONNECT)?;
+        Ok(Redirector {
+            routes,
+            redirected,
+            _prog: prog,
+            _link: link,
+            current: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Makes connects to each listener of `routes` go to its backends (none: left alone).
+    /// Listeners not named keep no route.
+    pub fn set_routes(&self, routes: &BTreeMap<SocketAddrV4, Vec<SocketAddrV4>>) -> io::Result<()> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        for (listener, backends) in routes {
+            if current.get(listener) == Some(backends) {
+                continue;
+            }
+            if backends.is_empty() {
+                self.routes.delete(&ctx_pair(*listener))?;
+            } else {
+                self.routes
+                    .update(&ctx_pair(*listener), &route_value(backends))?;
+            }
+        }
+        for listener in current.keys() {
+            if !routes.contains_key(listener) {
+                self.routes.delete(&ctx_pair(*listener))?;
+            }
+        }
+        *current = routes.clone();
+        Ok(())
+    }
+
+    /// Every recorded socket, by cookie.
+    pub fn recorded(&self) -> io::Result<HashMap<u64, Redirected>> {
+        let mut all = HashMap::new();
+        for k in self.redirected.keys()? {
+            if let Some(v) = self.redirected.lookup(&k)? {
+                let cookie = u64::from_ne_bytes(k[..8].try_into().unwrap_or_default());
+                all.insert(
+                    cookie,
+                    Redirected {
+                        backend: from_ctx_pair(&v[..8]),
+                        listener: from_ctx_pair(&v[8..16]),
+                    },
+                );
+            }
+        }
+        Ok(all)
+    }
+
+    pub fn forget(&self, cookie: u64) {
+        let _ = self.redirected.delete(&cookie.to_ne_bytes());
+    }
+}
+
+/// The IPv4 addresses a listener on `listen` accepts on, as clients on this host would name
+/// them: itself, or every local IPv4 address for a wildcard (`0.0.0.0`). IPv6: none.
+pub fn listener_addrs(listen: SocketAddr) -> Vec<SocketAddrV4> {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            let mut v: Vec<SocketAddrV4> = nix::ifaddrs::getifaddrs()
+                .map(|ifs| {
+                    ifs.filter_map(|i| {
+                        i.address
+                            .and_then(|a| a.as_sockaddr_in().map(|s| s.ip()))
+                            .map(|ip| SocketAddrV4::new(ip, listen.port()))
+                    })
+                    .collect()
+                })
+                .unwrap_or_default();
+            let lo = SocketAddrV4::new(Ipv4Addr::LOCALHOST, listen.port());
+            if !v.contains(&lo) {
+                v.push(lo);
+            }
+            v.sort();
+            v.dedup();
+            v
+        }
+        IpAddr::V4(ip) => vec![SocketAddrV4::new(ip, listen.port())],
+        IpAddr::V6(_) => Vec::new(),
+    }
+}
+
+/// One TCP socket of the host, from `sock_diag`.
+#[derive(Debug, Clone)]
+pub struct DiagSocket {
+    /// The `inet_diag_sockid` as the kernel sent it (what `SOCK_DESTROY` takes back).
+    id: [u8; 48],
+    pub cookie: u64,
+    pub state: u8,
+    pub local: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    /// `tcpi_bytes_acked` and `tcpi_bytes_received`, when the kernel sent `tcp_info`.
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const INET_DIAG_INFO: u16 = 2;
+const TCP_LISTEN: u8 = 10;
+const TCP_TIME_WAIT: u8 = 6;
+const ACKED: usize = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked);
+const RECEIVED: usize = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received);
+
+/// A `sock_diag` netlink socket.
+pub struct Diag {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Diag {
+    pub fn open() -> io::Result<Diag> {
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )
+        .map_err(io::Error::from)?;
+        Ok(Diag { fd, seq: 0 })
+    }
+
+    fn request(&mut self, kind: u16, flags: u16, states: u32, id: &[u8; 48]) -> io::Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut m = Vec::with_capacity(72);
+        m.extend_from_slice(&72u32.to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&self.seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        // inet_diag_req_v2: family, protocol, ext (tcp_info), pad, states, id.
+        m.extend_from_slice(&[
+            libc::AF_INET as u8,
+            libc::IPPROTO_TCP as u8,
+            1 << (INET_DIAG_INFO - 1),
+            0,
+        ]);
+        m.extend_from_slice(&states.to_ne_bytes());
+        m.extend_from_slice(id);
+        let to = nix::sys::socket::NetlinkAddr::new(0, 0);
+        nix::sys::socket::sendto(
+            self.fd.as_raw_fd(),
+            &m,
+            &to,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        Ok(self.seq)
+    }
+
+    /// Reads replies to `seq` until the dump ends or the ack comes, calling `each` on every
+    /// message body of type `SOCK_DIAG_BY_FAMILY`.
+    fn replies(&mut self, seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = nix::sys::socket::recv(
+                self.fd.as_raw_fd(),
+                &mut buf,
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .map_err(io::Error::from)?;
+            let mut at = 0;
+            while at + 16 <= n {
+                let len =
+                    u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default()) as usize;
+                let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+                let mseq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().unwrap_or_default());
+                if len < 16 || at + len > n {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "sock_diag: short message",
+                    ));
+                }
+                let body = &buf[at + 16..at + len];
+                if mseq == seq {
+                    match kind {
+                        NLMSG_DONE => return Ok(()),
+                        NLMSG_ERROR => {
+                            let code = body
+                                .get(..4)
+                                .map(|b| i32::from_ne_bytes(b.try_into().unwrap_or_default()))
+                                .unwrap_or(0);
+                            return if code == 0 {
+                                Ok(())
+                            } else {
+                                Err(io::Error::from_raw_os_error(-code))
+                            };
+                        }
+                        SOCK_DIAG_BY_FAMILY => each(body),
+                        _ => {}
+                    }
+                }
+                at += (len + 3) & !3;
+            }
+        }
+    }
+
+    /// Every IPv4 TCP socket of this network namespace but listeners and `TIME_WAIT` ones.
+    pub fn tcp_sockets(&mut self) -> io::Result<Vec<DiagSocket>> {
+        let states = !((1u32 << TCP_LISTEN) | (1u32 << TCP_TIME_WAIT));
+        let seq = self.request(
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            states,
+            &[0; 48],
+        )?;
+        let mut out = Vec::new();
+        self.replies(seq, |b| {
+            if let Some(s) = parse_diag_msg(b) {
+                out.push(s);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Destroys one socket (gone already: not an error).
+    pub fn destroy(&mut self, s: &DiagSocket) -> io::Result<()> {
+        let seq = self.request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, u32::MAX, &s.id)?;
+        match self.replies(seq, |_| {}) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        }
+    }
+}
+
+/// An `inet_diag_msg` and its `tcp_info` attribute.
+fn parse_diag_msg(b: &[u8]) -> Option<DiagSocket> {
+    if b.len() < 72 || b[0] != libc::AF_INET as u8 {
+        return None;
+    }
+    let id: [u8; 48] = b[4..52].try_into().ok()?;
+    let v4 = |port: &[u8], ip: &[u8]| {
+        SocketAddrV4::new(
+            Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]),
+            u16::from_be_bytes([port[0], port[1]]),
+        )
+    };
+    let local = v4(&id[0..2], &id[4..8]);
+    let remote = v4(&id[2..4], &id[20..24]);
+    let cookie = u32::from_ne_bytes(id[40..44].try_into().ok()?) as u64
+        | (u32::from_ne_bytes(id[44..48].try_into().ok()?) as u64) << 32;
+    let mut s = DiagSocket {
+        id,
+        cookie,
+        state: b[1],
+        local,
+        remote,
+        bytes_acked: 0,
+        bytes_received: 0,
+    };
+    let mut at = 72;
+    while at + 4 <= b.len() {
+        let len = u16::from_ne_bytes([b[at], b[at + 1]]) as usize;
+        let kind = u16::from_ne_bytes([b[at + 2], b[at + 3]]);
+        if len < 4 || at + len > b.len() {
+            break;
+        }
+        if kind == INET_DIAG_INFO {
+            let info = &b[at + 4..at + len];
+            let u64_at = |o: usize| {
+                info.get(o..o + 8)
+                    .and_then(|x| x.try_into().ok())
+                    .map(u64::from_ne_bytes)
+            };
+            s.bytes_acked = u64_at(ACKED).unwrap_or(0);
+            s.bytes_received = u64_at(RECEIVED).unwrap_or(0);
+        }
+        at += (len + 3) & !3;
+    }
+    Some(s)
+}
+
+/// What one sweep found, per listener and backend: live redirected sessions and their bytes.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Tally {
+    pub sessions: usize,
+    pub to_backend: u64,
+    pub to_client: u64,
+}
+
+/// Tallies by listener and backend.
+pub type Tallies = BTreeMap<(SocketAddrV4, SocketAddrV4), Tally>;
+
+/// One pass over the host's sockets: destroys every recorded one `keep` rejects, tallies the
+/// rest, and forgets cookies missing from two listings in a row (`missing` carries them over:
+/// a socket whose connect has begun may not be listed yet).
+pub fn sweep(
+    r: &Redirector,
+    diag: &mut Diag,
+    missing: &mut HashSet<u64>,
+    keep: impl Fn(&Redirected) -> bool,
+) -> io::Result<(usize, Tallies)> {
+    let recorded = r.recorded()?;
+    let mut tally = Tallies::new();
+    let mut killed = 0;
+    let mut seen = HashSet::new();
+    if recorded.is_empty() {
+        missing.clear();
+        return Ok((0, tally));
+    }
+    for s in diag.tcp_sockets()? {
+        let Some(rec) = recorded.get(&s.cookie) else {
+            continue;
+        };
+        seen.insert(s.cookie);
+        if !keep(rec) {
+            diag.destroy(&s)?;
+            r.forget(s.cookie);
+            killed += 1;
+            continue;
+        }
+        let t = tally.entry((rec.listener, rec.backend)).or_default();
+        t.sessions += 1;
+        // The SYN takes a sequence number `bytes_acked` counts.
+        t.to_backend += s.bytes_acked.saturating_sub(1);
+        t.to_client += s.bytes_received;
+    }
+    let now_missing: HashSet<u64> = recorded
+        .keys()
+        .filter(|c| !seen.contains(c))
+        .copied()
+        .collect();
+    for c in now_missing.intersection(missing) {
+        r.forget(*c);
+    }
+    *missing = now_missing.difference(missing).copied().collect();
+    Ok((killed, tally))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_jump_of_the_program_lands_on_its_exit() {
+        // Maps are not needed to check the shape: assemble with stand-in descriptors.
+        let p = program(100, 101);
+        let out = p.len() - 2;
+        for (i, ins) in p.iter().enumerate() {
+            if matches!(ins.code(), 0x55 | 0x15 | 0x35) {
+                assert_eq!(i as i64 + 1 + ins.off() as i64, out as i64, "jump at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_are_kept_as_the_connect_hook_sees_them() {
+        let a: SocketAddrV4 = "127.0.0.1:5432".parse().expect("addr");
+        let k = ctx_pair(a);
+        assert_eq!(k, [127, 0, 0, 1, 0x15, 0x38, 0, 0]);
+        assert_eq!(from_ctx_pair(&k), a);
+        let v = route_value(&[a, "10.0.0.2:6432".parse().expect("addr")]);
+        assert_eq!(u32::from_ne_bytes(v[..4].try_into().expect("4")), 2);
+        assert_eq!(
+            from_ctx_pair(&v[16..24]),
+            "10.0.0.2:6432".parse::<SocketAddrV4>().expect("addr")
+        );
+        let many: Vec<SocketAddrV4> = (0..20)
+            .map(|i| SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6000 + i))
+            .collect();
+        assert_eq!(
+            u32::from_ne_bytes(route_value(&many)[..4].try_into().expect("4")) as usize,
+            MAX_BACKENDS
+        );
+    }
+
+    #[test]
+    fn listeners_name_their_addresses() {
+        let one = listener_addrs("127.0.0.2:5000".parse().expect("addr"));
+        assert_eq!(one, vec!["127.0.0.2:5000".parse().expect("addr")]);
+        let all = listener_addrs("0.0.0.0:5000".parse().expect("addr"));
+        assert!(all.contains(&"127.0.0.1:5000".parse().expect("addr")));
+        assert!(listener_addrs("[::1]:5000".parse().expect("addr")).is_empty());
+    }
+
+    #[test]
+    fn a_diag_message_is_read_back() {
+        let mut b = vec![0u8; 72];
+        b[0] = libc::AF_INET as u8;
+        b[1] = 1; // ESTABLISHED
+        b[4..6].copy_from_slice(&40000u16.to_be_bytes());
+        b[6..8].copy_from_slice(&5432u16.to_be_bytes());
+        b[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        b[24..28].copy_from_slice(&[127, 0, 0, 2]);
+        b[44..48].copy_from_slice(&7u32.to_ne_bytes());
+        b[48..52].copy_from_slice(&1u32.to_ne_bytes());
+        let mut info = vec![0u8; 136];
+        info[ACKED..ACKED + 8].copy_from_slice(&1000u64.to_ne_bytes());
+        info[RECEIVED..RECEIVED + 8].copy_from_slice(&2000u64.to_ne_bytes());
+        b.extend_from_slice(&((info.len() + 4) as u16).to_ne_bytes());
+        b.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
+        b.extend_from_slice(&info);
+        let s = parse_diag_msg(&b).expect("parsed");
+        assert_eq!(s.local, "127.0.0.1:40000".parse().expect("addr"));
+        assert_eq!(s.remote, "127.0.0.2:5432".parse().expect("addr"));
+        assert_eq!(s.cookie, 7 | (1 << 32));
+        assert_eq!((s.bytes_acked, s.bytes_received), (1000, 2000));
+        assert!(parse_diag_msg(&b[..50]).is_none(), "short");
+    }
+
+    /// Root only (loading the program needs it; CI runs as root): connects to a listener go to
+    /// its backend while it has a route, a sweep tallies and destroys them, and none is
+    /// redirected once the router's `Redirector` is gone.
+    #[test]
+    fn connects_are_redirected_tallied_and_destroyed() {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: loading the connect program needs root (CI runs as root)");
+            return;
+        }
+        let v4 = |l: &TcpListener| match l.local_addr().expect("addr") {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound on IPv4"),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+        let backend = TcpListener::bind("127.0.0.1:0").expect("backend");
+        let (la, ba) = (v4(&listener), v4(&backend));
+        let root = cgroup2_root().expect("a cgroup2 hierarchy");
+        let r = Redirector::new(&root).expect("program loaded and linked");
+        r.set_routes(&BTreeMap::from([(la, vec![ba])]))
+            .expect("route");
+
+        let mut client = TcpStream::connect(la).expect("connect");
+        assert_eq!(
+            client.peer_addr().expect("peer"),
+            SocketAddr::V4(ba),
+            "went to the backend"
+        );
+        let (mut server, _) = backend.accept().expect("the backend accepted it");
+        client.write_all(b"ping").expect("write");
+        let mut b = [0u8; 4];
+        server.read_exact(&mut b).expect("read");
+        assert_eq!(&b, b"ping");
+        // Other ports are left alone.
+        let other = TcpStream::connect(ba).expect("direct");
+        assert_eq!(other.peer_addr().expect("peer"), SocketAddr::V4(ba));
+
+        let mut diag = Diag::open().expect("sock_diag");
+        let mut missing = HashSet::new();
+        let (killed, tally) = sweep(&r, &mut diag, &mut missing, |_| true).expect("sweep");
+        assert_eq!(killed, 0);
+        assert_eq!(
+            tally.get(&(la, ba)).map(|t| t.sessions),
+            Some(1),
+            "{tally:?}"
+        );
+        assert_eq!(tally[&(la, ba)].to_backend, 4);
+
+        let (killed, _) =
+            sweep(&r, &mut diag, &mut missing, |rec| rec.backend != ba).expect("sweep");
+        assert_eq!(killed, 1);
+        let e = client.read(&mut b).expect_err("destroyed");
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNABORTED), "{e}");
+        assert_eq!(
+            server.read(&mut b).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset)
+        );
+
+        // No route: the connect reaches the listener.
+        r.set_routes(&BTreeMap::from([(la, vec![])]))
+            .expect("no route");
+        let c = TcpStream::connect(la).expect("connect");
+        assert_eq!(c.peer_addr().expect("peer"), SocketAddr::V4(la));
+        r.set_routes(&BTreeMap::from([(la, vec![ba])]))
+            .expect("route");
+        drop(r);
+        // The link went with the router: connects reach the listener again.
+        let c = TcpStream::connect(la).expect("connect");
+        assert_eq!(c.peer_addr().expect("peer"), SocketAddr::V4(la));
+    }
+}
