@@ -53,6 +53,10 @@ pub fn stats_json(shared: &Shared) -> Value {
                     "write": shared.sessions.count(Port::Write, &m.name),
                     "read": shared.sessions.count(Port::Read, &m.name),
                 },
+                "redirected_sessions": shared.local.as_ref().map(|l| json!({
+                    "write": l.sessions(Port::Write, &m.name),
+                    "read": l.sessions(Port::Read, &m.name),
+                })),
             })
         })
         .collect();
@@ -75,6 +79,8 @@ pub fn stats_json(shared: &Shared) -> Value {
         "dcs": {"healthy": t.dcs_healthy, "watch_reconnects": shared.metrics.watch_reconnects_total.get()},
         "sessions": shared.sessions.total(),
         "relay": if shared.splicer.is_some() { "kernel" } else { "user space" },
+        // Clients on this host routed at connect time (their sessions bypass the relay).
+        "redirect_local": shared.local.is_some(),
         "connections": shared.connections.load(std::sync::atomic::Ordering::Relaxed),
         "table_generation": t.generation,
         "members": members,
@@ -113,8 +119,8 @@ pub fn stats_html(shared: &Shared) -> String {
             w = if m["write_pool"] == true { "yes" } else { "-" },
             r = if m["read_pool"] == true { "yes" } else { "-" },
             reason = s(&m["reason"]),
-            ws = s(&m["sessions"]["write"]),
-            rs = s(&m["sessions"]["read"]),
+            ws = with_redirected(s(&m["sessions"]["write"]), &m["redirected_sessions"]["write"]),
+            rs = with_redirected(s(&m["sessions"]["read"]), &m["redirected_sessions"]["read"]),
         ));
     }
     let mut events = String::new();
@@ -139,7 +145,7 @@ tr.writer {{ background: #cfe8cf; }} tr.reader {{ background: #dde8f8; }} tr.out
 </style></head><body>
 <h1>patrol-router: cluster <span id="cluster">{cluster}</span></h1>
 <p>Leader: <b id="leader">{leader}</b>{leader_for}. Write port → <b id="writer">{writer}</b> {wreason}</p>
-<p>Read pool: <b id="readers">{readers}</b>. Sessions: {sessions} (relayed in {relay}). etcd view: <span class="{dcs_cls}">{dcs}</span> (watch re-established {reconnects} times).</p>
+<p>Read pool: <b id="readers">{readers}</b>. Sessions: {sessions} (relayed in {relay}{redirect}). etcd view: <span class="{dcs_cls}">{dcs}</span> (watch re-established {reconnects} times).</p>
 <table id="members"><tr><th>member</th><th>address</th><th>role</th><th>state</th><th>TL</th><th>lag bytes</th><th>lag s</th><th>write pool</th><th>read pool</th><th>why not</th><th>write sessions</th><th>read sessions</th></tr>
 {rows}</table>
 <h2>Recent events</h2><ul id="events">
@@ -174,7 +180,20 @@ tr.writer {{ background: #cfe8cf; }} tr.reader {{ background: #dde8f8; }} tr.out
         },
         reconnects = s(&v["dcs"]["watch_reconnects"]),
         relay = s(&v["relay"]),
+        redirect = if v["redirect_local"] == true {
+            "; local clients routed at connect time"
+        } else {
+            ""
+        },
     )
+}
+
+/// A session count with the member's redirected sessions beside it, when there are any.
+fn with_redirected(relayed: String, redirected: &Value) -> String {
+    match redirected.as_u64() {
+        Some(n) if n > 0 => format!("{relayed} + {n} redirected"),
+        _ => relayed,
+    }
 }
 
 /// `HH:MM:SS` UTC of an epoch time (no date crate needed for the page).

@@ -72,6 +72,11 @@ pub struct Config {
     pub busy_poll: Duration,
     /// Relay established sessions in the kernel (BPF sockhash redirect; needs root).
     pub splice: bool,
+    /// Route clients on this host at `connect()` time, straight to the backend (a cgroup BPF
+    /// program; needs root and cgroup v2).
+    pub redirect_local: bool,
+    /// The cgroup whose processes are redirected (default: the cgroup v2 root, every process).
+    pub redirect_cgroup: Option<std::path::PathBuf>,
 }
 
 /// One data-path thread per CPU (as HAProxy's `nbthread`), at most 16.
@@ -104,6 +109,8 @@ struct File {
     backend_port: Option<u16>,
     busy_poll_us: Option<u64>,
     splice: Option<bool>,
+    redirect_local: Option<bool>,
+    redirect_cgroup: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -340,7 +347,15 @@ impl Config {
             backend_port: file.backend_port,
             busy_poll: Duration::from_micros(file.busy_poll_us.unwrap_or(0)),
             splice: file.splice.unwrap_or(false),
+            redirect_local: file.redirect_local.unwrap_or(false),
+            redirect_cgroup: file.redirect_cgroup,
         };
+        if cfg.redirect_cgroup.is_some() && !cfg.redirect_local {
+            return Err(invalid(
+                "redirect_cgroup",
+                "only means something with redirect_local: true",
+            ));
+        }
         if cfg.busy_poll > Duration::from_millis(10) {
             return Err(invalid("busy_poll_us", "must be at most 10000"));
         }
@@ -399,6 +414,14 @@ mod tests {
         let c = load("scope: demo\nread: {balance: round_robin}\n").expect("valid");
         assert_eq!(c.balance, Balance::RoundRobin);
         assert!(load("scope: demo\nsplice: true\n").expect("valid").splice);
+        assert!(
+            !c.redirect_local,
+            "connect-time redirection is off unless asked for"
+        );
+        let c = load("scope: demo\nredirect_local: true\nredirect_cgroup: /sys/fs/cgroup/app\n")
+            .expect("valid");
+        assert!(c.redirect_local);
+        assert_eq!(c.redirect_cgroup, Some("/sys/fs/cgroup/app".into()));
     }
 
     #[test]
@@ -412,6 +435,11 @@ mod tests {
             ("scope: x\nbackend_port: 0\n", "backend_port"),
             ("scope: x\nbusy_poll_us: 20000\n", "busy_poll_us"),
             ("scope: x\nsplice: yes please\n", "splice"),
+            (
+                "scope: x\nredirect_cgroup: /sys/fs/cgroup\n",
+                "redirect_cgroup",
+            ),
+            ("scope: x\nredirect_local: 1\n", "redirect_local"),
             ("scope: x\nread: {balance: random}\n", "balance"),
             ("scope: x\nbackend_port: 70000\n", "backend_port"),
             (

@@ -367,6 +367,13 @@ pub async fn run_control(
     }
 }
 
+/// Whether a member keeps its read sessions: it is in the read pool, or it left only for lag
+/// (and `keep_sessions_on_lag`), or it is the writer (read fallback). A dead or demoted replica
+/// does not.
+pub fn keeps_read(cfg: &crate::config::Config, v: &crate::table::MemberView) -> bool {
+    v.in_read_pool || (cfg.keep_sessions_on_lag && v.alive_replica) || v.in_write_pool
+}
+
 /// Swaps the table if routing changed, cuts sessions that lost their backend, records events.
 fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
     let routing_changed = prev.writer != next.writer
@@ -420,11 +427,10 @@ fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
     }
     // Read sessions: a dead or demoted replica loses them; one that left for lag keeps them
     // unless configured otherwise.
-    let keep_on_lag = shared.cfg.keep_sessions_on_lag;
     let killed = shared.sessions.kill_where(Port::Read, |b| {
-        next.members.iter().any(|v| {
-            v.name == b && (v.in_read_pool || (keep_on_lag && v.alive_replica) || v.in_write_pool)
-        })
+        next.members
+            .iter()
+            .any(|v| v.name == b && keeps_read(&shared.cfg, v))
     });
     if killed > 0 {
         m.sessions_killed_total

@@ -88,6 +88,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
+    if shared.local.is_some() {
+        tracing::info!(
+            "redirect_local: clients on this host are routed at connect time, straight to the backend"
+        );
+        tasks.spawn(redirect::run(shared.clone()));
+    }
     // The listeners were bound by tokio (SO_REUSEADDR, non-blocking); each data thread
     // registers its own clone of them with its event loop.
     let write = write.into_std().context("listen.write")?;

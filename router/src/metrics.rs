@@ -20,6 +20,7 @@ pub struct Metrics {
     pub watch_reconnects_total: IntCounter,
     pub dcs_up: IntGauge,
     pub has_writer: IntGauge,
+    pub redirected_sessions: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -104,6 +105,14 @@ impl Metrics {
                 "patrol_router_write_backend_up",
                 "1 while the write port has a backend",
             )),
+            redirected_sessions: must(IntGaugeVec::new(
+                Opts::new(
+                    "patrol_router_redirected_sessions",
+                    "Live sessions of clients on this host routed at connect time \
+                     (redirect_local), as of the last sweep",
+                ),
+                &["port", "backend"],
+            )),
             registry,
         };
         for c in [
@@ -120,6 +129,7 @@ impl Metrics {
             Box::new(m.watch_reconnects_total.clone()),
             Box::new(m.dcs_up.clone()),
             Box::new(m.has_writer.clone()),
+            Box::new(m.redirected_sessions.clone()),
         ] {
             must(m.registry.register(c));
         }

@@ -27,10 +27,13 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::bpf::{insn, Insn, Map};
+use crate::config::{Config, ReadFallback};
+use crate::state::{Port, Shared};
+use crate::table::Table;
 
 // From include/uapi/linux/bpf.h.
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
@@ -475,22 +478,22 @@ pub struct Tally {
 /// Tallies by listener and backend.
 pub type Tallies = BTreeMap<(SocketAddrV4, SocketAddrV4), Tally>;
 
-/// One pass over the host's sockets: destroys every recorded one `keep` rejects, tallies the
-/// rest, and forgets cookies missing from two listings in a row (`missing` carries them over:
+/// One pass over the host's sockets: destroys every recorded one `keep` rejects (returned),
+/// tallies the rest, and forgets cookies missing from two listings in a row (`missing` carries them over:
 /// a socket whose connect has begun may not be listed yet).
 pub fn sweep(
     r: &Redirector,
     diag: &mut Diag,
     missing: &mut HashSet<u64>,
     keep: impl Fn(&Redirected) -> bool,
-) -> io::Result<(usize, Tallies)> {
+) -> io::Result<(Vec<Redirected>, Tallies)> {
     let recorded = r.recorded()?;
     let mut tally = Tallies::new();
-    let mut killed = 0;
+    let mut killed = Vec::new();
     let mut seen = HashSet::new();
     if recorded.is_empty() {
         missing.clear();
-        return Ok((0, tally));
+        return Ok((killed, tally));
     }
     for s in diag.tcp_sockets()? {
         let Some(rec) = recorded.get(&s.cookie) else {
@@ -500,7 +503,7 @@ pub fn sweep(
         if !keep(rec) {
             diag.destroy(&s)?;
             r.forget(s.cookie);
-            killed += 1;
+            killed.push(*rec);
             continue;
         }
         let t = tally.entry((rec.listener, rec.backend)).or_default();
@@ -519,6 +522,187 @@ pub fn sweep(
     }
     *missing = now_missing.difference(missing).copied().collect();
     Ok((killed, tally))
+}
+
+/// Connect-time routing as the router runs it: the program, a `sock_diag` socket, and what
+/// the last sweep found for the stats page.
+pub struct Local {
+    redirector: Redirector,
+    diag: Mutex<(Diag, HashSet<u64>)>,
+    /// Live redirected sessions by port and member, from the last sweep.
+    pub tallies: Mutex<BTreeMap<(Port, String), Tally>>,
+}
+
+impl Local {
+    /// Loads and links the program for the processes under `cgroup` (default: the cgroup v2
+    /// root) and opens the `sock_diag` socket that cuts sessions: both or neither.
+    pub fn new(cgroup: Option<&Path>) -> io::Result<Local> {
+        let root;
+        let cgroup = match cgroup {
+            Some(c) => c,
+            None => {
+                root = cgroup2_root().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 hierarchy is mounted")
+                })?;
+                &root
+            }
+        };
+        let diag = Diag::open()?;
+        Ok(Local {
+            redirector: Redirector::new(cgroup)?,
+            diag: Mutex::new((diag, HashSet::new())),
+            tallies: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The live redirected sessions of `member` on `port`, from the last sweep.
+    pub fn sessions(&self, port: Port, member: &str) -> usize {
+        self.tallies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(port, member.to_string()))
+            .map_or(0, |t| t.sessions)
+    }
+}
+
+/// Which of the router's ports `listener` is.
+fn port_of(cfg: &Config, listener: SocketAddrV4) -> Option<Port> {
+    let is = |l: SocketAddr| {
+        l.port() == listener.port()
+            && (l.ip().is_unspecified() || l.ip() == IpAddr::V4(*listener.ip()))
+    };
+    if is(cfg.write_listen) {
+        Some(Port::Write)
+    } else if is(cfg.read_listen) {
+        Some(Port::Read)
+    } else {
+        None
+    }
+}
+
+fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+/// Where local connects to each listener address go under table `t`: the writer; the read
+/// pool (or the writer, with `read.fallback: leader`); nowhere (left to the listener) when the
+/// port has no backend or only IPv6 ones.
+pub fn routes_for(cfg: &Config, t: &Table) -> BTreeMap<SocketAddrV4, Vec<SocketAddrV4>> {
+    let writer: Vec<SocketAddrV4> = t.writer.iter().filter_map(|w| v4(w.addr)).collect();
+    let mut readers: Vec<SocketAddrV4> = t.readers.iter().filter_map(|r| v4(r.addr)).collect();
+    if t.readers.is_empty() && cfg.read_fallback == ReadFallback::Leader {
+        readers = writer.clone();
+    }
+    let mut routes = BTreeMap::new();
+    for l in listener_addrs(cfg.write_listen) {
+        routes.insert(l, writer.clone());
+    }
+    for l in listener_addrs(cfg.read_listen) {
+        routes.insert(l, readers.clone());
+    }
+    routes
+}
+
+/// Whether a redirected session may stay where it is under table `t`: the rule relayed
+/// sessions follow (`control::apply`).
+pub fn keeps(cfg: &Config, t: &Table, rec: &Redirected) -> bool {
+    let backend = SocketAddr::V4(rec.backend);
+    match port_of(cfg, rec.listener) {
+        Some(Port::Write) => t.writer.as_ref().is_some_and(|w| w.addr == backend),
+        Some(Port::Read) => t
+            .members
+            .iter()
+            .any(|m| m.addr == Some(backend) && crate::control::keeps_read(cfg, m)),
+        None => false,
+    }
+}
+
+/// Keeps the program's routes in step with the table and cuts what the table no longer allows:
+/// at once on every table change (and again shortly after, for connects that were under way),
+/// otherwise every [`SWEEP`]. Runs for the router's life.
+pub async fn run(shared: Arc<Shared>) {
+    let mut table_rx = shared.table_tx.subscribe();
+    let mut soon = 0;
+    loop {
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || pass(&s)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("redirect_local: {e}"),
+            Err(e) => tracing::error!("redirect_local: the sweep failed: {e}"),
+        }
+        let wait = if soon > 0 {
+            soon -= 1;
+            Duration::from_millis(25)
+        } else {
+            SWEEP
+        };
+        tokio::select! {
+            r = table_rx.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                soon = 2;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One update of the routes, then one sweep.
+fn pass(shared: &Shared) -> io::Result<()> {
+    let Some(local) = shared.local.as_ref() else {
+        return Ok(());
+    };
+    let t = shared.table.load_full();
+    local.redirector.set_routes(&routes_for(&shared.cfg, &t))?;
+    let mut g = local.diag.lock().unwrap_or_else(|p| p.into_inner());
+    let (diag, missing) = &mut *g;
+    let kept = |rec: &Redirected| keeps(&shared.cfg, &t, rec);
+    let (killed, tally) = sweep(&local.redirector, diag, missing, kept)?;
+    drop(g);
+    let name_of = |b: SocketAddrV4| {
+        t.members
+            .iter()
+            .find(|m| m.addr == Some(SocketAddr::V4(b)))
+            .map_or_else(|| b.to_string(), |m| m.name.clone())
+    };
+    let mut by_member: BTreeMap<(Port, String), Tally> = BTreeMap::new();
+    for ((listener, backend), n) in tally {
+        let Some(port) = port_of(&shared.cfg, listener) else {
+            continue;
+        };
+        let e = by_member.entry((port, name_of(backend))).or_default();
+        e.sessions += n.sessions;
+        e.to_backend += n.to_backend;
+        e.to_client += n.to_client;
+    }
+    let m = &shared.metrics;
+    m.redirected_sessions.reset();
+    for ((port, member), n) in &by_member {
+        m.redirected_sessions
+            .with_label_values(&[port.as_str(), member])
+            .set(n.sessions as i64);
+    }
+    *local.tallies.lock().unwrap_or_else(|p| p.into_inner()) = by_member;
+    for port in [Port::Write, Port::Read] {
+        let n = killed
+            .iter()
+            .filter(|r| port_of(&shared.cfg, r.listener) == Some(port))
+            .count();
+        if n > 0 {
+            m.sessions_killed_total
+                .with_label_values(&[port.as_str()])
+                .inc_by(n as u64);
+            shared.event(format!(
+                "closed {n} redirected {} session(s): their backend left the pool",
+                port.as_str()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -633,7 +817,7 @@ mod tests {
         let mut diag = Diag::open().expect("sock_diag");
         let mut missing = HashSet::new();
         let (killed, tally) = sweep(&r, &mut diag, &mut missing, |_| true).expect("sweep");
-        assert_eq!(killed, 0);
+        assert!(killed.is_empty());
         assert_eq!(
             tally.get(&(la, ba)).map(|t| t.sessions),
             Some(1),
@@ -643,7 +827,13 @@ mod tests {
 
         let (killed, _) =
             sweep(&r, &mut diag, &mut missing, |rec| rec.backend != ba).expect("sweep");
-        assert_eq!(killed, 1);
+        assert_eq!(
+            killed,
+            vec![Redirected {
+                backend: ba,
+                listener: la
+            }]
+        );
         let e = client.read(&mut b).expect_err("destroyed");
         assert_eq!(e.raw_os_error(), Some(libc::ECONNABORTED), "{e}");
         assert_eq!(

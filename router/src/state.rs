@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::table::{Probe, Table};
 
 /// Which listener a session came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Port {
     Write,
     Read,
@@ -135,6 +135,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Kernel splicing of established sessions (`splice: true` and the program loaded).
     pub splicer: Option<crate::splice::Splicer>,
+    /// Connect-time routing of local clients (`redirect_local: true` and the program linked).
+    pub local: Option<crate::redirect::Local>,
 }
 
 /// One open client connection, counted in [`Shared::connections`] until dropped.
@@ -174,6 +176,20 @@ impl Shared {
         } else {
             None
         };
+        let local = if cfg.redirect_local {
+            match crate::redirect::Local::new(cfg.redirect_cgroup.as_deref()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(
+                        "redirect_local: cannot route local clients at connect time ({e}); \
+                         relaying them"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (table_tx, _) = watch::channel(0);
         Arc::new(Shared {
             cfg,
@@ -190,6 +206,7 @@ impl Shared {
             rr: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             splicer,
+            local,
         })
     }
 

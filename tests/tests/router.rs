@@ -1372,3 +1372,130 @@ async fn spliced_sessions_relay_in_the_kernel_and_are_cut_on_switchover() {
     );
     drop(direct);
 }
+
+/// The redirected sessions the router's last sweep counted for `member` on `port`.
+fn redirected(stats: &Value, member: &str, port: &str) -> u64 {
+    stats["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == member)
+        .and_then(|m| m["redirected_sessions"][port].as_u64())
+        .unwrap_or(0)
+}
+
+/// `redirect_local: true` (root): clients on the router's host are connected by the kernel
+/// straight to the backend (the router relays none of their bytes and counts them from the
+/// kernel's socket list); the router still cuts them when their backend leaves the pool, here
+/// a leader whose agent died while its PostgreSQL runs on; new connects follow the new leader;
+/// and when the router process dies its program goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_clients_are_routed_at_connect_time_and_still_cut() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: linking the connect program needs root (CI runs as root)");
+        return;
+    }
+    let mut c = Cluster::new(3).expect("cluster");
+    let old = start_all(&mut c).await;
+    let r = Router::start(&c, "redirect_local: true\n").expect("router");
+    wait_routing(&r, &c, old).await;
+    assert_eq!(r.stats().await.expect("stats")["redirect_local"], true);
+
+    let w = r.connect_write().await.expect("write session");
+    let (port, in_recovery) = server_of(&w).await.expect("query");
+    assert_eq!((port, in_recovery), (i32::from(c.pg_port(old)), false));
+    let rd = r.connect_read().await.expect("read session");
+    let (rport, in_recovery) = server_of(&rd).await.expect("query");
+    let replica = node_of_port(&c, rport).expect("a member's port");
+    assert!(replica != old && in_recovery, "reads go to a replica");
+    let stats = wait_until(
+        "the sweep to count both sessions",
+        PROPAGATION_TIMEOUT,
+        || async {
+            let s = r.stats().await?;
+            Ok((redirected(&s, c.name(old), "write") == 1
+                && redirected(&s, c.name(replica), "read") == 1)
+                .then_some(s))
+        },
+    )
+    .await
+    .expect("redirected sessions on the stats page");
+    assert_eq!(
+        stats["sessions"], 0,
+        "the router relays none of them: {stats:#}"
+    );
+    let m = r.metrics().await.expect("metrics");
+    let gauge = format!(
+        "patrol_router_redirected_sessions{{backend=\"{}\",port=\"write\"}}",
+        c.name(old)
+    );
+    assert_eq!(metric(&m, &gauge), 1.0, "{m}");
+
+    // The leader's agent dies; its PostgreSQL runs on and would keep the session. The router
+    // drops it from the write port and destroys the redirected session itself.
+    let t_kill = Instant::now();
+    c.kill_node(old);
+    let err = wait_session_error(
+        &w,
+        "the redirected write session to fail",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("the router cuts the redirected session to the lost leader");
+    eprintln!(
+        "redirected write session cut {:.1?} after the agent's death: {err}",
+        t_kill.elapsed()
+    );
+    assert!(
+        c.postmaster_pid(old).is_some(),
+        "the session was cut by the router, not by PostgreSQL going away"
+    );
+    let m = r.metrics().await.expect("metrics");
+    assert!(
+        metric(&m, "patrol_router_sessions_killed_total{port=\"write\"}") >= 1.0,
+        "the cut is counted: {m}"
+    );
+    server_of(&rd)
+        .await
+        .expect("the read session on a live replica stays");
+    c.signal_postgres(old, Signal::SIGKILL)
+        .expect("SIGKILL postmaster");
+    let next = wait_write_lands_elsewhere(&r, &c, &[old], TTL + Duration::from_secs(30))
+        .await
+        .expect("writes follow to the next leader");
+    let w2 = r
+        .connect_write()
+        .await
+        .expect("write session to the new leader");
+    assert_eq!(
+        server_of(&w2).await.expect("query").0,
+        i32::from(c.pg_port(next))
+    );
+    wait_until(
+        "the new leader's session to be counted",
+        PROPAGATION_TIMEOUT,
+        || async {
+            let s = r.stats().await?;
+            Ok((redirected(&s, c.name(next), "write") >= 1 && s["sessions"] == 0).then_some(()))
+        },
+    )
+    .await
+    .expect("the new session is redirected too");
+
+    // The program is linked to the router process: once it is gone, connects to its port
+    // reach nothing (no listener), and are not sent to the leader.
+    r.proc().signal(Signal::SIGKILL).expect("SIGKILL router");
+    wait_until(
+        "connects to the dead router's port to be refused",
+        Duration::from_secs(5),
+        || async {
+            Ok(TcpStream::connect(("127.0.0.1", r.write_port()))
+                .await
+                .is_err()
+                .then_some(()))
+        },
+    )
+    .await
+    .expect("no redirect outlives the router");
+    drop((w2, rd));
+}
