@@ -42,6 +42,8 @@ const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_MAP_UPDATE_ELEM: i32 = 2;
 const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
 const BPF_FUNC_GET_SOCKET_COOKIE: i32 = 46;
+const BPF_FUNC_GET_NETNS_COOKIE: i32 = 122;
+const SO_NETNS_COOKIE: i32 = 71;
 // Offsets in `struct bpf_sock_addr`.
 const USER_IP4: i16 = 4;
 const USER_PORT: i16 = 24;
@@ -56,19 +58,26 @@ const TRACKED: usize = 1 << 18;
 /// How often the sockets are listed when nothing changes (stats, forgotten cookies).
 pub const SWEEP: Duration = Duration::from_millis(500);
 
-/// The program. Route key at r10-8 (ip, port as the context holds them), cookie at r10-16,
-/// the record at r10-32 (backend ip, backend port, listener ip, listener port).
-fn program(routes: RawFd, redirected: RawFd) -> Vec<Insn> {
+/// The program. Only TCP connects from the router's own network namespace are looked at (in
+/// another one, a container's, `127.0.0.1` is another host). Route key at r10-8 (ip, port as
+/// the context holds them), cookie at r10-16, the record at r10-32 (backend ip, backend port,
+/// listener ip, listener port).
+fn program(routes: RawFd, redirected: RawFd, netns: u64) -> Vec<Insn> {
     let mut p = vec![
-        insn(0xbf, 6, 1, 0, 0),         // r6 = ctx
-        insn(0x61, 1, 6, SOCK_TYPE, 0), // r1 = ctx->type
-        insn(0x55, 1, 0, 0, 1),         // if r1 != SOCK_STREAM goto out   [patched]
-        insn(0x61, 7, 6, USER_IP4, 0),  // r7 = ctx->user_ip4
-        insn(0x61, 8, 6, USER_PORT, 0), // r8 = ctx->user_port
-        insn(0x63, 10, 7, -8, 0),       // key.ip = r7
-        insn(0x63, 10, 8, -4, 0),       // key.port = r8
-        insn(0x63, 10, 7, -24, 0),      // record.listener_ip = r7
-        insn(0x63, 10, 8, -20, 0),      // record.listener_port = r8
+        insn(0xbf, 6, 1, 0, 0),                         // r6 = ctx
+        insn(0x61, 1, 6, SOCK_TYPE, 0),                 // r1 = ctx->type
+        insn(0x55, 1, 0, 0, 1),                         // if r1 != SOCK_STREAM goto out [patched]
+        insn(0xbf, 1, 6, 0, 0),                         // r1 = ctx
+        insn(0x85, 0, 0, 0, BPF_FUNC_GET_NETNS_COOKIE), // r0 = the socket's netns cookie
+        insn(0x18, 1, 0, 0, netns as u32 as i32),       // r1 = the router's (ld_imm64)
+        insn(0, 0, 0, 0, (netns >> 32) as u32 as i32),  //
+        insn(0x5d, 0, 1, 0, 0),                         // if r0 != r1 goto out          [patched]
+        insn(0x61, 7, 6, USER_IP4, 0),                  // r7 = ctx->user_ip4
+        insn(0x61, 8, 6, USER_PORT, 0),                 // r8 = ctx->user_port
+        insn(0x63, 10, 7, -8, 0),                       // key.ip = r7
+        insn(0x63, 10, 8, -4, 0),                       // key.port = r8
+        insn(0x63, 10, 7, -24, 0),                      // record.listener_ip = r7
+        insn(0x63, 10, 8, -20, 0),                      // record.listener_port = r8
     ];
     p.extend(crate::bpf::ld_map(1, routes)); // r1 = routes
     p.extend([
@@ -113,11 +122,24 @@ fn program(routes: RawFd, redirected: RawFd) -> Vec<Insn> {
     ]);
     // Every conditional jump above goes to `out`.
     for (i, ins) in p.iter_mut().enumerate().take(out) {
-        if matches!(ins.code(), 0x55 | 0x15 | 0x35) {
+        if matches!(ins.code(), 0x55 | 0x15 | 0x35 | 0x5d) {
             *ins = ins.with_off((out - i - 1) as i16);
         }
     }
     p
+}
+
+/// The cookie of the router's network namespace (Linux 5.14).
+fn netns_cookie() -> io::Result<u64> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let s = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    crate::splice::getsockopt::<u64>(s.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE)
 }
 
 /// An IPv4 address and port as `struct bpf_sock_addr` holds them (network byte order).
@@ -181,7 +203,7 @@ impl Redirector {
         let prog = crate::bpf::load(
             BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
             BPF_CGROUP_INET4_CONNECT,
-            &program(routes.raw_fd(), redirected.raw_fd()),
+            &program(routes.raw_fd(), redirected.raw_fd(), netns_cookie()?),
             "patrol_connect",
         )?;
         let dir = std::fs::File::open(cgroup)
@@ -712,10 +734,10 @@ mod tests {
     #[test]
     fn every_jump_of_the_program_lands_on_its_exit() {
         // Maps are not needed to check the shape: assemble with stand-in descriptors.
-        let p = program(100, 101);
+        let p = program(100, 101, 1 << 40);
         let out = p.len() - 2;
         for (i, ins) in p.iter().enumerate() {
-            if matches!(ins.code(), 0x55 | 0x15 | 0x35) {
+            if matches!(ins.code(), 0x55 | 0x15 | 0x35 | 0x5d) {
                 assert_eq!(i as i64 + 1 + ins.off() as i64, out as i64, "jump at {i}");
             }
         }
@@ -810,6 +832,22 @@ mod tests {
         let mut b = [0u8; 4];
         server.read_exact(&mut b).expect("read");
         assert_eq!(&b, b"ping");
+        // Another network namespace (a container's) is another host: its 127.0.0.1 is left
+        // alone. Here a listener on the same address there gets the connect.
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .expect("ip");
+            assert!(up.success());
+            let there = TcpListener::bind(la).expect("listener in the other namespace");
+            let c = TcpStream::connect(la).expect("connect in the other namespace");
+            assert_eq!(c.peer_addr().expect("peer"), SocketAddr::V4(la));
+            drop(there);
+        })
+        .join()
+        .expect("the other namespace's connect is not redirected");
         // Other ports are left alone.
         let other = TcpStream::connect(ba).expect("direct");
         assert_eq!(other.peer_addr().expect("peer"), SocketAddr::V4(ba));

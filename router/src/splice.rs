@@ -290,7 +290,11 @@ fn pending(from: &impl AsRawFd, to: &impl AsRawFd, to_is_server: bool) -> Option
 }
 
 /// A socket option whose value is plain old data (`TCP_INFO`, `SO_COOKIE`).
-fn getsockopt<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+pub(crate) fn getsockopt<T: Copy>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
     // SAFETY: only used with plain-old-data `T` (integers, `tcp_info`), for which all-zero is a
     // valid value.
     let mut v: T = unsafe { std::mem::zeroed() };
