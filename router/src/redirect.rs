@@ -242,6 +242,16 @@ impl Redirector {
         Ok(())
     }
 
+    /// Removes every route (local clients reach the listeners, which relay them).
+    pub fn clear(&self) -> io::Result<()> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.clear();
+        for k in self.routes.keys()? {
+            self.routes.delete(&k)?;
+        }
+        Ok(())
+    }
+
     /// Every recorded socket, by cookie.
     pub fn recorded(&self) -> io::Result<HashMap<u64, Redirected>> {
         let mut all = HashMap::new();
@@ -679,7 +689,18 @@ fn pass(shared: &Shared) -> io::Result<()> {
         return Ok(());
     };
     let t = shared.table.load_full();
-    local.redirector.set_routes(&routes_for(&shared.cfg, &t))?;
+    if let Err(e) = local.redirector.set_routes(&routes_for(&shared.cfg, &t)) {
+        // Fail closed: a route that could not be changed must not keep sending clients to a
+        // backend that lost its pool.
+        let cleared = match local.redirector.clear() {
+            Ok(()) => "local clients reach the listeners until it works".to_string(),
+            Err(c) => format!("clearing them failed too: {c}"),
+        };
+        return Err(io::Error::new(
+            e.kind(),
+            format!("updating the routes failed ({e}); {cleared}"),
+        ));
+    }
     let mut g = local.diag.lock().unwrap_or_else(|p| p.into_inner());
     let (diag, missing) = &mut *g;
     let kept = |rec: &Redirected| keeps(&shared.cfg, &t, rec);
