@@ -907,6 +907,17 @@ mod tests {
         assert_eq!(c.peer_addr().expect("peer"), SocketAddr::V4(la));
         r.set_routes(&BTreeMap::from([(la, vec![ba])]))
             .expect("route");
+        r.clear().expect("clear");
+        let c = TcpStream::connect(la).expect("connect");
+        assert_eq!(c.peer_addr().expect("peer"), SocketAddr::V4(la), "cleared");
+        r.set_routes(&BTreeMap::from([(la, vec![ba])]))
+            .expect("route");
+        let c = TcpStream::connect(la).expect("connect");
+        assert_eq!(
+            c.peer_addr().expect("peer"),
+            SocketAddr::V4(ba),
+            "routed again"
+        );
         drop(r);
         // The link went with the router: connects reach the listener again.
         let c = TcpStream::connect(la).expect("connect");
