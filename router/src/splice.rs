@@ -6,9 +6,7 @@
 //! The program is eleven instructions, assembled here; the map is keyed by the receiving
 //! socket's cookie and holds the peer socket. Loading it needs `CAP_BPF` and `CAP_NET_ADMIN`
 //! (root) and Linux 5.13 or later (`BPF_SK_SKB_VERDICT`); without them the router says so once
-//! and relays in user space. (A loader crate such as aya takes a compiled BPF object, which
-//! would make clang or a nightly toolchain a build dependency for eleven instructions; the
-//! four `bpf` commands used here are all this module needs.)
+//! and relays in user space. The `bpf` system calls are in `crate::bpf`.
 //!
 //! A spliced socket must not stay in the data threads' epoll: the kernel still signals "data
 //! arrived" for every redirected segment, which would wake a thread per message (the cost
