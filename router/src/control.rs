@@ -401,6 +401,11 @@ fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
         }
     }
     m.has_writer.set(i64::from(next.writer.is_some()));
+    if let Some(local) = &shared.local {
+        if let Err(e) = local.route(&shared.cfg, &next) {
+            tracing::error!("redirect_local: {e}");
+        }
+    }
     let next = Arc::new(next);
     shared.table.store(next.clone());
     if !routing_changed {

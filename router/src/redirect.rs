@@ -587,6 +587,25 @@ impl Local {
         })
     }
 
+    /// Points local connects where table `t` routes (before the table is swapped in, so a
+    /// connect never goes where the router's own listeners would not send it). If the routes
+    /// cannot be written, every route is removed: fail closed.
+    pub fn route(&self, cfg: &Config, t: &Table) -> io::Result<()> {
+        let Err(e) = self.redirector.set_routes(&routes_for(cfg, t)) else {
+            return Ok(());
+        };
+        // A route that could not be changed must not keep sending clients to a backend that
+        // lost its pool.
+        let cleared = match self.redirector.clear() {
+            Ok(()) => "local clients reach the listeners until it works".to_string(),
+            Err(c) => format!("clearing them failed too: {c}"),
+        };
+        Err(io::Error::new(
+            e.kind(),
+            format!("updating the routes failed ({e}); {cleared}"),
+        ))
+    }
+
     /// The live redirected sessions of `member` on `port`, from the last sweep.
     pub fn sessions(&self, port: Port, member: &str) -> usize {
         self.tallies
@@ -652,9 +671,10 @@ pub fn keeps(cfg: &Config, t: &Table, rec: &Redirected) -> bool {
     }
 }
 
-/// Keeps the program's routes in step with the table and cuts what the table no longer allows:
-/// at once on every table change (and again shortly after, for connects that were under way),
-/// otherwise every [`SWEEP`]. Runs for the router's life.
+/// Cuts what the table no longer allows (the routes themselves are rewritten by
+/// `control::apply` before each swap): at once on every table change, again
+/// shortly after (for connects that were under way), otherwise every [`SWEEP`]. Runs for the
+/// router's life.
 pub async fn run(shared: Arc<Shared>) {
     let mut table_rx = shared.table_tx.subscribe();
     let mut soon = 0;
@@ -683,24 +703,12 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// One update of the routes, then one sweep.
+/// One sweep against the current table.
 fn pass(shared: &Shared) -> io::Result<()> {
     let Some(local) = shared.local.as_ref() else {
         return Ok(());
     };
     let t = shared.table.load_full();
-    if let Err(e) = local.redirector.set_routes(&routes_for(&shared.cfg, &t)) {
-        // Fail closed: a route that could not be changed must not keep sending clients to a
-        // backend that lost its pool.
-        let cleared = match local.redirector.clear() {
-            Ok(()) => "local clients reach the listeners until it works".to_string(),
-            Err(c) => format!("clearing them failed too: {c}"),
-        };
-        return Err(io::Error::new(
-            e.kind(),
-            format!("updating the routes failed ({e}); {cleared}"),
-        ));
-    }
     let mut g = local.diag.lock().unwrap_or_else(|p| p.into_inner());
     let (diag, missing) = &mut *g;
     let kept = |rec: &Redirected| keeps(&shared.cfg, &t, rec);
@@ -783,6 +791,107 @@ mod tests {
             u32::from_ne_bytes(route_value(&many)[..4].try_into().expect("4")) as usize,
             MAX_BACKENDS
         );
+    }
+
+    fn table() -> (Config, Table) {
+        let o = crate::config::Overrides {
+            scope: Some("c".into()),
+            ..Default::default()
+        };
+        let mut cfg = Config::load(None, &o).expect("valid");
+        cfg.write_listen = "127.0.0.1:5000".parse().expect("addr");
+        cfg.read_listen = "127.0.0.1:5001".parse().expect("addr");
+        let b = |name: &str, port: u16| crate::table::Backend {
+            name: name.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let view = |name: &str, port: u16, write: bool, read: bool, alive: bool| {
+            crate::table::MemberView {
+                name: name.into(),
+                addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+                in_write_pool: write,
+                in_read_pool: read,
+                alive_replica: alive,
+                ..Default::default()
+            }
+        };
+        let t = Table {
+            writer: Some(b("a", 5432)),
+            readers: vec![b("b", 5433)],
+            members: vec![
+                view("a", 5432, true, false, false),
+                view("b", 5433, false, true, true),
+                // Out of the read pool for lag, still a live replica.
+                view("c", 5434, false, false, true),
+                // Dead.
+                view("d", 5435, false, false, false),
+            ],
+            ..Default::default()
+        };
+        (cfg, t)
+    }
+
+    fn at(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+    }
+
+    #[test]
+    fn routes_follow_the_table() {
+        let (mut cfg, mut t) = table();
+        let r = routes_for(&cfg, &t);
+        assert_eq!(r[&at(5000)], vec![at(5432)]);
+        assert_eq!(r[&at(5001)], vec![at(5433)]);
+        // No replica qualifies: no route (the listener refuses), or the writer with fallback.
+        t.readers.clear();
+        assert!(routes_for(&cfg, &t)[&at(5001)].is_empty());
+        cfg.read_fallback = ReadFallback::Leader;
+        assert_eq!(routes_for(&cfg, &t)[&at(5001)], vec![at(5432)]);
+        // No writer: no route, so connects reach the listener and are held.
+        t.writer = None;
+        assert!(routes_for(&cfg, &t)[&at(5000)].is_empty());
+        // IPv6 listeners are not redirected.
+        cfg.read_listen = "[::1]:5001".parse().expect("addr");
+        assert_eq!(routes_for(&cfg, &t).len(), 1);
+    }
+
+    #[test]
+    fn redirected_sessions_are_kept_by_the_relayed_sessions_rule() {
+        let (mut cfg, t) = table();
+        let rec = |listener: u16, backend: u16| Redirected {
+            backend: at(backend),
+            listener: at(listener),
+        };
+        assert!(keeps(&cfg, &t, &rec(5000, 5432)), "writer");
+        assert!(
+            !keeps(&cfg, &t, &rec(5000, 5433)),
+            "write session off the writer"
+        );
+        assert!(keeps(&cfg, &t, &rec(5001, 5433)), "reader in the pool");
+        assert!(
+            keeps(&cfg, &t, &rec(5001, 5434)),
+            "left for lag, kept by default"
+        );
+        assert!(!keeps(&cfg, &t, &rec(5001, 5435)), "dead replica");
+        assert!(
+            keeps(&cfg, &t, &rec(5001, 5432)),
+            "read fallback on the writer"
+        );
+        assert!(
+            !keeps(&cfg, &t, &rec(5999, 5432)),
+            "not one of our listeners"
+        );
+        cfg.keep_sessions_on_lag = false;
+        assert!(
+            !keeps(&cfg, &t, &rec(5001, 5434)),
+            "left for lag, cut when configured"
+        );
+        // A wildcard listener owns its port on every address.
+        cfg.write_listen = "0.0.0.0:5000".parse().expect("addr");
+        let other = Redirected {
+            backend: at(5432),
+            listener: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 5000),
+        };
+        assert!(keeps(&cfg, &t, &other));
     }
 
     #[test]

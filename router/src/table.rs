@@ -53,7 +53,7 @@ pub struct Backend {
 }
 
 /// Per member, for the stats page and the pool hysteresis.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct MemberView {
     pub name: String,
     pub addr: Option<SocketAddr>,
