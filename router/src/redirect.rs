@@ -19,8 +19,8 @@
 //! The program is attached through a BPF link owned by the router process: when the router
 //! ends, however it ends, the kernel detaches it and local clients reach the listeners (or
 //! nothing) again. Sessions already redirected outlive a router restart, as direct ones would.
-//! Needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN` for the cgroup link) and cgroup v2;
-//! without them the router says so and relays every session.
+//! Needs `CAP_BPF` and `CAP_NET_ADMIN` (root, or the two ambient capabilities of the systemd
+//! unit), cgroup v2 and Linux 5.14; without them the router says so and relays every session.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;

@@ -181,8 +181,9 @@ impl Shared {
                 Ok(l) => Some(l),
                 Err(e) => {
                     tracing::warn!(
-                        "redirect_local: cannot route local clients at connect time ({e}); \
-                         relaying them"
+                        "redirect_local: cannot route local clients at connect time ({e}; it \
+                         needs CAP_BPF and CAP_NET_ADMIN, cgroup v2 and Linux 5.14); relaying \
+                         them"
                     );
                     None
                 }
