@@ -8,6 +8,11 @@
 //! socket calls of `splice`.
 #![allow(unsafe_code)]
 
+// The instruction encoding (register nibbles) and the byte order of the maps' keys assume a
+// little-endian machine.
+#[cfg(target_endian = "big")]
+compile_error!("the BPF programs are assembled for little-endian machines");
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -23,6 +28,8 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
 pub const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
 pub const BPF_PSEUDO_MAP_FD: u8 = 1;
+/// Map flag: allocate elements on update instead of all at creation.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// One instruction.
 #[repr(C)]
@@ -161,13 +168,14 @@ impl Map {
         key_size: usize,
         value_size: usize,
         max_entries: usize,
+        map_flags: u32,
     ) -> io::Result<Map> {
         let mut create = MapCreate {
             map_type,
             key_size: key_size as u32,
             value_size: value_size as u32,
             max_entries: max_entries.clamp(1, u32::MAX as usize) as u32,
-            ..Default::default()
+            map_flags,
         };
         Ok(Map {
             fd: owned(bpf(BPF_MAP_CREATE, &mut create)?),

@@ -117,6 +117,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     shutdown.cancel();
+    if shared.local.is_some() {
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || redirect::cut_all(&s)).await;
+    }
     drop(dcs);
     Ok(())
 }

@@ -28,7 +28,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::bpf::{insn, Insn, Map};
 use crate::config::{Config, ReadFallback};
@@ -48,6 +48,7 @@ const SO_NETNS_COOKIE: i32 = 71;
 const USER_IP4: i16 = 4;
 const USER_PORT: i16 = 24;
 const SOCK_TYPE: i16 = 32;
+const PROTOCOL: i16 = 36;
 
 /// Backends a route can hold (a read pool beyond this uses its first ones).
 pub const MAX_BACKENDS: usize = 8;
@@ -55,10 +56,15 @@ const ROUTE_VALUE: usize = 8 + 8 * MAX_BACKENDS;
 /// Redirected sockets tracked at once; a connect beyond it is not redirected (it reaches the
 /// listener and is relayed).
 const TRACKED: usize = 1 << 18;
+/// Listener addresses with a route (a wildcard listener has one per local IPv4 address).
+const ROUTES: usize = 4096;
+/// A recorded socket missing from the listings this long is forgotten (its connect failed or
+/// it ended); a socket whose connect has begun may not be listed yet.
+const FORGET_AFTER: Duration = Duration::from_secs(5);
 /// How often the sockets are listed when nothing changes (stats, forgotten cookies).
 pub const SWEEP: Duration = Duration::from_millis(500);
 
-/// The program. Only TCP connects from the router's own network namespace are looked at (in
+/// The program. Only TCP (not MPTCP or SCTP) connects from the router's own network namespace are looked at (in
 /// another one, a container's, `127.0.0.1` is another host). Route key at r10-8 (ip, port as
 /// the context holds them), cookie at r10-16, the record at r10-32 (backend ip, backend port,
 /// listener ip, listener port).
@@ -66,7 +72,9 @@ fn program(routes: RawFd, redirected: RawFd, netns: u64) -> Vec<Insn> {
     let mut p = vec![
         insn(0xbf, 6, 1, 0, 0),                         // r6 = ctx
         insn(0x61, 1, 6, SOCK_TYPE, 0),                 // r1 = ctx->type
-        insn(0x55, 1, 0, 0, 1),                         // if r1 != SOCK_STREAM goto out [patched]
+        insn(0x55, 1, 0, 0, libc::SOCK_STREAM),         // if r1 != SOCK_STREAM goto out [patched]
+        insn(0x61, 1, 6, PROTOCOL, 0),                  // r1 = ctx->protocol
+        insn(0x55, 1, 0, 0, libc::IPPROTO_TCP),         // if r1 != TCP goto out         [patched]
         insn(0xbf, 1, 6, 0, 0),                         // r1 = ctx
         insn(0x85, 0, 0, 0, BPF_FUNC_GET_NETNS_COOKIE), // r0 = the socket's netns cookie
         insn(0x18, 1, 0, 0, netns as u32 as i32),       // r1 = the router's (ld_imm64)
@@ -198,8 +206,17 @@ pub struct Redirector {
 impl Redirector {
     /// Loads the program and links it to the cgroup at `cgroup` (every process below it).
     pub fn new(cgroup: &Path) -> io::Result<Redirector> {
-        let routes = Map::create(crate::bpf::BPF_MAP_TYPE_HASH, 8, ROUTE_VALUE, 64)?;
-        let redirected = Map::create(crate::bpf::BPF_MAP_TYPE_HASH, 8, 16, TRACKED)?;
+        // Not preallocated: a replaced route is never reused under a reader, and the record
+        // map costs memory only for the sessions it holds.
+        let no_prealloc = crate::bpf::BPF_F_NO_PREALLOC;
+        let routes = Map::create(
+            crate::bpf::BPF_MAP_TYPE_HASH,
+            8,
+            ROUTE_VALUE,
+            ROUTES,
+            no_prealloc,
+        )?;
+        let redirected = Map::create(crate::bpf::BPF_MAP_TYPE_HASH, 8, 16, TRACKED, no_prealloc)?;
         let prog = crate::bpf::load(
             BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
             BPF_CGROUP_INET4_CONNECT,
@@ -245,11 +262,22 @@ impl Redirector {
     /// Removes every route (local clients reach the listeners, which relay them).
     pub fn clear(&self) -> io::Result<()> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        current.clear();
         for k in self.routes.keys()? {
             self.routes.delete(&k)?;
         }
+        current.clear();
         Ok(())
+    }
+
+    /// Whether the routes last written send `listener`'s connects to `backend` (they are
+    /// written before the table naming them is swapped in, so a sweep working from the table
+    /// before must not cut such a session).
+    pub fn routed(&self, r: &Redirected) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&r.listener)
+            .is_some_and(|b| b.contains(&r.backend))
     }
 
     /// Every recorded socket, by cookie.
@@ -346,6 +374,10 @@ impl Diag {
             SockProtocol::NetlinkSockDiag,
         )
         .map_err(io::Error::from)?;
+        // The kernel answers every request; a reply that never comes must not stall the sweep.
+        let timeout = nix::sys::time::TimeVal::new(2, 0);
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(io::Error::from)?;
         Ok(Diag { fd, seq: 0 })
     }
 
@@ -403,8 +435,8 @@ impl Diag {
                 let body = &buf[at + 16..at + len];
                 if mseq == seq {
                     match kind {
-                        NLMSG_DONE => return Ok(()),
-                        NLMSG_ERROR => {
+                        // A dump's DONE carries its error code, as an ack does.
+                        NLMSG_DONE | NLMSG_ERROR => {
                             let code = body
                                 .get(..4)
                                 .map(|b| i32::from_ne_bytes(b.try_into().unwrap_or_default()))
@@ -510,57 +542,99 @@ pub struct Tally {
 /// Tallies by listener and backend.
 pub type Tallies = BTreeMap<(SocketAddrV4, SocketAddrV4), Tally>;
 
-/// One pass over the host's sockets: destroys every recorded one `keep` rejects (returned),
-/// tallies the rest, and forgets cookies missing from two listings in a row (`missing` carries them over:
-/// a socket whose connect has begun may not be listed yet).
+/// What one sweep did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Sessions destroyed.
+    pub killed: Vec<Redirected>,
+    /// Sessions that should have been destroyed but could not be, and why.
+    pub failed: Vec<(Redirected, String)>,
+    pub tally: Tallies,
+}
+
+/// One pass over the host's sockets: destroys every recorded one `keep` rejects, tallies the
+/// rest, and forgets cookies missing from the listings for [`FORGET_AFTER`] (`missing` holds
+/// since when: a socket whose connect has begun may not be listed yet). A failed destroy is
+/// reported and the sweep goes on.
 pub fn sweep(
     r: &Redirector,
     diag: &mut Diag,
-    missing: &mut HashSet<u64>,
+    missing: &mut HashMap<u64, Instant>,
+    now: Instant,
     keep: impl Fn(&Redirected) -> bool,
-) -> io::Result<(Vec<Redirected>, Tallies)> {
+) -> io::Result<Swept> {
     let recorded = r.recorded()?;
-    let mut tally = Tallies::new();
-    let mut killed = Vec::new();
-    let mut seen = HashSet::new();
+    let mut out = Swept::default();
     if recorded.is_empty() {
         missing.clear();
-        return Ok((killed, tally));
+        return Ok(out);
     }
+    let mut seen = HashSet::new();
     for s in diag.tcp_sockets()? {
         let Some(rec) = recorded.get(&s.cookie) else {
             continue;
         };
         seen.insert(s.cookie);
         if !keep(rec) {
-            diag.destroy(&s)?;
-            r.forget(s.cookie);
-            killed.push(*rec);
+            match diag.destroy(&s) {
+                Ok(()) => {
+                    r.forget(s.cookie);
+                    out.killed.push(*rec);
+                }
+                Err(e) => out.failed.push((*rec, e.to_string())),
+            }
             continue;
         }
-        let t = tally.entry((rec.listener, rec.backend)).or_default();
+        let t = out.tally.entry((rec.listener, rec.backend)).or_default();
         t.sessions += 1;
         // The SYN takes a sequence number `bytes_acked` counts.
         t.to_backend += s.bytes_acked.saturating_sub(1);
         t.to_client += s.bytes_received;
     }
-    let now_missing: HashSet<u64> = recorded
-        .keys()
-        .filter(|c| !seen.contains(c))
-        .copied()
-        .collect();
-    for c in now_missing.intersection(missing) {
-        r.forget(*c);
+    missing.retain(|c, _| recorded.contains_key(c) && !seen.contains(c));
+    for c in recorded.keys().filter(|c| !seen.contains(c)) {
+        let since = *missing.entry(*c).or_insert(now);
+        if now.saturating_duration_since(since) >= FORGET_AFTER {
+            r.forget(*c);
+            missing.remove(c);
+        }
     }
-    *missing = now_missing.difference(missing).copied().collect();
-    Ok((killed, tally))
+    Ok(out)
+}
+
+/// Checks that this kernel destroys sockets on request (`CONFIG_INET_DIAG_DESTROY`; some
+/// hardened kernels leave it out): without it the router could redirect sessions but never cut
+/// them, so the feature is refused.
+fn destroy_works(diag: &mut Diag) -> io::Result<()> {
+    use std::io::Read;
+    let unavailable = |why: String| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("this kernel cannot destroy sockets on request (SOCK_DESTROY: {why})"),
+        )
+    };
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut c = std::net::TcpStream::connect(l.local_addr()?)?;
+    let (_server, _) = l.accept()?;
+    let (local, remote) = (c.local_addr()?, c.peer_addr()?);
+    let s = diag
+        .tcp_sockets()?
+        .into_iter()
+        .find(|s| SocketAddr::V4(s.local) == local && SocketAddr::V4(s.remote) == remote)
+        .ok_or_else(|| unavailable("the test socket is not listed".into()))?;
+    diag.destroy(&s).map_err(|e| unavailable(e.to_string()))?;
+    c.set_read_timeout(Some(Duration::from_secs(1)))?;
+    match c.read(&mut [0u8; 1]) {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+        other => Err(unavailable(format!("the test socket read {other:?}"))),
+    }
 }
 
 /// Connect-time routing as the router runs it: the program, a `sock_diag` socket, and what
 /// the last sweep found for the stats page.
 pub struct Local {
     redirector: Redirector,
-    diag: Mutex<(Diag, HashSet<u64>)>,
+    diag: Mutex<(Diag, HashMap<u64, Instant>)>,
     /// Live redirected sessions by port and member, from the last sweep.
     pub tallies: Mutex<BTreeMap<(Port, String), Tally>>,
 }
@@ -579,10 +653,11 @@ impl Local {
                 &root
             }
         };
-        let diag = Diag::open()?;
+        let mut diag = Diag::open()?;
+        destroy_works(&mut diag)?;
         Ok(Local {
             redirector: Redirector::new(cgroup)?,
-            diag: Mutex::new((diag, HashSet::new())),
+            diag: Mutex::new((diag, HashMap::new())),
             tallies: Mutex::new(BTreeMap::new()),
         })
     }
@@ -703,6 +778,25 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Destroys every redirected session (the router is stopping: like relayed sessions, they end
+/// with it, so none is left that no router would cut on the next failover).
+pub fn cut_all(shared: &Shared) {
+    let Some(local) = shared.local.as_ref() else {
+        return;
+    };
+    let _ = local.redirector.clear();
+    let mut g = local.diag.lock().unwrap_or_else(|p| p.into_inner());
+    let (diag, missing) = &mut *g;
+    match sweep(&local.redirector, diag, missing, Instant::now(), |_| false) {
+        Ok(s) if !s.killed.is_empty() => tracing::info!(
+            "redirect_local: closed {} redirected session(s) on the way out",
+            s.killed.len()
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!("redirect_local: closing redirected sessions: {e}"),
+    }
+}
+
 /// One sweep against the current table.
 fn pass(shared: &Shared) -> io::Result<()> {
     let Some(local) = shared.local.as_ref() else {
@@ -711,9 +805,32 @@ fn pass(shared: &Shared) -> io::Result<()> {
     let t = shared.table.load_full();
     let mut g = local.diag.lock().unwrap_or_else(|p| p.into_inner());
     let (diag, missing) = &mut *g;
-    let kept = |rec: &Redirected| keeps(&shared.cfg, &t, rec);
-    let (killed, tally) = sweep(&local.redirector, diag, missing, kept)?;
+    // Where the routes written for a newer table send a session is fine too.
+    let kept = |rec: &Redirected| keeps(&shared.cfg, &t, rec) || local.redirector.routed(rec);
+    let swept = match sweep(&local.redirector, diag, missing, Instant::now(), kept) {
+        Ok(s) => s,
+        Err(e) => {
+            // A dump broken off may still be answering: start the next sweep on a new socket.
+            if let Ok(fresh) = Diag::open() {
+                *diag = fresh;
+            }
+            return Err(e);
+        }
+    };
     drop(g);
+    let Swept {
+        killed,
+        failed,
+        tally,
+    } = swept;
+    if let Some((rec, why)) = failed.first() {
+        tracing::error!(
+            "redirect_local: could not close {} redirected session(s) whose backend left the \
+             pool (e.g. to {}: {why}); retrying",
+            failed.len(),
+            rec.backend
+        );
+    }
     let name_of = |b: SocketAddrV4| {
         t.members
             .iter()
@@ -903,6 +1020,16 @@ mod tests {
         assert!(listener_addrs("[::1]:5000".parse().expect("addr")).is_empty());
     }
 
+    /// Root only: this kernel destroys sockets on request (what `Local::new` checks first).
+    #[test]
+    fn this_kernel_destroys_sockets_on_request() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: SOCK_DESTROY needs CAP_NET_ADMIN (CI runs as root)");
+            return;
+        }
+        destroy_works(&mut Diag::open().expect("sock_diag")).expect("SOCK_DESTROY works");
+    }
+
     #[test]
     fn a_diag_message_is_read_back() {
         let mut b = vec![0u8; 72];
@@ -983,8 +1110,10 @@ mod tests {
         assert_eq!(other.peer_addr().expect("peer"), SocketAddr::V4(ba));
 
         let mut diag = Diag::open().expect("sock_diag");
-        let mut missing = HashSet::new();
-        let (killed, tally) = sweep(&r, &mut diag, &mut missing, |_| true).expect("sweep");
+        let mut missing = HashMap::new();
+        let now = Instant::now();
+        let swept = sweep(&r, &mut diag, &mut missing, now, |_| true).expect("sweep");
+        let (killed, tally) = (swept.killed, swept.tally);
         assert!(killed.is_empty());
         assert_eq!(
             tally.get(&(la, ba)).map(|t| t.sessions),
@@ -993,8 +1122,39 @@ mod tests {
         );
         assert_eq!(tally[&(la, ba)].to_backend, 4);
 
-        let (killed, _) =
-            sweep(&r, &mut diag, &mut missing, |rec| rec.backend != ba).expect("sweep");
+        // A record whose socket is never listed (its connect failed) is forgotten only after
+        // FORGET_AFTER: one whose connect is under way is not listed yet either.
+        let ghost = 0xdead_beef_u64;
+        let rec = [&ctx_pair(ba)[..], &ctx_pair(la)[..]].concat();
+        r.redirected
+            .update(&ghost.to_ne_bytes(), &rec)
+            .expect("record");
+        sweep(&r, &mut diag, &mut missing, now, |_| true).expect("sweep");
+        sweep(
+            &r,
+            &mut diag,
+            &mut missing,
+            now + Duration::from_secs(1),
+            |_| true,
+        )
+        .expect("sweep");
+        assert!(
+            r.recorded().expect("records").contains_key(&ghost),
+            "kept for a while"
+        );
+        sweep(&r, &mut diag, &mut missing, now + FORGET_AFTER, |_| true).expect("sweep");
+        assert!(
+            !r.recorded().expect("records").contains_key(&ghost),
+            "then forgotten"
+        );
+        assert!(
+            r.recorded().expect("records").len() == 1,
+            "the live session stays recorded"
+        );
+
+        let killed = sweep(&r, &mut diag, &mut missing, now, |rec| rec.backend != ba)
+            .expect("sweep")
+            .killed;
         assert_eq!(
             killed,
             vec![Redirected {

@@ -82,6 +82,7 @@ impl Splicer {
             8,
             4,
             sessions.saturating_mul(2).max(2),
+            0,
         )?;
         let prog = crate::bpf::load(
             BPF_PROG_TYPE_SK_SKB,
