@@ -18,7 +18,9 @@
 //!
 //! The program is attached through a BPF link owned by the router process: when the router
 //! ends, however it ends, the kernel detaches it and local clients reach the listeners (or
-//! nothing) again. Sessions already redirected outlive a router restart, as direct ones would.
+//! nothing) again. A router that stops closes the sessions it redirected (relayed ones end
+//! with it too); after a crash they run on untracked, guarded only by the agents' demotion. A
+//! kernel that cannot destroy sockets (`CONFIG_INET_DIAG_DESTROY` unset) is refused at start.
 //! Needs `CAP_BPF` and `CAP_NET_ADMIN` (root, or the two ambient capabilities of the systemd
 //! unit), cgroup v2 and Linux 5.14; without them the router says so and relays every session.
 
