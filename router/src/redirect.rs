@@ -355,6 +355,9 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const INET_DIAG_INFO: u16 = 2;
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_D_EQ: u8 = 12;
 const TCP_LISTEN: u8 = 10;
 const TCP_TIME_WAIT: u8 = 6;
 const ACKED: usize = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked);
@@ -383,10 +386,23 @@ impl Diag {
         Ok(Diag { fd, seq: 0 })
     }
 
-    fn request(&mut self, kind: u16, flags: u16, states: u32, id: &[u8; 48]) -> io::Result<u32> {
+    /// Sends one request; `filter` is an `INET_DIAG_REQ_BYTECODE` program (empty: none).
+    fn request(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        states: u32,
+        id: &[u8; 48],
+        filter: &[u8],
+    ) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
-        let mut m = Vec::with_capacity(72);
-        m.extend_from_slice(&72u32.to_ne_bytes());
+        let attr = if filter.is_empty() {
+            0
+        } else {
+            4 + filter.len()
+        };
+        let mut m = Vec::with_capacity(72 + attr);
+        m.extend_from_slice(&((72 + attr) as u32).to_ne_bytes());
         m.extend_from_slice(&kind.to_ne_bytes());
         m.extend_from_slice(&flags.to_ne_bytes());
         m.extend_from_slice(&self.seq.to_ne_bytes());
@@ -400,6 +416,11 @@ impl Diag {
         ]);
         m.extend_from_slice(&states.to_ne_bytes());
         m.extend_from_slice(id);
+        if !filter.is_empty() {
+            m.extend_from_slice(&(attr as u16).to_ne_bytes());
+            m.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+            m.extend_from_slice(filter);
+        }
         let to = nix::sys::socket::NetlinkAddr::new(0, 0);
         nix::sys::socket::sendto(
             self.fd.as_raw_fd(),
@@ -458,14 +479,16 @@ impl Diag {
         }
     }
 
-    /// Every IPv4 TCP socket of this network namespace but listeners and `TIME_WAIT` ones.
-    pub fn tcp_sockets(&mut self) -> io::Result<Vec<DiagSocket>> {
+    /// Every IPv4 TCP socket of this network namespace, but listeners and `TIME_WAIT` ones,
+    /// whose remote port is one of `remote_ports` (the kernel filters; empty: every port).
+    pub fn tcp_sockets(&mut self, remote_ports: &[u16]) -> io::Result<Vec<DiagSocket>> {
         let states = !((1u32 << TCP_LISTEN) | (1u32 << TCP_TIME_WAIT));
         let seq = self.request(
             SOCK_DIAG_BY_FAMILY,
             NLM_F_REQUEST | NLM_F_DUMP,
             states,
             &[0; 48],
+            &remote_port_filter(remote_ports),
         )?;
         let mut out = Vec::new();
         self.replies(seq, |b| {
@@ -478,12 +501,46 @@ impl Diag {
 
     /// Destroys one socket (gone already: not an error).
     pub fn destroy(&mut self, s: &DiagSocket) -> io::Result<()> {
-        let seq = self.request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, u32::MAX, &s.id)?;
+        let seq = self.request(
+            SOCK_DESTROY,
+            NLM_F_REQUEST | NLM_F_ACK,
+            u32::MAX,
+            &s.id,
+            &[],
+        )?;
         match self.replies(seq, |_| {}) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             r => r,
         }
     }
+}
+
+/// An `inet_diag` bytecode program accepting sockets whose remote port is one of `ports`. Each
+/// test (`INET_DIAG_BC_D_EQ`, the port in its second word) goes on a match to a jump to the end
+/// (accept), on a miss to the next test; the last one's miss goes past the end (reject). The
+/// kernel's check wants every test reachable along the "match" offsets, hence the jumps in
+/// between (as `ss` compiles an "or").
+fn remote_port_filter(ports: &[u16]) -> Vec<u8> {
+    let Some(last) = ports.len().checked_sub(1) else {
+        return Vec::new();
+    };
+    let len = 12 * last + 8;
+    let mut bc = Vec::with_capacity(len);
+    let op = |bc: &mut Vec<u8>, code: u8, yes: u8, no: usize| {
+        bc.push(code);
+        bc.push(yes);
+        bc.extend_from_slice(&(no as u16).to_ne_bytes());
+    };
+    for (i, port) in ports.iter().enumerate() {
+        op(&mut bc, INET_DIAG_BC_D_EQ, 8, 12);
+        bc.extend_from_slice(&[0, 0]);
+        bc.extend_from_slice(&port.to_ne_bytes());
+        if i < last {
+            let end = len - bc.len();
+            op(&mut bc, INET_DIAG_BC_JMP, 4, end);
+        }
+    }
+    bc
 }
 
 /// An `inet_diag_msg` and its `tcp_info` attribute.
@@ -572,7 +629,10 @@ pub fn sweep(
         return Ok(out);
     }
     let mut seen = HashSet::new();
-    for s in diag.tcp_sockets()? {
+    let mut ports: Vec<u16> = recorded.values().map(|r| r.backend.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    for s in diag.tcp_sockets(&ports)? {
         let Some(rec) = recorded.get(&s.cookie) else {
             continue;
         };
@@ -620,7 +680,7 @@ fn destroy_works(diag: &mut Diag) -> io::Result<()> {
     let (_server, _) = l.accept()?;
     let (local, remote) = (c.local_addr()?, c.peer_addr()?);
     let s = diag
-        .tcp_sockets()?
+        .tcp_sockets(&[l.local_addr()?.port()])?
         .into_iter()
         .find(|s| SocketAddr::V4(s.local) == local && SocketAddr::V4(s.remote) == remote)
         .ok_or_else(|| unavailable("the test socket is not listed".into()))?;
@@ -1020,6 +1080,42 @@ mod tests {
         let all = listener_addrs("0.0.0.0:5000".parse().expect("addr"));
         assert!(all.contains(&"127.0.0.1:5000".parse().expect("addr")));
         assert!(listener_addrs("[::1]:5000".parse().expect("addr")).is_empty());
+    }
+
+    /// Root only (sock_diag dumps every user's sockets only for root): the kernel accepts the
+    /// port filter and lists exactly the sockets whose remote port is one of those asked for.
+    #[test]
+    fn the_kernel_filters_the_listing_by_remote_port() {
+        use std::net::{TcpListener, TcpStream};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (CI runs as root)");
+            return;
+        }
+        let ls: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("listener"))
+            .collect();
+        let ports: Vec<u16> = ls
+            .iter()
+            .map(|l| l.local_addr().expect("addr").port())
+            .collect();
+        let conns: Vec<TcpStream> = ports
+            .iter()
+            .map(|p| TcpStream::connect(("127.0.0.1", *p)).expect("connect"))
+            .collect();
+        let mut diag = Diag::open().expect("sock_diag");
+        for want in [&ports[..1], &ports[..2], &ports[1..], &ports[..]] {
+            let listed = diag.tcp_sockets(want).expect("dump");
+            let mut remote: Vec<u16> = listed.iter().map(|s| s.remote.port()).collect();
+            remote.sort_unstable();
+            let mut expected = want.to_vec();
+            expected.sort_unstable();
+            assert_eq!(remote, expected, "asked for {want:?}");
+        }
+        let all = diag.tcp_sockets(&[]).expect("dump");
+        assert!(ports
+            .iter()
+            .all(|p| all.iter().any(|s| s.remote.port() == *p)));
+        drop(conns);
     }
 
     /// Root only: this kernel destroys sockets on request (what `Local::new` checks first).
