@@ -411,6 +411,10 @@ fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
     if !routing_changed {
         return;
     }
+    *shared
+        .routing_event_at
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(event_at);
     let _ = shared.table_tx.send(next.generation);
 
     // Write sessions: only the current writer keeps them.

@@ -926,6 +926,15 @@ fn pass(shared: &Shared) -> io::Result<()> {
             m.sessions_killed_total
                 .with_label_values(&[port.as_str()])
                 .inc_by(n as u64);
+            let event_at = *shared
+                .routing_event_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(at) = event_at {
+                m.session_kill_seconds
+                    .with_label_values(&[port.as_str()])
+                    .observe(at.elapsed().as_secs_f64());
+            }
             shared.event(format!(
                 "closed {n} redirected {} session(s): their backend left the pool",
                 port.as_str()

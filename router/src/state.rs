@@ -127,6 +127,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Current leader and since when (wall clock, for the stats page).
     pub leader_since: Mutex<Option<(String, SystemTime)>>,
+    /// When the event behind the last routing change happened (what a session kill's latency
+    /// counts from).
+    pub routing_event_at: Mutex<Option<Instant>>,
     pub started: Instant,
     /// Rotates ties in least-connections balancing.
     pub rr: AtomicU64,
@@ -203,6 +206,7 @@ impl Shared {
             events: Mutex::new(VecDeque::new()),
             metrics: Metrics::new(),
             leader_since: Mutex::new(None),
+            routing_event_at: Mutex::new(None),
             started: Instant::now(),
             rr: AtomicU64::new(0),
             connections: AtomicUsize::new(0),

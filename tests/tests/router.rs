@@ -1455,6 +1455,10 @@ async fn local_clients_are_routed_at_connect_time_and_still_cut() {
         metric(&m, "patrol_router_sessions_killed_total{port=\"write\"}") >= 1.0,
         "the cut is counted: {m}"
     );
+    assert!(
+        metric(&m, "patrol_router_session_kill_seconds_count{port=\"write\"}") >= 1.0,
+        "and its latency: {m}"
+    );
     server_of(&rd)
         .await
         .expect("the read session on a live replica stays");
