@@ -776,13 +776,22 @@ fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
 }
 
 /// Where local connects to each listener address go under table `t`: the writer; the read
-/// pool (or the writer, with `read.fallback: leader`); nowhere (left to the listener) when the
-/// port has no backend or only IPv6 ones.
+/// pool's one member (or the writer, with `read.fallback: leader`); nowhere (left to the
+/// listener) when the port has no backend, only IPv6 ones, or, for the read port, several.
+///
+/// A client cancels a query by opening a new connection to the same port with a
+/// `CancelRequest`. The program cannot see it, so with several replicas it could send the
+/// cancel to another one than the session's, where it is silently ignored (and a JDBC query
+/// timeout, say, would never fire). The listener sends a `CancelRequest` to every member of the
+/// pool; so a read port with more than one backend is left to it.
 pub fn routes_for(cfg: &Config, t: &Table) -> BTreeMap<SocketAddrV4, Vec<SocketAddrV4>> {
     let writer: Vec<SocketAddrV4> = t.writer.iter().filter_map(|w| v4(w.addr)).collect();
     let mut readers: Vec<SocketAddrV4> = t.readers.iter().filter_map(|r| v4(r.addr)).collect();
     if t.readers.is_empty() && cfg.read_fallback == ReadFallback::Leader {
         readers = writer.clone();
+    }
+    if t.readers.len() > 1 {
+        readers.clear();
     }
     let mut routes = BTreeMap::new();
     for l in listener_addrs(cfg.write_listen) {
@@ -1029,6 +1038,12 @@ mod tests {
         let r = routes_for(&cfg, &t);
         assert_eq!(r[&at(5000)], vec![at(5432)]);
         assert_eq!(r[&at(5001)], vec![at(5433)]);
+        // Two replicas: a cancel could reach the wrong one, so the listener keeps the port.
+        t.readers.push(crate::table::Backend {
+            name: "c".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 5434)),
+        });
+        assert!(routes_for(&cfg, &t)[&at(5001)].is_empty());
         // No replica qualifies: no route (the listener refuses), or the writer with fallback.
         t.readers.clear();
         assert!(routes_for(&cfg, &t)[&at(5001)].is_empty());
