@@ -2,8 +2,8 @@
 //!
 //! A BPF program on the cgroup `connect()` hook (`BPF_CGROUP_INET4_CONNECT`) sees every IPv4
 //! TCP connect of the processes under the cgroup. When the address is one of the router's
-//! listeners and that port has backends, it rewrites the address to one of them (the writer;
-//! for the read port a random one of the pool) and records the socket's cookie with where it
+//! listeners and that port has a backend, it rewrites the address to it (the writer; for the
+//! read port its one member, see [`routes_for`]) and records the socket's cookie with where it
 //! went. The kernel then connects the client straight to PostgreSQL: the router carries none of
 //! its bytes and the session costs what a direct one costs. Where the port has no backend (no
 //! leader yet, an empty read pool), the connect is left alone and reaches the router's
@@ -42,7 +42,6 @@ const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_MAP_UPDATE_ELEM: i32 = 2;
-const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
 const BPF_FUNC_GET_SOCKET_COOKIE: i32 = 46;
 const BPF_FUNC_GET_NETNS_COOKIE: i32 = 122;
 const SO_NETNS_COOKIE: i32 = 71;
@@ -52,9 +51,6 @@ const USER_PORT: i16 = 24;
 const SOCK_TYPE: i16 = 32;
 const PROTOCOL: i16 = 36;
 
-/// Backends a route can hold (a read pool beyond this uses its first ones).
-pub const MAX_BACKENDS: usize = 8;
-const ROUTE_VALUE: usize = 8 + 8 * MAX_BACKENDS;
 /// Redirected sockets tracked at once; a connect beyond it is not redirected (it reaches the
 /// listener and is relayed).
 const TRACKED: usize = 1 << 18;
@@ -95,17 +91,9 @@ fn program(routes: RawFd, redirected: RawFd, netns: u64) -> Vec<Insn> {
         insn(0x07, 2, 0, 0, -8),                         // r2 = &key
         insn(0x85, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),   // r0 = route
         insn(0x15, 0, 0, 0, 0),                          // if r0 == 0 goto out   [patched]
-        insn(0xbf, 9, 0, 0, 0),                          // r9 = route
-        insn(0x85, 0, 0, 0, BPF_FUNC_GET_PRANDOM_U32),   // r0 = random
-        insn(0x61, 1, 9, 0, 0),                          // r1 = route->n
-        insn(0x15, 1, 0, 0, 0),                          // if r1 == 0 goto out   [patched]
-        insn(0x9c, 0, 1, 0, 0),                          // w0 %= w1
-        insn(0x35, 0, 0, 0, MAX_BACKENDS as i32),        // if r0 >= MAX goto out [patched]
-        insn(0x67, 0, 0, 0, 3),                          // r0 <<= 3
-        insn(0x0f, 9, 0, 0, 0),                          // r9 += r0
-        insn(0x61, 1, 9, 8, 0),                          // r1 = backend.ip
+        insn(0x61, 1, 0, 0, 0),                          // r1 = backend.ip
         insn(0x63, 10, 1, -32, 0),                       // record.ip = r1
-        insn(0x61, 1, 9, 12, 0),                         // r1 = backend.port
+        insn(0x61, 1, 0, 4, 0),                          // r1 = backend.port
         insn(0x63, 10, 1, -28, 0),                       // record.port = r1
         insn(0xbf, 1, 6, 0, 0),                          // r1 = ctx
         insn(0x85, 0, 0, 0, BPF_FUNC_GET_SOCKET_COOKIE), // r0 = cookie
@@ -132,7 +120,7 @@ fn program(routes: RawFd, redirected: RawFd, netns: u64) -> Vec<Insn> {
     ]);
     // Every conditional jump above goes to `out`.
     for (i, ins) in p.iter_mut().enumerate().take(out) {
-        if matches!(ins.code(), 0x55 | 0x15 | 0x35 | 0x5d) {
+        if matches!(ins.code(), 0x55 | 0x15 | 0x5d) {
             *ins = ins.with_off((out - i - 1) as i16);
         }
     }
@@ -167,17 +155,6 @@ fn from_ctx_pair(b: &[u8]) -> SocketAddrV4 {
     )
 }
 
-/// The route value: how many backends, then each one.
-fn route_value(backends: &[SocketAddrV4]) -> [u8; ROUTE_VALUE] {
-    let mut v = [0u8; ROUTE_VALUE];
-    let n = backends.len().min(MAX_BACKENDS);
-    v[..4].copy_from_slice(&(n as u32).to_ne_bytes());
-    for (i, b) in backends.iter().take(n).enumerate() {
-        v[8 + 8 * i..16 + 8 * i].copy_from_slice(&ctx_pair(*b));
-    }
-    v
-}
-
 /// The cgroup v2 hierarchy's mount point, from `/proc/self/mountinfo`.
 pub fn cgroup2_root() -> Option<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -195,6 +172,9 @@ pub struct Redirected {
     pub listener: SocketAddrV4,
 }
 
+/// Where local connects to each listener address go (`None`: left to the listener).
+pub type Routes = BTreeMap<SocketAddrV4, Option<SocketAddrV4>>;
+
 /// The loaded program, its maps and its link.
 pub struct Redirector {
     routes: Map,
@@ -202,7 +182,7 @@ pub struct Redirector {
     _prog: OwnedFd,
     _link: OwnedFd,
     /// The routes last written, by listener address.
-    current: Mutex<BTreeMap<SocketAddrV4, Vec<SocketAddrV4>>>,
+    current: Mutex<Routes>,
 }
 
 impl Redirector {
@@ -211,13 +191,7 @@ impl Redirector {
         // Not preallocated: a replaced route is never reused under a reader, and the record
         // map costs memory only for the sessions it holds.
         let no_prealloc = crate::bpf::BPF_F_NO_PREALLOC;
-        let routes = Map::create(
-            crate::bpf::BPF_MAP_TYPE_HASH,
-            8,
-            ROUTE_VALUE,
-            ROUTES,
-            no_prealloc,
-        )?;
+        let routes = Map::create(crate::bpf::BPF_MAP_TYPE_HASH, 8, 8, ROUTES, no_prealloc)?;
         let redirected = Map::create(crate::bpf::BPF_MAP_TYPE_HASH, 8, 16, TRACKED, no_prealloc)?;
         let prog = crate::bpf::load(
             BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
@@ -237,19 +211,17 @@ impl Redirector {
         })
     }
 
-    /// Makes connects to each listener of `routes` go to its backends (none: left alone).
+    /// Makes connects to each listener of `routes` go to its backend (none: left alone).
     /// Listeners not named keep no route.
-    pub fn set_routes(&self, routes: &BTreeMap<SocketAddrV4, Vec<SocketAddrV4>>) -> io::Result<()> {
+    pub fn set_routes(&self, routes: &Routes) -> io::Result<()> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        for (listener, backends) in routes {
-            if current.get(listener) == Some(backends) {
+        for (listener, backend) in routes {
+            if current.get(listener) == Some(backend) {
                 continue;
             }
-            if backends.is_empty() {
-                self.routes.delete(&ctx_pair(*listener))?;
-            } else {
-                self.routes
-                    .update(&ctx_pair(*listener), &route_value(backends))?;
+            match backend {
+                None => self.routes.delete(&ctx_pair(*listener))?,
+                Some(b) => self.routes.update(&ctx_pair(*listener), &ctx_pair(*b))?,
             }
         }
         for listener in current.keys() {
@@ -279,7 +251,7 @@ impl Redirector {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&r.listener)
-            .is_some_and(|b| b.contains(&r.backend))
+            .is_some_and(|b| *b == Some(r.backend))
     }
 
     /// Every recorded socket, by cookie.
@@ -784,21 +756,19 @@ fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
 /// cancel to another one than the session's, where it is silently ignored (and a JDBC query
 /// timeout, say, would never fire). The listener sends a `CancelRequest` to every member of the
 /// pool; so a read port with more than one backend is left to it.
-pub fn routes_for(cfg: &Config, t: &Table) -> BTreeMap<SocketAddrV4, Vec<SocketAddrV4>> {
-    let writer: Vec<SocketAddrV4> = t.writer.iter().filter_map(|w| v4(w.addr)).collect();
-    let mut readers: Vec<SocketAddrV4> = t.readers.iter().filter_map(|r| v4(r.addr)).collect();
-    if t.readers.is_empty() && cfg.read_fallback == ReadFallback::Leader {
-        readers = writer.clone();
-    }
-    if t.readers.len() > 1 {
-        readers.clear();
-    }
-    let mut routes = BTreeMap::new();
+pub fn routes_for(cfg: &Config, t: &Table) -> Routes {
+    let writer = t.writer.as_ref().and_then(|w| v4(w.addr));
+    let reader = match t.readers.as_slice() {
+        [] if cfg.read_fallback == ReadFallback::Leader => writer,
+        [one] => v4(one.addr),
+        _ => None,
+    };
+    let mut routes = Routes::new();
     for l in listener_addrs(cfg.write_listen) {
-        routes.insert(l, writer.clone());
+        routes.insert(l, writer);
     }
     for l in listener_addrs(cfg.read_listen) {
-        routes.insert(l, readers.clone());
+        routes.insert(l, reader);
     }
     routes
 }
@@ -963,7 +933,7 @@ mod tests {
         let p = program(100, 101, 1 << 40);
         let out = p.len() - 2;
         for (i, ins) in p.iter().enumerate() {
-            if matches!(ins.code(), 0x55 | 0x15 | 0x35 | 0x5d) {
+            if matches!(ins.code(), 0x55 | 0x15 | 0x5d) {
                 assert_eq!(i as i64 + 1 + ins.off() as i64, out as i64, "jump at {i}");
             }
         }
@@ -975,19 +945,6 @@ mod tests {
         let k = ctx_pair(a);
         assert_eq!(k, [127, 0, 0, 1, 0x15, 0x38, 0, 0]);
         assert_eq!(from_ctx_pair(&k), a);
-        let v = route_value(&[a, "10.0.0.2:6432".parse().expect("addr")]);
-        assert_eq!(u32::from_ne_bytes(v[..4].try_into().expect("4")), 2);
-        assert_eq!(
-            from_ctx_pair(&v[16..24]),
-            "10.0.0.2:6432".parse::<SocketAddrV4>().expect("addr")
-        );
-        let many: Vec<SocketAddrV4> = (0..20)
-            .map(|i| SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6000 + i))
-            .collect();
-        assert_eq!(
-            u32::from_ne_bytes(route_value(&many)[..4].try_into().expect("4")) as usize,
-            MAX_BACKENDS
-        );
     }
 
     fn table() -> (Config, Table) {
@@ -1036,22 +993,22 @@ mod tests {
     fn routes_follow_the_table() {
         let (mut cfg, mut t) = table();
         let r = routes_for(&cfg, &t);
-        assert_eq!(r[&at(5000)], vec![at(5432)]);
-        assert_eq!(r[&at(5001)], vec![at(5433)]);
+        assert_eq!(r[&at(5000)], Some(at(5432)));
+        assert_eq!(r[&at(5001)], Some(at(5433)));
         // Two replicas: a cancel could reach the wrong one, so the listener keeps the port.
         t.readers.push(crate::table::Backend {
             name: "c".into(),
             addr: SocketAddr::from(([127, 0, 0, 1], 5434)),
         });
-        assert!(routes_for(&cfg, &t)[&at(5001)].is_empty());
+        assert_eq!(routes_for(&cfg, &t)[&at(5001)], None);
         // No replica qualifies: no route (the listener refuses), or the writer with fallback.
         t.readers.clear();
-        assert!(routes_for(&cfg, &t)[&at(5001)].is_empty());
+        assert_eq!(routes_for(&cfg, &t)[&at(5001)], None);
         cfg.read_fallback = ReadFallback::Leader;
-        assert_eq!(routes_for(&cfg, &t)[&at(5001)], vec![at(5432)]);
+        assert_eq!(routes_for(&cfg, &t)[&at(5001)], Some(at(5432)));
         // No writer: no route, so connects reach the listener and are held.
         t.writer = None;
-        assert!(routes_for(&cfg, &t)[&at(5000)].is_empty());
+        assert_eq!(routes_for(&cfg, &t)[&at(5000)], None);
         // IPv6 listeners are not redirected.
         cfg.read_listen = "[::1]:5001".parse().expect("addr");
         assert_eq!(routes_for(&cfg, &t).len(), 1);
@@ -1197,7 +1154,7 @@ mod tests {
         let (la, ba) = (v4(&listener), v4(&backend));
         let root = cgroup2_root().expect("a cgroup2 hierarchy");
         let r = Redirector::new(&root).expect("program loaded and linked");
-        r.set_routes(&BTreeMap::from([(la, vec![ba])]))
+        r.set_routes(&Routes::from([(la, Some(ba))]))
             .expect("route");
 
         let mut client = TcpStream::connect(la).expect("connect");
@@ -1292,16 +1249,15 @@ mod tests {
         );
 
         // No route: the connect reaches the listener.
-        r.set_routes(&BTreeMap::from([(la, vec![])]))
-            .expect("no route");
+        r.set_routes(&Routes::from([(la, None)])).expect("no route");
         let c = TcpStream::connect(la).expect("connect");
         assert_eq!(c.peer_addr().expect("peer"), SocketAddr::V4(la));
-        r.set_routes(&BTreeMap::from([(la, vec![ba])]))
+        r.set_routes(&Routes::from([(la, Some(ba))]))
             .expect("route");
         r.clear().expect("clear");
         let c = TcpStream::connect(la).expect("connect");
         assert_eq!(c.peer_addr().expect("peer"), SocketAddr::V4(la), "cleared");
-        r.set_routes(&BTreeMap::from([(la, vec![ba])]))
+        r.set_routes(&Routes::from([(la, Some(ba))]))
             .expect("route");
         let c = TcpStream::connect(la).expect("connect");
         assert_eq!(
