@@ -25,8 +25,8 @@ grep -q "routed at connect time" "$work/r6300.log" || echo "(redirect_local did 
 
 names=("patrol-router" "patrol-router, splice" "patrol-router, redirect_local" "HAProxy")
 ports=(6100 6200 6300 7100)
-run() { # port clients extra-args -> tps
-  $pgbench -p "$1" -c "$2" -j 2 -T "$T" -n $3 bench 2>/dev/null | awk '/^tps/ {print $3; exit}'
+run() { # port clients extra-args -> tps (0 when the run failed: one bad run must not end the script)
+  { $pgbench -p "$1" -c "$2" -j 2 -T "$T" -n $3 bench 2>/dev/null || true; } | awk '/^tps/ { t = $3 } END { print t + 0 }'
 }
 lat() { # port -> average latency ms at 1 client, select-only
   $pgbench -p "$1" -c 1 -j 1 -T "$T" -n -S bench 2>/dev/null | awk '/latency average/ {print $4; exit}'
@@ -42,7 +42,7 @@ for mode in "-S" "" "-S -C"; do
       d=$(run "$LP" $c "$mode"); ds+=("$d")
       for i in "${!ports[@]}"; do
         x=$(run "${ports[$i]}" $c "$mode")
-        tps[$i]+=" $x"; ratio[$i]+=" $(awk -v a="$x" -v b="$d" 'BEGIN { print a / b }')"
+        tps[$i]+=" $x"; ratio[$i]+=" $(awk -v a="$x" -v b="$d" 'BEGIN { print (b > 0) ? a / b : 0 }')"
       done
     done
     line=$(awk -v n="$name" -v c=$c -v d="$(echo "${ds[*]}" | median)" 'BEGIN { printf "| %s | %d | %.0f |", n, c, d }')
