@@ -1427,10 +1427,27 @@ async fn local_clients_are_routed_at_connect_time_and_still_cut() {
     assert_eq!(redirected(&stats, c.name(replica), "read"), 0, "{stats:#}");
 
     // A cancel request is a new connection to the same port: it reaches the session's server.
+    // The cancel is sent once the query is seen running on the leader (a cancel that comes
+    // first would find nothing to cancel).
     let token = w.cancel_token();
+    let watcher = c.connect(old).await.expect("direct session");
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(tokio_postgres::NoTls).await
+        wait_until("the query to run", PROPAGATION_TIMEOUT, || async {
+            let n: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE state = 'active' AND query = 'SELECT pg_sleep(20)'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok((n == 1).then_some(()))
+        })
+        .await?;
+        token
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .context("cancel request")
     });
     let err = w
         .simple_query("SELECT pg_sleep(20)")
