@@ -14,7 +14,7 @@
 //! recorded, and destroys (`SOCK_DESTROY`, as `ss -K` does: the client's next call fails with
 //! `ECONNABORTED` and the server gets a reset) every one whose backend it would cut: a
 //! write session off the writer, a read session on a replica that died or was demoted. The same
-//! listing gives the stats page its count and bytes of these sessions.
+//! listing gives the stats page its count of these sessions.
 //!
 //! The program is attached through a BPF link owned by the router process: when the router
 //! ends, however it ends, the kernel detaches it and local clients reach the listeners (or
@@ -311,12 +311,8 @@ pub struct DiagSocket {
     /// The `inet_diag_sockid` as the kernel sent it (what `SOCK_DESTROY` takes back).
     id: [u8; 48],
     pub cookie: u64,
-    pub state: u8,
     pub local: SocketAddrV4,
     pub remote: SocketAddrV4,
-    /// `tcpi_bytes_acked` and `tcpi_bytes_received`, when the kernel sent `tcp_info`.
-    pub bytes_acked: u64,
-    pub bytes_received: u64,
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -326,14 +322,11 @@ const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const INET_DIAG_INFO: u16 = 2;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_JMP: u8 = 1;
 const INET_DIAG_BC_D_EQ: u8 = 12;
 const TCP_LISTEN: u8 = 10;
 const TCP_TIME_WAIT: u8 = 6;
-const ACKED: usize = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked);
-const RECEIVED: usize = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received);
 
 /// A `sock_diag` netlink socket.
 pub struct Diag {
@@ -379,13 +372,8 @@ impl Diag {
         m.extend_from_slice(&flags.to_ne_bytes());
         m.extend_from_slice(&self.seq.to_ne_bytes());
         m.extend_from_slice(&0u32.to_ne_bytes());
-        // inet_diag_req_v2: family, protocol, ext (tcp_info), pad, states, id.
-        m.extend_from_slice(&[
-            libc::AF_INET as u8,
-            libc::IPPROTO_TCP as u8,
-            1 << (INET_DIAG_INFO - 1),
-            0,
-        ]);
+        // inet_diag_req_v2: family, protocol, ext (none), pad, states, id.
+        m.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 0, 0]);
         m.extend_from_slice(&states.to_ne_bytes());
         m.extend_from_slice(id);
         if !filter.is_empty() {
@@ -515,7 +503,7 @@ fn remote_port_filter(ports: &[u16]) -> Vec<u8> {
     bc
 }
 
-/// An `inet_diag_msg` and its `tcp_info` attribute.
+/// An `inet_diag_msg` (its attributes are not asked for).
 fn parse_diag_msg(b: &[u8]) -> Option<DiagSocket> {
     if b.len() < 72 || b[0] != libc::AF_INET as u8 {
         return None;
@@ -531,47 +519,16 @@ fn parse_diag_msg(b: &[u8]) -> Option<DiagSocket> {
     let remote = v4(&id[2..4], &id[20..24]);
     let cookie = u32::from_ne_bytes(id[40..44].try_into().ok()?) as u64
         | (u32::from_ne_bytes(id[44..48].try_into().ok()?) as u64) << 32;
-    let mut s = DiagSocket {
+    Some(DiagSocket {
         id,
         cookie,
-        state: b[1],
         local,
         remote,
-        bytes_acked: 0,
-        bytes_received: 0,
-    };
-    let mut at = 72;
-    while at + 4 <= b.len() {
-        let len = u16::from_ne_bytes([b[at], b[at + 1]]) as usize;
-        let kind = u16::from_ne_bytes([b[at + 2], b[at + 3]]);
-        if len < 4 || at + len > b.len() {
-            break;
-        }
-        if kind == INET_DIAG_INFO {
-            let info = &b[at + 4..at + len];
-            let u64_at = |o: usize| {
-                info.get(o..o + 8)
-                    .and_then(|x| x.try_into().ok())
-                    .map(u64::from_ne_bytes)
-            };
-            s.bytes_acked = u64_at(ACKED).unwrap_or(0);
-            s.bytes_received = u64_at(RECEIVED).unwrap_or(0);
-        }
-        at += (len + 3) & !3;
-    }
-    Some(s)
+    })
 }
 
-/// What one sweep found, per listener and backend: live redirected sessions and their bytes.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Tally {
-    pub sessions: usize,
-    pub to_backend: u64,
-    pub to_client: u64,
-}
-
-/// Tallies by listener and backend.
-pub type Tallies = BTreeMap<(SocketAddrV4, SocketAddrV4), Tally>;
+/// Live redirected sessions by listener and backend.
+pub type Tallies = BTreeMap<(SocketAddrV4, SocketAddrV4), usize>;
 
 /// What one sweep did.
 #[derive(Debug, Default)]
@@ -619,11 +576,7 @@ pub fn sweep(
             }
             continue;
         }
-        let t = out.tally.entry((rec.listener, rec.backend)).or_default();
-        t.sessions += 1;
-        // The SYN takes a sequence number `bytes_acked` counts.
-        t.to_backend += s.bytes_acked.saturating_sub(1);
-        t.to_client += s.bytes_received;
+        *out.tally.entry((rec.listener, rec.backend)).or_default() += 1;
     }
     missing.retain(|c, _| recorded.contains_key(c) && !seen.contains(c));
     for c in recorded.keys().filter(|c| !seen.contains(c)) {
@@ -670,7 +623,7 @@ pub struct Local {
     redirector: Redirector,
     diag: Mutex<(Diag, HashMap<u64, Instant>)>,
     /// Live redirected sessions by port and member, from the last sweep.
-    pub tallies: Mutex<BTreeMap<(Port, String), Tally>>,
+    pub tallies: Mutex<BTreeMap<(Port, String), usize>>,
 }
 
 impl Local {
@@ -721,7 +674,8 @@ impl Local {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&(port, member.to_string()))
-            .map_or(0, |t| t.sessions)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -878,22 +832,19 @@ fn pass(shared: &Shared) -> io::Result<()> {
             .find(|m| m.addr == Some(SocketAddr::V4(b)))
             .map_or_else(|| b.to_string(), |m| m.name.clone())
     };
-    let mut by_member: BTreeMap<(Port, String), Tally> = BTreeMap::new();
+    let mut by_member: BTreeMap<(Port, String), usize> = BTreeMap::new();
     for ((listener, backend), n) in tally {
         let Some(port) = port_of(&shared.cfg, listener) else {
             continue;
         };
-        let e = by_member.entry((port, name_of(backend))).or_default();
-        e.sessions += n.sessions;
-        e.to_backend += n.to_backend;
-        e.to_client += n.to_client;
+        *by_member.entry((port, name_of(backend))).or_default() += n;
     }
     let m = &shared.metrics;
     m.redirected_sessions.reset();
     for ((port, member), n) in &by_member {
         m.redirected_sessions
             .with_label_values(&[port.as_str(), member])
-            .set(n.sessions as i64);
+            .set(*n as i64);
     }
     *local.tallies.lock().unwrap_or_else(|p| p.into_inner()) = by_member;
     for port in [Port::Write, Port::Read] {
@@ -1130,17 +1081,10 @@ mod tests {
         b[24..28].copy_from_slice(&[127, 0, 0, 2]);
         b[44..48].copy_from_slice(&7u32.to_ne_bytes());
         b[48..52].copy_from_slice(&1u32.to_ne_bytes());
-        let mut info = vec![0u8; 136];
-        info[ACKED..ACKED + 8].copy_from_slice(&1000u64.to_ne_bytes());
-        info[RECEIVED..RECEIVED + 8].copy_from_slice(&2000u64.to_ne_bytes());
-        b.extend_from_slice(&((info.len() + 4) as u16).to_ne_bytes());
-        b.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
-        b.extend_from_slice(&info);
         let s = parse_diag_msg(&b).expect("parsed");
         assert_eq!(s.local, "127.0.0.1:40000".parse().expect("addr"));
         assert_eq!(s.remote, "127.0.0.2:5432".parse().expect("addr"));
         assert_eq!(s.cookie, 7 | (1 << 32));
-        assert_eq!((s.bytes_acked, s.bytes_received), (1000, 2000));
         assert!(parse_diag_msg(&b[..50]).is_none(), "short");
     }
 
@@ -1204,12 +1148,7 @@ mod tests {
         let swept = sweep(&r, &mut diag, &mut missing, now, |_| true).expect("sweep");
         let (killed, tally) = (swept.killed, swept.tally);
         assert!(killed.is_empty());
-        assert_eq!(
-            tally.get(&(la, ba)).map(|t| t.sessions),
-            Some(1),
-            "{tally:?}"
-        );
-        assert_eq!(tally[&(la, ba)].to_backend, 4);
+        assert_eq!(tally.get(&(la, ba)), Some(&1), "{tally:?}");
 
         // A record whose socket is never listed (its connect failed) is forgotten only after
         // FORGET_AFTER: one whose connect is under way is not listed yet either.
