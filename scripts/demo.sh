@@ -1,41 +1,59 @@
 #!/usr/bin/env bash
 # Sets up and runs a local demo cluster on loopback: one etcd, three Patrol agents (PostgreSQL 15
-# each), then prints the cluster and how to connect. Installs what is missing (Debian), builds,
-# and keeps everything under ./demo (remove it with `scripts/demo.sh stop`).
+# each), patrol-router and HAProxy, then prints the cluster and how to connect. Installs what is
+# missing (Debian), builds, and keeps everything under ./demo (remove it with
+# `scripts/demo.sh stop`, which stops exactly the processes whose pid files it wrote).
+#
+# Knobs (the test of this script uses them; the defaults are what README shows):
+#   DEMO_DIR         where everything lives (default ./demo)
+#   PATROL_BIN_DIR   take patrol, patrolctl, patrol-router from here instead of building
+#   DEMO_ETCD_PORT DEMO_ETCD_PEER_PORT DEMO_PG_PORTS DEMO_API_PORTS DEMO_ROUTER_PORTS
+#   DEMO_HAPROXY_PORTS   ports; the *_PORTS ones take three, space separated
+#                    (PostgreSQL nodes, REST APIs, router write/read/admin, HAProxy write/read/stats)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root="$PWD/demo"
+root="${DEMO_DIR:-$PWD/demo}"
 pgbin=/usr/lib/postgresql/15/bin
-etcd_port=2379
-sudo_cmd=""
-[ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+etcd_port="${DEMO_ETCD_PORT:-2379}"
+etcd_peer_port="${DEMO_ETCD_PEER_PORT:-2380}"
+read -r -a pg_ports <<<"${DEMO_PG_PORTS:-5432 5433 5434}"
+read -r -a api_ports <<<"${DEMO_API_PORTS:-8000 8001 8002}"
+read -r -a router_ports <<<"${DEMO_ROUTER_PORTS:-5000 5001 8080}"
+read -r -a haproxy_ports <<<"${DEMO_HAPROXY_PORTS:-6000 6001 7000}"
 
+# Stops what the pid files name: TERM, then KILL after 10 s; returns once all of them are gone.
 stop() {
-  for pidf in "$root"/router.pid "$root"/haproxy.pid "$root"/*/agent.pid "$root"/etcd.pid; do
-    [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null || true
+  local pids=() pidf pid sig
+  for pidf in "$root"/router.pid "$root"/haproxy.pid "$root"/pg*/agent.pid "$root"/pg*/data/postmaster.pid "$root"/etcd.pid; do
+    [ -f "$pidf" ] || continue
+    pid="$(head -1 "$pidf")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || continue
+    # A postmaster gets SIGINT (fast shutdown: SIGTERM would wait for every session to end).
+    sig=TERM
+    [[ "$pidf" == */postmaster.pid ]] && sig=INT
+    kill -s "$sig" "$pid" 2>/dev/null && pids+=("$pid")
   done
-  sleep 2
-  for d in "$root"/pg*/data; do
-    [ -f "$d/postmaster.pid" ] && kill -9 "$(head -1 "$d/postmaster.pid")" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    local alive=()
+    for pid in "${pids[@]+"${pids[@]}"}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+    [ ${#alive[@]} -eq 0 ] && return 0
+    sleep 0.1
   done
-  pkill -f "$root/etcd-data" 2>/dev/null || true
+  for pid in "${alive[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 }
 
 if [ "${1:-}" = "stop" ]; then stop; rm -rf "$root"; echo "demo stopped and removed"; exit 0; fi
 
-# 1. What is missing.
-need=()
-for pkg in etcd-server haproxy protobuf-compiler postgresql-15; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+# 1. What is missing (the one package list, shared with .ci/run).
+scripts/deps.sh demo
 command -v cargo >/dev/null || { echo "install Rust first: https://rustup.rs"; exit 1; }
 
-# 2. Build.
-cargo build --release --bins -p patrol-agent -p patrol-router
+# 2. Build (unless prebuilt binaries are given).
+bindir="${PATROL_BIN_DIR:-}"
+if [ -z "$bindir" ]; then
+  cargo build --release --bins -p patrol-agent -p patrol-router
+  bindir=target/release
+fi
 
 # 3. PostgreSQL refuses to run as root: run the agents as `patrol` when we are root.
 run_as=()
@@ -46,13 +64,13 @@ fi
 
 stop 2>/dev/null || true
 rm -rf "$root"; mkdir -p "$root/bin"
-cp target/release/patrol target/release/patrolctl target/release/patrol-router "$root/bin/"
+cp "$bindir/patrol" "$bindir/patrolctl" "$bindir/patrol-router" "$root/bin/"
 chmod 755 "$root" "$root/bin" "$root"/bin/*
 
 etcd --name demo --data-dir "$root/etcd-data" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-  --initial-cluster demo=http://127.0.0.1:2380 >"$root/etcd.log" 2>&1 &
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+  --initial-cluster "demo=http://127.0.0.1:$etcd_peer_port" >"$root/etcd.log" 2>&1 &
 echo $! >"$root/etcd.pid"
 
 for i in 0 1 2; do
@@ -62,8 +80,8 @@ scope: demo
 namespace: /service/
 name: pg$i
 restapi:
-  listen: 127.0.0.1:800$i
-  connect_address: 127.0.0.1:800$i
+  listen: 127.0.0.1:${api_ports[$i]}
+  connect_address: 127.0.0.1:${api_ports[$i]}
 etcd3:
   hosts: [127.0.0.1:$etcd_port]
 bootstrap:
@@ -82,8 +100,8 @@ bootstrap:
     - host replication replicator 127.0.0.1/32 scram-sha-256
     - host all all 127.0.0.1/32 scram-sha-256
 postgresql:
-  listen: 127.0.0.1:543$((2 + i))
-  connect_address: 127.0.0.1:543$((2 + i))
+  listen: 127.0.0.1:${pg_ports[$i]}
+  connect_address: 127.0.0.1:${pg_ports[$i]}
   data_dir: $d/data
   bin_dir: $pgbin
   pgpass: $d/pgpass
@@ -104,11 +122,17 @@ done
 
 echo "waiting for the cluster to bootstrap..."
 started=$(date +%s.%N)
-for _ in $(seq 1 600); do
+ready=false
+for _ in $(seq 1 1200); do
   out=$("$root/bin/patrolctl" -c "$root/pg0/patrol.yml" list 2>/dev/null || true)
-  if [ "$(grep -c streaming <<<"$out")" -eq 2 ] && grep -q Leader <<<"$out"; then break; fi
+  if [ "$(grep -c streaming <<<"$out")" -eq 2 ] && grep -q Leader <<<"$out"; then ready=true; break; fi
   sleep 0.1
 done
+if ! $ready; then
+  echo "the cluster did not bootstrap within 120 s; the agents' logs end with:" >&2
+  for i in 0 1 2; do echo "--- $root/pg$i/agent.log" >&2; tail -n 20 "$root/pg$i/agent.log" >&2; done
+  exit 1
+fi
 awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "bootstrapped (one leader, two streaming replicas) in %.1f s\n", b - a }'
 "$root/bin/patrolctl" -c "$root/pg0/patrol.yml" list
 leader_port=$("$root/bin/patrolctl" -c "$root/pg0/patrol.yml" list | awk -F'|' '/ Leader / { split($3, hp, ":"); gsub(/ /, "", hp[2]); print hp[2] }')
@@ -116,27 +140,30 @@ leader_port=$("$root/bin/patrolctl" -c "$root/pg0/patrol.yml" list | awk -F'|' '
 # HAProxy with the generated configuration (write 6000, read 6001, stats 7000), kept in step by
 # the router through its runtime API; the router itself on 5000/5001, stats on 8080.
 "$root/bin/patrol-router" haproxy-config --agent-config "$root/pg0/patrol.yml" \
-  --write-bind 127.0.0.1:6000 --read-bind 127.0.0.1:6001 --stats-bind 127.0.0.1:7000 \
+  --write-bind "127.0.0.1:${haproxy_ports[0]}" --read-bind "127.0.0.1:${haproxy_ports[1]}" --stats-bind "127.0.0.1:${haproxy_ports[2]}" \
   --admin-socket "$root/haproxy.sock" >"$root/haproxy.cfg"
 haproxy -W -db -f "$root/haproxy.cfg" -S "$root/haproxy-master.sock" >"$root/haproxy.log" 2>&1 &
 echo $! >"$root/haproxy.pid"
 for _ in $(seq 1 50); do [ -S "$root/haproxy.sock" ] && break; sleep 0.1; done
 "$root/bin/patrol-router" --agent-config "$root/pg0/patrol.yml" \
-  --write 127.0.0.1:5000 --read 127.0.0.1:5001 --admin 127.0.0.1:8080 \
+  --write "127.0.0.1:${router_ports[0]}" --read "127.0.0.1:${router_ports[1]}" --admin "127.0.0.1:${router_ports[2]}" \
   --haproxy-socket "$root/haproxy.sock" --haproxy-config "$root/haproxy.cfg" \
   --haproxy-master-socket "$root/haproxy-master.sock" >"$root/router.log" 2>&1 &
 echo $! >"$root/router.pid"
-for _ in $(seq 1 50); do (echo >/dev/tcp/127.0.0.1/8080) 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 50); do (echo >/dev/tcp/127.0.0.1/"${router_ports[2]}") 2>/dev/null && break; sleep 0.1; done
+w=${router_ports[0]} r=${router_ports[1]} a=${router_ports[2]}
+stop_cmd="scripts/demo.sh stop"
+[ -n "${DEMO_DIR:-}" ] && stop_cmd="DEMO_DIR=$root scripts/demo.sh stop"
 cat <<TXT
 
 Patrol demo cluster "demo" is running (logs in $root/pg*/agent.log, $root/router.log).
-  Writes (patrol-router):  psql "host=127.0.0.1 port=5000 user=postgres password=postgres"
-  Reads (patrol-router):   psql "host=127.0.0.1 port=5001 user=postgres password=postgres"
-  Router stats page:       http://127.0.0.1:8080/   (JSON: /stats.json, metrics: /metrics)
-  Through HAProxy:         ports 6000 (write), 6001 (read); stats http://127.0.0.1:7000/ (admin/admin)
-  The leader directly:     psql "host=127.0.0.1 port=${leader_port:-5432} user=postgres password=postgres"
-  Any node:                ports 5432, 5433, 5434
-  REST API:                curl http://127.0.0.1:8000/patroni   (8001, 8002)
+  Writes (patrol-router):  psql "host=127.0.0.1 port=$w user=postgres password=postgres"
+  Reads (patrol-router):   psql "host=127.0.0.1 port=$r user=postgres password=postgres"
+  Router stats page:       http://127.0.0.1:$a/   (JSON: /stats.json, metrics: /metrics)
+  Through HAProxy:         ports ${haproxy_ports[0]} (write), ${haproxy_ports[1]} (read); stats http://127.0.0.1:${haproxy_ports[2]}/ (admin/admin)
+  The leader directly:     psql "host=127.0.0.1 port=${leader_port:-${pg_ports[0]}} user=postgres password=postgres"
+  Any node:                ports ${pg_ports[*]}
+  REST API:                curl http://127.0.0.1:${api_ports[0]}/patroni   (${api_ports[1]}, ${api_ports[2]})
   Cluster listing:         $root/bin/patrolctl -c $root/pg0/patrol.yml list
-  Stop and clean up:       scripts/demo.sh stop
+  Stop and clean up:       $stop_cmd
 TXT
