@@ -348,7 +348,11 @@ tags: {{}}
         let pid = self
             .postmaster_pid(i)
             .with_context(|| format!("no running postmaster for {}", self.name(i)))?;
-        kill(pid, sig).with_context(|| format!("sending {sig} to postmaster {pid}"))
+        kill(pid, sig).with_context(|| format!("sending {sig} to postmaster {pid}"))?;
+        if sig == Signal::SIGSTOP {
+            crate::process::wait_stopped(pid, "postmaster")?;
+        }
+        Ok(())
     }
 
     /// A superuser connection (TCP, password auth) to node `i`'s PostgreSQL; the connection

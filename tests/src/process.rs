@@ -15,6 +15,38 @@ use nix::unistd::Pid;
 
 use crate::util::tail_lines;
 
+/// Waits until every thread of `pid` is stopped. `kill(SIGSTOP)` only queues the signal: one
+/// thread takes it and then stops the others, and until it has, another thread (woken by a
+/// request on another core) can still answer. A test that freezes a process relies on it being
+/// frozen when the call returns.
+pub fn wait_stopped(pid: Pid, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("listing the threads of {name}"))?;
+        let mut all_stopped = true;
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .unwrap_or("");
+            // T: stopped by a signal; t: stopped by a tracer; Z/X: gone.
+            if !matches!(state, "T" | "t" | "Z" | "X" | "") {
+                all_stopped = false;
+                break;
+            }
+        }
+        if all_stopped {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{name} (pid {pid}) was sent SIGSTOP but is not stopped after 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// A spawned child process with a name label and a log file.
 #[derive(Debug)]
 pub struct Proc {
@@ -75,7 +107,11 @@ impl Proc {
         if let Some(st) = self.status {
             bail!("{} has exited ({st}); not sending {sig}", self.name);
         }
-        kill(self.pid(), sig).with_context(|| format!("sending {sig} to {}", self.name))
+        kill(self.pid(), sig).with_context(|| format!("sending {sig} to {}", self.name))?;
+        if sig == Signal::SIGSTOP {
+            wait_stopped(self.pid(), &self.name)?;
+        }
+        Ok(())
     }
 
     /// Sends `sig` to the whole process group (the process and children that stayed in it).
