@@ -1206,7 +1206,7 @@ impl<D: Dcs> Ha<D> {
         let auth = &self.cfg.postgresql.authentication;
         let user = auth.rewind.as_ref().unwrap_or(&auth.superuser);
         let q = crate::postgres::libpq_quote;
-        Ok(format!(
+        let mut conninfo = format!(
             "host={} port={} user={} dbname={} passfile={} sslmode={} target_session_attrs=read-write",
             q(&host),
             port,
@@ -1214,7 +1214,14 @@ impl<D: Dcs> Ha<D> {
             q(&self.cfg.postgresql.database),
             q(&self.cfg.postgresql.pgpass.display().to_string()),
             q(user.extra.get("sslmode").map(String::as_str).unwrap_or("prefer")),
-        ))
+        );
+        // The user's other libpq options (client certificate, CA, CRL, gssencmode, ...).
+        for (k, v) in &user.extra {
+            if k != "sslmode" && k != "password" {
+                conninfo.push_str(&format!(" {k}={}", q(v)));
+            }
+        }
+        Ok(conninfo)
     }
 
     /// The configuration files for a role: `None` = primary, `Some(up)` = standby of `up`.
@@ -1466,7 +1473,7 @@ async fn bootstrap(
         .await
         .context("creating roles")?;
     if let Some(script) = &cfg.bootstrap.post_bootstrap {
-        run_post_bootstrap(script, cfg).await?;
+        run_post_bootstrap(script, pg).await?;
     }
     Ok(())
 }
@@ -1517,28 +1524,37 @@ fn roles_sql(cfg: &Config) -> String {
     sql
 }
 
-async fn run_post_bootstrap(script: &str, cfg: &Config) -> anyhow::Result<()> {
-    let su = &cfg.postgresql.authentication.superuser;
-    let host = crate::postgres::local_host(&cfg.postgresql.listen_addresses);
-    let url = format!(
-        "postgres://{}@{}:{}/{}",
-        su.username, host, cfg.postgresql.port, cfg.postgresql.database
-    );
-    let mut parts = script.split_whitespace();
-    let prog = parts.next().context("post_bootstrap is empty")?;
-    let status = tokio::process::Command::new(prog)
-        .args(parts)
-        .arg(&url)
-        .env("PGPASSFILE", &cfg.postgresql.pgpass)
+/// `post_bootstrap` (or `post_init`) as Patroni runs it: the command split as a shell would
+/// (`psql -w -c "SELECT 1"`), the superuser's local connection string (no password: it is in
+/// the passfile that `PGPASSFILE` names) appended as the last argument.
+async fn run_post_bootstrap(script: &str, pg: &Postgres) -> anyhow::Result<()> {
+    let argv = shlex::split(script)
+        .with_context(|| format!("post_bootstrap {script:?}: unbalanced quotes"))?;
+    let (prog, args) = argv.split_first().context("post_bootstrap is empty")?;
+    pg.write_pgpass().context("writing the passfile")?;
+    let out = tokio::process::Command::new(prog)
+        .args(args)
+        .arg(pg.local_dsn())
+        .env("PGPASSFILE", &pg.settings().pgpass)
         .env(
             "PGOPTIONS",
             "-c synchronous_commit=local -c statement_timeout=0",
         )
-        .status()
+        .stdin(std::process::Stdio::null())
+        .output()
         .await
         .with_context(|| format!("running post_bootstrap {script:?}"))?;
-    if !status.success() {
-        anyhow::bail!("post_bootstrap {script:?} exited with {status}");
+    let output = format!(
+        "{} {}",
+        String::from_utf8_lossy(&out.stderr).trim(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    if !out.status.success() {
+        anyhow::bail!(
+            "post_bootstrap {script:?} exited with {}: {}",
+            out.status,
+            output.trim()
+        );
     }
     Ok(())
 }

@@ -112,6 +112,128 @@ pub fn cmdline_params(
     out
 }
 
+/// Whether `name` can be a GUC name: letters, digits, `_` and `$`, not starting with a digit or
+/// `$`, with `.` separating an extension's namespace (`pg_stat_statements.max`). Anything else
+/// (a newline, `=`, a quote) would let a value written to etcd add lines to postgresql.conf.
+pub fn is_valid_guc_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        })
+}
+
+/// The parameters as PostgreSQL `major` (e.g. 15) takes them, as Patroni prepares them
+/// (`ConfigHandler.get_server_parameters` and the validator): `wal_keep_segments` and
+/// `wal_keep_size` converted into each other at 16 MB a segment (on 13+ only `wal_keep_size`
+/// exists; the default is 8 segments, 128MB), `wal_level: hot_standby` renamed `replica`, and
+/// every parameter this server does not know (`available`, from `postgres --describe-config`;
+/// `None` = not known, keep all) removed with a warning, except extension parameters (with a
+/// dot). A name that cannot be a GUC is removed too. Returns the warnings to log.
+pub fn server_parameters(
+    params: &Map<String, Value>,
+    major: u32,
+    available: Option<&std::collections::HashSet<String>>,
+) -> (Map<String, Value>, Vec<String>) {
+    let mut out = Map::new();
+    let mut warnings = Vec::new();
+    let lower = |m: &Map<String, Value>, k: &str| {
+        m.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+    for (name, value) in params {
+        if !is_valid_guc_name(name) {
+            warnings.push(format!(
+                "removing parameter {name:?}: not a valid PostgreSQL parameter name"
+            ));
+            continue;
+        }
+        let lname = name.to_ascii_lowercase();
+        if lname == "wal_keep_segments" || lname == "wal_keep_size" {
+            continue;
+        }
+        out.insert(name.clone(), value.clone());
+    }
+    if major >= 13 {
+        let size = match lower(params, "wal_keep_size") {
+            Some(v) => Some(v),
+            None => lower(params, "wal_keep_segments")
+                .and_then(|v| value_text(&v))
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .map(|segments| Value::String(format!("{}MB", segments.max(0) * 16))),
+        };
+        out.insert(
+            "wal_keep_size".into(),
+            size.unwrap_or_else(|| Value::String("128MB".into())),
+        );
+    } else if major == 0 {
+        // Version unknown: leave both as given (Patroni converts only with a known version).
+        for (name, value) in params {
+            let lname = name.to_ascii_lowercase();
+            if lname == "wal_keep_segments" || lname == "wal_keep_size" {
+                out.insert(name.clone(), value.clone());
+            }
+        }
+    } else {
+        let segments = match lower(params, "wal_keep_segments") {
+            Some(v) => Some(v),
+            None => lower(params, "wal_keep_size")
+                .and_then(|v| value_text(&v))
+                .and_then(|t| parse_megabytes(&t))
+                .map(|mb| Value::from((mb + 8) / 16)),
+        };
+        out.insert(
+            "wal_keep_segments".into(),
+            segments.unwrap_or_else(|| Value::from(8)),
+        );
+    }
+    if let Some(key) = out
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case("wal_level"))
+        .cloned()
+    {
+        if out.get(&key).and_then(value_text).as_deref() == Some("hot_standby") {
+            out.insert(key, Value::String("replica".into()));
+        }
+    }
+    if let Some(available) = available {
+        out.retain(|name, value| {
+            let keep = name.contains('.')
+                || available.contains(&name.to_ascii_lowercase())
+                || is_cmdline_param(name)
+                || is_recovery_param(name);
+            if !keep {
+                warnings.push(format!(
+                    "removing parameter {name}={}: PostgreSQL {major} does not know it",
+                    value_text(value).unwrap_or_default()
+                ));
+            }
+            keep
+        });
+    }
+    (out, warnings)
+}
+
+/// `128MB`, `1GB`, `2048kB`, a bare number (MB, `wal_keep_size`'s unit) -> megabytes.
+fn parse_megabytes(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: i64 = n.parse().ok()?;
+    let mb = match unit.trim() {
+        "" | "MB" => n,
+        "kB" => n / 1024,
+        "GB" => n * 1024,
+        "TB" => n * 1024 * 1024,
+        _ => return None,
+    };
+    Some(mb)
+}
+
 /// Quotes a value for postgresql.conf.
 fn conf_quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
@@ -320,5 +442,78 @@ mod tests {
         assert!(s.contains("primary_conninfo = 'host=a'\n"));
         assert!(s.contains("primary_slot_name = 'pg1'\n"));
         assert!(s.contains("hba_file = '/d/pg_hba.conf'\n"));
+    }
+
+    fn map(pairs: &[(&str, Value)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn wal_keep_segments_becomes_wal_keep_size_on_13_and_later() {
+        let (p, w) = server_parameters(&map(&[("wal_keep_segments", 100.into())]), 15, None);
+        assert_eq!(p.get("wal_keep_size"), Some(&Value::from("1600MB")));
+        assert!(!p.contains_key("wal_keep_segments"));
+        assert!(w.is_empty());
+        // An explicit wal_keep_size wins.
+        let (p, _) = server_parameters(
+            &map(&[
+                ("wal_keep_segments", 100.into()),
+                ("wal_keep_size", "1GB".into()),
+            ]),
+            15,
+            None,
+        );
+        assert_eq!(p.get("wal_keep_size"), Some(&Value::from("1GB")));
+        // Neither: Patroni's default of 8 segments.
+        let (p, _) = server_parameters(&Map::new(), 15, None);
+        assert_eq!(p.get("wal_keep_size"), Some(&Value::from("128MB")));
+    }
+
+    #[test]
+    fn wal_keep_size_becomes_segments_before_13() {
+        let (p, _) = server_parameters(&map(&[("wal_keep_size", "1GB".into())]), 12, None);
+        assert_eq!(p.get("wal_keep_segments"), Some(&Value::from(64)));
+        assert!(!p.contains_key("wal_keep_size"));
+        let (p, _) = server_parameters(&Map::new(), 12, None);
+        assert_eq!(p.get("wal_keep_segments"), Some(&Value::from(8)));
+    }
+
+    #[test]
+    fn unknown_and_malformed_parameters_are_removed_with_a_warning() {
+        let available: std::collections::HashSet<String> = ["work_mem", "wal_keep_size"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (p, w) = server_parameters(
+            &map(&[
+                ("work_mem", "4MB".into()),
+                ("Work_Mem2", "1".into()),
+                ("pg_stat_statements.max", 100.into()),
+                ("evil\nshared_preload_libraries", "x".into()),
+                ("wal_level", "hot_standby".into()),
+            ]),
+            15,
+            Some(&available),
+        );
+        assert!(p.contains_key("work_mem"));
+        assert!(p.contains_key("pg_stat_statements.max"));
+        assert!(!p.contains_key("Work_Mem2"));
+        assert_eq!(p.get("wal_level"), Some(&Value::from("replica")));
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w.iter().any(|w| w.contains("Work_Mem2")), "{w:?}");
+    }
+
+    #[test]
+    fn guc_names() {
+        for ok in ["work_mem", "pg_stat_statements.max", "_x$1", "a.b.c"] {
+            assert!(is_valid_guc_name(ok), "{ok}");
+        }
+        for bad in ["", "1abc", "a b", "a\nb", "a=b", "a.", ".a", "a'b"] {
+            assert!(!is_valid_guc_name(bad), "{bad}");
+        }
     }
 }

@@ -75,6 +75,26 @@ pub struct Postgres {
     cfg: crate::config::Postgresql,
     scope: String,
     name: String,
+    facts: std::sync::Arc<BinaryFacts>,
+}
+
+/// What the installed binaries say about themselves, asked once.
+#[derive(Debug, Default)]
+struct BinaryFacts {
+    major: std::sync::OnceLock<u32>,
+    gucs: std::sync::OnceLock<Option<std::collections::HashSet<String>>>,
+}
+
+/// `postgres (PostgreSQL) 15.8 (Debian 15.8-1)` or `15` (PG_VERSION) -> 15; `9.6` -> 9.
+fn parse_major(text: &str) -> Option<u32> {
+    let version = text
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Postgres {
@@ -85,6 +105,7 @@ impl Postgres {
             cfg: config.postgresql.clone(),
             scope: config.scope.clone(),
             name: config.name.clone(),
+            facts: Default::default(),
         }
     }
 
@@ -240,8 +261,37 @@ impl Postgres {
         write_private(&self.cfg.pgpass, &text).map_err(PgError::Io)
     }
 
-    /// Removes the data directory (after a failed bootstrap or clone).
+    /// Removes the data directory (after a failed bootstrap or clone, a failed rewind, a
+    /// reinitialize). Its `log` directory (the postmaster's own output, and the server log when
+    /// `log_directory` is the default) is first moved beside it as
+    /// `<data dir>.log-<UTC time>`, so that what explains a failure survives; if it cannot be,
+    /// its last lines go to the agent's log.
     pub fn remove_data_dir(&self) -> Result<(), PgError> {
+        let logs = self.data_dir.join("log");
+        let has_logs = std::fs::read_dir(&logs)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if has_logs {
+            let mut kept = self.data_dir.clone().into_os_string();
+            kept.push(format!(
+                ".log-{}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+            ));
+            let kept = PathBuf::from(kept);
+            match std::fs::rename(&logs, &kept) {
+                Ok(()) => tracing::warn!(
+                    "the server logs of the removed data directory are kept in {}",
+                    kept.display()
+                ),
+                Err(e) => {
+                    let tail = log_tail(&self.log_file(), 0, 40);
+                    tracing::warn!(
+                        "could not keep the server logs in {} ({e}); the postmaster log ended with:\n{tail}",
+                        kept.display()
+                    );
+                }
+            }
+        }
         match std::fs::remove_dir_all(&self.data_dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -249,11 +299,67 @@ impl Postgres {
         }
     }
 
-    /// Writes postgresql.conf, pg_hba.conf and the recovery signal for the given role.
+    /// Writes postgresql.conf, pg_hba.conf and the recovery signal for the given role. The
+    /// parameters are first made fit for the installed server ([`conf::server_parameters`]:
+    /// `wal_keep_segments` to `wal_keep_size` on 13+, unknown ones removed with a warning).
     pub fn write_config(&self, files: &ConfigFiles) -> Result<(), PgError> {
+        let (parameters, warnings) = conf::server_parameters(
+            &files.parameters,
+            self.major_version(),
+            self.available_gucs(),
+        );
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        let files = ConfigFiles {
+            parameters,
+            ..files.clone()
+        };
         files
             .write(&self.data_dir, &self.config_dir)
             .map_err(PgError::Io)
+    }
+
+    /// The major version of the installed server binaries (`postgres -V`; 15 for 15.x), or of
+    /// the data directory (`PG_VERSION`) when the binary cannot be run. 0 if neither is known.
+    pub fn major_version(&self) -> u32 {
+        *self.facts.major.get_or_init(|| {
+            let from_binary = std::process::Command::new(self.bin("postgres"))
+                .arg("-V")
+                .output()
+                .ok()
+                .and_then(|o| parse_major(&String::from_utf8_lossy(&o.stdout)));
+            from_binary
+                .or_else(|| {
+                    std::fs::read_to_string(self.data_dir.join("PG_VERSION"))
+                        .ok()
+                        .and_then(|t| parse_major(&t))
+                })
+                .unwrap_or(0)
+        })
+    }
+
+    /// Every parameter name the installed server knows, lower case (`postgres
+    /// --describe-config`, as Patroni reads it); `None` if that could not be run.
+    pub fn available_gucs(&self) -> Option<&std::collections::HashSet<String>> {
+        self.facts
+            .gucs
+            .get_or_init(|| {
+                let out = std::process::Command::new(self.bin("postgres"))
+                    .arg("--describe-config")
+                    .stderr(Stdio::null())
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())?;
+                let names: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.split('\t').next())
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                (!names.is_empty()).then_some(names)
+            })
+            .as_ref()
     }
 
     /// The parameters Patroni controls, passed on the command line (spec 4.3).
@@ -293,6 +399,7 @@ impl Postgres {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(PgError::Io)?;
         }
+        let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let mut opts = format!(
             "--config-file={}",
             shell_quote(
@@ -317,10 +424,24 @@ impl Postgres {
             .arg(&log)
             .arg("-o")
             .arg(opts);
-        // pg_ctl returns once the server accepts connections (or fails).
-        self.run("pg_ctl start", &mut cmd, wait + Duration::from_secs(5))
+        // pg_ctl returns once the server accepts connections (or fails). When it fails it only
+        // says "Examine the log output": the reason is in the postmaster's log, so take it from
+        // there (its FATAL and PANIC lines, else its last lines) into the error.
+        match self
+            .run("pg_ctl start", &mut cmd, wait + Duration::from_secs(5))
             .await
-            .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            Err(PgError::Failed { what, detail }) => Err(PgError::Failed {
+                what,
+                detail: format!(
+                    "{detail}\nthe postmaster log ({}) says:\n{}",
+                    log.display(),
+                    log_tail(&log, log_start, 20)
+                ),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// `pg_ctl stop -m <mode> -w`. Stopping a stopped server is success.
@@ -415,13 +536,22 @@ impl Postgres {
         Some((text, mtime))
     }
 
+    /// Where the agent reaches its own PostgreSQL, as Patroni chooses: the first absolute
+    /// directory of `unix_socket_directories` when `use_unix_socket` is on (the server's built-in
+    /// default directory when that parameter is not set), else TCP to the first listen address.
+    pub fn local_address(&self) -> LocalAddress {
+        local_address(&self.cfg, self.cfg.use_unix_socket)
+    }
+
     /// Connection settings for the agent's own superuser connection.
     pub fn local_conn_config(&self) -> tokio_postgres::Config {
         let su = &self.cfg.authentication.superuser;
         let mut c = tokio_postgres::Config::new();
-        let host = local_host(&self.cfg.listen_addresses);
-        c.host(&host)
-            .port(self.cfg.port)
+        match self.local_address() {
+            LocalAddress::Socket(dir) => c.host_path(dir),
+            LocalAddress::Tcp(host) => c.host(&host),
+        };
+        c.port(self.cfg.port)
             .user(&su.username)
             .dbname(&self.cfg.database)
             .application_name("Patrol")
@@ -432,8 +562,67 @@ impl Postgres {
         c
     }
 
+    /// The superuser's local connection as a libpq keyword string without the password (it
+    /// is in the passfile), with the user's `ssl*` options: what Patroni appends to
+    /// `post_bootstrap` and `post_init` as their last argument.
+    pub fn local_dsn(&self) -> String {
+        let su = &self.cfg.authentication.superuser;
+        let host = match self.local_address() {
+            LocalAddress::Socket(dir) => dir.display().to_string(),
+            LocalAddress::Tcp(host) => host,
+        };
+        let mut parts = vec![
+            format!("dbname={}", libpq_quote(&self.cfg.database)),
+            format!("user={}", libpq_quote(&su.username)),
+            format!("host={}", libpq_quote(&host)),
+            format!("port={}", self.cfg.port),
+        ];
+        for (k, v) in &su.extra {
+            if k != "password" {
+                parts.push(format!("{k}={}", libpq_quote(v)));
+            }
+        }
+        parts.join(" ")
+    }
+
     pub fn member_name(&self) -> &str {
         &self.name
+    }
+}
+
+/// How the agent reaches its own PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalAddress {
+    /// A unix socket directory.
+    Socket(PathBuf),
+    /// A TCP host.
+    Tcp(String),
+}
+
+/// Debian's (and PostgreSQL's usual packaged) default `unix_socket_directories`.
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+fn local_address(cfg: &crate::config::Postgresql, unix: bool) -> LocalAddress {
+    if !unix {
+        return LocalAddress::Tcp(local_host(&cfg.listen_addresses));
+    }
+    let dirs = cfg
+        .parameters
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("unix_socket_directories"))
+        .map(|(_, v)| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+    match dirs {
+        None => LocalAddress::Socket(PathBuf::from(DEFAULT_SOCKET_DIR)),
+        // Only an absolute path can be connected to; with none, TCP (as Patroni falls back).
+        Some(dirs) => dirs
+            .split(',')
+            .map(str::trim)
+            .find(|d| d.starts_with('/'))
+            .map(|d| LocalAddress::Socket(PathBuf::from(d)))
+            .unwrap_or_else(|| LocalAddress::Tcp(local_host(&cfg.listen_addresses))),
     }
 }
 
@@ -450,6 +639,30 @@ pub fn local_host(listen_addresses: &str) -> String {
         "::" => "::1".into(),
         other => other.to_string(),
     }
+}
+
+/// What a failed start left in the postmaster log after byte `from`: its FATAL and PANIC lines
+/// if there are any, else its last `max` lines.
+fn log_tail(log: &Path, from: u64, max: usize) -> String {
+    let text = match std::fs::read(log) {
+        Ok(bytes) => {
+            let from = usize::try_from(from).unwrap_or(0).min(bytes.len());
+            String::from_utf8_lossy(&bytes[from..]).into_owned()
+        }
+        Err(e) => return format!("(cannot read it: {e})"),
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let severe: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("FATAL:") || l.contains("PANIC:"))
+        .collect();
+    let chosen = if severe.is_empty() { &lines } else { &severe };
+    let skip = chosen.len().saturating_sub(max);
+    if chosen.is_empty() {
+        return "(nothing)".into();
+    }
+    chosen[skip..].join("\n")
 }
 
 fn shell_quote(s: &str) -> String {
@@ -495,6 +708,37 @@ mod tests {
         assert_eq!(local_host("*"), "127.0.0.1");
         assert_eq!(local_host("0.0.0.0,10.0.0.1"), "127.0.0.1");
         assert_eq!(local_host("10.0.0.1, 10.0.0.2"), "10.0.0.1");
+    }
+
+    #[test]
+    fn a_failed_start_is_explained_by_its_fatal_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("postmaster.log");
+        std::fs::write(&log, "old FATAL: from an earlier start\n").expect("write");
+        let from = std::fs::metadata(&log).expect("meta").len();
+        std::fs::write(
+            &log,
+            "old FATAL: from an earlier start\n2026-01-01 LOG:  starting\n2026-01-01 FATAL:  could not create lock file \"/var/run/postgresql/.s.PGSQL.5432.lock\": Permission denied\n2026-01-01 LOG:  database system is shut down\n",
+        )
+        .expect("write");
+        let tail = log_tail(&log, from, 20);
+        assert!(tail.contains("could not create lock file"), "{tail}");
+        assert!(!tail.contains("earlier"), "{tail}");
+        assert!(!tail.contains("shut down"), "{tail}");
+        // Without a FATAL line, the last lines.
+        std::fs::write(&log, "a\nb\nc\n").expect("write");
+        assert_eq!(log_tail(&log, 0, 2), "b\nc");
+    }
+
+    #[test]
+    fn major_versions() {
+        assert_eq!(
+            parse_major("postgres (PostgreSQL) 15.8 (Debian 15.8-1.pgdg120+1)\n"),
+            Some(15)
+        );
+        assert_eq!(parse_major("15\n"), Some(15));
+        assert_eq!(parse_major("9.6\n"), Some(9));
+        assert_eq!(parse_major("garbage"), None);
     }
 
     #[test]
