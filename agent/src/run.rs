@@ -23,12 +23,14 @@ pub struct ReloadSource {
 }
 
 impl ReloadSource {
+    /// The configuration as it is now; an error if it cannot be used, including a key that
+    /// asks for a guarantee Patrol does not give (unless `PATROL_ALLOW_UNSUPPORTED` was set).
     pub fn load(&self) -> Result<crate::config::Loaded, crate::config::ConfigError> {
         let source = match &self.path {
             Some(p) => crate::config::ConfigSource::File(p),
             None => crate::config::ConfigSource::EnvOnly,
         };
-        crate::config::load(source, &self.env)
+        crate::config::load(source, &self.env)?.usable()
     }
 }
 
@@ -110,10 +112,8 @@ async fn member_alive(cfg: &Config, api_url: &str) -> bool {
         return false;
     };
     let client = crate::api::member_client(cfg, Duration::from_secs(3));
-    match client.get(format!("{base}/liveness")).send().await {
-        Ok(r) => r.status().is_success(),
-        Err(_) => false,
-    }
+    // As Patroni: any HTTP answer (even 401 or 503) means a process serves that member's API.
+    client.get(format!("{base}/liveness")).send().await.is_ok()
 }
 
 fn spawn_signal_handler(token: CancellationToken, shared: Arc<SharedState>) -> anyhow::Result<()> {

@@ -49,6 +49,9 @@ pub struct Cluster {
     scope: String,
     root: tempfile::TempDir,
     etcd: Etcd,
+    /// [`Cluster::connect`] goes through each node's unix socket (in its node dir) instead
+    /// of TCP, for clusters whose pg_hba allows TCP only with a client certificate.
+    connect_by_socket: bool,
 }
 
 impl Cluster {
@@ -81,7 +84,14 @@ impl Cluster {
             scope: format!("c{:08x}", random_u64() as u32),
             root,
             etcd,
+            connect_by_socket: false,
         })
+    }
+
+    /// Makes [`Cluster::connect`] use each node's unix socket (`<node dir>`, which must be its
+    /// `unix_socket_directories`, as in the default config) with `local ... trust`.
+    pub fn connect_by_socket(&mut self, yes: bool) {
+        self.connect_by_socket = yes;
     }
 
     fn node(&self, i: usize) -> &Node {
@@ -355,12 +365,17 @@ tags: {{}}
         Ok(())
     }
 
-    /// A superuser connection (TCP, password auth) to node `i`'s PostgreSQL; the connection
+    /// A superuser connection (TCP, password auth; or the unix socket after
+    /// [`Cluster::connect_by_socket`]) to node `i`'s PostgreSQL; the connection
     /// task is spawned on the current runtime.
     pub async fn connect(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1")
-            .port(self.pg_port(i))
+        if self.connect_by_socket {
+            cfg.host_path(self.node_dir(i));
+        } else {
+            cfg.host("127.0.0.1");
+        }
+        cfg.port(self.pg_port(i))
             .user("postgres")
             .password("supersecret")
             .dbname("postgres")

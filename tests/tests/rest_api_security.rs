@@ -320,6 +320,56 @@ async fn https_with_client_certificates() {
     assert_eq!((code, body.as_str()), (401, "no auth header received"));
     let (code, body) = with_cert(&["-X", "POST", "-u", "admin:s3cret", &reload]);
     assert_eq!((code, body.as_str()), (202, "reload scheduled"));
+    // The CA's own (self-signed, CA:TRUE) certificate as the client's, as Patroni's acceptance
+    // harness uses one certificate for everything: trusted because it is in cafile, as
+    // OpenSSL trusts it.
+    let (ca_key, ca_pem) = (dir.join("ca.key").display().to_string(), cacert.clone());
+    let (code, body) = curl(&[
+        "--cacert",
+        &cacert,
+        "--cert",
+        &ca_pem,
+        "--key",
+        &ca_key,
+        "-X",
+        "POST",
+        "-u",
+        "admin:s3cret",
+        &reload,
+    ]);
+    assert_eq!((code, body.as_str()), (202, "reload scheduled"));
+    // A self-signed certificate that is not in cafile gets no answer.
+    let stranger = dir.join("stranger");
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=stranger", "-keyout"])
+        .arg(stranger.with_extension("key"))
+        .arg("-out")
+        .arg(stranger.with_extension("pem")));
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--cacert", &cacert, "--cert"])
+        .arg(stranger.with_extension("pem"))
+        .arg("--key")
+        .arg(stranger.with_extension("key"))
+        .args(["-X", "POST", "-u", "admin:s3cret", &reload])
+        .output()
+        .expect("run curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "000",
+        "a certificate from no trusted CA must fail the handshake"
+    );
 
     // A switchover over HTTPS: the candidate is probed over HTTPS (with our certificate).
     cluster.start_node(1).expect("start the second agent");

@@ -104,7 +104,8 @@ pub fn server_config(api: &RestApi) -> Result<Option<Arc<ServerConfig>>, ApiErro
                 )
             })?;
             let mut roots = RootCertStore::empty();
-            for c in certs("cafile", cafile)? {
+            let anchors = certs("cafile", cafile)?;
+            for c in anchors.clone() {
                 roots
                     .add(c)
                     .map_err(|e| ApiError::tls("cafile", format!("{}: {e}", cafile.display())))?;
@@ -118,7 +119,7 @@ pub fn server_config(api: &RestApi) -> Result<Option<Arc<ServerConfig>>, ApiErro
             let v = v
                 .build()
                 .map_err(|e| ApiError::tls("cafile", e.to_string()))?;
-            builder.with_client_cert_verifier(v)
+            builder.with_client_cert_verifier(Arc::new(TrustedOrChained { inner: v, anchors }))
         }
     };
     let mut cfg = builder
@@ -126,4 +127,69 @@ pub fn server_config(api: &RestApi) -> Result<Option<Arc<ServerConfig>>, ApiErro
         .map_err(|e| ApiError::tls("keyfile", format!("certificate and key do not fit: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(Arc::new(cfg)))
+}
+
+/// Client certificates as OpenSSL (and so Patroni) accepts them: a certificate that is itself
+/// in `cafile` is trusted as it is, even a self-signed one marked as a CA (Patroni's acceptance
+/// harness uses one certificate as CA, server and client certificate, which webpki alone
+/// refuses as "a CA used as an end entity"); any other goes through webpki's chain
+/// verification. The handshake's signature checks are webpki's in both cases, so the client
+/// must still hold the certificate's key.
+#[derive(Debug)]
+struct TrustedOrChained {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    anchors: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for TrustedOrChained {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        if self
+            .anchors
+            .iter()
+            .any(|a| a.as_ref() == end_entity.as_ref())
+        {
+            return Ok(rustls::server::danger::ClientCertVerified::assertion());
+        }
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
