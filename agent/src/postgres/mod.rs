@@ -78,6 +78,9 @@ pub struct Postgres {
     facts: std::sync::Arc<BinaryFacts>,
 }
 
+/// How many `<data dir>.log-*` directories of removed data directories are kept.
+const KEPT_LOG_DIRS: usize = 5;
+
 /// What the installed binaries say about themselves, asked once.
 #[derive(Debug, Default)]
 struct BinaryFacts {
@@ -279,10 +282,13 @@ impl Postgres {
             ));
             let kept = PathBuf::from(kept);
             match std::fs::rename(&logs, &kept) {
-                Ok(()) => tracing::warn!(
-                    "the server logs of the removed data directory are kept in {}",
-                    kept.display()
-                ),
+                Ok(()) => {
+                    tracing::warn!(
+                        "the server logs of the removed data directory are kept in {}",
+                        kept.display()
+                    );
+                    self.prune_kept_logs();
+                }
                 Err(e) => {
                     let tail = log_tail(&self.log_file(), 0, 40);
                     tracing::warn!(
@@ -318,6 +324,29 @@ impl Postgres {
         files
             .write(&self.data_dir, &self.config_dir)
             .map_err(PgError::Io)
+    }
+
+    /// Keeps the newest [`KEPT_LOG_DIRS`] of the `<data dir>.log-*` directories, so that a
+    /// bootstrap failing again and again does not fill the disk.
+    fn prune_kept_logs(&self) {
+        let (Some(parent), Some(name)) = (self.data_dir.parent(), self.data_dir.file_name()) else {
+            return;
+        };
+        let prefix = format!("{}.log-", name.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            return;
+        };
+        let mut kept: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect();
+        // The names end in a UTC time stamp, so they sort by age.
+        kept.sort();
+        let excess = kept.len().saturating_sub(KEPT_LOG_DIRS);
+        for old in &kept[..excess] {
+            let _ = std::fs::remove_dir_all(old);
+        }
     }
 
     /// The major version of the installed server binaries (`postgres -V`; 15 for 15.x), or of
