@@ -16,13 +16,22 @@ struct Args {
     /// Check the configuration file (or PATRONI_* environment) and exit.
     #[arg(long)]
     validate_config: bool,
+    /// Start even if the configuration asks for a guarantee Patrol does not give yet
+    /// (synchronous replication, a required watchdog, ...: see docs/patroni-compatibility.md).
+    /// Same as PATROL_ALLOW_UNSUPPORTED=1.
+    #[arg(long)]
+    allow_unsupported: bool,
     /// Patroni YAML configuration file, or a directory of *.yml/*.yaml files.
     configfile: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut env: BTreeMap<String, String> = std::env::vars().collect();
+    if args.allow_unsupported {
+        // Through the environment map, so that a reload sees it too.
+        env.insert(config::ALLOW_VAR.to_string(), "1".to_string());
+    }
     let source = match &args.configfile {
         Some(p) if p.exists() || args.validate_config => ConfigSource::File(p),
         _ => ConfigSource::EnvOnly,
@@ -38,6 +47,15 @@ fn main() -> ExitCode {
         for w in &loaded.warnings {
             println!("warning: {w}");
         }
+    }
+    // Before anything is bound or written: keys asking for guarantees we do not give.
+    if !loaded.refusals.is_empty() {
+        for r in &loaded.refusals {
+            eprintln!("patrol: {r}");
+        }
+        return ExitCode::from(1);
+    }
+    if args.validate_config {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }

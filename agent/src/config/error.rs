@@ -26,6 +26,10 @@ pub enum ConfigError {
     /// `key` is the dotted path of the setting, e.g. `postgresql.listen`.
     #[error("invalid configuration: {key}: {message}")]
     Invalid { key: String, message: String },
+    /// The configuration asks for guarantees Patrol does not give (and
+    /// `PATROL_ALLOW_UNSUPPORTED` is not set); one message per key, each naming it.
+    #[error("{}", refusals.join("; "))]
+    Unsupported { refusals: Vec<String> },
 }
 
 impl ConfigError {

@@ -13,6 +13,7 @@ mod env;
 mod error;
 mod parse;
 mod source;
+pub mod unsupported;
 
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 pub use error::ConfigError;
+pub use unsupported::{DynamicNotice, ALLOW_VAR};
 
 /// Where the local configuration comes from.
 #[derive(Debug, Clone, Copy)]
@@ -36,17 +38,37 @@ pub enum ConfigSource<'a> {
     EnvOnly,
 }
 
-/// A loaded configuration and the warnings to log (unknown keys, ignored sections, ...).
+/// A loaded configuration and the warnings to log (unknown keys, ignored sections, keys Patrol
+/// does not implement yet, ...).
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<String>,
+    /// Keys that ask for a guarantee Patrol does not give (see [`unsupported`]), one message
+    /// each: the agent must not start with them. Empty when [`ALLOW_VAR`] is set (they are then
+    /// among the warnings).
+    pub refusals: Vec<String>,
+}
+
+impl Loaded {
+    /// `Err` naming every refused key, if any: for callers that can only take a usable
+    /// configuration (reload).
+    pub fn usable(self) -> Result<Loaded, ConfigError> {
+        if self.refusals.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError::Unsupported {
+                refusals: self.refusals,
+            })
+        }
+    }
 }
 
 /// Load, merge and validate the local configuration.
 ///
 /// `env` is the process environment as a map (`std::env::vars().collect()`); tests pass their
-/// own. Only `PATRONI_*` variables and `HOME` (for the default `pgpass`) are read. Patroni also
+/// own. Only `PATRONI_*` variables, [`ALLOW_VAR`] and `HOME` (for the default `pgpass`) are
+/// read. Patroni also
 /// removes the `PATRONI_*` variables from its environment so that children (postgres, callbacks)
 /// do not inherit secrets; that is the caller's job.
 pub fn load(
@@ -57,6 +79,11 @@ pub fn load(
     let configuration_var = env
         .get("PATRONI_CONFIGURATION")
         .filter(|v| !v.trim().is_empty());
+    // What the `PATRONI_*` variables contributed, to say so in the messages about keys.
+    let env_doc = match (source, configuration_var) {
+        (ConfigSource::EnvOnly, Some(_)) => Map::new(),
+        _ => env::from_env(env).doc,
+    };
     let doc = match source {
         ConfigSource::File(path) => {
             let (mut doc, w) = source::read_path(path)?;
@@ -87,9 +114,25 @@ pub fn load(
         },
     };
     let home = env.get("HOME").map(String::as_str).unwrap_or("/tmp");
-    let (config, w) = parse::build(&doc, home)?;
+    let (mut config, w) = parse::build(&doc, home)?;
     warnings.extend(w);
-    Ok(Loaded { config, warnings })
+
+    config.allow_unsupported = unsupported::allowed(env);
+    let mut findings = unsupported::check_local(&doc);
+    unsupported::mark_env(&mut findings, &env_doc);
+    let mut refusals = Vec::new();
+    for f in findings {
+        if f.effect == unsupported::Effect::Refuse && !config.allow_unsupported {
+            refusals.push(f.refusal());
+        } else {
+            warnings.push(f.warning());
+        }
+    }
+    Ok(Loaded {
+        config,
+        warnings,
+        refusals,
+    })
 }
 
 /// What a client (`patrolctl`) needs from a configuration file: the DCS, namespace and scope.
@@ -193,6 +236,9 @@ pub struct Config {
     pub tags: Map<String, Value>,
     /// The merged document (file(s) + environment). Holds secrets: print [`Config::redacted_raw`].
     pub raw: Value,
+    /// [`ALLOW_VAR`] is set: keys asking for guarantees Patrol does not give were let through,
+    /// and the REST API writes them into the dynamic configuration too.
+    pub allow_unsupported: bool,
 }
 
 impl Config {
@@ -268,6 +314,7 @@ impl fmt::Debug for Config {
             .field("postgresql", &self.postgresql)
             .field("tags", &self.tags)
             .field("raw", &self.redacted_raw())
+            .field("allow_unsupported", &self.allow_unsupported)
             .finish()
     }
 }

@@ -20,10 +20,10 @@ use super::{
 type Result<T> = std::result::Result<T, ConfigError>;
 
 /// Top-level DCS sections Patroni knows. Patrol talks to etcd v3 only.
-const OTHER_DCS: &[&str] = &["consul", "zookeeper", "exhibitor", "kubernetes", "raft"];
+pub(crate) const OTHER_DCS: &[&str] = &["consul", "zookeeper", "exhibitor", "kubernetes", "raft"];
 
 /// Dynamic-configuration keys: Patroni ignores them in the local file (spec 4.1 point 3).
-const DYNAMIC_ONLY: &[&str] = &[
+pub(crate) const DYNAMIC_ONLY: &[&str] = &[
     "ttl",
     "loop_wait",
     "retry_timeout",
@@ -65,6 +65,152 @@ pub(crate) const CMDLINE_PARAMETERS: &[&str] = &[
     "max_worker_processes",
     "wal_log_hints",
 ];
+
+/// Top-level sections and keys of the local configuration (besides [`OTHER_DCS`] and the
+/// dynamic-only keys).
+pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
+    "name",
+    "scope",
+    "namespace",
+    "thread_pool_size",
+    "thread_stack_size",
+    "log",
+    "restapi",
+    "ctl",
+    "bootstrap",
+    "etcd",
+    "etcd3",
+    "citus",
+    "postgresql",
+    "watchdog",
+    "tags",
+];
+/// `log` (Patroni's; only `level` is used, see `unsupported`).
+pub(crate) const LOG_KEYS: &[&str] = &[
+    "type",
+    "level",
+    "traceback_level",
+    "format",
+    "dateformat",
+    "static_fields",
+    "max_queue_size",
+    "dir",
+    "mode",
+    "file_num",
+    "file_size",
+    "loggers",
+    "deduplicate_heartbeat_logs",
+];
+/// `restapi`.
+pub(crate) const RESTAPI_KEYS: &[&str] = &[
+    "listen",
+    "connect_address",
+    "authentication",
+    "certfile",
+    "keyfile",
+    "keyfile_password",
+    "cafile",
+    "ciphers",
+    "verify_client",
+    "allowlist",
+    "allowlist_include_members",
+    "http_extra_headers",
+    "https_extra_headers",
+    "request_queue_size",
+    "server_tokens",
+    "thread_pool_size",
+];
+/// `restapi.authentication`, `ctl.authentication`.
+pub(crate) const CREDENTIALS: &[&str] = &["username", "password"];
+/// `ctl` (read by patrolctl).
+pub(crate) const CTL_KEYS: &[&str] = &[
+    "authentication",
+    "insecure",
+    "cacert",
+    "certfile",
+    "keyfile",
+    "keyfile_password",
+];
+/// `etcd3` (and `etcd`).
+pub(crate) const ETCD_KEYS: &[&str] = &[
+    "host",
+    "hosts",
+    "port",
+    "url",
+    "proxy",
+    "srv",
+    "srv_suffix",
+    "protocol",
+    "username",
+    "password",
+    "cacert",
+    "cert",
+    "key",
+    "key_password",
+    "use_proxies",
+    "retry_timeout",
+    "ttl",
+    "loop_wait",
+    "verify",
+];
+/// `bootstrap`, besides the section of a custom method.
+pub(crate) const BOOTSTRAP_KEYS: &[&str] = &[
+    "dcs",
+    "method",
+    "initdb",
+    "pg_hba",
+    "post_bootstrap",
+    "post_init",
+    "users",
+];
+/// `postgresql`, besides the sections of `create_replica_methods`.
+pub(crate) const POSTGRESQL_KEYS: &[&str] = &[
+    "listen",
+    "connect_address",
+    "proxy_address",
+    "data_dir",
+    "config_dir",
+    "bin_dir",
+    "bin_name",
+    "pgpass",
+    "database",
+    "authentication",
+    "parameters",
+    "pg_hba",
+    "pg_ident",
+    "callbacks",
+    "create_replica_methods",
+    "basebackup",
+    "recovery_conf",
+    "custom_conf",
+    "use_unix_socket",
+    "use_unix_socket_repl",
+    "pg_ctl_timeout",
+    "use_pg_rewind",
+    "remove_data_directory_on_rewind_failure",
+    "remove_data_directory_on_diverged_timelines",
+    "pre_promote",
+    "before_stop",
+    "config_base_name",
+    "use_slots",
+    "name",
+    "superuser",
+    "replication",
+    "pg_rewind",
+    "retry_timeout",
+];
+/// `postgresql.authentication`.
+pub(crate) const PG_USERS: &[&str] = &["superuser", "replication", "rewind"];
+/// `postgresql.callbacks`.
+pub(crate) const CALLBACKS: &[&str] = &[
+    "on_start",
+    "on_stop",
+    "on_restart",
+    "on_reload",
+    "on_role_change",
+];
+/// `watchdog`.
+pub(crate) const WATCHDOG_KEYS: &[&str] = &["mode", "device", "safety_margin", "driver"];
 
 /// Values PyYAML (YAML 1.1) reads as booleans when unquoted, while serde_yaml_ng (YAML 1.2)
 /// keeps them as strings. Used to normalise booleans Patroni would have seen as `True`/`False`.
@@ -445,7 +591,7 @@ fn credentials(
         return Ok(None);
     };
     let sub = join(path, "authentication");
-    warn_unknown(auth, &sub, &["username", "password"], &[], warnings);
+    warn_unknown(auth, &sub, CREDENTIALS, &[], warnings);
     Ok(Some(Credentials {
         username: req_str(auth, &sub, "username")?,
         password: req_str(auth, &sub, "password")?,
@@ -461,25 +607,7 @@ pub(crate) fn build(doc: &Map<String, Value>, home: &str) -> Result<(Config, Vec
             w.push(format!(
                 "{k} is a dynamic configuration setting: set it in bootstrap.dcs or with `patrolctl edit-config`; the local value is ignored"
             ));
-        } else if !matches!(
-            k,
-            "name"
-                | "scope"
-                | "namespace"
-                | "thread_pool_size"
-                | "thread_stack_size"
-                | "log"
-                | "restapi"
-                | "ctl"
-                | "bootstrap"
-                | "etcd"
-                | "etcd3"
-                | "citus"
-                | "postgresql"
-                | "watchdog"
-                | "tags"
-        ) && !OTHER_DCS.contains(&k)
-        {
+        } else if !TOP_LEVEL_KEYS.contains(&k) && !OTHER_DCS.contains(&k) {
             w.push(format!("unknown configuration key {k} ignored"));
         }
     }
@@ -512,20 +640,28 @@ pub(crate) fn build(doc: &Map<String, Value>, home: &str) -> Result<(Config, Vec
         w.push("citus is not supported by Patrol; the citus section is ignored".to_string());
     }
     if let Some(wd) = opt_map(doc, "", "watchdog")? {
-        let mode = match get(wd, "mode") {
-            Some(Value::Bool(false)) => "off".to_string(),
-            Some(Value::String(s)) => s.to_ascii_lowercase(),
-            Some(other) => other.to_string(),
-            None => "automatic".to_string(),
-        };
-        if !matches!(
-            mode.as_str(),
-            "off" | "disable" | "disabled" | "false" | "no"
-        ) {
-            w.push(format!(
-                "watchdog mode '{mode}' is not supported by Patrol; the watchdog section is ignored"
-            ));
+        warn_unknown(wd, "watchdog", WATCHDOG_KEYS, &[], &mut w);
+        // `required` and `automatic` are in the `unsupported` table; Patroni turns anything
+        // else it does not know into `off`, with a warning.
+        if let Some(mode) = get(wd, "mode") {
+            let known = match mode {
+                Value::Bool(false) => true,
+                Value::String(s) => matches!(
+                    s.trim().to_ascii_lowercase().as_str(),
+                    "off" | "disable" | "disabled" | "auto" | "automatic" | "require" | "required"
+                ),
+                _ => false,
+            };
+            if !known {
+                w.push(format!(
+                    "watchdog.mode {} is not recognized: the watchdog is off (as in Patroni)",
+                    describe(mode)
+                ));
+            }
         }
+    }
+    if let Some(log) = opt_map(doc, "", "log")? {
+        warn_unknown(log, "log", LOG_KEYS, &[], &mut w);
     }
 
     let config = Config {
@@ -539,6 +675,7 @@ pub(crate) fn build(doc: &Map<String, Value>, home: &str) -> Result<(Config, Vec
         postgresql,
         tags,
         raw: Value::Object(doc.clone()),
+        allow_unsupported: false,
     };
     Ok((config, w))
 }
@@ -547,30 +684,7 @@ fn parse_restapi(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<RestAp
     const P: &str = "restapi";
     let empty = Map::new();
     let r = opt_map(doc, "", P)?.unwrap_or(&empty);
-    warn_unknown(
-        r,
-        P,
-        &[
-            "listen",
-            "connect_address",
-            "authentication",
-            "certfile",
-            "keyfile",
-            "keyfile_password",
-            "cafile",
-            "ciphers",
-            "verify_client",
-            "allowlist",
-            "allowlist_include_members",
-            "http_extra_headers",
-            "https_extra_headers",
-            "request_queue_size",
-            "server_tokens",
-            "thread_pool_size",
-        ],
-        &[],
-        w,
-    );
+    warn_unknown(r, P, RESTAPI_KEYS, &[], w);
     let listen =
         host_port(r, P, "listen")?.ok_or_else(|| ConfigError::missing("restapi.listen"))?;
     let connect_address = match host_port(r, P, "connect_address")? {
@@ -619,20 +733,7 @@ fn parse_ctl(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Ctl> {
     const P: &str = "ctl";
     let empty = Map::new();
     let c = opt_map(doc, "", P)?.unwrap_or(&empty);
-    warn_unknown(
-        c,
-        P,
-        &[
-            "authentication",
-            "insecure",
-            "cacert",
-            "certfile",
-            "keyfile",
-            "keyfile_password",
-        ],
-        &[],
-        w,
-    );
+    warn_unknown(c, P, CTL_KEYS, &[], w);
     Ok(Ctl {
         authentication: credentials(c, P, w)?,
         insecure: opt_bool(c, P, "insecure")?.unwrap_or(false),
@@ -681,33 +782,7 @@ pub(crate) fn parse_dcs(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result
 }
 
 fn parse_etcd(e: &Map<String, Value>, p: &str, w: &mut Vec<String>) -> Result<Etcd> {
-    warn_unknown(
-        e,
-        p,
-        &[
-            "host",
-            "hosts",
-            "port",
-            "url",
-            "proxy",
-            "srv",
-            "srv_suffix",
-            "protocol",
-            "username",
-            "password",
-            "cacert",
-            "cert",
-            "key",
-            "key_password",
-            "use_proxies",
-            "retry_timeout",
-            "ttl",
-            "loop_wait",
-            "verify",
-        ],
-        &[],
-        w,
-    );
+    warn_unknown(e, p, ETCD_KEYS, &[], w);
     let protocol = opt_str(e, p, "protocol")?.unwrap_or_else(|| "http".to_string());
     if protocol != "http" && protocol != "https" {
         return Err(ConfigError::invalid(
@@ -964,21 +1039,7 @@ fn parse_bootstrap(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Boot
     if get(b, "users").is_some() {
         w.push("bootstrap.users was removed in Patroni 3.0 and is ignored; create users in post_bootstrap".to_string());
     }
-    warn_unknown(
-        b,
-        P,
-        &[
-            "dcs",
-            "method",
-            "initdb",
-            "pg_hba",
-            "post_bootstrap",
-            "post_init",
-            "users",
-        ],
-        &[configured],
-        w,
-    );
+    warn_unknown(b, P, BOOTSTRAP_KEYS, &[configured], w);
 
     let initdb = format_options(
         get(b, "initdb"),
@@ -1037,47 +1098,7 @@ fn parse_postgresql(
 
     let create_replica_methods = opt_str_list(pg, P, "create_replica_methods")?
         .unwrap_or_else(|| vec!["basebackup".to_string()]);
-    warn_unknown(
-        pg,
-        P,
-        &[
-            "listen",
-            "connect_address",
-            "proxy_address",
-            "data_dir",
-            "config_dir",
-            "bin_dir",
-            "bin_name",
-            "pgpass",
-            "database",
-            "authentication",
-            "parameters",
-            "pg_hba",
-            "pg_ident",
-            "callbacks",
-            "create_replica_methods",
-            "basebackup",
-            "recovery_conf",
-            "custom_conf",
-            "use_unix_socket",
-            "use_unix_socket_repl",
-            "pg_ctl_timeout",
-            "use_pg_rewind",
-            "remove_data_directory_on_rewind_failure",
-            "remove_data_directory_on_diverged_timelines",
-            "pre_promote",
-            "before_stop",
-            "config_base_name",
-            "use_slots",
-            "name",
-            "superuser",
-            "replication",
-            "pg_rewind",
-            "retry_timeout",
-        ],
-        &create_replica_methods,
-        w,
-    );
+    warn_unknown(pg, P, POSTGRESQL_KEYS, &create_replica_methods, w);
     if get(pg, "use_slots").is_some() {
         w.push("postgresql.use_slots is a dynamic configuration setting: set it in bootstrap.dcs.postgresql; the local value is ignored".to_string());
     }
@@ -1141,13 +1162,7 @@ fn parse_postgresql(
         }
         None => return Err(ConfigError::missing("postgresql.authentication.superuser")),
     };
-    warn_unknown(
-        auth,
-        auth_path,
-        &["superuser", "replication", "rewind"],
-        &[],
-        w,
-    );
+    warn_unknown(auth, auth_path, PG_USERS, &[], w);
     let superuser = parse_pg_user(auth, auth_path, "superuser", w)?
         .ok_or_else(|| ConfigError::missing("postgresql.authentication.superuser"))?;
     let replication = parse_pg_user(auth, auth_path, "replication", w)?
@@ -1190,10 +1205,7 @@ fn parse_postgresql(
 
     let callbacks = str_map(pg, P, "callbacks")?;
     for cb in callbacks.keys() {
-        if !matches!(
-            cb.as_str(),
-            "on_start" | "on_stop" | "on_restart" | "on_reload" | "on_role_change"
-        ) {
+        if !CALLBACKS.contains(&cb.as_str()) {
             w.push(format!(
                 "unknown configuration key postgresql.callbacks.{cb} ignored"
             ));

@@ -1,0 +1,797 @@
+//! What Patroni's configuration can ask for that Patrol does not do yet. [`UNSUPPORTED`] is the
+//! one table of those keys; it is read by the check of the local configuration (file and
+//! `PATRONI_*` variables, at start and on reload), by the check of the dynamic configuration
+//! (the DCS `config` key, every HA cycle and on `PATCH`/`PUT /config`) and by the test that
+//! keeps `docs/patroni-compatibility.md` in step with it. When a feature is implemented, its
+//! rows leave the table (and the document's "not yet" with them).
+//!
+//! Most keys are named in a warning and ignored. A key that asks for a guarantee Patrol does
+//! not give ([`Effect::Refuse`]: synchronous replication, a required watchdog, a fencing
+//! script, a standby cluster) stops the agent from starting, and the REST API from writing it
+//! into the dynamic configuration, unless [`ALLOW_VAR`] (or `patrol --allow-unsupported`) is
+//! set. In the dynamic configuration of a running cluster nothing can be refused: the HA loop
+//! logs it at ERROR ([`DynamicNotice`]) whenever the set of such keys changes.
+
+use serde_json::{Map, Value};
+
+use super::env::parse_bool;
+
+/// The environment variable that lets the agent start with, and the REST API accept, keys that
+/// ask for guarantees Patrol does not give; `patrol --allow-unsupported` sets it. Meant for
+/// tests and for knowingly running without the guarantee.
+pub const ALLOW_VAR: &str = "PATROL_ALLOW_UNSUPPORTED";
+
+/// Whether the environment map sets [`ALLOW_VAR`] to a true value (`1`, `true`, `on`, `yes`).
+pub fn allowed(env: &std::collections::BTreeMap<String, String>) -> bool {
+    env.get(ALLOW_VAR)
+        .and_then(|v| parse_bool(v))
+        .unwrap_or(false)
+}
+
+/// Where a key is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The local configuration only.
+    Local,
+    /// The dynamic configuration (the DCS `config` key, and `bootstrap.dcs` locally).
+    Dynamic,
+    /// Both: a `postgresql` key Patroni reads from the local file and from the dynamic
+    /// `postgresql` section.
+    Both,
+}
+
+/// What Patrol does when a value asks for the feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Log a warning and run without it.
+    Warn,
+    /// The key asks for a guarantee Patrol does not give: refuse (unless allowed).
+    Refuse,
+}
+
+/// When a value asks for the feature (a value that does not is what Patrol does anyway).
+#[derive(Debug, Clone, Copy)]
+pub enum When {
+    /// Present and not null, `""`, `[]` or `{}`.
+    Set,
+    /// A boolean-ish true (`true`, `on`, `yes`, `1`).
+    True,
+    /// A number above 0.
+    Positive,
+    /// Set to something other than one of these strings.
+    NotOneOf(&'static [&'static str]),
+    /// A list with an item other than these.
+    ListBeyond(&'static [&'static str]),
+    /// `synchronous_mode`: true-ish or `quorum`.
+    SyncMode,
+    /// `standby_cluster` with a non-empty `host`, `port` or `restore_command`.
+    StandbyCluster,
+    /// `watchdog.mode` is one of these (lower case; `automatic` when the section has no mode).
+    WatchdogMode(&'static [&'static str]),
+    /// `bootstrap.method` names a custom method whose section has a `command`.
+    CustomBootstrap,
+    /// Set, while the agent reaches its PostgreSQL over TCP (`postgresql.use_unix_socket` off):
+    /// TLS options mean nothing on a unix socket.
+    SetOverTcp,
+}
+
+/// One key Patrol does not implement yet.
+#[derive(Debug)]
+pub struct Unsupported {
+    /// Dotted path; `*` stands for any key at that level.
+    pub key: &'static str,
+    /// Keys a trailing `*` does not cover (they are implemented).
+    pub except: &'static [&'static str],
+    pub scope: Scope,
+    pub effect: Effect,
+    pub when: When,
+    /// What Patrol does instead, in a few words.
+    pub reason: &'static str,
+}
+
+const fn warn(key: &'static str, scope: Scope, when: When, reason: &'static str) -> Unsupported {
+    Unsupported {
+        key,
+        except: &[],
+        scope,
+        effect: Effect::Warn,
+        when,
+        reason,
+    }
+}
+
+const fn refuse(key: &'static str, scope: Scope, when: When, reason: &'static str) -> Unsupported {
+    Unsupported {
+        key,
+        except: &[],
+        scope,
+        effect: Effect::Refuse,
+        when,
+        reason,
+    }
+}
+
+const fn warn_others(
+    key: &'static str,
+    except: &'static [&'static str],
+    scope: Scope,
+    reason: &'static str,
+) -> Unsupported {
+    Unsupported {
+        key,
+        except,
+        scope,
+        effect: Effect::Warn,
+        when: When::Set,
+        reason,
+    }
+}
+
+use Scope::{Both, Dynamic, Local};
+use When::{
+    CustomBootstrap, ListBeyond, NotOneOf, Positive, Set, StandbyCluster, SyncMode, True,
+    WatchdogMode,
+};
+
+const NO_SYNC: &str = "synchronous replication is not implemented";
+const NO_LOG_FILES: &str = "no log files are written (see log.dir)";
+
+/// Every key Patroni acts on that Patrol does not implement yet. More specific keys come before
+/// the `postgresql.*` catch-all, which only reports what they did not. One line per key.
+#[rustfmt::skip]
+pub const UNSUPPORTED: &[Unsupported] = &[
+    // Local only.
+    warn("log.type", Local, NotOneOf(&["plain"]), "logs are plain lines in Patroni's default layout; JSON logs are not written"),
+    warn("log.format", Local, Set, "the line layout is fixed to Patroni's default, `<time> <LEVEL>: <message>`"),
+    warn("log.dateformat", Local, Set, "the time format is fixed (`2024-01-01 12:00:00,123`)"),
+    warn("log.static_fields", Local, Set, "JSON logs are not written"),
+    warn("log.dir", Local, Set, "logs go to stderr only (the journal under systemd); no log files are written or rotated"),
+    warn("log.mode", Local, Set, NO_LOG_FILES),
+    warn("log.file_num", Local, Set, NO_LOG_FILES),
+    warn("log.file_size", Local, Set, NO_LOG_FILES),
+    warn("log.loggers", Local, Set, "per-module log levels are set with RUST_LOG (e.g. RUST_LOG=info,patrol_agent=debug)"),
+    warn("restapi.request_queue_size", Local, Set, "the REST API's listen backlog is fixed at 1024"),
+    warn("bootstrap.method", Local, CustomBootstrap, "custom bootstrap methods are not run: a new cluster cannot be bootstrapped with it (joining an existing cluster is not affected)"),
+    Unsupported { key: "postgresql.authentication.superuser.*", except: &["username", "password"], scope: Local, effect: Effect::Warn, when: When::SetOverTcp, reason: "the agent's own TCP connection to PostgreSQL does not use these settings (it connects without TLS)" },
+    warn("tags.replicatefrom", Local, Set, "cascading replication is not implemented: this member replicates from the leader"),
+    warn("tags.nosync", Local, True, "synchronous replication is not implemented; the tag is only published"),
+    warn("tags.sync_priority", Local, Set, "synchronous replication is not implemented; the tag is only published"),
+    warn("tags.nostream", Local, True, "this member still streams from the leader (the leader only skips its replication slot)"),
+    refuse("watchdog.mode", Local, WatchdogMode(&["required", "require"]), "Patrol has no watchdog support, so a hung primary would not be reset before its leader key expires"),
+    warn("watchdog.mode", Local, WatchdogMode(&["automatic", "auto"]), "Patrol does not use a watchdog device; it runs without one, as Patroni does when the device is not usable"),
+    // The postgresql section, locally and in the dynamic configuration.
+    refuse("postgresql.pre_promote", Both, Set, "this fencing script is not run, so a replica would be promoted without it"),
+    warn("postgresql.callbacks.*", Both, Set, "callback scripts are not run"),
+    warn("postgresql.before_stop", Both, Set, "the script is not run before PostgreSQL stops"),
+    warn("postgresql.recovery_conf", Both, Set, "these recovery settings (e.g. restore_command) are not written, so replicas cannot restore WAL from an archive"),
+    warn("postgresql.create_replica_methods", Both, ListBeyond(&["basebackup"]), "replicas are created with pg_basebackup only; other methods (and their postgresql.<method> sections) are not run"),
+    warn("postgresql.custom_conf", Both, Set, "postgresql.conf always includes postgresql.base.conf, not this file"),
+    warn("postgresql.use_unix_socket_repl", Both, True, "replicas connect to their upstream over TCP"),
+    warn("postgresql.config_base_name", Both, NotOneOf(&["postgresql"]), "the generated file is always postgresql.conf"),
+    // Dynamic only.
+    refuse("synchronous_mode", Dynamic, SyncMode, "synchronous replication is not implemented: commits would be acknowledged before any replica has them, and a failover could lose them"),
+    refuse("synchronous_mode_strict", Dynamic, True, "synchronous replication is not implemented, so writes would not stop when no synchronous replica is left"),
+    warn("synchronous_node_count", Dynamic, Set, NO_SYNC),
+    warn("maximum_lag_on_syncnode", Dynamic, Set, NO_SYNC),
+    warn("primary_stop_timeout", Dynamic, Positive, "it applies only in synchronous mode, which is not implemented"),
+    warn("master_stop_timeout", Dynamic, Positive, "it applies only in synchronous mode, which is not implemented"),
+    warn("failsafe_mode", Dynamic, True, "failsafe mode is not implemented: when etcd is unreachable the primary stops, as with failsafe_mode off"),
+    warn("slots", Dynamic, Set, "permanent replication slots are not created or kept"),
+    warn("permanent_slots", Dynamic, Set, "permanent replication slots are not created or kept"),
+    warn("permanent_replication_slots", Dynamic, Set, "permanent replication slots are not created or kept"),
+    warn("member_slots_ttl", Dynamic, Set, "the replication slots of members that left are never dropped"),
+    refuse("standby_cluster", Dynamic, StandbyCluster, "standby clusters are not implemented: the cluster would run its own writable primary instead of following the remote one"),
+    warn_others(
+        "postgresql.*",
+        &[
+            "parameters",
+            "pg_hba",
+            "use_slots",
+            "use_pg_rewind",
+            // Local only in Patroni too: it drops them from the dynamic section.
+            "connect_address",
+            "proxy_address",
+            "listen",
+            "config_dir",
+            "data_dir",
+            "pgpass",
+            "authentication",
+        ],
+        Dynamic,
+        "from the dynamic postgresql section Patrol applies only parameters, pg_hba, use_slots and use_pg_rewind; set it in each member's local configuration",
+    ),
+];
+
+/// One key of a configuration that asks for something Patrol does not do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// Dotted path as found, e.g. `bootstrap.dcs.synchronous_mode`, `postgresql.callbacks.on_start`.
+    pub path: String,
+    /// The value, for messages (`required`, `true`, a compact JSON object...).
+    pub value: String,
+    pub effect: Effect,
+    pub reason: &'static str,
+    /// The key came from a `PATRONI_*` variable.
+    pub from_env: bool,
+}
+
+const OVERRIDE: &str = "--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1";
+
+impl Finding {
+    fn origin(&self) -> &'static str {
+        if self.from_env {
+            " (from the environment)"
+        } else {
+            ""
+        }
+    }
+
+    /// The warning for a local key, or for a refused one that [`ALLOW_VAR`] let through.
+    pub fn warning(&self) -> String {
+        match self.effect {
+            Effect::Warn => format!(
+                "{}{}: not implemented by Patrol yet, ignored: {}",
+                self.path,
+                self.origin(),
+                self.reason
+            ),
+            Effect::Refuse => format!(
+                "{} = {}{}: {}; Patrol does not give this guarantee yet and runs without it ({OVERRIDE} is set)",
+                self.path,
+                self.value,
+                self.origin(),
+                self.reason
+            ),
+        }
+    }
+
+    /// Why the agent does not start (a refused local key).
+    pub fn refusal(&self) -> String {
+        format!(
+            "{} = {}{}: {}; Patrol does not give this guarantee yet, so it refuses to start ({OVERRIDE} starts it anyway; see docs/patroni-compatibility.md)",
+            self.path,
+            self.value,
+            self.origin(),
+            self.reason
+        )
+    }
+
+    /// The REST API's answer to a change that would write a refused key.
+    pub fn rejection(&self) -> String {
+        format!(
+            "{} = {}: {}; Patrol does not implement it yet, so it is not written (see docs/patroni-compatibility.md)",
+            self.path, self.value, self.reason
+        )
+    }
+
+    /// The HA loop's line for a key of the dynamic configuration.
+    pub fn dynamic_message(&self) -> String {
+        match self.effect {
+            Effect::Warn => format!(
+                "dynamic configuration: {}: not implemented by Patrol yet, ignored: {}",
+                self.path, self.reason
+            ),
+            Effect::Refuse => format!(
+                "dynamic configuration: {} = {}: {}; Patrol does not give this guarantee yet and runs without it: set it back (patrolctl edit-config)",
+                self.path, self.value, self.reason
+            ),
+        }
+    }
+}
+
+/// What the local configuration asks for that Patrol does not do: the local keys, and the
+/// dynamic keys of `bootstrap.dcs`.
+pub fn check_local(doc: &Map<String, Value>) -> Vec<Finding> {
+    let mut out = check(doc, &[Local, Both], "");
+    if let Some(Value::Object(dcs)) = doc
+        .get("bootstrap")
+        .and_then(|b| b.get("dcs"))
+        .filter(|v| v.is_object())
+    {
+        out.extend(check(dcs, &[Dynamic, Both], "bootstrap.dcs."));
+    }
+    out
+}
+
+/// What the dynamic configuration (the DCS `config` key) asks for that Patrol does not do.
+pub fn check_dynamic(config: &Map<String, Value>) -> Vec<Finding> {
+    check(config, &[Dynamic, Both], "")
+}
+
+/// The refused keys that `after` asks for and `before` did not: what a change of the dynamic
+/// configuration through the REST API must not write.
+pub fn newly_refused(before: &Map<String, Value>, after: &Map<String, Value>) -> Vec<Finding> {
+    let old: Vec<String> = check_dynamic(before)
+        .into_iter()
+        .filter(|f| f.effect == Effect::Refuse)
+        .map(|f| f.path)
+        .collect();
+    check_dynamic(after)
+        .into_iter()
+        .filter(|f| f.effect == Effect::Refuse && !old.contains(&f.path))
+        .collect()
+}
+
+fn check(root: &Map<String, Value>, scopes: &[Scope], prefix: &str) -> Vec<Finding> {
+    let mut out: Vec<Finding> = Vec::new();
+    for entry in UNSUPPORTED.iter().filter(|e| scopes.contains(&e.scope)) {
+        let segments: Vec<&str> = entry.key.split('.').collect();
+        let mut found = Vec::new();
+        resolve(root, &segments, entry.except, String::new(), &mut found);
+        for (path, value, parent) in found {
+            if !asks(entry.when, value, parent, root) {
+                continue;
+            }
+            let path = format!("{prefix}{path}");
+            // Report a key once: the first (most specific) entry that covers it wins.
+            let covered = out.iter().any(|f| {
+                f.path == path
+                    || path.starts_with(&format!("{}.", f.path))
+                    || f.path.starts_with(&format!("{path}."))
+            });
+            if covered {
+                continue;
+            }
+            out.push(Finding {
+                path,
+                value: shown(entry.when, value),
+                effect: entry.effect,
+                reason: entry.reason,
+                from_env: false,
+            });
+        }
+    }
+    out
+}
+
+/// Every `(path, value, parent)` the pattern names under `map`. The last segment, when it is
+/// not `*`, is reported even if absent (`value` `None`) as long as its parent mapping exists.
+fn resolve<'a>(
+    map: &'a Map<String, Value>,
+    segments: &[&str],
+    except: &[&str],
+    path: String,
+    out: &mut Vec<(String, Option<&'a Value>, &'a Map<String, Value>)>,
+) {
+    let Some((first, rest)) = segments.split_first() else {
+        return;
+    };
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    let keys: Vec<&String> = if *first == "*" {
+        map.keys()
+            .filter(|k| !(rest.is_empty() && except.contains(&k.as_str())))
+            .collect()
+    } else {
+        match map.get_key_value(*first) {
+            Some((k, _)) => vec![k],
+            None => {
+                if rest.is_empty() {
+                    out.push((join(first), None, map));
+                }
+                return;
+            }
+        }
+    };
+    for key in keys {
+        let value = &map[key];
+        if rest.is_empty() {
+            out.push((join(key), Some(value), map));
+        } else if let Value::Object(sub) = value {
+            resolve(sub, rest, except, join(key), out);
+        }
+    }
+}
+
+fn is_set(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.trim().is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    }
+}
+
+fn bool_ish(value: Option<&Value>) -> Option<bool> {
+    match value? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => parse_bool(s),
+        Value::Number(n) => n.as_f64().map(|f| f != 0.0),
+        _ => None,
+    }
+}
+
+/// Whether `value` (found in `parent`, under the document `root`) asks for the feature.
+fn asks(
+    when: When,
+    value: Option<&Value>,
+    parent: &Map<String, Value>,
+    root: &Map<String, Value>,
+) -> bool {
+    match when {
+        When::Set => is_set(value),
+        When::True => bool_ish(value) == Some(true),
+        When::Positive => match value {
+            Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f > 0.0),
+            Some(Value::String(s)) => s.trim().parse::<f64>().is_ok_and(|f| f > 0.0),
+            _ => false,
+        },
+        When::NotOneOf(ok) => match value {
+            Some(Value::String(s)) => !s.trim().is_empty() && !ok.contains(&s.trim()),
+            v => is_set(v),
+        },
+        When::ListBeyond(ok) => match value {
+            Some(Value::Array(items)) => items
+                .iter()
+                .any(|i| !i.as_str().is_some_and(|s| ok.contains(&s))),
+            Some(Value::String(s)) => !s.trim().is_empty() && !ok.contains(&s.trim()),
+            _ => false,
+        },
+        When::SyncMode => {
+            value.and_then(Value::as_str).map(str::trim) == Some("quorum")
+                || bool_ish(value) == Some(true)
+        }
+        When::StandbyCluster => match value {
+            Some(Value::Object(s)) => ["host", "port", "restore_command"]
+                .iter()
+                .any(|k| is_set(s.get(*k))),
+            _ => false,
+        },
+        When::WatchdogMode(modes) => {
+            let mode = match value {
+                None | Some(Value::Null) => "automatic".to_string(),
+                Some(Value::Bool(false)) => "off".to_string(),
+                Some(Value::String(s)) => s.trim().to_ascii_lowercase(),
+                Some(other) => other.to_string().to_ascii_lowercase(),
+            };
+            modes.contains(&mode.as_str())
+        }
+        When::SetOverTcp => {
+            let unix = root
+                .get("postgresql")
+                .and_then(|pg| pg.get("use_unix_socket"));
+            is_set(value) && bool_ish(unix) != Some(true)
+        }
+        When::CustomBootstrap => match value {
+            Some(Value::String(m)) if m != "initdb" => parent
+                .get(m.as_str())
+                .and_then(|s| s.get("command"))
+                .is_some_and(|c| is_set(Some(c))),
+            _ => false,
+        },
+    }
+}
+
+fn shown(when: When, value: Option<&Value>) -> String {
+    let text = match (when, value) {
+        (When::WatchdogMode(_), None | Some(Value::Null)) => "automatic (the default)".to_string(),
+        (_, Some(Value::String(s))) => s.clone(),
+        (_, Some(v)) => v.to_string(),
+        (_, None) => "null".to_string(),
+    };
+    let mut short: String = text.chars().take(80).collect();
+    if short.len() < text.len() {
+        short.push_str("...");
+    }
+    short
+}
+
+/// Marks the findings whose key is set in `env_doc` (the document the `PATRONI_*` variables
+/// make).
+pub(crate) fn mark_env(findings: &mut [Finding], env_doc: &Map<String, Value>) {
+    for f in findings {
+        let mut cur: Option<&Value> = None;
+        let mut map = Some(env_doc);
+        for seg in f.path.split('.') {
+            cur = map.and_then(|m| m.get(seg));
+            map = cur.and_then(Value::as_object);
+        }
+        f.from_env = cur.is_some();
+    }
+}
+
+/// The HA loop's memory of what the dynamic configuration asked for, so that it is logged when
+/// it changes rather than every cycle.
+#[derive(Debug, Default)]
+pub struct DynamicNotice {
+    last: Option<Vec<Finding>>,
+}
+
+impl DynamicNotice {
+    /// The findings of `config` if they differ from the last call's (the first call always
+    /// returns them, even when empty).
+    pub fn changed(&mut self, config: &Map<String, Value>) -> Option<Vec<Finding>> {
+        let now = check_dynamic(config);
+        if self.last.as_ref() == Some(&now) {
+            return None;
+        }
+        self.last = Some(now.clone());
+        Some(now)
+    }
+
+    /// Logs what `config` asks for that Patrol does not do, when that changed: refused keys at
+    /// ERROR (WARN when `allow`), the others at WARN; an INFO line when nothing is left.
+    pub fn observe(&mut self, config: &Map<String, Value>, allow: bool) {
+        let had = self.last.as_ref().is_some_and(|l| !l.is_empty());
+        let Some(now) = self.changed(config) else {
+            return;
+        };
+        for f in &now {
+            if f.effect == Effect::Refuse && !allow {
+                tracing::error!("{}", f.dynamic_message());
+            } else {
+                tracing::warn!("{}", f.dynamic_message());
+            }
+        }
+        if now.is_empty() && had {
+            tracing::info!(
+                "dynamic configuration: it no longer asks for anything Patrol does not implement"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn map(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn paths(findings: &[Finding]) -> Vec<(&str, Effect)> {
+        findings
+            .iter()
+            .map(|f| (f.path.as_str(), f.effect))
+            .collect()
+    }
+
+    #[test]
+    fn local_keys_found_with_their_paths() {
+        let doc = map(json!({
+            "log": {"level": "INFO", "type": "plain", "dir": "/var/log/patroni", "format": "%(message)s"},
+            "restapi": {"listen": ":8008", "request_queue_size": 10},
+            "postgresql": {
+                "callbacks": {"on_start": "/bin/s", "on_stop": ""},
+                "create_replica_methods": ["basebackup"],
+                "use_unix_socket": false,
+                "config_base_name": "postgresql",
+                "authentication": {
+                    "superuser": {"username": "p", "password": "x", "sslmode": "require"},
+                    "rewind": {"username": "r", "sslmode": "require"},
+                },
+            },
+            "tags": {"nosync": false, "replicatefrom": "pg1", "nofailover": true},
+        }));
+        assert_eq!(
+            paths(&check_local(&doc)),
+            vec![
+                ("log.format", Effect::Warn),
+                ("log.dir", Effect::Warn),
+                ("restapi.request_queue_size", Effect::Warn),
+                ("postgresql.authentication.superuser.sslmode", Effect::Warn),
+                ("tags.replicatefrom", Effect::Warn),
+                ("postgresql.callbacks.on_start", Effect::Warn),
+            ]
+        );
+    }
+
+    #[test]
+    fn values_that_ask_for_nothing_are_not_reported() {
+        let doc = map(json!({
+            "log": {"type": "plain", "level": "DEBUG"},
+            "postgresql": {"create_replica_methods": ["basebackup"], "use_unix_socket": "off", "recovery_conf": {}},
+            "watchdog": {"mode": "off", "device": "/dev/watchdog"},
+            "tags": {"nostream": "false", "clonefrom": true},
+            "bootstrap": {"method": "initdb", "dcs": {"synchronous_mode": "off", "synchronous_mode_strict": false, "failsafe_mode": false, "primary_stop_timeout": 0, "slots": {}, "standby_cluster": {"primary_slot_name": "x"}}},
+        }));
+        assert_eq!(check_local(&doc), vec![]);
+    }
+
+    #[test]
+    fn watchdog_required_refuses_automatic_warns() {
+        for (section, want) in [
+            (json!({"mode": "required"}), Some(Effect::Refuse)),
+            (json!({"mode": "Require"}), Some(Effect::Refuse)),
+            (json!({"mode": "automatic"}), Some(Effect::Warn)),
+            (json!({"device": "/dev/watchdog"}), Some(Effect::Warn)),
+            (json!({"mode": false}), None),
+            (json!({"mode": "off"}), None),
+            (json!({"mode": "disabled"}), None),
+        ] {
+            let doc = map(json!({ "watchdog": section.clone() }));
+            let got = check_local(&doc);
+            assert_eq!(got.first().map(|f| f.effect), want, "{section}: {got:#?}");
+            if let Some(f) = got.first() {
+                assert_eq!(f.path, "watchdog.mode");
+            }
+        }
+        // No section: Patroni would try /dev/watchdog; documented, not warned about.
+        assert_eq!(check_local(&Map::new()), vec![]);
+    }
+
+    #[test]
+    fn bootstrap_dcs_is_checked_as_dynamic_configuration() {
+        let doc = map(json!({"bootstrap": {"dcs": {
+            "synchronous_mode": "on",
+            "synchronous_mode_strict": true,
+            "failsafe_mode": "yes",
+            "standby_cluster": {"host": "10.0.0.1", "port": 5432},
+            "postgresql": {"use_slots": true, "pg_ident": ["a b c"], "recovery_conf": {"restore_command": "cp"}},
+        }}}));
+        assert_eq!(
+            paths(&check_local(&doc)),
+            vec![
+                ("bootstrap.dcs.postgresql.recovery_conf", Effect::Warn),
+                ("bootstrap.dcs.synchronous_mode", Effect::Refuse),
+                ("bootstrap.dcs.synchronous_mode_strict", Effect::Refuse),
+                ("bootstrap.dcs.failsafe_mode", Effect::Warn),
+                ("bootstrap.dcs.standby_cluster", Effect::Refuse),
+                ("bootstrap.dcs.postgresql.pg_ident", Effect::Warn),
+            ]
+        );
+        for (mode, refused) in [
+            (json!(true), true),
+            (json!("quorum"), true),
+            (json!(1), true),
+            (json!(false), false),
+            (json!("off"), false),
+        ] {
+            let got = check_dynamic(&map(json!({ "synchronous_mode": mode.clone() })));
+            assert_eq!(!got.is_empty(), refused, "{mode}");
+        }
+    }
+
+    #[test]
+    fn dynamic_postgresql_section_reports_what_is_not_applied_once() {
+        let cfg = map(json!({"postgresql": {
+            "parameters": {"work_mem": "8MB"},
+            "pg_hba": ["local all all trust"],
+            "use_slots": true,
+            "use_pg_rewind": true,
+            "data_dir": "/ignored/by/patroni/too",
+            "callbacks": {"on_role_change": "/bin/x"},
+            "pg_ctl_timeout": 30,
+        }}));
+        assert_eq!(
+            paths(&check_dynamic(&cfg)),
+            vec![
+                ("postgresql.callbacks.on_role_change", Effect::Warn),
+                ("postgresql.pg_ctl_timeout", Effect::Warn),
+            ]
+        );
+    }
+
+    #[test]
+    fn superuser_tls_options_matter_only_over_tcp() {
+        let tcp = map(
+            json!({"postgresql": {"authentication": {"superuser": {"username": "p", "sslmode": "verify-ca", "sslrootcert": "/ca"}}}}),
+        );
+        assert_eq!(
+            paths(&check_local(&tcp)),
+            vec![
+                ("postgresql.authentication.superuser.sslmode", Effect::Warn),
+                (
+                    "postgresql.authentication.superuser.sslrootcert",
+                    Effect::Warn
+                ),
+            ]
+        );
+        let mut unix = tcp.clone();
+        unix["postgresql"]["use_unix_socket"] = json!(true);
+        assert_eq!(check_local(&unix), vec![]);
+    }
+
+    #[test]
+    fn custom_bootstrap_only_when_the_method_has_a_command() {
+        let with =
+            map(json!({"bootstrap": {"method": "restore", "restore": {"command": "/bin/r"}}}));
+        assert_eq!(
+            paths(&check_local(&with)),
+            vec![("bootstrap.method", Effect::Warn)]
+        );
+        // Without a command Patroni (and Patrol) fall back to initdb.
+        let without = map(json!({"bootstrap": {"method": "restore"}}));
+        assert_eq!(check_local(&without), vec![]);
+    }
+
+    #[test]
+    fn create_replica_methods_beyond_basebackup() {
+        for (methods, warned) in [
+            (json!(["basebackup"]), false),
+            (json!(["wal_e", "basebackup"]), true),
+            (json!(["pgbackrest"]), true),
+            (json!([]), false),
+        ] {
+            let doc = map(json!({"postgresql": {"create_replica_methods": methods.clone()}}));
+            assert_eq!(!check_local(&doc).is_empty(), warned, "{methods}");
+        }
+    }
+
+    #[test]
+    fn newly_refused_ignores_what_was_already_there() {
+        let before = map(json!({"synchronous_mode": true, "ttl": 30}));
+        let after = map(json!({"synchronous_mode": "quorum", "ttl": 30, "failsafe_mode": true}));
+        assert_eq!(newly_refused(&before, &after), vec![]);
+        let after = map(json!({"synchronous_mode": true, "synchronous_mode_strict": true}));
+        assert_eq!(
+            paths(&newly_refused(&before, &after)),
+            vec![("synchronous_mode_strict", Effect::Refuse)]
+        );
+        let rejected = &newly_refused(&Map::new(), &before)[0];
+        assert_eq!(
+            rejected.rejection(),
+            "synchronous_mode = true: synchronous replication is not implemented: commits would be acknowledged before any replica has them, and a failover could lose them; Patrol does not implement it yet, so it is not written (see docs/patroni-compatibility.md)"
+        );
+    }
+
+    #[test]
+    fn dynamic_notice_reports_changes_only() {
+        let mut n = DynamicNotice::default();
+        assert_eq!(n.changed(&Map::new()), Some(vec![]));
+        assert_eq!(n.changed(&map(json!({"ttl": 30}))), None);
+        let sync = map(json!({"synchronous_mode": true, "ttl": 30}));
+        let got = n.changed(&sync).expect("changed");
+        assert_eq!(paths(&got), vec![("synchronous_mode", Effect::Refuse)]);
+        assert_eq!(
+            got[0].dynamic_message(),
+            "dynamic configuration: synchronous_mode = true: synchronous replication is not implemented: commits would be acknowledged before any replica has them, and a failover could lose them; Patrol does not give this guarantee yet and runs without it: set it back (patrolctl edit-config)"
+        );
+        assert_eq!(n.changed(&sync), None);
+        assert_eq!(
+            n.changed(&map(json!({"ttl": 40, "synchronous_mode": true}))),
+            None
+        );
+        let more = map(json!({"synchronous_mode": true, "slots": {"s": {"type": "logical"}}}));
+        assert_eq!(n.changed(&more).map(|f| f.len()), Some(2));
+        assert_eq!(n.changed(&Map::new()), Some(vec![]));
+    }
+
+    #[test]
+    fn env_origin_is_marked() {
+        let doc = map(json!({"log": {"dir": "/x", "format": "%(message)s"}}));
+        let env_doc = map(json!({"log": {"dir": "/x"}}));
+        let mut f = check_local(&doc);
+        mark_env(&mut f, &env_doc);
+        let dir = f.iter().find(|f| f.path == "log.dir").expect("log.dir");
+        assert!(dir.from_env);
+        assert!(dir
+            .warning()
+            .starts_with("log.dir (from the environment): not implemented"));
+        assert!(
+            !f.iter()
+                .find(|f| f.path == "log.format")
+                .expect("format")
+                .from_env
+        );
+    }
+
+    #[test]
+    fn every_entry_is_well_formed() {
+        for e in UNSUPPORTED {
+            assert!(!e.key.is_empty() && !e.reason.is_empty(), "{e:?}");
+            assert!(
+                e.except.is_empty() || e.key.ends_with(".*"),
+                "except needs a trailing *: {e:?}"
+            );
+            assert!(
+                !e.key.contains('*') || e.key.ends_with(".*"),
+                "only a trailing * is used: {e:?}"
+            );
+            if e.scope == Scope::Both {
+                assert!(e.key.starts_with("postgresql."), "{e:?}");
+            }
+        }
+    }
+}
