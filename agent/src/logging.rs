@@ -54,7 +54,7 @@ pub fn init(cfg: &Config) {
         .map(|s| match s.to_ascii_uppercase().as_str() {
             "DEBUG" => "debug",
             "WARNING" | "WARN" => "warn",
-            "ERROR" | "CRITICAL" => "error",
+            "ERROR" | "CRITICAL" | "FATAL" => "error",
             _ => "info",
         })
         .unwrap_or("info");
