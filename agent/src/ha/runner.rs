@@ -54,6 +54,8 @@ pub struct Ha<D: Dcs> {
     clone_from_leader: bool,
     /// Where to re-read the local configuration from on reload.
     reload: Option<crate::ReloadSource>,
+    /// What the dynamic configuration asked for that Patrol does not do, last time it was logged.
+    unsupported: crate::config::DynamicNotice,
 }
 
 /// What ends the loop.
@@ -91,6 +93,7 @@ impl<D: Dcs> Ha<D> {
             scheduled_restart: None,
             clone_from_leader: false,
             reload: None,
+            unsupported: Default::default(),
         };
         ha.requests = requests;
         ha
@@ -291,6 +294,9 @@ impl<D: Dcs> Ha<D> {
         self.shared.dcs_seen();
         if let Some(cfg) = &cluster.config {
             self.apply_dynamic(cfg.value.clone()).await;
+            // Names what Patrol ignores or cannot guarantee, when that changes.
+            self.unsupported
+                .observe(&cfg.value.data, self.cfg.allow_unsupported);
         }
 
         let (local, status) = self.observe_local(&cluster).await;
