@@ -235,7 +235,13 @@ async fn patch(ctx: &ApiContext, body: Map<String, Value>) -> Reply {
         return Reply::error(503);
     };
     let mut data = current.value.data;
+    let before = data.clone();
     if patch_config(&mut data, &body) {
+        if let Err((code, text)) =
+            input::unsupported_change(&before, &data, ctx.cfg.allow_unsupported)
+        {
+            return Reply::text(code, text);
+        }
         let json = patrol_dcs::to_compact(&Value::Object(data.clone()));
         match ctx.dcs.set_config(&json, Some(current.version)).await {
             Ok(true) => {}
@@ -258,6 +264,16 @@ async fn put(ctx: &ApiContext, body: Map<String, Value>) -> Reply {
         .as_ref()
         .is_some_and(|c| input::deep_compare(&body, &c.value.data));
     if !same {
+        let before = cluster
+            .config
+            .as_ref()
+            .map(|c| c.value.data.clone())
+            .unwrap_or_default();
+        if let Err((code, text)) =
+            input::unsupported_change(&before, &body, ctx.cfg.allow_unsupported)
+        {
+            return Reply::text(code, text);
+        }
         let json = patrol_dcs::to_compact(&Value::Object(body.clone()));
         match ctx.dcs.set_config(&json, None).await {
             Ok(true) => ctx.shared.wakeup.notify_one(),

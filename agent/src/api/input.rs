@@ -90,6 +90,23 @@ pub fn patch_config(config: &mut Map<String, Value>, data: &Map<String, Value>) 
     changed
 }
 
+/// A change of the dynamic configuration (`before` -> `after`) that turns on a key asking for
+/// a guarantee Patrol does not give (synchronous replication, a standby cluster, ...): 400 with
+/// one line per key, unless the agent runs with `PATROL_ALLOW_UNSUPPORTED`. Writing it would be
+/// ignoring it without a word; keys that were already on are left alone.
+pub fn unsupported_change(
+    before: &Map<String, Value>,
+    after: &Map<String, Value>,
+    allow: bool,
+) -> Result<(), (u16, String)> {
+    let refused = crate::config::unsupported::newly_refused(before, after);
+    if allow || refused.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = refused.iter().map(|f| f.rejection()).collect();
+    Err((400, lines.join("\n")))
+}
+
 /// Patroni's `deep_compare`: same keys, objects compared recursively, other values by their
 /// string forms.
 pub fn deep_compare(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {

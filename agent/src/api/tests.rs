@@ -114,6 +114,58 @@ fn merge_compares_string_forms_and_reports_no_change() {
 }
 
 #[test]
+fn config_changes_that_ask_for_unsupported_guarantees_are_refused() {
+    let current = obj(json!({"ttl": 30, "pause": true}));
+    // As patrolctl demote-cluster and edit-config would write them.
+    for (patch, key) in [
+        (
+            json!({"synchronous_mode": true}),
+            "synchronous_mode = true: ",
+        ),
+        (
+            json!({"synchronous_mode": "quorum"}),
+            "synchronous_mode = quorum: ",
+        ),
+        (
+            json!({"synchronous_mode_strict": "on"}),
+            "synchronous_mode_strict = on: ",
+        ),
+        (
+            json!({"standby_cluster": {"host": "10.0.0.9", "port": 5432}}),
+            "standby_cluster = ",
+        ),
+        (
+            json!({"postgresql": {"pre_promote": "/bin/fence"}}),
+            "postgresql.pre_promote = /bin/fence: ",
+        ),
+    ] {
+        let mut after = current.clone();
+        assert!(patch_config(&mut after, &obj(patch.clone())));
+        let (code, text) = unsupported_change(&current, &after, false).expect_err("refused");
+        assert_eq!(code, 400, "{patch}");
+        assert!(text.starts_with(key), "{patch}: {text}");
+        assert!(text.contains("Patrol does not implement it yet"), "{text}");
+        // PATROL_ALLOW_UNSUPPORTED lets it through.
+        assert_eq!(unsupported_change(&current, &after, true), Ok(()));
+    }
+    // Keys Patrol only warns about are written; so is turning a refused key off, and any
+    // change to a configuration that already had it on.
+    let mut after = current.clone();
+    patch_config(
+        &mut after,
+        &obj(json!({"failsafe_mode": true, "synchronous_mode": false})),
+    );
+    assert_eq!(unsupported_change(&current, &after, false), Ok(()));
+    let sync = obj(json!({"synchronous_mode": true}));
+    let mut after = sync.clone();
+    patch_config(&mut after, &obj(json!({"pause": true})));
+    assert_eq!(unsupported_change(&sync, &after, false), Ok(()));
+    let mut after = sync.clone();
+    patch_config(&mut after, &obj(json!({"synchronous_mode": null})));
+    assert_eq!(unsupported_change(&sync, &after, false), Ok(()));
+}
+
+#[test]
 fn python_string_forms() {
     assert_eq!(py_str(&json!(true)), "True");
     assert_eq!(py_str(&json!(null)), "None");
