@@ -9,4 +9,7 @@ pub mod logging;
 pub mod postgres;
 mod run;
 
+#[cfg(test)]
+mod compatibility_doc;
+
 pub use run::{run, ReloadSource};

@@ -2614,6 +2614,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_library_knows_every_subcommand() {
+        let names: Vec<String> = Args::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert_eq!(names, patrol_agent::ctl::COMMANDS);
+    }
+
+    #[test]
     fn dcs_urls_like_patronictl() {
         assert_eq!(
             parse_dcs_url("etcd3://random.com:2399/customnamespace").unwrap(),

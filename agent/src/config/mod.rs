@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 pub use error::ConfigError;
+#[cfg(test)]
+pub(crate) use parse::known_keys;
 pub use unsupported::{DynamicNotice, ALLOW_VAR};
 
 /// Where the local configuration comes from.

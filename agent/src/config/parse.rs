@@ -211,6 +211,53 @@ pub(crate) const CALLBACKS: &[&str] = &[
 ];
 /// `watchdog`.
 pub(crate) const WATCHDOG_KEYS: &[&str] = &["mode", "device", "safety_margin", "driver"];
+/// The keys Patroni documents for the dynamic `postgresql` section (`bootstrap.dcs.postgresql`).
+#[cfg(test)]
+const DYNAMIC_POSTGRESQL_KEYS: &[&str] = &[
+    "use_pg_rewind",
+    "use_slots",
+    "parameters",
+    "recovery_conf",
+    "pg_hba",
+    "pg_ident",
+];
+
+/// Every key this parser knows, as dotted paths: (local configuration, dynamic configuration).
+/// For the test that keeps `docs/patroni-compatibility.md` complete.
+#[cfg(test)]
+pub(crate) fn known_keys() -> (Vec<String>, Vec<String>) {
+    let under = |prefix: &str, keys: &[&str]| -> Vec<String> {
+        keys.iter().map(|k| join(prefix, k)).collect()
+    };
+    let mut local = Vec::new();
+    for (prefix, keys) in [
+        ("", TOP_LEVEL_KEYS),
+        ("", OTHER_DCS),
+        ("log", LOG_KEYS),
+        ("restapi", RESTAPI_KEYS),
+        ("restapi.authentication", CREDENTIALS),
+        ("ctl", CTL_KEYS),
+        ("ctl.authentication", CREDENTIALS),
+        ("etcd3", ETCD_KEYS),
+        ("bootstrap", BOOTSTRAP_KEYS),
+        ("postgresql", POSTGRESQL_KEYS),
+        ("postgresql.authentication", PG_USERS),
+        ("postgresql.bin_name", PG_TOOLS),
+        ("postgresql.callbacks", CALLBACKS),
+        ("watchdog", WATCHDOG_KEYS),
+    ] {
+        local.extend(under(prefix, keys));
+    }
+    for user in PG_USERS {
+        local.extend(under(
+            &format!("postgresql.authentication.{user}"),
+            PG_AUTH_PARAMETERS,
+        ));
+    }
+    let mut dynamic = under("", DYNAMIC_ONLY);
+    dynamic.extend(under("postgresql", DYNAMIC_POSTGRESQL_KEYS));
+    (local, dynamic)
+}
 
 /// Values PyYAML (YAML 1.1) reads as booleans when unquoted, while serde_yaml_ng (YAML 1.2)
 /// keeps them as strings. Used to normalise booleans Patroni would have seen as `True`/`False`.

@@ -11,6 +11,36 @@ pub mod pyfmt;
 pub mod table;
 pub mod time;
 
+/// `patrolctl`'s subcommands, in the order of its `--help`: patronictl 4.1's commands, its older
+/// `configure` and `scaffold`, and `haproxy-config` and `completion` of our own. A test of the
+/// binary checks this list against its clap definition, and the compatibility document's test
+/// checks that `docs/patroni-compatibility.md` describes each.
+pub const COMMANDS: &[&str] = &[
+    "list",
+    "topology",
+    "switchover",
+    "failover",
+    "restart",
+    "reinit",
+    "reload",
+    "pause",
+    "resume",
+    "edit-config",
+    "show-config",
+    "history",
+    "flush",
+    "dsn",
+    "query",
+    "remove",
+    "haproxy-config",
+    "version",
+    "demote-cluster",
+    "promote-cluster",
+    "configure",
+    "scaffold",
+    "completion",
+];
+
 #[cfg(test)]
 pub(crate) mod testutil {
     use patrol_dcs::{Cluster, Kv};
