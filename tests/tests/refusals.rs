@@ -88,11 +88,24 @@ async fn duplicate_name_refuses_to_start() {
 
 /// Runs `patrol <args>` as the agent user with a clean environment; kills it after 30 s.
 async fn run_patrol(args: &[&Path], validate: bool, home: &Path) -> Output {
+    let flags: &[&str] = if validate {
+        &["--validate-config"]
+    } else {
+        &[]
+    };
+    run_patrol_with(flags, args, &[], home).await
+}
+
+/// [`run_patrol`] with more flags and environment variables.
+async fn run_patrol_with(
+    flags: &[&str],
+    args: &[&Path],
+    env: &[(&str, &str)],
+    home: &Path,
+) -> Output {
     let mut cmd = std::process::Command::new(patrol_tests::bin("patrol"));
-    if validate {
-        cmd.arg("--validate-config");
-    }
-    cmd.args(args)
+    cmd.args(flags)
+        .args(args)
         .env_clear()
         .env(
             "PATH",
@@ -100,6 +113,7 @@ async fn run_patrol(args: &[&Path], validate: bool, home: &Path) -> Output {
         )
         .env("HOME", home)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .current_dir(home);
     as_agent_user(&mut cmd).expect("as agent user");
     let mut cmd = tokio::process::Command::from(cmd);
@@ -250,6 +264,112 @@ async fn bad_config_exits_with_clear_message() {
         .await
         .expect("etcd get")
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_guarantees_refuse_to_start() {
+    // Only for its etcd, ports and dirs: no agent is started through it.
+    let cluster = Cluster::new(1).expect("cluster");
+    let good = cluster.config_yaml(0);
+    let dir = cluster.node_dir(0).to_path_buf();
+    assert!(good.contains("\n  dcs: {ttl: 10,"), "{good}");
+    let watchdog = format!("{good}watchdog: {{mode: required, device: /dev/watchdog}}\n");
+    let sync = good.replace(
+        "\n  dcs: {ttl: 10,",
+        "\n  dcs: {synchronous_mode: on, ttl: 10,",
+    );
+
+    // (file name, content, the key and value the message must name)
+    let cases = [
+        (
+            "watchdog.yml",
+            watchdog.as_str(),
+            "watchdog.mode = required: ",
+        ),
+        (
+            "sync.yml",
+            sync.as_str(),
+            "bootstrap.dcs.synchronous_mode = on: ",
+        ),
+    ];
+    for (file, content, want) in cases {
+        let path = dir.join(file);
+        std::fs::write(&path, content).expect("write config");
+        chown_to_agent(&path).expect("chown config");
+        for validate in [true, false] {
+            let mode = if validate {
+                "--validate-config"
+            } else {
+                "start"
+            };
+            let out = run_patrol(&[&path], validate, &dir).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{file} ({mode}): {}\nstdout: {stdout}\nstderr: {stderr}",
+                out.status
+            );
+            assert_eq!(
+                stderr.trim_end().lines().count(),
+                1,
+                "{file} ({mode}): one line for the one refused key: {stderr}"
+            );
+            assert!(
+                stderr.starts_with(&format!("patrol: {want}")),
+                "{file} ({mode}): stderr: {stderr}"
+            );
+            assert!(
+                stderr.contains("so it refuses to start (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 starts it anyway"),
+                "{file} ({mode}): the message names the override: {stderr}"
+            );
+            assert!(
+                !stdout.contains("configuration is valid"),
+                "{file} ({mode}): {stdout}"
+            );
+            // Nothing was bound, created or registered.
+            TcpListener::bind(("127.0.0.1", cluster.api_port(0)))
+                .unwrap_or_else(|e| panic!("{file} ({mode}): REST port not free: {e}"));
+            TcpListener::bind(("127.0.0.1", cluster.pg_port(0)))
+                .unwrap_or_else(|e| panic!("{file} ({mode}): PG port not free: {e}"));
+            assert!(
+                !cluster.data_dir(0).exists(),
+                "{file} ({mode}): a data dir was created"
+            );
+            assert!(
+                cluster
+                    .etcd_get_prefix()
+                    .await
+                    .expect("etcd get")
+                    .is_empty(),
+                "{file} ({mode}): keys were written to etcd"
+            );
+        }
+
+        // The override, as a flag or a variable: valid, and the key is still named.
+        for (flags, env) in [
+            (&["--validate-config", "--allow-unsupported"][..], &[][..]),
+            (
+                &["--validate-config"][..],
+                &[("PATROL_ALLOW_UNSUPPORTED", "1")][..],
+            ),
+        ] {
+            let out = run_patrol_with(flags, &[&path], env, &dir).await;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{file} {flags:?} {env:?}: stdout: {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                stdout.contains(&format!("warning: {want}")) && stdout.contains("runs without it"),
+                "{file} {flags:?} {env:?}: {stdout}"
+            );
+            assert!(stdout.ends_with("configuration is valid\n"), "{stdout}");
+        }
+    }
 }
 
 /// SIGTERMs node 0's agent and waits until both it and its PostgreSQL are gone.

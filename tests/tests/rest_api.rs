@@ -311,6 +311,91 @@ async fn views_config_and_bad_input() {
         "the stored value {last} came from a PATCH that answered 200 ({winners:?})"
     );
 
+    // ---- Keys asking for guarantees Patrol does not give: PATCH and PUT do not write them
+    // (400 naming the key); written behind the API's back, each agent logs them at ERROR once.
+    let before = call(lport, "GET", "/config", None, &[]).await.json();
+    let r = call(
+        lport,
+        "PATCH",
+        "/config",
+        Some(r#"{"synchronous_mode":"on","failsafe_mode":true}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, 400, "{}", r.body);
+    assert!(
+        r.body
+            .starts_with("synchronous_mode = on: synchronous replication is not implemented"),
+        "{}",
+        r.body
+    );
+    let mut standby = before.clone();
+    standby["standby_cluster"] = json!({"host": "10.0.0.9", "port": 5432});
+    let r = call(rport, "PUT", "/config", Some(&standby.to_string()), &[]).await;
+    assert_eq!(r.code, 400, "{}", r.body);
+    assert!(r.body.starts_with("standby_cluster = {"), "{}", r.body);
+    assert_eq!(
+        call(lport, "GET", "/config", None, &[]).await.json(),
+        before,
+        "nothing was written"
+    );
+    let mut sync = before.clone();
+    sync["synchronous_mode"] = json!(true);
+    etcd.put(
+        format!("{}config", cluster.prefix()),
+        serde_json::to_string(&sync).expect("json"),
+        None,
+    )
+    .await
+    .expect("direct put");
+    let logged = "ERROR: dynamic configuration: synchronous_mode = true: synchronous replication is not implemented";
+    let cl = &cluster;
+    wait_until(
+        "every agent to log the ERROR",
+        PROPAGATION_TIMEOUT,
+        || async move {
+            Ok((0..cl.len())
+                .all(|i| cl.agent_log(i).contains(logged))
+                .then_some(()))
+        },
+    )
+    .await
+    .expect("ERROR logged");
+    for i in 0..cluster.len() {
+        let (code, body) = cluster.api_get(i, "/patroni").await.expect("GET /patroni");
+        assert_eq!(code, 200);
+        assert!(!body.contains("sync_standby"), "{body}");
+    }
+    // Turning it off is a change the API writes; the agents say so.
+    let r = call(
+        lport,
+        "PATCH",
+        "/config",
+        Some(r#"{"synchronous_mode":null}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    wait_until("every agent to log the all-clear", PROPAGATION_TIMEOUT, || async move {
+        Ok((0..cl.len())
+            .all(|i| {
+                cl.agent_log(i).contains(
+                    "dynamic configuration: it no longer asks for anything Patrol does not implement",
+                )
+            })
+            .then_some(()))
+    })
+    .await
+    .expect("all-clear logged");
+    for i in 0..cluster.len() {
+        assert_eq!(
+            cluster.agent_log(i).matches(logged).count(),
+            1,
+            "{}: logged when it changed, not every cycle",
+            cluster.name(i)
+        );
+    }
+
     // ---- Pause: the cluster view says so and the paused-state rules apply.
     let r = call(lport, "PATCH", "/config", Some(r#"{"pause":true}"#), &[]).await;
     assert_eq!(r.json()["pause"], json!(true));
