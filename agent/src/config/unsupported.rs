@@ -166,7 +166,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("postgresql.recovery_conf", Both, Set, "these recovery settings (e.g. restore_command) are not written, so replicas cannot restore WAL from an archive"),
     warn("postgresql.create_replica_methods", Both, ListBeyond(&["basebackup"]), "replicas are created with pg_basebackup only; other methods (and their postgresql.<method> sections) are not run"),
     warn("postgresql.custom_conf", Both, Set, "postgresql.conf always includes postgresql.base.conf, not this file"),
-    warn("postgresql.use_unix_socket_repl", Both, True, "replicas connect to their upstream over TCP"),
     warn("postgresql.config_base_name", Both, NotOneOf(&["postgresql"]), "the generated file is always postgresql.conf"),
     // Dynamic only.
     refuse("synchronous_mode", Dynamic, SyncMode, "synchronous replication is not implemented: commits would be acknowledged before any replica has them, and a failover could lose them"),
