@@ -429,6 +429,7 @@ impl Postgres {
             std::fs::create_dir_all(dir).map_err(PgError::Io)?;
         }
         let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let started = std::time::SystemTime::now();
         let mut opts = format!(
             "--config-file={}",
             shell_quote(
@@ -461,14 +462,21 @@ impl Postgres {
             .await
         {
             Ok(_) => Ok(()),
-            Err(PgError::Failed { what, detail }) => Err(PgError::Failed {
-                what,
-                detail: format!(
+            Err(PgError::Failed { what, detail }) => {
+                let mut detail = format!(
                     "{detail}\nthe postmaster log ({}) says:\n{}",
                     log.display(),
                     log_tail(&log, log_start, 20)
-                ),
-            }),
+                );
+                // With `logging_collector` on, the reason went to the collector's files.
+                if let Some((dir, lines)) = collector_fatal_lines(&log, log_start, started) {
+                    detail.push_str(&format!(
+                        "\nthe server log in {} says:\n{lines}",
+                        dir.display()
+                    ));
+                }
+                Err(PgError::Failed { what, detail })
+            }
             Err(e) => Err(e),
         }
     }
@@ -684,7 +692,7 @@ fn log_tail(log: &Path, from: u64, max: usize) -> String {
     let severe: Vec<&str> = lines
         .iter()
         .copied()
-        .filter(|l| l.contains("FATAL:") || l.contains("PANIC:"))
+        .filter(|l| is_severe(l))
         .collect();
     let chosen = if severe.is_empty() { &lines } else { &severe };
     let skip = chosen.len().saturating_sub(max);
@@ -692,6 +700,50 @@ fn log_tail(log: &Path, from: u64, max: usize) -> String {
         return "(nothing)".into();
     }
     chosen[skip..].join("\n")
+}
+
+/// A severe line in PostgreSQL's plain (`FATAL:  ...`) or csvlog (`...,FATAL,...`) format.
+fn is_severe(line: &str) -> bool {
+    ["FATAL:", "PANIC:", ",FATAL,", ",PANIC,"]
+        .iter()
+        .any(|m| line.contains(m))
+}
+
+/// When the postmaster handed its output to the logging collector (`Future log output will
+/// appear in directory "..."`), the FATAL and PANIC lines written to that directory's files
+/// since `since`, with the directory.
+fn collector_fatal_lines(
+    postmaster_log: &Path,
+    from: u64,
+    since: std::time::SystemTime,
+) -> Option<(PathBuf, String)> {
+    let bytes = std::fs::read(postmaster_log).ok()?;
+    let from = usize::try_from(from).unwrap_or(0).min(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[from..]).into_owned();
+    let marker = "Future log output will appear in directory \"";
+    let at = text.rfind(marker)? + marker.len();
+    let end = text[at..].find('"')?;
+    let mut dir = PathBuf::from(&text[at..at + end]);
+    if dir.is_relative() {
+        // Relative to the data directory: the postmaster log lives in <data dir>/log.
+        dir = postmaster_log.parent()?.parent()?.join(dir);
+    }
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+        let recent = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|t| t + Duration::from_secs(1) >= since)
+            .unwrap_or(false);
+        if !recent || entry.path() == postmaster_log {
+            continue;
+        }
+        if let Ok(content) = std::fs::read_to_string(entry.path()) {
+            lines.extend(content.lines().filter(|l| is_severe(l)).map(str::to_owned));
+        }
+    }
+    let skip = lines.len().saturating_sub(20);
+    (!lines.is_empty()).then(|| (dir, lines[skip..].join("\n")))
 }
 
 fn shell_quote(s: &str) -> String {
@@ -757,6 +809,44 @@ mod tests {
         // Without a FATAL line, the last lines.
         std::fs::write(&log, "a\nb\nc\n").expect("write");
         assert_eq!(log_tail(&log, 0, 2), "b\nc");
+    }
+
+    #[test]
+    fn a_failed_start_with_the_logging_collector_is_explained_from_its_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_log = dir.path().join("data").join("log");
+        std::fs::create_dir_all(&data_log).expect("mkdir");
+        let collector = dir.path().join("server-logs");
+        std::fs::create_dir_all(&collector).expect("mkdir");
+        let since = std::time::SystemTime::now();
+        let log = data_log.join("postmaster.log");
+        std::fs::write(
+            &log,
+            format!(
+                "LOG:  redirecting log output to logging collector process\nHINT:  Future log output will appear in directory \"{}\".\n",
+                collector.display()
+            ),
+        )
+        .expect("write");
+        std::fs::write(
+            collector.join("pg.csv"),
+            "2026-12-05 06:25:22.816 UTC,,,1484,,6b13ae52.5cc,5,,2026-12-05 06:25:22 UTC,,0,FATAL,XX000,\"could not create any TCP/IP sockets\",,,,,,,,,\"\",\"postmaster\",,0\n2026-12-05 LOG,\"ok\"\n",
+        )
+        .expect("write");
+        let (found, lines) = collector_fatal_lines(&log, 0, since).expect("lines");
+        assert_eq!(found, collector);
+        assert!(lines.contains("could not create any TCP/IP sockets"), "{lines}");
+        assert!(!lines.contains("ok"), "{lines}");
+        // A relative log_directory is taken from the data directory.
+        std::fs::write(
+            &log,
+            "HINT:  Future log output will appear in directory \"log\".\n",
+        )
+        .expect("write");
+        std::fs::write(data_log.join("postgresql.log"), "x FATAL:  boom\n").expect("write");
+        let (found, lines) = collector_fatal_lines(&log, 0, since).expect("lines");
+        assert_eq!(found, data_log);
+        assert_eq!(lines, "x FATAL:  boom");
     }
 
     #[test]
