@@ -11,6 +11,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
 
+/// The target of the errors that end the agent, printed at Patroni's `CRITICAL` level (as
+/// Patroni's `logger.fatal`), e.g. `tracing::error!(target: CRITICAL, "...")`.
+pub const CRITICAL: &str = "patrol::critical";
+
 struct PatroniFormat;
 
 impl<S, N> FormatEvent<S, N> for PatroniFormat
@@ -26,6 +30,7 @@ where
     ) -> fmt::Result {
         let now = chrono::Local::now();
         let level = match *event.metadata().level() {
+            Level::ERROR if event.metadata().target() == CRITICAL => "CRITICAL",
             Level::ERROR => "ERROR",
             Level::WARN => "WARNING",
             Level::INFO => "INFO",

@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     match rt.block_on(patrol_agent::run(loaded.config, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!(target: patrol_agent::logging::CRITICAL, "{e:#}");
             ExitCode::from(1)
         }
     }

@@ -48,7 +48,8 @@ async fn duplicate_name_refuses_to_start() {
     assert_eq!(status.code(), Some(1), "exit status {status}");
     let log = last_run_log(&cluster, 1);
     assert!(
-        log.contains("Can't start; there is already a node named 'pg0' running"),
+        log.lines().any(|l| l.get(24..).is_some_and(|rest| rest
+            .starts_with("CRITICAL: Can't start; there is already a node named 'pg0' running"))),
         "log of the second pg0:\n{log}"
     );
 
