@@ -61,11 +61,11 @@ fn get<'a>(m: &'a mut Mapping, key: &str) -> &'a mut Mapping {
 
 /// The harness's changes to a node's configuration (`_make_patroni_test_config`), applied to
 /// the cluster's generated YAML.
-fn harness_style(yaml: &mut String, cert: &str, key: &str) {
+fn harness_style(yaml: &mut String, cert: &str, key: &str, unix_socket: bool) {
     let mut doc: Value = serde_yaml_ng::from_str(yaml).expect("generated YAML parses");
     let root = doc.as_mapping_mut().expect("a mapping");
     let pg = get(root, "postgresql");
-    pg.insert("use_unix_socket".into(), true.into());
+    pg.insert("use_unix_socket".into(), unix_socket.into());
     pg.insert("use_unix_socket_repl".into(), true.into());
     let params = get(pg, "parameters");
     for (k, v) in [
@@ -123,7 +123,7 @@ async fn patroni_harness_configuration_bootstraps_replicates_fails_over_and_rewi
     let (cert, key) = harness_certificate(&c.root().join("ssl")).expect("certificate");
     for i in 0..3 {
         let (cert, key) = (cert.clone(), key.clone());
-        c.set_config_override(i, move |yaml| harness_style(yaml, &cert, &key));
+        c.set_config_override(i, move |yaml| harness_style(yaml, &cert, &key, true));
     }
     c.connect_by_socket(true);
     let old = start_all(&mut c).await;
@@ -232,4 +232,41 @@ async fn patroni_harness_configuration_bootstraps_replicates_fails_over_and_rewi
     )
     .await
     .expect("rows replicate to the rewound node");
+}
+
+/// Without `use_unix_socket`, the agent's own connection goes over TCP, where this pg_hba
+/// admits only TLS with a verified client certificate: the superuser's `sslmode: verify-ca`,
+/// `sslrootcert`, `sslcert` and `sslkey` are what let it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_connects_over_tls_with_the_superuser_s_client_certificate() {
+    let mut c = Cluster::new(1).expect("cluster");
+    let (cert, key) = harness_certificate(&c.root().join("ssl")).expect("certificate");
+    c.set_config_override(0, move |yaml| harness_style(yaml, &cert, &key, false));
+    c.connect_by_socket(true);
+    start_all(&mut c).await;
+    let client = c.connect(0).await.expect("connect");
+    let cl = &client;
+    let (ssl, client_dn) = wait_until(
+        "the agent's own session in pg_stat_ssl",
+        PROPAGATION_TIMEOUT,
+        || async move {
+            let rows = cl
+                .query(
+                    "SELECT s.ssl, coalesce(s.client_dn, '') FROM pg_stat_activity a \
+                     JOIN pg_stat_ssl s ON s.pid = a.pid WHERE a.application_name = 'Patrol'",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .first()
+                .map(|r| (r.get::<_, bool>(0), r.get::<_, String>(1))))
+        },
+    )
+    .await
+    .expect("the agent is connected");
+    assert!(ssl, "the agent's connection is not encrypted");
+    assert!(
+        client_dn.contains("batman.patroni"),
+        "client DN {client_dn:?}"
+    );
 }

@@ -152,7 +152,7 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("log.loggers", Local, Set, "per-module log levels are set with RUST_LOG (e.g. RUST_LOG=info,patrol_agent=debug)"),
     warn("restapi.request_queue_size", Local, Set, "the REST API's listen backlog is fixed at 1024"),
     warn("bootstrap.method", Local, CustomBootstrap, "custom bootstrap methods are not run: a new cluster cannot be bootstrapped with it (joining an existing cluster is not affected)"),
-    Unsupported { key: "postgresql.authentication.superuser.*", except: &["username", "password"], scope: Local, effect: Effect::Warn, when: When::SetOverTcp, reason: "the agent's own TCP connection to PostgreSQL does not use these settings (it connects without TLS)" },
+    Unsupported { key: "postgresql.authentication.superuser.*", except: &["username", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"], scope: Local, effect: Effect::Warn, when: When::SetOverTcp, reason: "the agent's own TCP connection to PostgreSQL uses sslmode, sslrootcert, sslcert and sslkey only (no revocation lists, encrypted keys, GSSAPI or channel binding settings)" },
     warn("tags.replicatefrom", Local, Set, "cascading replication is not implemented: this member replicates from the leader"),
     warn("tags.nosync", Local, True, "synchronous replication is not implemented; the tag is only published"),
     warn("tags.sync_priority", Local, Set, "synchronous replication is not implemented; the tag is only published"),
@@ -567,7 +567,7 @@ mod tests {
                 "use_unix_socket": false,
                 "config_base_name": "postgresql",
                 "authentication": {
-                    "superuser": {"username": "p", "password": "x", "sslmode": "require"},
+                    "superuser": {"username": "p", "password": "x", "sslmode": "require", "sslcrl": "/crl"},
                     "rewind": {"username": "r", "sslmode": "require"},
                 },
             },
@@ -579,7 +579,7 @@ mod tests {
                 ("log.format", Effect::Warn),
                 ("log.dir", Effect::Warn),
                 ("restapi.request_queue_size", Effect::Warn),
-                ("postgresql.authentication.superuser.sslmode", Effect::Warn),
+                ("postgresql.authentication.superuser.sslcrl", Effect::Warn),
                 ("tags.replicatefrom", Effect::Warn),
                 ("postgresql.callbacks.on_start", Effect::Warn),
             ]
@@ -675,14 +675,14 @@ mod tests {
     #[test]
     fn superuser_tls_options_matter_only_over_tcp() {
         let tcp = map(
-            json!({"postgresql": {"authentication": {"superuser": {"username": "p", "sslmode": "verify-ca", "sslrootcert": "/ca"}}}}),
+            json!({"postgresql": {"authentication": {"superuser": {"username": "p", "sslmode": "verify-ca", "sslrootcert": "/ca", "sslcrl": "/crl", "channel_binding": "require"}}}}),
         );
         assert_eq!(
             paths(&check_local(&tcp)),
             vec![
-                ("postgresql.authentication.superuser.sslmode", Effect::Warn),
+                ("postgresql.authentication.superuser.sslcrl", Effect::Warn),
                 (
-                    "postgresql.authentication.superuser.sslrootcert",
+                    "postgresql.authentication.superuser.channel_binding",
                     Effect::Warn
                 ),
             ]

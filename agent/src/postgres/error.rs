@@ -14,6 +14,8 @@ pub enum PgError {
     NotRunning,
     #[error("query failed: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
+    #[error("TLS for the connection to the local PostgreSQL: {0}")]
+    Tls(String),
     #[error(transparent)]
     Io(std::io::Error),
 }

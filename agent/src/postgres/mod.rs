@@ -8,6 +8,7 @@
 mod conf;
 mod error;
 mod query;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,8 @@ use tokio::process::Command;
 
 pub use conf::{append_pg_hba, libpq_quote, primary_conninfo, ConfigFiles, Recovery};
 pub use error::PgError;
-pub use query::{quote_ident, quote_literal, LocalStatus, PgClient, ReplicationRow};
+pub use query::{quote_ident, quote_literal, LocalConn, LocalStatus, PgClient, ReplicationRow};
+pub use tls::{client_tls, ClientTls};
 
 use crate::config::Config;
 
@@ -580,14 +582,27 @@ impl Postgres {
         local_address(&self.cfg, self.cfg.use_unix_socket)
     }
 
-    /// Connection settings for the agent's own superuser connection.
-    pub fn local_conn_config(&self) -> tokio_postgres::Config {
+    /// Connection settings for the agent's own superuser connection: over TCP with the
+    /// superuser's TLS options ([`tls::client_tls`]), none over a unix socket.
+    pub fn local_conn_config(&self) -> LocalConn {
         let su = &self.cfg.authentication.superuser;
         let mut c = tokio_postgres::Config::new();
-        match self.local_address() {
-            LocalAddress::Socket(dir) => c.host_path(dir),
-            LocalAddress::Tcp(host) => c.host(&host),
+        let tls = match self.local_address() {
+            LocalAddress::Socket(dir) => {
+                c.host_path(dir);
+                Ok(ClientTls {
+                    mode: tokio_postgres::config::SslMode::Disable,
+                    connector: None,
+                })
+            }
+            LocalAddress::Tcp(host) => {
+                c.host(&host);
+                client_tls(su).map_err(|e| format!("postgresql.authentication.superuser.{e}"))
+            }
         };
+        if let Ok(t) = &tls {
+            c.ssl_mode(t.mode);
+        }
         c.port(self.cfg.port)
             .user(&su.username)
             .dbname(&self.cfg.database)
@@ -596,7 +611,7 @@ impl Postgres {
         if let Some(pw) = &su.password {
             c.password(pw.as_bytes());
         }
-        c
+        LocalConn { config: c, tls }
     }
 
     /// The superuser's local connection as a libpq keyword string without the password (it
@@ -689,11 +704,7 @@ fn log_tail(log: &Path, from: u64, max: usize) -> String {
         Err(e) => return format!("(cannot read it: {e})"),
     };
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let severe: Vec<&str> = lines
-        .iter()
-        .copied()
-        .filter(|l| is_severe(l))
-        .collect();
+    let severe: Vec<&str> = lines.iter().copied().filter(|l| is_severe(l)).collect();
     let chosen = if severe.is_empty() { &lines } else { &severe };
     let skip = chosen.len().saturating_sub(max);
     if chosen.is_empty() {
@@ -835,7 +846,10 @@ mod tests {
         .expect("write");
         let (found, lines) = collector_fatal_lines(&log, 0, since).expect("lines");
         assert_eq!(found, collector);
-        assert!(lines.contains("could not create any TCP/IP sockets"), "{lines}");
+        assert!(
+            lines.contains("could not create any TCP/IP sockets"),
+            "{lines}"
+        );
         assert!(!lines.contains("ok"), "{lines}");
         // A relative log_directory is taken from the data directory.
         std::fs::write(

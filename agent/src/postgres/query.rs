@@ -40,9 +40,18 @@ pub struct ReplicationRow {
     pub sync_priority: i32,
 }
 
+/// How to reach the local PostgreSQL: the connection settings and the TLS to use over TCP
+/// (an error naming the option when the superuser's TLS options cannot be used: every connect
+/// then fails with it, rather than falling back to an unencrypted connection).
+#[derive(Debug, Clone)]
+pub struct LocalConn {
+    pub config: tokio_postgres::Config,
+    pub tls: Result<super::ClientTls, String>,
+}
+
 /// A lazily (re)connected client.
 pub struct PgClient {
-    config: tokio_postgres::Config,
+    conn: LocalConn,
     client: Mutex<Option<Client>>,
 }
 
@@ -68,9 +77,9 @@ fn to_u64(v: Option<i64>) -> Option<u64> {
 }
 
 impl PgClient {
-    pub fn new(config: tokio_postgres::Config) -> PgClient {
+    pub fn new(conn: LocalConn) -> PgClient {
         PgClient {
-            config,
+            conn,
             client: Mutex::new(None),
         }
     }
@@ -81,12 +90,31 @@ impl PgClient {
             *guard = None;
         }
         if guard.is_none() {
-            let (client, conn) = self.config.connect(NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("local PostgreSQL connection ended: {e}");
+            let tls = self
+                .conn
+                .tls
+                .as_ref()
+                .map_err(|e| PgError::Tls(e.clone()))?;
+            let client = match &tls.connector {
+                Some(connector) => {
+                    let (client, conn) = self.conn.config.connect(connector.clone()).await?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!("local PostgreSQL connection ended: {e}");
+                        }
+                    });
+                    client
                 }
-            });
+                None => {
+                    let (client, conn) = self.conn.config.connect(NoTls).await?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!("local PostgreSQL connection ended: {e}");
+                        }
+                    });
+                    client
+                }
+            };
             *guard = Some(client);
         }
         Ok(guard)
