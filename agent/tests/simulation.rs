@@ -1334,8 +1334,8 @@ impl World {
         }
     }
 
-    /// `update_leader`: confirm the key holds our name on our lease, re-attach it to the
-    /// current lease, or re-create it when it vanished. `false`: someone else holds it.
+    /// `update_leader`: confirm the key holds our name on our lease, or re-attach it to the
+    /// current lease. A vanished key is not re-created. `false`: we do not hold it.
     fn update_leader(&mut self, i: usize) -> bool {
         let lease = self.refresh_lease(i);
         let me = self.me(i);
@@ -1346,12 +1346,7 @@ impl World {
                 self.log(format!("{me}: leader key re-attached to lease {lease}"));
                 true
             }
-            None => {
-                self.dcs.put("leader", &me, lease);
-                self.log(format!("{me}: leader key re-created"));
-                true
-            }
-            Some(_) => false,
+            None | Some(_) => false,
         }
     }
 
@@ -1848,5 +1843,52 @@ fn a_node_frozen_while_promoting_does_not_come_back_as_a_second_primary() {
     let leader = w.dcs.value("leader").expect("a leader").to_string();
     assert_ne!(leader, w.nodes[frozen].name, "the third node took over");
     assert_eq!(w.nodes[frozen].agent, Agent::Live, "the winner thawed");
+    w.converge();
+}
+
+/// Row U-3: the leader freezes past its lease, the other node promotes (and publishes the
+/// history), then that node is lost too. The old leader thaws with its PostgreSQL still a
+/// primary on the old timeline and no leader key: it must never take the key (that would serve
+/// writes on the abandoned timeline). When the lost node comes back, the cluster converges on
+/// the new timeline with the old leader rewound.
+#[test]
+fn a_stale_primary_woken_after_the_new_leader_died_never_takes_the_key() {
+    let mut w = World::new(2, 2);
+    w.replay =
+        "scripted: a_stale_primary_woken_after_the_new_leader_died_never_takes_the_key".into();
+    w.faults_on = false;
+    w.converge();
+    let old = w.index(w.dcs.value("leader").expect("converged"));
+    let new = 1 - old;
+    let old_name = w.nodes[old].name.clone();
+    w.nodes[old].agent = Agent::Frozen {
+        until: w.now + 600_000,
+    };
+    w.log(format!("{old_name}: frozen"));
+    let mut steps = 0;
+    while w.max_timeline < 2 || w.dcs.value("leader") != Some(w.nodes[new].name.as_str()) {
+        w.step();
+        steps += 1;
+        assert!(steps < 500, "the other node never took over");
+    }
+    // The new leader's node is lost: agent and PostgreSQL.
+    w.crash_agent(new, w.now + 120_000);
+    w.nodes[new].pg.stop();
+    w.log(format!("{}: node lost", w.nodes[new].name));
+    while w.dcs.value("leader").is_some() {
+        w.step();
+    }
+    // The stale primary thaws while nobody leads.
+    w.nodes[old].agent = Agent::Frozen { until: w.now };
+    for _ in 0..200 {
+        w.step();
+        assert_ne!(
+            w.dcs.value("leader"),
+            Some(old_name.as_str()),
+            "the stale primary took the leader key"
+        );
+        // (`check_invariants`, run by every step, fails as soon as a live agent's PostgreSQL is
+        // writable without the key.)
+    }
     w.converge();
 }

@@ -390,8 +390,9 @@ impl EtcdDcs {
 
     /// The leader's heartbeat: keep the lease alive, then confirm with a linearizable
     /// transaction that the key still holds our name on our lease. When the lease was re-created
-    /// the key is re-put (`value == me`), or re-created if it vanished (`create_revision == 0`).
-    /// `Ok(false)` means someone else holds the key: we are not the leader.
+    /// the key is re-put (`value == me`). A key that vanished is never re-created here: it
+    /// expired, so another node may have led since (and died), and only the leader race, with
+    /// its timeline check, may take it again. `Ok(false)` means we do not hold the key.
     pub async fn update_leader(&self) -> Result<(bool, LeaseInfo), DcsError> {
         let lease = self.refresh_lease().await?;
         let key = self.key(keys::LEADER);
@@ -414,32 +415,17 @@ impl EtcdDcs {
                         CompareOp::Equal,
                         self.name.clone(),
                     )])
-                    .and_then([put()])
-                    .or_else([TxnOp::txn(
-                        Txn::new()
-                            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                            .and_then([put()]),
-                    )]),
+                    .and_then([put()]),
             )]);
         let mut c = self.client.clone();
         let resp = self.call(c.txn(txn)).await?;
         if resp.succeeded() {
             return Ok((true, lease));
         }
-        let mut held = false;
-        for op in resp.op_responses() {
-            if let TxnOpResponse::Txn(inner) = op {
-                if inner.succeeded() {
-                    held = true;
-                } else {
-                    for op2 in inner.op_responses() {
-                        if let TxnOpResponse::Txn(inner2) = op2 {
-                            held = inner2.succeeded();
-                        }
-                    }
-                }
-            }
-        }
+        let held = resp.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Txn(inner) => inner.succeeded(),
+            _ => false,
+        });
         if held {
             tracing::info!(
                 lease = lease.id,

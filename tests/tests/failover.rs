@@ -680,6 +680,105 @@ async fn frozen_leader_agent_is_demoted_after_waking() {
     );
 }
 
+/// Row U-3 (Patroni's PR #2787): the leader's agent is frozen past its lease; the replica
+/// promotes (timeline 2) and publishes the history, then dies too. The old leader, woken with
+/// its PostgreSQL still a primary on timeline 1 and no leader key in etcd, must not take the
+/// key: it demotes, and when the new leader's node comes back, that node leads again and the
+/// old one is rewound onto the new timeline and follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_primary_woken_after_the_new_leader_died_never_serves_writes() {
+    let mut c = Cluster::new(2).expect("cluster");
+    let old = start_all(&mut c).await;
+    let new = 1 - old;
+    let tl_before = primary_timeline(&c, old).await.expect("timeline");
+    let t0 = Instant::now();
+    let watch = LeaderWatch::start(&c).await.expect("leader watch");
+
+    c.stop_node(old, Signal::SIGSTOP).expect("SIGSTOP agent");
+    let promoted = wait_new_leader(&c, old, TTL + Duration::from_secs(15))
+        .await
+        .expect("the replica takes over while the leader's agent is frozen");
+    assert_eq!(promoted, new);
+    let tl_new = primary_timeline(&c, new).await.expect("new timeline");
+    assert!(tl_new > tl_before, "timeline {tl_new} after {tl_before}");
+    let cl = &c;
+    wait_until(
+        "the history of the promotion",
+        PROPAGATION_TIMEOUT,
+        || async move {
+            let raw = cl.etcd_get("history").await?.unwrap_or_default();
+            Ok(History::parse(&raw)
+                .is_some_and(|h| h.cluster_timeline() >= u64::from(tl_new))
+                .then_some(()))
+        },
+    )
+    .await
+    .expect("the new leader publishes the history");
+
+    // The new leader's host is lost; its key expires.
+    let postmaster = c.postmaster_pid(new).expect("the new leader's postmaster");
+    c.kill_node(new);
+    nix::sys::signal::kill(postmaster, Signal::SIGKILL).expect("SIGKILL the postmaster");
+    let cl = &c;
+    wait_until(
+        "the leader key to expire",
+        TTL + Duration::from_secs(15),
+        || async move { Ok(cl.leader().await?.is_none().then_some(())) },
+    )
+    .await
+    .expect("the dead leader's key expires");
+
+    // The stale primary wakes: it must not lead, and stops being writable.
+    let cont_at = Instant::now();
+    c.stop_node(old, Signal::SIGCONT).expect("SIGCONT agent");
+    wait_until(
+        &format!("{} to stop being a primary", c.name(old)),
+        Duration::from_secs(20),
+        || async move {
+            match in_recovery(cl, old).await {
+                Ok(false) => Ok(None),
+                Ok(true) | Err(_) => Ok(Some(())),
+            }
+        },
+    )
+    .await
+    .expect("the stale primary demotes");
+    let demoted_after = cont_at.elapsed();
+    // Give it several cycles to (wrongly) take the key.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        c.leader().await.expect("etcd").as_deref(),
+        None,
+        "the stale primary took the leader key:\n{}",
+        last_run_log(&c, old)
+    );
+    assert!(
+        last_run_log(&c, old).contains(&format!(
+            "my timeline {tl_before} is behind last known cluster timeline"
+        )),
+        "{}",
+        last_run_log(&c, old)
+    );
+
+    // The new leader's node comes back: it leads again, the stale one is rewound and follows.
+    c.start_node(new).expect("restart the new leader's agent");
+    let back = wait_new_leader(&c, old, HEALTHY_TIMEOUT)
+        .await
+        .expect("the new leader's node leads again");
+    assert_eq!(back, new);
+    let tl_now = primary_timeline(&c, new).await.expect("timeline");
+    wait_streaming_from(&c, old, new, tl_now, HEALTHY_TIMEOUT)
+        .await
+        .expect("the stale primary is rewound and follows");
+    let changes = watch.stop();
+    eprintln!(
+        "demoted {:.3}s after SIGCONT; leader key:\n{}",
+        demoted_after.as_secs_f64(),
+        describe_changes(&changes, t0)
+    );
+    assert_key_never_back(&changes, &c, old, t0);
+}
+
 /// Row D-2: etcd frozen longer than ttl: the leader demotes itself before its lease can expire
 /// and nobody promotes; once etcd is back a leader is elected and writes work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,8 @@ pub struct PeerStatus {
     pub nofailover: bool,
     pub failover_priority: i64,
     pub watchdog_failed: bool,
+    /// The timeline it reports (0: unknown).
+    pub timeline: u64,
 }
 
 impl PeerStatus {
@@ -271,6 +273,21 @@ fn healthy_enough(o: &Observation) -> Result<(), String> {
     if !o.local.running {
         return Err("PostgreSQL is not running".into());
     }
+    // Row U-3 (Patroni's guard against a stale primary, its PR #2787): a running primary, or a
+    // former primary that still needs a rewind, whose timeline is behind the cluster's history
+    // missed a promotion while it was away (frozen, partitioned). Taking the key would serve
+    // writes on the abandoned timeline and throw away the new leader's; it must rewind and
+    // follow instead. Unconditional, unlike the replicas' `check_timeline`.
+    if o.local.in_recovery == Some(false) || o.needs_rewind {
+        let tl = o.cluster.timeline();
+        if let Some(my_tl) = o.local.timeline {
+            if tl > 0 && my_tl < tl {
+                return Err(format!(
+                    "my timeline {my_tl} is behind last known cluster timeline {tl}"
+                ));
+            }
+        }
+    }
     if o.local.in_recovery == Some(true) {
         if let (Some(optime), Some(pos)) = (o.cluster.status.optime, o.local.effective_position()) {
             let lag = optime.saturating_sub(pos);
@@ -307,6 +324,12 @@ fn healthiest(o: &Observation) -> Result<(), String> {
         if p.nofailover || p.watchdog_failed {
             continue;
         }
+        // Row U-3: a peer whose WAL went on past the end of its timeline in the cluster's
+        // history holds writes the cluster abandoned (a stale primary, demoted). It can never
+        // lead, and its position is no measure of what the cluster kept.
+        if went_past_its_fork(o, p.timeline, p.effective_position()) {
+            continue;
+        }
         let pos = p.effective_position();
         if pos > my_pos {
             return Err(format!(
@@ -328,6 +351,17 @@ fn healthiest(o: &Observation) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether WAL at `pos` on timeline `tl` lies past the point where the cluster's history
+/// says `tl` ended (a branch the cluster abandoned).
+fn went_past_its_fork(o: &Observation, tl: u64, pos: u64) -> bool {
+    o.cluster.history.as_ref().is_some_and(|h| {
+        h.lines
+            .iter()
+            .find(|l| l.timeline == tl)
+            .is_some_and(|l| pos > l.lsn)
+    })
 }
 
 /// A standby still on a timeline that the cluster's history says ended before the position it
@@ -393,16 +427,22 @@ pub fn parse_schedule(s: &str) -> Option<i64> {
 }
 
 /// A member that can take over (Patroni's `is_failover_possible` from member keys): a running
-/// replica that may fail over, within `maximum_lag_on_failover`, and the named candidate if
-/// there is one.
+/// replica that may fail over, within `maximum_lag_on_failover`, not on a timeline the
+/// cluster's history has left behind (Row U-3 would keep it from racing), and the named
+/// candidate if there is one.
 fn switchover_target_exists(o: &Observation, candidate: Option<&str>) -> bool {
     let max = o.dynamic.maximum_lag_on_failover();
+    let cluster_tl = o.cluster.timeline();
     o.cluster.members.iter().any(|m| {
         m.name != o.me
             && candidate.is_none_or(|c| c == m.name)
             && m.data.state == "running"
             && m.data.role == Role::Replica
             && !m.data.nofailover()
+            && !m
+                .data
+                .timeline
+                .is_some_and(|tl| cluster_tl > 0 && tl < cluster_tl)
             && match (o.cluster.status.optime, m.data.xlog_location) {
                 (Some(opt), Some(pos)) => max < 0 || opt.saturating_sub(pos) <= max as u64,
                 _ => true,

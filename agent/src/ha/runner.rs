@@ -1408,6 +1408,7 @@ pub fn peer_from_status(name: &str, body: &serde_json::Value) -> PeerStatus {
         nofailover: patrol_dcs::tags_nofailover(&s.tags),
         failover_priority: patrol_dcs::tags_failover_priority(&s.tags),
         watchdog_failed: s.watchdog_failed,
+        timeline: s.timeline,
     }
 }
 

@@ -543,6 +543,7 @@ fn peer(name: &str, pos: u64) -> PeerStatus {
         nofailover: false,
         failover_priority: 1,
         watchdog_failed: false,
+        timeline: 1,
     }
 }
 
@@ -1091,4 +1092,99 @@ fn r_5_replica_past_the_fork_is_rewound() {
     local.timeline = Some(1);
     let o = obs("pg1", c, local);
     check(&o, &[Action::Follow(up("pg0", 5433))]);
+}
+
+/// A cluster without a leader whose history says timeline 1 ended (so the cluster is on 2).
+fn no_leader_on_timeline_2() -> Cluster {
+    let mut c = cluster(&[
+        &format!("initialize={SYSID}"),
+        "member=pg0:primary",
+        "member=pg1:replica",
+    ]);
+    c.history = Some(History {
+        lines: vec![hline(1, Some("t1"), Some("pg1"))],
+    });
+    c
+}
+
+#[test]
+fn u_3_stale_primary_never_takes_the_key() {
+    // Row U-3: frozen past its lease, woken after the new leader (timeline 2) died too: a
+    // running primary still on timeline 1 demotes instead of racing, whatever check_timeline.
+    let mut local = running(false, 5000);
+    local.timeline = Some(1);
+    let o = obs("pg0", no_leader_on_timeline_2(), local);
+    let d = check(&o, &[Action::Demote { leader: None }]);
+    assert!(d.reason.contains("timeline 1 is behind"), "{}", d.reason);
+}
+
+#[test]
+fn u_3_a_primary_on_the_cluster_s_timeline_still_races() {
+    let mut local = running(false, 5000);
+    local.timeline = Some(2);
+    let o = obs("pg0", no_leader_on_timeline_2(), local);
+    check(&o, &[Action::AcquireLeaderKey]);
+}
+
+#[test]
+fn u_3_a_demoted_stale_primary_waits_to_rewind() {
+    // After the demotion it runs read-only and still needs a rewind: it does not race either.
+    let mut local = running(true, 5000);
+    local.timeline = Some(1);
+    let mut o = obs("pg0", no_leader_on_timeline_2(), local);
+    o.needs_rewind = true;
+    let d = check(&o, &[]);
+    assert!(d.reason.contains("timeline 1 is behind"), "{}", d.reason);
+}
+
+#[test]
+fn u_3_a_replica_behind_races_unless_check_timeline() {
+    // Replicas keep Patroni's rule: the timeline counts only with check_timeline.
+    let mut local = running(true, 5000);
+    local.timeline = Some(1);
+    let o = obs("pg1", no_leader_on_timeline_2(), local.clone());
+    check(&o, &[Action::AcquireLeaderKey, Action::Promote]);
+    let mut o = obs("pg1", no_leader_on_timeline_2(), local);
+    o.dynamic = ClusterConfig::from_map(
+        serde_json::json!({"check_timeline": true})
+            .as_object()
+            .expect("object")
+            .clone(),
+    );
+    check(&o, &[]);
+}
+
+#[test]
+fn u_3_a_crashed_leader_does_not_yield_to_a_replica_left_behind() {
+    // The new leader (pg1, timeline 2) crashed and came back read-only; the only other member
+    // is the stale former primary, still on timeline 1: it cannot race (Row U-3), so pg1 must
+    // not yield to it.
+    let mut c = no_leader_on_timeline_2();
+    let stale = c.members.iter_mut().find(|m| m.name == "pg0").expect("pg0");
+    stale.data.role = patrol_dcs::Role::Replica;
+    stale.data.timeline = Some(1);
+    let mut local = running(true, 5000);
+    local.timeline = Some(2);
+    let mut o = obs("pg1", c, local);
+    o.needs_rewind = true;
+    check(&o, &[Action::AcquireLeaderKey, Action::Promote]);
+}
+
+#[test]
+fn u_3_a_peer_on_an_abandoned_branch_does_not_outrank_the_new_timeline() {
+    // pg0, the demoted stale primary, wrote past the end of timeline 1 (history: ended at
+    // 1000); pg1, on timeline 2 and behind it in bytes, must still race.
+    let mut local = running(true, 900);
+    local.timeline = Some(2);
+    let mut o = obs("pg1", no_leader_on_timeline_2(), local);
+    o.needs_rewind = true;
+    let mut stale = peer("pg0", 5000);
+    stale.timeline = 1;
+    o.peers = vec![stale.clone()];
+    check(&o, &[Action::AcquireLeaderKey, Action::Promote]);
+    // A replica of timeline 1 that stopped before the fork is an ordinary peer.
+    stale.wal_position = 950;
+    stale.replay_position = 950;
+    o.peers = vec![stale];
+    check(&o, &[]);
 }
