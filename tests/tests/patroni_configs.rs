@@ -232,6 +232,31 @@ async fn patroni_harness_configuration_bootstraps_replicates_fails_over_and_rewi
     )
     .await
     .expect("rows replicate to the rewound node");
+
+    // log_statement: all logged every statement of the bootstrap, but not the roles' passwords.
+    let mut logged = 0;
+    for i in 0..3 {
+        for entry in std::fs::read_dir(c.data_dir(i).join("log"))
+            .expect("server log dir")
+            .flatten()
+        {
+            let text = String::from_utf8_lossy(&std::fs::read(entry.path()).expect("read log"))
+                .into_owned();
+            logged += text.matches("statement: ").count();
+            for secret in ["supersecret", "replsecret", "rewindsecret"] {
+                assert!(
+                    !text.contains(secret),
+                    "{} holds a password:\n{}",
+                    entry.path().display(),
+                    text.lines()
+                        .filter(|l| l.contains(secret))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+        }
+    }
+    assert!(logged > 0, "log_statement: all logged no statement at all");
 }
 
 /// Without `use_unix_socket`, the agent's own connection goes over TCP, where this pg_hba

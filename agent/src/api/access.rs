@@ -27,6 +27,8 @@ pub struct Denied {
 /// The `restapi` access settings, resolved once at start.
 #[derive(Debug, Clone)]
 pub struct AccessPolicy {
+    /// `restapi.allowlist` has entries (even if none of them resolved).
+    allowlist_configured: bool,
     pub allowlist: Vec<IpNet>,
     pub include_members: bool,
     pub tls: bool,
@@ -51,7 +53,25 @@ impl AccessPolicy {
         for entry in &api.allowlist {
             allowlist.extend(resolve_entry(entry).await);
         }
+        if !api.allowlist.is_empty() && allowlist.is_empty() {
+            tracing::error!(
+                "no entry of restapi.allowlist resolves to an address: the unsafe endpoints refuse everyone until one does (restart or reload)"
+            );
+        }
+        let open_to_anyone = api.authentication.is_none()
+            && api.allowlist.is_empty()
+            && !api.allowlist_include_members
+            && !(api.certfile.is_some()
+                && VerifyClient::from_config(api.verify_client.as_deref())
+                    == VerifyClient::Required);
+        if open_to_anyone {
+            tracing::warn!(
+                "the REST API's unsafe endpoints (PATCH/PUT /config, POST /switchover, /failover, /restart, /reinitialize, /reload) are open to anyone who can reach {}: set restapi.authentication, restapi.allowlist or client certificates (verify_client: required)",
+                api.listen
+            );
+        }
         AccessPolicy {
+            allowlist_configured: !api.allowlist.is_empty(),
             allowlist,
             include_members: api.allowlist_include_members,
             tls: api.certfile.is_some(),
@@ -72,6 +92,7 @@ impl AccessPolicy {
         credentials: Option<(&str, &str)>,
     ) -> AccessPolicy {
         AccessPolicy {
+            allowlist_configured: !allowlist.is_empty(),
             allowlist,
             include_members,
             tls,
@@ -95,7 +116,9 @@ impl AccessPolicy {
         member_ips: &[IpAddr],
     ) -> Result<(), Denied> {
         let members = self.needs_member_ips(check_members);
-        if !self.allowlist.is_empty() || members {
+        // A configured allowlist applies even when none of its host names resolved (fail
+        // closed): an empty list must not mean "no check".
+        if self.allowlist_configured || members {
             let ip = canonical(client.ip);
             let listed = self.allowlist.iter().any(|n| n.contains(&ip))
                 || (members && member_ips.iter().any(|m| canonical(*m) == ip));

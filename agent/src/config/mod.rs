@@ -115,8 +115,8 @@ pub fn load(
             }
         },
     };
-    let home = env.get("HOME").map(String::as_str).unwrap_or("/tmp");
-    let (mut config, w) = parse::build(&doc, home)?;
+    let home = home_dir(env);
+    let (mut config, w) = parse::build(&doc, &home)?;
     warnings.extend(w);
 
     config.allow_unsupported = unsupported::allowed(env);
@@ -135,6 +135,20 @@ pub fn load(
         warnings,
         refusals,
     })
+}
+
+/// The home directory, as Python's `os.path.expanduser('~')`: `HOME` when set and not empty,
+/// else the user's entry in the password database; empty when neither gives one.
+fn home_dir(env: &BTreeMap<String, String>) -> String {
+    if let Some(h) = env.get("HOME").filter(|h| !h.trim().is_empty()) {
+        return h.clone();
+    }
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir.display().to_string())
+        .filter(|d| !d.is_empty() && d != "/nonexistent")
+        .unwrap_or_default()
 }
 
 /// What a client (`patrolctl`) needs from a configuration file: the DCS, namespace and scope.

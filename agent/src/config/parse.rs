@@ -403,6 +403,45 @@ fn str_list(value: &Value, key: &str) -> Result<Vec<String>> {
         .collect()
 }
 
+/// `restapi.allowlist`: each entry a network (`10.0.0.0/8`), an address or a host name. An
+/// entry that is none of these is an error: dropping it would widen the allowlist, and
+/// dropping them all would remove the check.
+fn allowlist(r: &Map<String, Value>) -> Result<Vec<String>> {
+    let entries = opt_str_list(r, "restapi", "allowlist")?.unwrap_or_default();
+    for (i, entry) in entries.iter().enumerate() {
+        let e = entry.trim();
+        let ok = if e.contains('/') {
+            e.parse::<ipnet::IpNet>().is_ok()
+        } else {
+            e.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+                || is_host_name(e)
+        };
+        if !ok {
+            return Err(ConfigError::invalid(
+                format!("restapi.allowlist[{i}]"),
+                format!("{entry:?} is not a network (10.0.0.0/8), an address or a host name"),
+            ));
+        }
+    }
+    Ok(entries)
+}
+
+/// A DNS host name: dot-separated labels of letters, digits and hyphens, not starting or
+/// ending with a hyphen.
+fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
 fn opt_str_list(map: &Map<String, Value>, path: &str, key: &str) -> Result<Option<Vec<String>>> {
     match get(map, key) {
         None => Ok(None),
@@ -767,7 +806,7 @@ fn parse_restapi(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<RestAp
         cafile: opt_path(r, P, "cafile")?,
         ciphers: opt_str(r, P, "ciphers")?,
         verify_client,
-        allowlist: opt_str_list(r, P, "allowlist")?.unwrap_or_default(),
+        allowlist: allowlist(r)?,
         allowlist_include_members: opt_bool(r, P, "allowlist_include_members")?.unwrap_or(false),
         http_extra_headers: headers("http_extra_headers")?,
         https_extra_headers: headers("https_extra_headers")?,
@@ -1269,9 +1308,17 @@ fn parse_postgresql(
         config_dir,
         bin_dir: opt_path(pg, P, "bin_dir")?,
         bin_name,
-        pgpass: opt_path(pg, P, "pgpass")?.unwrap_or_else(|| {
-            PathBuf::from(if home.is_empty() { "/tmp" } else { home }).join("pgpass")
-        }),
+        pgpass: match opt_path(pg, P, "pgpass")? {
+            Some(p) => p,
+            // Never a shared directory such as /tmp: the file holds passwords.
+            None if home.is_empty() => {
+                return Err(ConfigError::invalid(
+                    "postgresql.pgpass",
+                    "not set, and there is no home directory to put it in (HOME is empty and the user has none): set postgresql.pgpass",
+                ))
+            }
+            None => PathBuf::from(home).join("pgpass"),
+        },
         database: opt_str(pg, P, "database")?.unwrap_or_else(|| "postgres".to_string()),
         authentication: Authentication {
             superuser,

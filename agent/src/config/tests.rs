@@ -1125,14 +1125,52 @@ fn postgresql_defaults() {
     assert!(!c.bootstrap.present);
     assert_eq!(c.bootstrap.method, "initdb");
 
-    // Without HOME the pgpass goes to /tmp.
+    // Without HOME the pgpass goes to the user's home from the password database, never to a
+    // shared directory such as /tmp.
     let c = load(
         ConfigSource::EnvOnly,
         &env(&[("PATRONI_CONFIGURATION", MINIMAL)]),
     )
     .expect("loads")
     .config;
-    assert_eq!(c.postgresql.pgpass, PathBuf::from("/tmp/pgpass"));
+    let home = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .expect("passwd")
+        .expect("an entry")
+        .dir;
+    assert_eq!(c.postgresql.pgpass, home.join("pgpass"));
+    assert!(!c.postgresql.pgpass.starts_with("/tmp"));
+}
+
+#[test]
+fn allowlist_entries_must_parse() {
+    for (entry, ok) in [
+        ("10.0.0.0/8", true),
+        ("127.0.0.1", true),
+        ("::1", true),
+        ("[fe80::1]", true),
+        ("db-1.example.com", true),
+        ("10.0.0.0/33", false),
+        ("not a host", false),
+        ("-bad.example", false),
+        ("10.0.0.1/", false),
+    ] {
+        let yaml = MINIMAL.replacen(
+            "restapi:\n",
+            &format!("restapi:\n  allowlist: ['{entry}']\n"),
+            1,
+        );
+        assert_ne!(yaml, MINIMAL, "MINIMAL has a restapi section");
+        let r = load(
+            ConfigSource::EnvOnly,
+            &env(&[("PATRONI_CONFIGURATION", &yaml)]),
+        );
+        match (ok, r) {
+            (true, Ok(_)) => {}
+            (false, Err(e)) => assert!(e.to_string().contains("restapi.allowlist[0]"), "{e}"),
+            (true, Err(e)) => panic!("{entry}: {e}"),
+            (false, Ok(_)) => panic!("{entry} was accepted"),
+        }
+    }
 }
 
 #[test]

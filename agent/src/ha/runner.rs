@@ -1476,7 +1476,7 @@ async fn bootstrap(
         .context("starting PostgreSQL")?;
     client.reset().await;
     client
-        .execute(&roles_sql(cfg))
+        .execute_unlogged(&roles_sql(cfg))
         .await
         .context("creating roles")?;
     if let Some(script) = &cfg.bootstrap.post_bootstrap {

@@ -761,22 +761,33 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Writes a file readable only by its owner.
+/// Writes a file readable only by its owner (a passfile, initdb's pwfile). The text goes to a
+/// new file created beside it with `O_CREAT|O_EXCL|O_NOFOLLOW` and mode 0600, so a symbolic
+/// link or a file planted at that name is never written through, then it is renamed over
+/// `path` (a rename replaces a link at `path` itself, never its target).
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension("patrol-new");
+    // A leftover of an interrupted write (or something planted): remove the name, not what
+    // it may point to.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(text.as_bytes())?;
+        f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
 }
@@ -861,6 +872,30 @@ mod tests {
         let (found, lines) = collector_fatal_lines(&log, 0, since).expect("lines");
         assert_eq!(found, data_log);
         assert_eq!(lines, "x FATAL:  boom");
+    }
+
+    #[test]
+    fn private_files_are_0600_and_never_written_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("write");
+        let path = dir.path().join("pgpass");
+        // Links planted at the final name and at the temporary name.
+        std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+        std::os::unix::fs::symlink(&victim, path.with_extension("patrol-new")).expect("symlink");
+        write_private(&path, "*:*:*:u:secret\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "*:*:*:u:secret\n"
+        );
+        let meta = std::fs::symlink_metadata(&path).expect("meta");
+        assert!(
+            meta.file_type().is_file(),
+            "the link was replaced by a file"
+        );
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -207,6 +207,35 @@ impl PgClient {
         r
     }
 
+    /// Runs `sql` (statements holding secrets, e.g. `ALTER ROLE ... PASSWORD`) with the
+    /// server's statement logging off for this session, as Patroni does: `log_statement: all`,
+    /// `log_min_duration_statement`, a failing statement, pg_stat_statements and pgaudit would
+    /// otherwise write the password to the server log. The settings go in a query of their own
+    /// first (a multi-statement query is logged whole before any of it runs), on the same
+    /// connection, and are reset afterwards.
+    pub async fn execute_unlogged(&self, sql: &str) -> Result<(), PgError> {
+        const QUIET: &str = "SET log_statement TO none; SET log_min_duration_statement TO -1; \
+            SET log_min_error_statement TO panic; SET pg_stat_statements.track_utility TO off; \
+            SET pgaudit.log TO none";
+        const LOUD: &str = "RESET log_statement; RESET log_min_duration_statement; \
+            RESET log_min_error_statement; RESET pg_stat_statements.track_utility; RESET pgaudit.log";
+        let r = async {
+            let guard = self.client().await?;
+            let c = guard.as_ref().expect("client() fills the slot");
+            c.batch_execute(QUIET).await?;
+            let r = c.batch_execute(sql).await;
+            let reset = c.batch_execute(LOUD).await;
+            r?;
+            reset?;
+            Ok::<_, PgError>(())
+        }
+        .await;
+        if r.is_err() {
+            self.reset().await;
+        }
+        r
+    }
+
     /// Names of the physical replication slots that exist.
     pub async fn physical_slots(&self) -> Result<Vec<String>, PgError> {
         let guard = self.client().await?;
