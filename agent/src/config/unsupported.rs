@@ -178,7 +178,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("slots", Dynamic, Set, "permanent replication slots are not created or kept"),
     warn("permanent_slots", Dynamic, Set, "permanent replication slots are not created or kept"),
     warn("permanent_replication_slots", Dynamic, Set, "permanent replication slots are not created or kept"),
-    warn("member_slots_ttl", Dynamic, Set, "the replication slots of members that left are never dropped"),
     refuse("standby_cluster", Dynamic, StandbyCluster, "standby clusters are not implemented: the cluster would run its own writable primary instead of following the remote one"),
     warn_others(
         "postgresql.*",

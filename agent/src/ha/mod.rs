@@ -2,6 +2,7 @@
 
 pub mod decide;
 pub mod runner;
+pub mod slots;
 pub mod state;
 
 #[cfg(test)]

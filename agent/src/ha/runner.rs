@@ -54,6 +54,10 @@ pub struct Ha<D: Dcs> {
     clone_from_leader: bool,
     /// Where to re-read the local configuration from on reload.
     reload: Option<crate::ReloadSource>,
+    /// As leader: when each member slot last had a member (`member_slots_ttl`), and what was
+    /// last computed for `status.retain_slots`.
+    slot_retention: super::slots::SlotRetention,
+    retain_slots: Option<Vec<String>>,
     /// What the dynamic configuration asked for that Patrol does not do, last time it was logged.
     unsupported: crate::config::DynamicNotice,
 }
@@ -93,6 +97,8 @@ impl<D: Dcs> Ha<D> {
             scheduled_restart: None,
             clone_from_leader: false,
             reload: None,
+            slot_retention: Default::default(),
+            retain_slots: None,
             unsupported: Default::default(),
         };
         ha.requests = requests;
@@ -1101,16 +1107,60 @@ impl<D: Dcs> Ha<D> {
                         return Ok(None);
                     }
                 };
-                for n in names.iter().filter(|n| !existing.contains(n)) {
+                for n in names
+                    .iter()
+                    .filter(|n| !existing.iter().any(|(e, _)| e == *n))
+                {
                     match self.client.create_physical_slot(n).await {
                         Ok(()) => tracing::info!("created physical replication slot {n}"),
                         Err(e) => tracing::warn!("could not create replication slot {n}: {e}"),
                     }
                 }
+                self.retire_member_slots(cluster, &existing).await;
                 Ok(None)
             }
             Action::Fatal { reason } => Err(Step::Fatal(reason.clone())),
         }
+    }
+
+    /// `member_slots_ttl` (spec 5.12): drops the slots of members gone longer than the ttl
+    /// (never one something streams from) and remembers what `status.retain_slots` should say.
+    async fn retire_member_slots(&mut self, cluster: &Cluster, existing: &[(String, bool)]) {
+        let members: std::collections::BTreeSet<String> = cluster
+            .members
+            .iter()
+            .filter(|m| !patrol_dcs::lenient_bool(m.data.tags.get("nostream")).unwrap_or(false))
+            .map(|m| m.name.as_str())
+            .chain(std::iter::once(self.cfg.name.as_str()))
+            .map(patrol_dcs::slot_name_from_member_name)
+            .collect();
+        let ttl = super::slots::member_slots_ttl_ms(&self.dynamic);
+        let permanent = super::slots::permanent_slot_names(&self.dynamic);
+        let now = chrono::Utc::now().timestamp_millis();
+        let out = self.slot_retention.update(
+            &members,
+            &cluster.status.retain_slots,
+            &permanent,
+            now,
+            ttl,
+        );
+        for name in &out.expired {
+            match existing.iter().find(|(n, _)| n == name) {
+                None => {}
+                Some((_, true)) => tracing::warn!(
+                    "not dropping replication slot {name}: its member left more than member_slots_ttl ago, but something streams from it"
+                ),
+                Some((_, false)) => match self.client.drop_physical_slot(name).await {
+                    Ok(true) => tracing::info!(
+                        "dropped replication slot {name}: its member has been gone longer than member_slots_ttl ({} s)",
+                        ttl / 1000
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("could not drop replication slot {name}: {e}"),
+                },
+            }
+        }
+        self.retain_slots = Some(out.retain);
     }
 
     /// The leader writes `status` (its WAL position) when it changed.
@@ -1126,11 +1176,16 @@ impl<D: Dcs> Ha<D> {
         let Some(pos) = s.wal_position else {
             return Ok(());
         };
-        if cluster.status.optime == Some(pos) {
+        let retain = self
+            .retain_slots
+            .clone()
+            .unwrap_or_else(|| cluster.status.retain_slots.clone());
+        if cluster.status.optime == Some(pos) && cluster.status.retain_slots == retain {
             return Ok(());
         }
         let status = Status {
             optime: Some(pos),
+            retain_slots: retain,
             ..cluster.status.clone()
         };
         self.dcs.set_status(&status.to_json()).await.map_err(|e| {

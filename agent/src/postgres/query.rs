@@ -237,16 +237,31 @@ impl PgClient {
     }
 
     /// Names of the physical replication slots that exist.
-    pub async fn physical_slots(&self) -> Result<Vec<String>, PgError> {
+    /// The physical replication slots that exist, each with whether something streams from it.
+    pub async fn physical_slots(&self) -> Result<Vec<(String, bool)>, PgError> {
         let guard = self.client().await?;
         let c = guard.as_ref().expect("client() fills the slot");
         let rows = c
             .query(
-                "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'",
+                "SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'",
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Drops a physical slot unless something streams from it; `false` if it was not dropped.
+    pub async fn drop_physical_slot(&self, name: &str) -> Result<bool, PgError> {
+        let guard = self.client().await?;
+        let c = guard.as_ref().expect("client() fills the slot");
+        let rows = c
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND slot_type = 'physical' AND NOT active",
+                &[&name],
+            )
+            .await?;
+        Ok(!rows.is_empty())
     }
 
     pub async fn create_physical_slot(&self, name: &str) -> Result<(), PgError> {
