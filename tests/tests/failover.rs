@@ -779,6 +779,83 @@ async fn stale_primary_woken_after_the_new_leader_died_never_serves_writes() {
     assert_key_never_back(&changes, &c, old, t0);
 }
 
+/// Row S-2.2 for `POST /restart`: a restart of the leader slowed past `ttl` (a backend frozen
+/// with SIGSTOP keeps the fast shutdown waiting) runs as a tracked task: the HA loop keeps
+/// refreshing the leader key meanwhile, so nobody promotes, and when the stop completes the
+/// leader starts again as primary, holding the key, on the same timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_restart_of_the_leader_keeps_the_key() {
+    let mut c = Cluster::new(2).expect("cluster");
+    let leader = start_all(&mut c).await;
+    let replica = 1 - leader;
+    let tl = primary_timeline(&c, leader).await.expect("timeline");
+    let t0 = Instant::now();
+    let watch = LeaderWatch::start(&c).await.expect("leader watch");
+
+    // A backend that cannot exit: the fast shutdown waits for it.
+    let session = c.connect(leader).await.expect("connect");
+    let backend: i32 = session
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let backend = nix::unistd::Pid::from_raw(backend);
+    nix::sys::signal::kill(backend, Signal::SIGSTOP).expect("SIGSTOP the backend");
+
+    let url = format!("{}/restart", c.api_url(leader));
+    let restart = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .body("{}")
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await?;
+        let code = r.status().as_u16();
+        Ok::<_, anyhow::Error>((code, r.text().await?))
+    });
+    // Longer than ttl: the key must stay, the replica must stay a replica.
+    tokio::time::sleep(TTL + Duration::from_secs(5)).await;
+    assert!(
+        !restart.is_finished(),
+        "the restart did not wait for the frozen backend"
+    );
+    assert_eq!(
+        c.leader().await.expect("etcd").as_deref(),
+        Some(c.name(leader)),
+        "the leader key expired during the restart"
+    );
+    assert!(
+        in_recovery(&c, replica).await.expect("replica"),
+        "the replica promoted during the leader's restart"
+    );
+
+    nix::sys::signal::kill(backend, Signal::SIGCONT).expect("SIGCONT the backend");
+    let (code, text) = restart
+        .await
+        .expect("join")
+        .expect("the restart request is answered");
+    assert_eq!((code, text.as_str()), (200, "restarted successfully"));
+    drop(session);
+    let cl = &c;
+    wait_until(
+        "the leader to be a primary again",
+        PROPAGATION_TIMEOUT,
+        || async move { Ok((!in_recovery(cl, leader).await?).then_some(())) },
+    )
+    .await
+    .expect("primary after the restart");
+    assert_eq!(primary_timeline(&c, leader).await.expect("timeline"), tl);
+    let changes = watch.stop();
+    eprintln!("leader key:\n{}", describe_changes(&changes, t0));
+    assert!(
+        changes
+            .iter()
+            .all(|ch| ch.holder.as_deref() == Some(c.name(leader))),
+        "the leader key changed hands:\n{}",
+        describe_changes(&changes, t0)
+    );
+}
+
 /// Row D-2: etcd frozen longer than ttl: the leader demotes itself before its lease can expire
 /// and nobody promotes; once etcd is back a leader is elected and writes work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,10 @@ pub enum Task {
     Promote,
     Demote,
     Rewind,
+    /// `POST /restart` (or a scheduled one) of a replica.
+    Restart,
+    /// `POST /restart` of the leader: stop, then start as primary only while holding the key.
+    RestartPrimary,
 }
 
 /// Result of the last long operation, reported once.
@@ -538,7 +542,12 @@ pub fn decide(o: &Observation) -> Decision {
     if let Some(task) = o.in_flight {
         // Row S-2.2': a promotion (or a start as primary) must not finish once we lost the
         // key (we were frozen, or our lease expired): stop it and PostgreSQL at once.
-        if !i_am_leader && matches!(task, Task::Promote | Task::StartPrimary) {
+        if !i_am_leader
+            && matches!(
+                task,
+                Task::Promote | Task::StartPrimary | Task::RestartPrimary
+            )
+        {
             return decision(
                 format!("lost leader before {task:?} finished: demoting"),
                 vec![Action::Demote {

@@ -312,7 +312,7 @@ impl<D: Dcs> Ha<D> {
         } else {
             Vec::new()
         };
-        let obs = Observation {
+        let mut obs = Observation {
             me: self.cfg.name.clone(),
             cluster: cluster.clone(),
             local,
@@ -347,8 +347,11 @@ impl<D: Dcs> Ha<D> {
         if let Some((filters, _, at)) = self.scheduled_restart.clone() {
             if obs.now_epoch_ms >= at && self.in_flight.is_none() {
                 self.scheduled_restart = None;
-                let (code, text) = self.restart(&filters, &cluster).await;
-                tracing::info!("scheduled restart: {code} {text}");
+                match self.restart(&filters, &cluster, None).await {
+                    Some((code, text)) => tracing::info!("scheduled restart: {code} {text}"),
+                    // Running as a task now: this cycle decides with it in flight.
+                    None => obs.in_flight = self.in_flight.as_ref().map(|(t, _)| *t),
+                }
             }
         }
         let dec = decide(&obs);
@@ -552,8 +555,23 @@ impl<D: Dcs> Ha<D> {
         let cluster = cluster.as_deref().cloned().unwrap_or_default();
         match req {
             Request::Restart { filters, reply } => {
-                let r = self.restart(&filters, &cluster).await;
-                let _ = reply.send(r);
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                match self.restart(&filters, &cluster, Some(tx)).await {
+                    Some(r) => {
+                        let _ = reply.send(r);
+                    }
+                    // The restart runs as a task; it answers when it is done (or, aborted
+                    // because the leader key was lost meanwhile, with a 503).
+                    None => {
+                        tokio::spawn(async move {
+                            let r = rx.await.unwrap_or((
+                                503,
+                                "restart aborted: the leader key was lost while restarting".into(),
+                            ));
+                            let _ = reply.send(r);
+                        });
+                    }
+                }
             }
             Request::ScheduleRestart {
                 filters,
@@ -594,10 +612,20 @@ impl<D: Dcs> Ha<D> {
         }
     }
 
-    /// `POST /restart`: restart PostgreSQL in its current role if the filters allow it.
-    async fn restart(&mut self, f: &RestartFilters, cluster: &Cluster) -> (u16, String) {
+    /// `POST /restart` (and a scheduled restart): restart PostgreSQL in its current role if
+    /// the filters allow it. The restart runs as a tracked task (`Task::Restart`, or
+    /// `Task::RestartPrimary` on the leader), so the loop goes on refreshing the leader key
+    /// while a slow stop or start takes its time, and `decide` demotes (aborting the task) if
+    /// the key is lost meanwhile. A primary is only started while we hold the key at that
+    /// moment. `Some(answer)` when it did not start; otherwise `reply` gets the outcome.
+    async fn restart(
+        &mut self,
+        f: &RestartFilters,
+        cluster: &Cluster,
+        reply: Option<tokio::sync::oneshot::Sender<(u16, String)>>,
+    ) -> Option<(u16, String)> {
         if let Some((task, _)) = &self.in_flight {
-            return (503, format!("{} already in progress", task_name(*task)));
+            return Some((503, format!("{} already in progress", task_name(*task))));
         }
         let status = self.client.status().await.ok();
         let i_lead = cluster.leader_name() == Some(self.cfg.name.as_str());
@@ -619,15 +647,19 @@ impl<D: Dcs> Ha<D> {
         };
         let pending_ok = !f.restart_pending || status.as_ref().is_some_and(|s| s.pending_restart);
         if !(role_ok && version_ok && pending_ok) {
-            return (503, "restart conditions are not satisfied".into());
+            return Some((503, "restart conditions are not satisfied".into()));
+        }
+        let as_primary = i_lead || role == "primary";
+        if as_primary && !i_lead {
+            // A primary without the key is the HA loop's to demote, not ours to restart.
+            return Some((
+                503,
+                "restart refused: running as primary without the leader key".into(),
+            ));
         }
         let wait = Duration::from_secs(f.timeout.unwrap_or(self.cfg.postgresql.pg_ctl_timeout));
         tracing::info!("restarting PostgreSQL on request");
-        if let Err(e) = self.pg.stop("fast", wait).await {
-            return (503, format!("restart failed: {e}"));
-        }
-        self.client.reset().await;
-        let standby_of = if i_lead || role == "primary" {
+        let standby_of = if as_primary {
             None
         } else {
             Some(cluster.leader_member().map(|m| Upstream {
@@ -637,20 +669,45 @@ impl<D: Dcs> Ha<D> {
         };
         let files = self.config_files(standby_of);
         let params = self.pg.cmdline_params(&self.dynamic.parameters());
-        if let Err(e) = self.pg.write_config(&files) {
-            return (503, format!("restart failed: {e}"));
-        }
-        match self.pg.start(&params, wait).await {
-            Ok(()) => {
-                self.client.reset().await;
-                self.last_member_json = None;
-                (200, "restarted successfully".into())
+        let pg = self.pg.clone();
+        let client = self.client.clone();
+        let shared = self.shared.clone();
+        self.last_member_json = None;
+        let task = if as_primary {
+            Task::RestartPrimary
+        } else {
+            Task::Restart
+        };
+        self.spawn(task, async move {
+            let r = async {
+                pg.stop("fast", wait)
+                    .await
+                    .map_err(|e| format!("restart failed: {e}"))?;
+                client.reset().await;
+                pg.write_config(&files)
+                    .map_err(|e| format!("restart failed: {e}"))?;
+                if as_primary && !shared.snapshot().is_leader {
+                    return Err(
+                        "restart stopped: the leader key was lost while PostgreSQL was stopped; not starting it as primary"
+                            .to_string(),
+                    );
+                }
+                pg.start(&params, wait)
+                    .await
+                    .map_err(|e| format!("restart failed: {e}"))?;
+                client.reset().await;
+                Ok(())
             }
-            Err(e) => {
-                tracing::error!("restart failed: {e}");
-                (503, "restart failed".into())
+            .await;
+            if let Some(reply) = reply {
+                let _ = reply.send(match &r {
+                    Ok(()) => (200, "restarted successfully".to_string()),
+                    Err(e) => (503, e.clone()),
+                });
             }
-        }
+            r
+        });
+        None
     }
 
     /// `POST /reinitialize`: wipe the data directory; the next cycle clones it again.
@@ -1415,6 +1472,7 @@ fn task_name(t: Task) -> &'static str {
         Task::Promote => "promote",
         Task::Demote => "demote",
         Task::Rewind => "rewind",
+        Task::Restart | Task::RestartPrimary => "restart",
     }
 }
 

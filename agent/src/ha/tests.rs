@@ -1188,3 +1188,23 @@ fn u_3_a_peer_on_an_abandoned_branch_does_not_outrank_the_new_timeline() {
     o.peers = vec![stale];
     check(&o, &[]);
 }
+
+#[test]
+fn s_2_2_restart_runs_as_a_task() {
+    // Row S-2.2: the leader's restart keeps the key refreshed; a replica's just waits.
+    let mut o = obs("pg0", leader_pg0(), stopped(initialized()));
+    o.in_flight = Some(Task::RestartPrimary);
+    check(&o, &[Action::RefreshLeaderKey]);
+    let mut o = obs("pg1", leader_pg0(), stopped(initialized()));
+    o.in_flight = Some(Task::Restart);
+    check(&o, &[]);
+    // Row S-2.2': the key was lost while restarting as primary: abort and demote.
+    let mut o = obs("pg2", leader_pg0(), running(false, 100));
+    o.in_flight = Some(Task::RestartPrimary);
+    check(
+        &o,
+        &[Action::Demote {
+            leader: Some(up("pg0", 5433)),
+        }],
+    );
+}
