@@ -1,7 +1,8 @@
 //! End to end: access control of the unsafe endpoints (spec 2.2) on real agents — Basic auth
 //! (401 texts and `WWW-Authenticate`), `allowlist` refusing 127.0.0.1 (403),
 //! `allowlist_include_members` admitting members' addresses, the audit log — and HTTPS with
-//! client certificates (`verify_client: optional`), using certificates made by `openssl`.
+//! client certificates (`verify_client: optional`), using certificates made by `openssl`; and
+//! slow clients, which cannot hold the port (a cap on connections, a deadline for headers).
 
 mod support;
 
@@ -10,8 +11,9 @@ mod http;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use patrol_tests::{chown_to_agent, Cluster};
+use patrol_tests::{chown_to_agent, wait_until, Cluster};
 use serde_json::json;
 
 use http::call;
@@ -418,4 +420,68 @@ async fn https_with_client_certificates() {
     for i in 0..2 {
         assert!(cluster.is_node_running(i), "agent {i} exited");
     }
+}
+
+/// Slow clients cannot hold the REST API: `restapi.request_queue_size` is the listen backlog
+/// (as Patroni); at most 128 connections are served at once (more are closed when accepted),
+/// and each has 10 s to send its headers however it trickles them. A health check is answered
+/// beside 120 slow clients, and again within seconds once slow clients took every slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_cannot_hold_the_rest_api() {
+    let mut cluster = Cluster::new(1).expect("cluster");
+    cluster.set_config_override(0, |y| restapi_with(y, "request_queue_size: 64"));
+    cluster.start_node(0).expect("start agent");
+    let port = cluster.api_port(0);
+    let c = &cluster;
+    wait_until(
+        "the REST API to answer",
+        Duration::from_secs(60),
+        || async move { Ok(c.api_get(0, "/liveness").await.ok().map(|_| ())) },
+    )
+    .await
+    .expect("the REST API answers");
+    let ss = run(Command::new("ss").args(["-ltnH", &format!("sport = :{port}")]));
+    assert_eq!(
+        ss.split_whitespace().nth(2),
+        Some("64"),
+        "the listen backlog (Send-Q of the listening socket) is request_queue_size: {ss}"
+    );
+
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let every = Duration::from_millis(500);
+    let mut slow = support::slow::open_many(addr, "/patroni", 120, every)
+        .await
+        .expect("slow clients");
+    let r = call(port, "GET", "/liveness", None, &[]).await;
+    assert!(r.code > 0, "answered beside 120 slow clients: {r:?}");
+    slow.extend(
+        support::slow::open_many(addr, "/patroni", 20, every)
+            .await
+            .expect("more slow clients"),
+    );
+    let t = std::time::Instant::now();
+    wait_until(
+        "a health check to be answered",
+        Duration::from_secs(60),
+        || async move { Ok(c.api_get(0, "/liveness").await.ok().map(|_| ())) },
+    )
+    .await
+    .expect("the REST API answers again");
+    eprintln!("answered again after {:.1?}", t.elapsed());
+
+    let lived = support::slow::lifetimes(&mut slow, Duration::from_secs(60))
+        .await
+        .expect("every slow connection is closed, trickling bytes or not");
+    let (at_once, held) = support::slow::split(&lived, Duration::from_secs(10));
+    eprintln!("{at_once} slow connections closed at once, {held} at the header deadline");
+    assert!(
+        at_once >= 1,
+        "connections beyond 128 are closed at once: {lived:?}"
+    );
+    assert!(
+        held >= 120 && at_once + held == lived.len(),
+        "the others hold a slot until the header deadline: {lived:?}"
+    );
+    let log = cluster.agent_log(0);
+    assert!(log.contains("REST API: 128 connections open"), "{log}");
 }

@@ -11,7 +11,10 @@
 //! Dangerous: the unsafe endpoints change the cluster. Every one passes [`access`] first and is
 //! logged at INFO (`REST API: <method> <path> from <ip> user=<name|-> -> <code>`) whatever the
 //! outcome; bodies are bounded (1 MiB, 10 s), and a client's mistake is a 4xx, never a 5xx or a
-//! panic.
+//! panic. Connections are bounded too: [`MAX_CONNECTIONS`] at once (one more is closed as soon
+//! as it is accepted), 10 s for the TLS handshake and for the request's headers, so clients that
+//! send a byte a second cannot hold the port; `restapi.request_queue_size` is the listen backlog,
+//! as in Patroni.
 
 mod access;
 mod error;
@@ -61,6 +64,12 @@ pub const MAX_BODY: u64 = 1 << 20;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound for a whole connection (a restart may legitimately take minutes).
 const CONNECTION_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// Connections served at once. Patroni starts a thread per connection without a limit; health
+/// checks, peers and the router need a handful, so this only bounds what slow or hostile
+/// clients can hold (each for at most [`READ_TIMEOUT`] before its request is complete).
+pub const MAX_CONNECTIONS: usize = 128;
+/// A rate-limited warning (the port is full) is logged at most this often.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Which checks a route passes before its handler runs (spec 2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +293,8 @@ pub struct Listener {
 }
 
 /// Loads the TLS material and binds the listener, so that configuration and bind errors stop
-/// the agent before the HA loop starts.
+/// the agent before the HA loop starts. The listen backlog is `restapi.request_queue_size`
+/// (Patroni's meaning: its server's `request_queue_size`, default 5).
 pub async fn bind(cfg: &Config) -> Result<Listener, ApiError> {
     let tls = tls::server_config(&cfg.restapi)?.map(TlsAcceptor::from);
     let addr = format!("{}", cfg.restapi.listen);
@@ -294,10 +304,32 @@ pub async fn bind(cfg: &Config) -> Result<Listener, ApiError> {
     } else {
         addr.clone()
     };
-    let tcp = TcpListener::bind(&target)
+    let backlog = u32::try_from(cfg.restapi.request_queue_size).unwrap_or(u32::MAX);
+    let tcp = listen(&target, backlog)
         .await
         .map_err(|source| ApiError::Bind { addr, source })?;
     Ok(Listener { tcp, tls })
+}
+
+/// Binds `target` (`host:port`, the first of its addresses that works) with `backlog`.
+async fn listen(target: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(target).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted agent can bind while old connections linger.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(backlog)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address to listen on")
+    }))
 }
 
 /// What the connection tells about the client.
@@ -308,8 +340,10 @@ struct Conn {
     client_cert: bool,
 }
 
-/// Serves until `shutdown`.
+/// Serves until `shutdown`, at most [`MAX_CONNECTIONS`] connections at once.
 pub async fn serve(listener: Listener, ctx: Arc<ApiContext>, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -322,10 +356,21 @@ pub async fn serve(listener: Listener, ctx: Arc<ApiContext>, shutdown: Cancellat
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !matches!(warned, Some(at) if at.elapsed() < FULL_WARNING_EVERY) {
+                tracing::warn!(
+                    "REST API: {MAX_CONNECTIONS} connections open; closing new ones (the last from {peer})"
+                );
+                warned = Some(tokio::time::Instant::now());
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let tls = listener.tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             match tls {
                 None => {
                     let conn = Conn {

@@ -1509,6 +1509,7 @@ fn unimplemented_keys_from_the_environment_say_so() {
         MINIMAL,
         &[
             ("PATRONI_LOG_DIR", "/var/log/patroni"),
+            ("PATRONI_LOG_FILE_NUM", "10"),
             ("PATRONI_RESTAPI_REQUEST_QUEUE_SIZE", "10"),
         ],
     );
@@ -1518,8 +1519,15 @@ fn unimplemented_keys_from_the_environment_say_so() {
     );
     assert_warning(
         &loaded,
-        "restapi.request_queue_size (from the environment): not implemented",
+        "log.file_num (from the environment): not implemented",
     );
+    // Implemented (the REST API's listen backlog): no warning.
+    assert!(
+        !has_warning(&loaded, "request_queue_size"),
+        "{:#?}",
+        loaded.warnings
+    );
+    assert_eq!(loaded.config.restapi.request_queue_size, 10);
 
     // A file key overridden from the environment is from the environment too; one only in
     // the file is not.

@@ -150,7 +150,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("log.file_num", Local, Set, NO_LOG_FILES),
     warn("log.file_size", Local, Set, NO_LOG_FILES),
     warn("log.loggers", Local, Set, "per-module log levels are set with RUST_LOG (e.g. RUST_LOG=info,patrol_agent=debug)"),
-    warn("restapi.request_queue_size", Local, Set, "the REST API's listen backlog is fixed at 1024"),
     warn("bootstrap.method", Local, CustomBootstrap, "custom bootstrap methods are not run: a new cluster cannot be bootstrapped with it (joining an existing cluster is not affected)"),
     Unsupported { key: "postgresql.authentication.superuser.*", except: &["username", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"], scope: Local, effect: Effect::Warn, when: When::SetOverTcp, reason: "the agent's own TCP connection to PostgreSQL uses sslmode, sslrootcert, sslcert and sslkey only (no revocation lists, encrypted keys, GSSAPI or channel binding settings)" },
     warn("tags.replicatefrom", Local, Set, "cascading replication is not implemented: this member replicates from the leader"),
@@ -577,7 +576,6 @@ mod tests {
             vec![
                 ("log.format", Effect::Warn),
                 ("log.dir", Effect::Warn),
-                ("restapi.request_queue_size", Effect::Warn),
                 ("postgresql.authentication.superuser.sslcrl", Effect::Warn),
                 ("tags.replicatefrom", Effect::Warn),
                 ("postgresql.callbacks.on_start", Effect::Warn),

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod slow;
 pub mod workload;
 
 use std::time::Duration;
