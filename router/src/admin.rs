@@ -1,5 +1,6 @@
 //! The admin port: the stats page (HTML, auto-refresh), the same as JSON, `/metrics`, and
-//! `/health` for an upstream load balancer. Optional Basic auth (not on `/health`).
+//! `/health` for an upstream load balancer. Optional Basic auth (not on `/health`). Bounded:
+//! `admin.max_connections` at once, and a deadline for each request's headers.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,10 +13,11 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::{Port, Shared};
@@ -267,14 +269,38 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     }
 }
 
+/// Upper bound for one admin connection (kept alive, it serves many requests).
+const CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+
+/// Serves the admin port until `shutdown`: at most `admin.max_connections` connections at once
+/// (one more is closed as soon as it is accepted), each with `admin.header_timeout_ms` to send a
+/// request's headers and [`CONNECTION_LIMIT`] in all.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+    let max = shared.cfg.admin_max_connections;
+    let slots = Arc::new(Semaphore::new(max));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => { tokio::time::sleep(Duration::from_millis(20)).await; continue; }
             },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .rejected_total
+                .with_label_values(&["admin", "max_connections"])
+                .inc();
+            shared.warn_limited(
+                "admin port full",
+                format!(
+                    "admin port: {max} connections open (admin.max_connections); closing new ones \
+                     (the last from {peer})"
+                ),
+            );
+            drop(stream);
+            continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -284,8 +310,11 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancell
             });
             let conn = http1::Builder::new()
                 .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.cfg.admin_header_timeout)
                 .serve_connection(TokioIo::new(stream), svc);
-            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+            let _ = tokio::time::timeout(CONNECTION_LIMIT, conn).await;
+            drop(slot);
         });
     }
 }

@@ -41,6 +41,11 @@ pub struct Config {
     pub read_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub admin_auth: Option<(String, String)>,
+    /// Connections the admin port serves at once; more are closed when accepted.
+    pub admin_max_connections: usize,
+    /// An admin request's headers must arrive within this long (an idle kept-alive connection
+    /// is closed after it too), so a client sending a byte a second cannot hold a slot.
+    pub admin_header_timeout: Duration,
     /// A replica leaves the read pool above this lag (bytes).
     pub max_lag_bytes: u64,
     /// ... or above this replay delay, when set.
@@ -57,8 +62,15 @@ pub struct Config {
     pub hold: Duration,
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
+    /// Connecting to a backend (a client connection, or a forwarded `CancelRequest`).
     pub connect_timeout: Duration,
+    /// The client's first packet (startup, SSL/GSSENC request, cancel) and, after declining
+    /// encryption, its startup packet; also bounds every write to a client before the relay.
     pub startup_timeout: Duration,
+    /// A backend's first answer: the byte answering a forwarded SSL/GSSENC request, and the
+    /// first message after a forwarded startup packet. A backend whose postmaster hangs answers
+    /// neither; the client then gets an `ErrorResponse`.
+    pub backend_answer_timeout: Duration,
     pub max_connections: usize,
     /// Data-path threads, each with its own single-threaded event loop accepting on the same
     /// listeners (a connection stays on the thread that accepted it). Default: one per CPU,
@@ -104,6 +116,7 @@ struct File {
     probe_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     startup_timeout_ms: Option<u64>,
+    backend_answer_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     threads: Option<usize>,
     backend_port: Option<u16>,
@@ -137,6 +150,8 @@ struct ListenSection {
 struct AdminSection {
     username: Option<String>,
     password: Option<String>,
+    max_connections: Option<usize>,
+    header_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -301,17 +316,11 @@ impl Config {
                 return Err(invalid("read.max_lag_seconds", "must be a positive number"));
             }
         }
-        let admin_auth = match file.admin {
-            Some(AdminSection {
-                username: Some(u),
-                password: Some(p),
-            }) => Some((u, p)),
-            Some(AdminSection {
-                username: None,
-                password: None,
-            })
-            | None => None,
-            Some(_) => {
+        let admin_section = file.admin.unwrap_or_default();
+        let admin_auth = match (admin_section.username, admin_section.password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            _ => {
                 return Err(invalid(
                     "admin",
                     "give both username and password, or neither",
@@ -330,6 +339,8 @@ impl Config {
             read_listen: addr("listen.read", &read)?,
             admin_listen: addr("listen.admin", &admin)?,
             admin_auth,
+            admin_max_connections: admin_section.max_connections.unwrap_or(64),
+            admin_header_timeout: ms(admin_section.header_timeout_ms, 10_000),
             max_lag_bytes: r.max_lag_bytes.unwrap_or(1_048_576),
             max_lag_seconds: r.max_lag_seconds,
             enter_ratio,
@@ -342,6 +353,7 @@ impl Config {
             probe_timeout: ms(file.probe_timeout_ms, 400),
             connect_timeout: ms(file.connect_timeout_ms, 2_000),
             startup_timeout: ms(file.startup_timeout_ms, 10_000),
+            backend_answer_timeout: ms(file.backend_answer_timeout_ms, 5_000),
             max_connections: file.max_connections.unwrap_or(10_000),
             threads: file.threads.unwrap_or_else(default_threads),
             backend_port: file.backend_port,
@@ -367,6 +379,19 @@ impl Config {
         }
         if cfg.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if cfg.admin_max_connections == 0 {
+            return Err(invalid("admin.max_connections", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("connect_timeout_ms", cfg.connect_timeout),
+            ("startup_timeout_ms", cfg.startup_timeout),
+            ("backend_answer_timeout_ms", cfg.backend_answer_timeout),
+            ("admin.header_timeout_ms", cfg.admin_header_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         if cfg.probe_interval.is_zero() {
             return Err(invalid("probe_interval_ms", "must be at least 1"));
@@ -411,6 +436,18 @@ mod tests {
             "busy polling is off unless asked for"
         );
         assert!(!c.splice, "kernel splicing is off unless asked for");
+        assert_eq!(c.backend_answer_timeout, Duration::from_secs(5));
+        assert_eq!(c.admin_max_connections, 64);
+        assert_eq!(c.admin_header_timeout, Duration::from_secs(10));
+        let c = load(
+            "scope: demo\nbackend_answer_timeout_ms: 1500\n\
+             admin: {max_connections: 8, header_timeout_ms: 2000, username: a, password: b}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.backend_answer_timeout, Duration::from_millis(1500));
+        assert_eq!(c.admin_max_connections, 8);
+        assert_eq!(c.admin_header_timeout, Duration::from_secs(2));
+        assert_eq!(c.admin_auth, Some(("a".into(), "b".into())));
         let c = load("scope: demo\nread: {balance: round_robin}\n").expect("valid");
         assert_eq!(c.balance, Balance::RoundRobin);
         assert!(load("scope: demo\nsplice: true\n").expect("valid").splice);
@@ -431,6 +468,19 @@ mod tests {
             ("scope: x\nlisten: {write: nonsense}\n", "listen.write"),
             ("scope: x\nread: {enter_ratio: 2}\n", "read.enter_ratio"),
             ("scope: x\nadmin: {username: a}\n", "admin"),
+            (
+                "scope: x\nadmin: {max_connections: 0}\n",
+                "admin.max_connections",
+            ),
+            (
+                "scope: x\nadmin: {header_timeout_ms: 0}\n",
+                "admin.header_timeout_ms",
+            ),
+            (
+                "scope: x\nbackend_answer_timeout_ms: 0\n",
+                "backend_answer_timeout_ms",
+            ),
+            ("scope: x\nconnect_timeout_ms: 0\n", "connect_timeout_ms"),
             ("scope: x\nthreads: 0\n", "threads"),
             ("scope: x\nbackend_port: 0\n", "backend_port"),
             ("scope: x\nbusy_poll_us: 20000\n", "busy_poll_us"),

@@ -98,6 +98,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // registers its own clone of them with its event loop.
     let write = write.into_std().context("listen.write")?;
     let read = read.into_std().context("listen.read")?;
+    // Accepted connections inherit TCP keepalive from their listener: a client host that
+    // vanished does not hold its session (and slot) forever.
+    for (l, key) in [(&write, "listen.write"), (&read, "listen.read")] {
+        if let Err(e) = proxy::keepalive(l) {
+            tracing::warn!("{key}: cannot turn TCP keepalive on: {e}");
+        }
+    }
     for n in 0..shared.cfg.threads {
         let thread = data_thread(n, shared.clone(), &write, &read, shutdown.child_token())?;
         // A data thread that ends before shutdown (it cannot, short of a panic) ends the router.

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub sessions_total: IntCounterVec,
     pub bytes_total: IntCounterVec,
     pub rejected_total: IntCounterVec,
+    pub cancel_requests_total: IntCounterVec,
     pub sessions_killed_total: IntCounterVec,
     pub switch_latency_seconds: Histogram,
     pub session_kill_seconds: HistogramVec,
@@ -52,6 +53,14 @@ impl Metrics {
                     "Connections answered with an error or closed",
                 ),
                 &["port", "reason"],
+            )),
+            cancel_requests_total: must(IntCounterVec::new(
+                Opts::new(
+                    "patrol_router_cancel_requests_total",
+                    "Cancel requests forwarded: to the session's backend (its key was seen), or \
+                     to every backend that may hold it",
+                ),
+                &["port", "target"],
             )),
             sessions_killed_total: must(IntCounterVec::new(
                 Opts::new(
@@ -120,6 +129,7 @@ impl Metrics {
             Box::new(m.sessions_total.clone()),
             Box::new(m.bytes_total.clone()),
             Box::new(m.rejected_total.clone()),
+            Box::new(m.cancel_requests_total.clone()),
             Box::new(m.sessions_killed_total.clone()),
             Box::new(m.switch_latency_seconds.clone()),
             Box::new(m.session_kill_seconds.clone()),

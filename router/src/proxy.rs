@@ -3,18 +3,34 @@
 //! is cancelled because its backend left the pool.
 //!
 //! SSL: the router is L4. An `SSLRequest` is forwarded to the chosen backend, so TLS runs end to
-//! end; only when no backend can be chosen does the router answer `N` itself and send a
-//! PostgreSQL `ErrorResponse` in plaintext.
+//! end; only when no backend can be chosen, or the chosen one does not answer, does the router
+//! answer `N` itself and send a PostgreSQL `ErrorResponse` in plaintext.
+//!
+//! Dangerous: every open connection holds one of `max_connections` slots, so nothing before the
+//! relay may wait without a deadline (a backend whose postmaster hangs still completes TCP
+//! handshakes, and then answers nothing): connecting has `connect_timeout`, the backend's first
+//! answer `backend_answer_timeout`, the client's packets and every write to it
+//! `startup_timeout`. The relay itself has none: an idle session is legitimate, and TCP
+//! keepalive on both sockets notices a peer that vanished.
+//!
+//! Cancel requests: a client cancels a query on a new connection carrying the session's
+//! backend process id and secret key. The relay reads that key from the backend's
+//! `BackendKeyData` when the session is plaintext and relayed in user space, and a
+//! `CancelRequest` carrying it goes to that one backend; any other (TLS, GSS-encrypted or
+//! kernel-relayed sessions, clients redirected at connect time, or a session made through
+//! another router) goes to every backend that may hold it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pgwire::messages::response::ErrorResponse;
 use pgwire::messages::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Balance, ReadFallback};
@@ -27,6 +43,26 @@ const CANCEL_REQUEST: u32 = 80_877_102;
 const MIN_STARTUP: usize = 8;
 const MAX_STARTUP: usize = 10_000;
 const BUF: usize = 16 * 1024;
+/// A `CancelRequest`: length, code, process id, and a secret of 4 bytes (protocol 3.0) up to
+/// 256 (3.2).
+const MIN_CANCEL: usize = 16;
+const MAX_CANCEL: usize = 12 + 256;
+/// TCP keepalive of relayed sockets: first probe after this much silence, ...
+const KEEPALIVE_IDLE_SECS: u32 = 60;
+/// ... then one every 10 s, and the connection is dropped after 6 unanswered (a peer that
+/// vanished is noticed about two minutes after it went silent).
+const KEEPALIVE_INTERVAL_SECS: u32 = 10;
+const KEEPALIVE_PROBES: u32 = 6;
+
+/// Turns TCP keepalive on for `socket` (a listener passes it on to the connections it
+/// accepts).
+pub fn keepalive(socket: &impl std::os::fd::AsFd) -> nix::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(socket, sockopt::KeepAlive, &true)?;
+    setsockopt(socket, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_SECS)?;
+    setsockopt(socket, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_SECS)?;
+    setsockopt(socket, sockopt::TcpKeepCount, &KEEPALIVE_PROBES)
+}
 
 thread_local! {
     /// This data thread's last relayed message and its spinner's state (`busy_poll_us`).
@@ -75,6 +111,21 @@ enum Refusal {
     NoBackend(String),
     #[error("could not connect to {0}: {1}")]
     Connect(String, String),
+    /// The backend took the connection but did not answer in time (its postmaster hangs).
+    #[error("backend {name} did not answer within {} ms", .1.as_millis(), name = .0)]
+    NoAnswer(String, Duration),
+}
+
+impl Refusal {
+    /// The `reason` label of `patrol_router_connections_rejected_total`, and the SQLSTATE.
+    fn reason(&self) -> (&'static str, &'static str) {
+        match self {
+            Refusal::Protocol(_) => ("protocol", "08P01"),
+            Refusal::NoBackend(_) => ("no_backend", "57P03"),
+            Refusal::Connect(..) => ("connect", "57P03"),
+            Refusal::NoAnswer(..) => ("backend_timeout", "57P03"),
+        }
+    }
 }
 
 /// The first packet a client sends (startup, SSL/GSSENC request or cancel).
@@ -159,7 +210,7 @@ pub async fn serve(
 async fn handle(shared: Arc<Shared>, port: Port, mut client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     let deadline = shared.cfg.startup_timeout;
-    let first = match tokio::time::timeout(deadline, read_first(&mut client)).await {
+    let first = match timeout(deadline, read_first(&mut client)).await {
         Ok(Ok(p)) => p,
         Ok(Err(r)) => return reject_quietly(&shared, port, peer, &r),
         Err(_) => {
@@ -167,26 +218,17 @@ async fn handle(shared: Arc<Shared>, port: Port, mut client: TcpStream, peer: So
         }
     };
     match first.code {
+        CANCEL_REQUEST if (MIN_CANCEL..=MAX_CANCEL).contains(&first.bytes.len()) => {
+            forward_cancel(&shared, port, first.bytes.freeze()).await;
+        }
         CANCEL_REQUEST => {
-            forward_cancel(&shared, port, &first.bytes).await;
+            let r = Refusal::Protocol("invalid cancel request length");
+            reject_quietly(&shared, port, peer, &r)
         }
         SSL_REQUEST | GSSENC_REQUEST => match pick(&shared, port).await {
-            Ok(backend) => relay_with_ssl(&shared, port, client, &first.bytes, backend).await,
-            Err(r) => {
-                // No backend: decline encryption ourselves, read the real startup, then refuse.
-                if client.write_all(b"N").await.is_err() {
-                    return;
-                }
-                match tokio::time::timeout(deadline, read_first(&mut client)).await {
-                    Ok(Ok(p)) if p.code >> 16 == 3 => refuse(&shared, port, client, &r).await,
-                    _ => reject_quietly(
-                        &shared,
-                        port,
-                        peer,
-                        &Refusal::Protocol("bad startup after SSL request"),
-                    ),
-                }
-            }
+            Ok(backend) => relay_with_ssl(&shared, port, client, peer, &first, backend).await,
+            // No backend: decline encryption ourselves, read the real startup, then refuse.
+            Err(r) => decline_and_refuse(&shared, port, client, peer, &r).await,
         },
         code if code >> 16 == 3 => match pick(&shared, port).await {
             Ok(backend) => relay_plain(&shared, port, client, &first.bytes, backend).await,
@@ -204,31 +246,75 @@ fn reject_quietly(shared: &Shared, port: Port, peer: SocketAddr, r: &Refusal) {
         "{} port: closing connection from {peer}: {r}",
         port.as_str()
     );
-    shared
-        .metrics
-        .rejected_total
-        .with_label_values(&[port.as_str(), "protocol"])
-        .inc();
+    count(shared, port, r);
 }
 
-async fn refuse(shared: &Shared, port: Port, mut client: TcpStream, r: &Refusal) {
-    let (reason, sqlstate) = match r {
-        Refusal::Protocol(_) => ("protocol", "08P01"),
-        Refusal::NoBackend(_) => ("no_backend", "57P03"),
-        Refusal::Connect(..) => ("connect", "57P03"),
-    };
+fn count(shared: &Shared, port: Port, r: &Refusal) {
     shared
         .metrics
         .rejected_total
-        .with_label_values(&[port.as_str(), reason])
+        .with_label_values(&[port.as_str(), r.reason().0])
         .inc();
+    if let Refusal::NoAnswer(name, _) = r {
+        shared.warn_limited(
+            &format!("no answer from {name}"),
+            format!(
+                "{} port: {r} (is its postmaster hung?); its clients get an error",
+                port.as_str()
+            ),
+        );
+    }
+}
+
+/// The `ErrorResponse` a refused client gets.
+fn refusal(shared: &Shared, port: Port, r: &Refusal) -> BytesMut {
     let msg = format!(
         "patrol-router: cluster \"{}\" {} port: {r}",
         shared.cfg.scope,
         port.as_str()
     );
-    let _ = client.write_all(&error_response(sqlstate, &msg)).await;
-    let _ = client.shutdown().await;
+    error_response(r.reason().1, &msg)
+}
+
+async fn refuse(shared: &Shared, port: Port, mut client: TcpStream, r: &Refusal) {
+    count(shared, port, r);
+    let msg = refusal(shared, port, r);
+    let _ = timeout(shared.cfg.startup_timeout, async {
+        client.write_all(&msg).await?;
+        client.shutdown().await
+    })
+    .await;
+}
+
+/// Writes to a client before the relay, within `startup_timeout` (a client that reads nothing
+/// cannot hold its slot). False when it failed or timed out.
+async fn send_client(shared: &Shared, client: &mut TcpStream, bytes: &[u8]) -> bool {
+    matches!(
+        timeout(shared.cfg.startup_timeout, client.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Answers an SSL/GSSENC request with `N` (no encryption), reads the startup packet that
+/// follows and refuses it with `r`. A client that requires encryption closes instead.
+async fn decline_and_refuse(
+    shared: &Shared,
+    port: Port,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    r: &Refusal,
+) {
+    if !send_client(shared, &mut client, b"N").await {
+        return reject_quietly(shared, port, peer, r);
+    }
+    match timeout(shared.cfg.startup_timeout, read_first(&mut client)).await {
+        Ok(Ok(p)) if p.code >> 16 == 3 => refuse(shared, port, client, r).await,
+        Ok(Ok(_)) => {
+            let bad = Refusal::Protocol("bad startup after SSL request");
+            reject_quietly(shared, port, peer, &bad)
+        }
+        _ => reject_quietly(shared, port, peer, r),
+    }
 }
 
 /// Chooses a backend with one table load; the write port holds up to `hold` for a leader.
@@ -288,9 +374,10 @@ fn choose(
 }
 
 async fn connect(shared: &Shared, b: &Backend) -> Result<TcpStream, Refusal> {
-    match tokio::time::timeout(shared.cfg.connect_timeout, TcpStream::connect(b.addr)).await {
+    match timeout(shared.cfg.connect_timeout, TcpStream::connect(b.addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
+            let _ = keepalive(&s);
             Ok(s)
         }
         Ok(Err(e)) => Err(Refusal::Connect(b.name.clone(), e.to_string())),
@@ -310,10 +397,26 @@ async fn relay_plain(
         Err(r) => return refuse(shared, port, client, &r).await,
     };
     let joined = join(shared, &client, &server);
-    if server.write_all(first).await.is_err() {
-        return;
+    let limit = shared.cfg.backend_answer_timeout;
+    let failed = match timeout(limit, server.write_all(first)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(Refusal::Connect(
+            backend.name.clone(),
+            format!("sending the startup packet: {e}"),
+        )),
+        Err(_) => Some(Refusal::NoAnswer(backend.name.clone(), limit)),
+    };
+    if let Some(r) = failed {
+        drop(joined);
+        return refuse(shared, port, client, &r).await;
     }
-    relay(shared, port, client, server, backend, joined).await;
+    // The backend's first messages must start within the answer deadline; in user space the
+    // relay also reads the session's cancel key from them.
+    let watch = Watch {
+        key: joined.is_none(),
+        first_answer: Some(limit),
+    };
+    relay(shared, port, client, server, backend, joined, watch).await;
 }
 
 /// Hands the pair to the kernel relay when `splice` is on (before anything is in flight).
@@ -333,41 +436,62 @@ fn join<'a>(
 }
 
 /// Forwards the SSL/GSSENC request to the backend and its one-byte answer to the client; TLS
-/// then runs end to end through the relay.
+/// then runs end to end through the relay. A backend that does not answer within
+/// `backend_answer_timeout` (or closes) is treated as one that cannot be reached: the router
+/// declines encryption itself and refuses the startup packet that follows.
 async fn relay_with_ssl(
     shared: &Shared,
     port: Port,
     mut client: TcpStream,
-    first: &[u8],
+    peer: SocketAddr,
+    first: &FirstPacket,
     backend: Backend,
 ) {
     let mut server = match connect(shared, &backend).await {
         Ok(s) => s,
-        Err(r) => {
-            if client.write_all(b"N").await.is_err() {
-                return;
-            }
-            let startup = tokio::time::timeout(shared.cfg.startup_timeout, read_first(&mut client));
-            if let Ok(Ok(p)) = startup.await {
-                if p.code >> 16 == 3 {
-                    refuse(shared, port, client, &r).await;
-                }
-            }
-            return;
+        Err(r) => return decline_and_refuse(shared, port, client, peer, &r).await,
+    };
+    let limit = shared.cfg.backend_answer_timeout;
+    let asked = async {
+        server.write_all(&first.bytes).await?;
+        server.read_u8().await
+    };
+    let answer = match timeout(limit, asked).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            let r = Refusal::Connect(
+                backend.name.clone(),
+                format!("no answer to the request ({e})"),
+            );
+            return decline_and_refuse(shared, port, client, peer, &r).await;
+        }
+        Err(_) => {
+            let r = Refusal::NoAnswer(backend.name.clone(), limit);
+            return decline_and_refuse(shared, port, client, peer, &r).await;
         }
     };
-    if server.write_all(first).await.is_err() {
-        return;
-    }
-    let mut answer = [0u8; 1];
-    if server.read_exact(&mut answer).await.is_err() {
-        return;
-    }
     let joined = join(shared, &client, &server);
-    if client.write_all(&answer).await.is_err() {
+    if !send_client(shared, &mut client, &[answer]).await {
         return;
     }
-    relay(shared, port, client, server, backend, joined).await;
+    // SSL declined by the server: the session goes on in plaintext (a startup packet next), so
+    // its cancel key can be read. (After a declined GSSENC request a client may still ask for
+    // SSL on the same connection, and the answer byte would not parse as a message.)
+    let watch = Watch {
+        key: joined.is_none() && first.code == SSL_REQUEST && answer == b'N',
+        first_answer: None,
+    };
+    relay(shared, port, client, server, backend, joined, watch).await;
+}
+
+/// What the relay watches while a session starts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Watch {
+    /// The backend speaks plaintext protocol messages from the first byte: record its
+    /// `BackendKeyData` (user-space relay only).
+    key: bool,
+    /// The backend's first bytes must arrive within this long (its startup packet was sent).
+    first_answer: Option<Duration>,
 }
 
 /// Copies both ways with buffers allocated only while data flows, until either side closes or
@@ -379,8 +503,9 @@ async fn relay(
     server: TcpStream,
     backend: Backend,
     joined: Option<crate::splice::Joined<'_>>,
+    watch: Watch,
 ) {
-    let (id, cancel) = shared.sessions.register(port, &backend.name);
+    let (id, cancel) = shared.sessions.register(port, &backend);
     let m = &shared.metrics;
     let labels = [port.as_str(), backend.name.as_str()];
     m.sessions_total.with_label_values(&labels).inc();
@@ -404,17 +529,37 @@ async fn relay(
             .bytes_total
             .with_label_values(&[port.as_str(), "to_client"]);
         let ended = if let Some(joined) = joined {
-            let carried = joined.run(client, server, &cancel).await;
-            up.inc_by(carried.to_backend);
-            down.inc_by(carried.to_client);
-            !cancel.is_cancelled()
+            match watch.first_answer {
+                Some(limit) if !crate::splice::answered(&server, limit).await => {
+                    drop(joined);
+                    let r = Refusal::NoAnswer(backend.name.clone(), limit);
+                    refuse(shared, port, client, &r).await;
+                    true
+                }
+                _ => {
+                    let carried = joined.run(client, server, &cancel).await;
+                    up.inc_by(carried.to_backend);
+                    down.inc_by(carried.to_client);
+                    !cancel.is_cancelled()
+                }
+            }
         } else {
             let spin = !shared.cfg.busy_poll.is_zero();
             let (cr, cw) = client.into_split();
             let (sr, sw) = server.into_split();
+            let from_server = async {
+                let (mut sr, mut cw) = (sr, cw);
+                if (watch.key || watch.first_answer.is_some())
+                    && !watch_start(shared, port, &backend, id, &mut sr, &mut cw, &down, watch)
+                        .await
+                {
+                    return;
+                }
+                pump(sr, cw, &down, spin).await
+            };
             tokio::select! {
                 _ = pump(cr, sw, &up, spin) => true,
-                _ = pump(sr, cw, &down, spin) => true,
+                _ = from_server => true,
                 _ = cancel.cancelled() => false,
             }
         };
@@ -430,9 +575,146 @@ async fn relay(
     shared.sessions.unregister(id);
 }
 
+/// Relays the backend's first messages while watching them: the first bytes must arrive within
+/// `watch.first_answer` (else the client gets an `ErrorResponse` and the session ends), and a
+/// `BackendKeyData` is recorded as the session's cancel key. Returns false when the session is
+/// over; true to go on relaying.
+#[allow(clippy::too_many_arguments)]
+async fn watch_start(
+    shared: &Shared,
+    port: Port,
+    backend: &Backend,
+    id: u64,
+    from: &mut OwnedReadHalf,
+    to: &mut OwnedWriteHalf,
+    counter: &prometheus::IntCounter,
+    watch: Watch,
+) -> bool {
+    let mut scan = KeyScan::default();
+    let mut first = watch.first_answer;
+    loop {
+        let mut buf = Vec::with_capacity(BUF);
+        let read = match first.take() {
+            Some(limit) => match timeout(limit, from.read_buf(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let r = Refusal::NoAnswer(backend.name.clone(), limit);
+                    count(shared, port, &r);
+                    let msg = refusal(shared, port, &r);
+                    let _ = timeout(shared.cfg.startup_timeout, to.write_all(&msg)).await;
+                    return false;
+                }
+            },
+            None => from.read_buf(&mut buf).await,
+        };
+        let n = match read {
+            Ok(0) => {
+                let _ = to.shutdown().await;
+                return false;
+            }
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return false;
+        }
+        counter.inc_by(n as u64);
+        if !watch.key {
+            return true;
+        }
+        match scan.feed(&buf[..n]) {
+            Scan::More => {}
+            Scan::Key(key) => {
+                shared.sessions.set_key(id, &key);
+                return true;
+            }
+            Scan::Done => return true,
+        }
+    }
+}
+
+/// What [`KeyScan::feed`] found so far.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// Keep feeding.
+    More,
+    /// The body of the backend's `BackendKeyData`: process id and secret key, as a
+    /// `CancelRequest` carries them after its code.
+    Key(Vec<u8>),
+    /// No key will come: the backend is ready for queries, sent an error, or the stream is not
+    /// the startup messages expected.
+    Done,
+}
+
+/// Reads a backend's messages from its first byte (after a plaintext startup packet) up to its
+/// `BackendKeyData`, across reads of any size. Only the key's body is kept.
+#[derive(Debug, Default)]
+struct KeyScan {
+    header: [u8; 5],
+    /// Bytes of `header` read (5 while in a body).
+    have: usize,
+    body_left: usize,
+    key: Vec<u8>,
+    seen: usize,
+}
+
+/// Stop looking for the key after this much of the stream (authentication exchanges and
+/// parameter reports are far smaller).
+const SCAN_LIMIT: usize = 1 << 20;
+/// A longer message is not one of the startup messages (the largest, a GSSAPI token, is at
+/// most 64 kB).
+const MAX_MESSAGE: usize = 1 << 17;
+
+impl KeyScan {
+    fn feed(&mut self, mut data: &[u8]) -> Scan {
+        self.seen += data.len();
+        if self.seen > SCAN_LIMIT {
+            return Scan::Done;
+        }
+        while !data.is_empty() {
+            if self.have < 5 {
+                let take = (5 - self.have).min(data.len());
+                self.header[self.have..self.have + take].copy_from_slice(&data[..take]);
+                self.have += take;
+                data = &data[take..];
+                if self.have < 5 {
+                    break;
+                }
+                let h = self.header;
+                let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                // Authentication, parameter status, key, notice, protocol negotiation: the
+                // messages that may come before the key. Anything else ends the search.
+                let body = match (h[0], len.checked_sub(4)) {
+                    (b'K', Some(body)) if (8..=4 + 256).contains(&body) => body,
+                    (b'R' | b'S' | b'N' | b'v', Some(body)) if body <= MAX_MESSAGE => body,
+                    _ => return Scan::Done,
+                };
+                self.body_left = body;
+                if body == 0 {
+                    self.have = 0;
+                }
+                continue;
+            }
+            let take = self.body_left.min(data.len());
+            if self.header[0] == b'K' {
+                self.key.extend_from_slice(&data[..take]);
+            }
+            self.body_left -= take;
+            data = &data[take..];
+            if self.body_left == 0 {
+                self.have = 0;
+                if self.header[0] == b'K' {
+                    return Scan::Key(std::mem::take(&mut self.key));
+                }
+            }
+        }
+        Scan::More
+    }
+}
+
 async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
     counter: &prometheus::IntCounter,
     spin_enabled: bool,
 ) {
@@ -463,19 +745,80 @@ async fn pump(
     }
 }
 
-/// A CancelRequest carries no routing information: send it to every backend of the port's pool
-/// (PostgreSQL ignores keys it does not know).
-async fn forward_cancel(shared: &Shared, port: Port, packet: &[u8]) {
-    let t = shared.table.load_full();
-    let targets: Vec<Backend> = match port {
+/// Sends a `CancelRequest` to the backend of the session whose key it carries, when the relay
+/// saw that key; otherwise to every backend that may hold the session ([`cancel_fanout`]).
+/// PostgreSQL ignores keys it does not know. The sends run at once, each within
+/// `connect_timeout` and `backend_answer_timeout`.
+async fn forward_cancel(shared: &Shared, port: Port, packet: Bytes) {
+    let (targets, how) = match shared.sessions.holder(&packet[8..]) {
+        Some(b) => (vec![b], "session"),
+        None => (cancel_fanout(shared, port), "fanout"),
+    };
+    shared
+        .metrics
+        .cancel_requests_total
+        .with_label_values(&[port.as_str(), how])
+        .inc();
+    tracing::debug!(
+        "{} port: cancel request sent to {} ({})",
+        port.as_str(),
+        targets
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if how == "session" {
+            "the session's backend"
+        } else {
+            "its key is unknown: every backend that may hold the session"
+        }
+    );
+    let (connect_limit, write_limit) = (
+        shared.cfg.connect_timeout,
+        shared.cfg.backend_answer_timeout,
+    );
+    let mut sends = tokio::task::JoinSet::new();
+    for b in targets {
+        let packet = packet.clone();
+        sends.spawn(async move {
+            if let Ok(Ok(mut s)) = timeout(connect_limit, TcpStream::connect(b.addr)).await {
+                let _ = timeout(write_limit, s.write_all(&packet)).await;
+            }
+        });
+    }
+    while sends.join_next().await.is_some() {}
+}
+
+/// Where a `CancelRequest` whose key the router has not seen goes: the port's pool (as it
+/// would route a new session), every backend holding a session of this port whose key is
+/// unknown (TLS, GSS-encrypted or kernel-relayed sessions, or sessions kept on a replica that
+/// left the pool), and, with `redirect_local`, every backend with redirected sessions of this
+/// port (those never pass through the relay). Each backend once.
+fn cancel_fanout(shared: &Shared, port: Port) -> Vec<Backend> {
+    let t = shared.table.load();
+    let mut out: Vec<Backend> = match port {
         Port::Write => t.writer.iter().cloned().collect(),
         Port::Read => t.readers.iter().chain(t.writer.iter()).cloned().collect(),
     };
-    for b in targets {
-        if let Ok(mut s) = connect(shared, &b).await {
-            let _ = s.write_all(packet).await;
+    let mut add = |b: Backend| {
+        if !out.iter().any(|o| o.addr == b.addr) {
+            out.push(b);
+        }
+    };
+    for b in shared.sessions.keyless_backends(port) {
+        add(b);
+    }
+    if let Some(local) = &shared.local {
+        for m in &t.members {
+            if let (Some(addr), true) = (m.addr, local.sessions(port, &m.name) > 0) {
+                add(Backend {
+                    name: m.name.clone(),
+                    addr,
+                });
+            }
         }
     }
+    out
 }
 
 #[cfg(test)]
@@ -493,6 +836,91 @@ mod tests {
             body.contains("57P03") && body.contains("no leader"),
             "{body}"
         );
+    }
+
+    /// A message: type, length, body.
+    fn msg(ty: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![ty];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// What a backend sends after a startup packet with SCRAM: the SASL exchange (the client's
+    /// answers in between are not in this stream), parameters, the key, ready.
+    fn startup_stream(key: &[u8]) -> Vec<u8> {
+        let mut s = Vec::new();
+        s.extend(msg(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0"));
+        s.extend(msg(b'R', b"\0\0\0\x0br=abc,s=def,i=4096"));
+        s.extend(msg(b'R', b"\0\0\0\x0cv=xyz"));
+        s.extend(msg(b'R', b"\0\0\0\0"));
+        s.extend(msg(b'S', b"server_version\x0015.8\0"));
+        s.extend(msg(b'S', b"TimeZone\0UTC\0"));
+        s.extend(msg(b'K', key));
+        s.extend(msg(b'Z', b"I"));
+        s
+    }
+
+    #[test]
+    fn key_scan_finds_the_key_across_any_split() {
+        let key = [0, 0, 0x30, 0x39, 0xde, 0xad, 0xbe, 0xef];
+        let stream = startup_stream(&key);
+        // Every split point, and byte by byte.
+        for cut in 0..stream.len() {
+            let mut scan = KeyScan::default();
+            let a = scan.feed(&stream[..cut]);
+            let found = if let Scan::Key(k) = a {
+                k
+            } else {
+                assert_eq!(a, Scan::More, "cut {cut}");
+                match scan.feed(&stream[cut..]) {
+                    Scan::Key(k) => k,
+                    other => panic!("cut {cut}: {other:?}"),
+                }
+            };
+            assert_eq!(found, key, "cut {cut}");
+        }
+        let mut scan = KeyScan::default();
+        let mut got = None;
+        for b in &stream {
+            if let Scan::Key(k) = scan.feed(std::slice::from_ref(b)) {
+                got = Some(k);
+                break;
+            }
+        }
+        assert_eq!(got.as_deref(), Some(&key[..]));
+        // Protocol 3.2: a longer secret.
+        let long: Vec<u8> = (0..36).collect();
+        let mut scan = KeyScan::default();
+        assert_eq!(scan.feed(&startup_stream(&long)), Scan::Key(long));
+    }
+
+    #[test]
+    fn key_scan_stops_where_no_key_can_come() {
+        let done = |stream: &[u8]| KeyScan::default().feed(stream);
+        // An error during authentication.
+        let mut s = msg(b'R', b"\0\0\0\x05salt");
+        s.extend(msg(
+            b'E',
+            b"SFATAL\0C28P01\0Mpassword authentication failed\0\0",
+        ));
+        assert_eq!(done(&s), Scan::Done);
+        // Ready without a key, a key of a bad size, a length below 4, data of another kind.
+        assert_eq!(done(&msg(b'Z', b"I")), Scan::Done);
+        assert_eq!(done(&msg(b'K', b"\0\0\0\x01")), Scan::Done);
+        assert_eq!(done(&[b'R', 0, 0, 0, 3]), Scan::Done);
+        assert_eq!(done(b"S\x16\x03\x01\x02\x00"), Scan::Done);
+        // A stream that never gets there is given up after a while.
+        let mut scan = KeyScan::default();
+        let notice = msg(b'N', &[b'x'; 1000]);
+        let mut last = Scan::More;
+        for _ in 0..(SCAN_LIMIT / notice.len() + 2) {
+            last = scan.feed(&notice);
+            if last != Scan::More {
+                break;
+            }
+        }
+        assert_eq!(last, Scan::Done);
     }
 
     #[test]

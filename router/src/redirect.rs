@@ -708,8 +708,10 @@ fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
 /// A client cancels a query by opening a new connection to the same port with a
 /// `CancelRequest`. The program cannot see it, so with several replicas it could send the
 /// cancel to another one than the session's, where it is silently ignored (and a JDBC query
-/// timeout, say, would never fire). The listener sends a `CancelRequest` to every member of the
-/// pool; so a read port with more than one backend is left to it.
+/// timeout, say, would never fire). The listener can route it: to the session's backend when
+/// the relay saw the session's key, else to every backend that may hold it (the pool, and the
+/// members with redirected sessions, whose keys it never sees); so a read port with more than
+/// one backend is left to it.
 pub fn routes_for(cfg: &Config, t: &Table) -> Routes {
     let writer = t.writer.as_ref().and_then(|w| v4(w.addr));
     let reader = match t.readers.as_slice() {

@@ -236,6 +236,28 @@ impl Drop for Joined<'_> {
     }
 }
 
+/// Waits until `server`, a spliced session's backend socket, has received its first data, at
+/// most `limit`; false when nothing came. That answer goes straight to the client in the
+/// kernel, so its arrival is read from `TCP_INFO`, polled from 1 ms backing off to 50 ms (a
+/// backend usually answers a startup packet within a few milliseconds). A socket that closed
+/// or failed counts as answered: the relay then sees the end.
+pub async fn answered(server: &TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match tcp_info(server) {
+            Ok(i) if i.tcpi_bytes_received == 0 && i.tcpi_state == ESTABLISHED => {}
+            _ => return true,
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// TCP states (include/net/tcp_states.h).
 const ESTABLISHED: u8 = 1;
 const TIME_WAIT: u8 = 6;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::table::{Probe, Table};
+use crate::table::{Backend, Probe, Table};
 
 /// Which listener a session came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,11 +32,16 @@ impl Port {
 
 struct Session {
     port: Port,
-    backend: String,
+    backend: Backend,
     cancel: CancellationToken,
+    /// The backend's cancel key (process id and secret, the body of its `BackendKeyData`),
+    /// once the relay saw it; `None` for TLS, GSS-encrypted and kernel-relayed sessions, whose
+    /// key the router cannot read, and for sessions still authenticating.
+    key: Option<Box<[u8]>>,
 }
 
-/// Live sessions, by id, with per-(port, backend) counts for least-connections.
+/// Live sessions, by id, with per-(port, backend) counts for least-connections and the
+/// cancel keys seen, so that a `CancelRequest` goes to the one backend that holds its session.
 #[derive(Default)]
 pub struct Sessions {
     next: AtomicU64,
@@ -47,6 +52,8 @@ pub struct Sessions {
 struct SessionsInner {
     by_id: HashMap<u64, Session>,
     counts: HashMap<(Port, String), usize>,
+    /// Cancel key -> session id.
+    keys: HashMap<Box<[u8]>, u64>,
 }
 
 impl Sessions {
@@ -54,7 +61,7 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(&self, port: Port, backend: &str) -> (u64, CancellationToken) {
+    pub fn register(&self, port: Port, backend: &Backend) -> (u64, CancellationToken) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
         let mut g = self.lock();
@@ -62,21 +69,59 @@ impl Sessions {
             id,
             Session {
                 port,
-                backend: backend.to_string(),
+                backend: backend.clone(),
                 cancel: cancel.clone(),
+                key: None,
             },
         );
-        *g.counts.entry((port, backend.to_string())).or_default() += 1;
+        *g.counts.entry((port, backend.name.clone())).or_default() += 1;
         (id, cancel)
     }
 
     pub fn unregister(&self, id: u64) {
         let mut g = self.lock();
         if let Some(s) = g.by_id.remove(&id) {
-            if let Some(c) = g.counts.get_mut(&(s.port, s.backend)) {
+            if let Some(c) = g.counts.get_mut(&(s.port, s.backend.name)) {
                 *c = c.saturating_sub(1);
             }
+            if let Some(k) = s.key {
+                if g.keys.get(&k) == Some(&id) {
+                    g.keys.remove(&k);
+                }
+            }
         }
+    }
+
+    /// Records session `id`'s cancel key (the body of the backend's `BackendKeyData`).
+    pub fn set_key(&self, id: u64, key: &[u8]) {
+        let mut g = self.lock();
+        let Some(s) = g.by_id.get_mut(&id) else {
+            return;
+        };
+        let key: Box<[u8]> = key.into();
+        s.key = Some(key.clone());
+        g.keys.insert(key, id);
+    }
+
+    /// The backend of the session whose cancel key is `key` (process id and secret, as a
+    /// `CancelRequest` carries them after its code).
+    pub fn holder(&self, key: &[u8]) -> Option<Backend> {
+        let g = self.lock();
+        let id = g.keys.get(key)?;
+        g.by_id.get(id).map(|s| s.backend.clone())
+    }
+
+    /// The backends holding sessions on `port` whose cancel key the router has not seen
+    /// (TLS, GSS-encrypted or kernel-relayed ones, or still authenticating), each once.
+    pub fn keyless_backends(&self, port: Port) -> Vec<Backend> {
+        let g = self.lock();
+        let mut out: Vec<Backend> = Vec::new();
+        for s in g.by_id.values() {
+            if s.port == port && s.key.is_none() && !out.contains(&s.backend) {
+                out.push(s.backend.clone());
+            }
+        }
+        out
     }
 
     pub fn count(&self, port: Port, backend: &str) -> usize {
@@ -96,7 +141,7 @@ impl Sessions {
         let g = self.lock();
         let mut n = 0;
         for s in g.by_id.values() {
-            if s.port == port && !keep(&s.backend) && !s.cancel.is_cancelled() {
+            if s.port == port && !keep(&s.backend.name) && !s.cancel.is_cancelled() {
                 s.cancel.cancel();
                 n += 1;
             }
@@ -140,7 +185,12 @@ pub struct Shared {
     pub splicer: Option<crate::splice::Splicer>,
     /// Connect-time routing of local clients (`redirect_local: true` and the program linked).
     pub local: Option<crate::redirect::Local>,
+    /// When each rate-limited warning was last logged, by topic.
+    warned: Mutex<HashMap<String, Instant>>,
 }
+
+/// A rate-limited warning is logged at most this often per topic.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One open client connection, counted in [`Shared::connections`] until dropped.
 pub struct ConnectionSlot(Arc<Shared>);
@@ -212,7 +262,27 @@ impl Shared {
             connections: AtomicUsize::new(0),
             splicer,
             local,
+            warned: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Logs `text` at WARN unless `topic` was warned about in the last 10 s (a condition that
+    /// every connection meets, such as a hung backend or a full admin port, is said once, not
+    /// once per connection).
+    pub fn warn_limited(&self, topic: &str, text: impl std::fmt::Display) {
+        let now = Instant::now();
+        let mut w = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if w.get(topic)
+            .is_some_and(|at| now.duration_since(*at) < WARN_EVERY)
+        {
+            return;
+        }
+        if w.len() > 1000 {
+            w.retain(|_, at| now.duration_since(*at) < WARN_EVERY);
+        }
+        w.insert(topic.to_string(), now);
+        drop(w);
+        tracing::warn!("{text}");
     }
 
     pub fn event(&self, text: impl Into<String>) {
@@ -224,5 +294,50 @@ impl Shared {
             text,
         });
         e.truncate(200);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(name: &str, port: u16) -> Backend {
+        Backend {
+            name: name.into(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    #[test]
+    fn a_cancel_key_names_its_session_backend_until_the_session_ends() {
+        let s = Sessions::default();
+        let (a, b) = (backend("a", 1), backend("b", 2));
+        let (one, _) = s.register(Port::Read, &a);
+        let (two, _) = s.register(Port::Read, &b);
+        let (three, _) = s.register(Port::Read, &b);
+        // Keys not seen yet: both backends may hold any of them.
+        let mut keyless = s.keyless_backends(Port::Read);
+        keyless.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(keyless, vec![a.clone(), b.clone()]);
+        assert!(s.keyless_backends(Port::Write).is_empty());
+        s.set_key(one, &[0, 0, 0, 7, 1, 2, 3, 4]);
+        s.set_key(two, &[0, 0, 0, 8, 5, 6, 7, 8]);
+        assert_eq!(s.holder(&[0, 0, 0, 7, 1, 2, 3, 4]), Some(a.clone()));
+        assert_eq!(s.holder(&[0, 0, 0, 8, 5, 6, 7, 8]), Some(b.clone()));
+        // Same process id, another secret: no holder.
+        assert_eq!(s.holder(&[0, 0, 0, 7, 1, 2, 3, 5]), None);
+        // Only session three (on b) has no key now.
+        assert_eq!(s.keyless_backends(Port::Read), vec![b.clone()]);
+        s.unregister(one);
+        assert_eq!(s.holder(&[0, 0, 0, 7, 1, 2, 3, 4]), None);
+        s.unregister(three);
+        assert!(s.keyless_backends(Port::Read).is_empty());
+        assert_eq!(s.count(Port::Read, "b"), 1);
+        // A key set for a session that already ended is not recorded.
+        s.set_key(three, &[9; 8]);
+        assert_eq!(s.holder(&[9; 8]), None);
+        s.unregister(two);
+        assert_eq!(s.total(), 0);
+        assert!(s.lock().keys.is_empty());
     }
 }
