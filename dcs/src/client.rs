@@ -4,13 +4,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::etcd::{DcsError, EtcdDcs, LeaseInfo};
-use crate::model::Cluster;
+use crate::model::{Cluster, Timing};
 
 /// Every write is conditional where Patroni's is: leader key by lease and value, `config`,
 /// `failover` and `sync` by mod revision when a version is given.
@@ -23,8 +22,9 @@ pub trait Dcs: Send + Sync + 'static {
     fn refresh_lease(&self) -> impl Future<Output = Result<LeaseInfo, DcsError>> + Send;
     /// The deadline of the last acknowledged keep-alive.
     fn lease_deadline(&self) -> impl Future<Output = Option<Instant>> + Send;
-    /// New timing from the dynamic config (a changed ttl re-grants the lease).
-    fn set_timing(&self, ttl: u64, retry_timeout: Duration) -> impl Future<Output = ()> + Send;
+    /// New timing from the dynamic config: the deadline of every call, and the lease's TTL (a
+    /// changed ttl re-grants the lease).
+    fn set_timing(&self, timing: Timing) -> impl Future<Output = ()> + Send;
     /// Writes `members/<me>` on our lease.
     fn touch_member(&self, json: &str) -> impl Future<Output = Result<(), DcsError>> + Send;
     /// Creates the leader key if it does not exist.
@@ -85,8 +85,8 @@ impl Dcs for EtcdDcs {
     async fn lease_deadline(&self) -> Option<Instant> {
         EtcdDcs::lease_deadline(self).await
     }
-    async fn set_timing(&self, ttl: u64, retry_timeout: Duration) {
-        EtcdDcs::set_timing(self, ttl, retry_timeout).await
+    async fn set_timing(&self, timing: Timing) {
+        EtcdDcs::set_timing(self, timing).await
     }
     async fn touch_member(&self, json: &str) -> Result<(), DcsError> {
         EtcdDcs::touch_member(self, json).await

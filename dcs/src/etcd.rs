@@ -18,7 +18,7 @@ use etcd_client::{
 use tokio::sync::{watch, Mutex};
 use tokio::time::{timeout, Instant};
 
-use crate::model::{keys, Cluster, Kv, Status};
+use crate::model::{keys, Cluster, Kv, Status, Timing};
 
 /// Errors callers branch on.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,9 @@ pub struct EtcdDcs {
     client: Client,
     prefix: String,
     name: String,
-    retry_timeout: std::sync::Mutex<Duration>,
+    /// The deadline of every call, shared with the watch task so that a new `retry_timeout`
+    /// reaches it too.
+    retry_timeout: Arc<std::sync::Mutex<Duration>>,
     lease: Mutex<LeaseState>,
 }
 
@@ -138,6 +140,9 @@ pub struct LeaseInfo {
 
 impl EtcdDcs {
     /// Connects (lazily: etcd may be down at start; calls fail with `Unavailable` until it is up).
+    /// `retry_timeout` is the deadline of every call until [`EtcdDcs::set_timing`] changes it;
+    /// the channel itself has no request timeout of its own, so that only the current value
+    /// counts.
     pub async fn connect(
         settings: &EtcdSettings,
         ttl: u64,
@@ -145,7 +150,6 @@ impl EtcdDcs {
     ) -> Result<EtcdDcs, DcsError> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(retry_timeout)
-            .with_timeout(retry_timeout)
             .with_keep_alive(Duration::from_secs(2), retry_timeout);
         if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
             opts = opts.with_user(u.clone(), p.clone());
@@ -164,7 +168,7 @@ impl EtcdDcs {
             client,
             prefix: settings.prefix.clone(),
             name: settings.member_name.clone(),
-            retry_timeout: std::sync::Mutex::new(retry_timeout),
+            retry_timeout: Arc::new(std::sync::Mutex::new(retry_timeout)),
             lease: Mutex::new(LeaseState {
                 id: None,
                 ttl,
@@ -187,22 +191,17 @@ impl EtcdDcs {
     }
 
     fn deadline(&self) -> Duration {
-        *self
-            .retry_timeout
-            .lock()
-            .expect("retry_timeout lock poisoned")
+        current(&self.retry_timeout)
     }
 
-    /// Applies new timing from the dynamic config. A changed ttl drops the lease so the next
-    /// refresh grants one with the new TTL (and keys are re-attached by the next writes).
-    pub async fn set_timing(&self, ttl: u64, retry_timeout: Duration) {
-        *self
-            .retry_timeout
-            .lock()
-            .expect("retry_timeout lock poisoned") = retry_timeout;
+    /// Applies new timing from the dynamic config: `retry_timeout` becomes the deadline of
+    /// every call (the watch's included), and a changed ttl drops the lease so the next refresh
+    /// grants one with the new TTL (and keys are re-attached by the next writes).
+    pub async fn set_timing(&self, timing: Timing) {
+        *self.retry_timeout.lock().unwrap_or_else(|p| p.into_inner()) = timing.retry_timeout();
         let mut l = self.lease.lock().await;
-        if l.ttl != ttl {
-            l.ttl = ttl;
+        if l.ttl != timing.ttl {
+            l.ttl = timing.ttl;
             l.id = None;
             l.keeper = None;
             l.deadline = None;
@@ -595,16 +594,21 @@ impl EtcdDcs {
         let (htx, hrx) = watch::channel(false);
         let client = self.client.clone();
         let prefix = self.prefix.clone();
-        let retry = self.deadline();
+        let retry = self.retry_timeout.clone();
         tokio::spawn(run_watch(client, prefix, retry, tx, htx));
         (rx, hrx)
     }
 }
 
+/// The current value of a shared deadline (a poisoned lock still holds a valid `Duration`).
+fn current(d: &std::sync::Mutex<Duration>) -> Duration {
+    *d.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 async fn run_watch(
     client: Client,
     prefix: String,
-    retry: Duration,
+    retry: Arc<std::sync::Mutex<Duration>>,
     tx: watch::Sender<Option<Arc<Cluster>>>,
     healthy: watch::Sender<bool>,
 ) {
@@ -621,7 +625,7 @@ async fn run_watch(
         // 1. Snapshot.
         let mut c = client.clone();
         let snapshot = timeout(
-            retry,
+            current(&retry),
             c.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
         )
         .await;
@@ -659,7 +663,7 @@ async fn run_watch(
             .with_prefix()
             .with_start_revision(rev + 1)
             .with_progress_notify();
-        let mut stream = match timeout(retry, c.watch(prefix.clone(), Some(opts))).await {
+        let mut stream = match timeout(current(&retry), c.watch(prefix.clone(), Some(opts))).await {
             Ok(Ok(s)) => s,
             other => {
                 healthy.send_replace(false);

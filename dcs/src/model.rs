@@ -2,6 +2,8 @@
 //! write compact JSON exactly as Patroni does and read leniently (garbage becomes a default, never
 //! an error). Pure: no IO here.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value};
 
 /// One key/value as read from the DCS, with the metadata the model needs.
@@ -306,29 +308,99 @@ pub fn tags_failover_priority(tags: &Map<String, Value>) -> i64 {
     lenient_i64(tags.get("failover_priority")).unwrap_or(1)
 }
 
-/// Parses `postgres://host:port/db` (or `postgresql://`) into host and port. IPv6 hosts come
-/// bracketed in the URL and are returned without brackets.
+/// Whether `host` may be used as a host as it is, in a libpq connection string, an HAProxy
+/// `server` line or a URL: an IPv4 or IPv6 address, or a DNS name (labels of letters, digits,
+/// `-` and `_`, not starting or ending with `-`, separated by dots, at most 253 characters).
+/// Anything else (whitespace, a control character, a quote, `=`, `#`, ...) could add keywords
+/// or lines where it is written.
+pub fn is_valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && host.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Host and port of a URL authority (`[user@]host:port` or `[user@][v6]:port`), both checked:
+/// the host by [`is_valid_host`], the port between 1 and 65535. `default_port` is used when
+/// the authority has none.
+fn authority_host_port(authority: &str, default_port: Option<u16>) -> Option<(String, u16)> {
+    let authority = authority.rsplit('@').next()?;
+    let port_of = |p: Option<&str>| -> Option<u16> {
+        match p {
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse().ok().filter(|&n| n > 0)
+            }
+            Some(_) => None,
+            None => default_port,
+        }
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => port_of(None)?,
+            a => port_of(Some(a.strip_prefix(':')?))?,
+        };
+        (host, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, port_of(Some(p))?),
+            None => (authority, port_of(None)?),
+        }
+    };
+    is_valid_host(host).then(|| (host.to_string(), port))
+}
+
+/// Parses `postgres://host:port/db` (or `postgresql://`) into host and port (5432 when absent).
+/// IPv6 hosts come bracketed in the URL and are returned without brackets. `None` unless the
+/// host passes [`is_valid_host`] and the port is a number from 1 to 65535: a member key is
+/// written by whoever can write to etcd, and its host ends up in `primary_conninfo`, in
+/// `pg_basebackup`'s connection string and in `haproxy.cfg`.
 pub fn parse_conn_url(url: &str) -> Option<(String, u16)> {
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))?;
     let authority = rest.split(['/', '?']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    if authority.is_empty() {
-        return None;
+    authority_host_port(authority, Some(5432))
+}
+
+/// Parses a member's `api_url` (`http(s)://host:port/patroni`) into host and port, checked as
+/// [`parse_conn_url`] checks its own; the port is required.
+pub fn parse_api_url(url: &str) -> Option<(String, u16)> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    authority_host_port(authority, None)
+}
+
+/// Why a member's `conn_url` or `api_url` cannot be used, if it cannot: for the error that names
+/// a member whose key is skipped.
+pub fn member_address_problem(data: &MemberData) -> Option<String> {
+    if parse_conn_url(&data.conn_url).is_none() {
+        return Some(format!(
+            "conn_url {:?} is not postgres://host:port/... with a valid host and port",
+            data.conn_url
+        ));
     }
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None => 5432,
-        };
-        return Some((host.to_string(), port));
+    if !data.api_url.is_empty() && parse_api_url(&data.api_url).is_none() {
+        return Some(format!(
+            "api_url {:?} is not http(s)://host:port/... with a valid host and port",
+            data.api_url
+        ));
     }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
-        None => Some((authority.to_string(), 5432)),
-    }
+    None
 }
 
 /// A member key as read: name, its JSON, and the etcd metadata.
@@ -618,7 +690,9 @@ impl Status {
 /// The `failsafe` key: member name -> api_url.
 pub type Failsafe = Map<String, Value>;
 
-/// Timing settings after Patroni's adjustment rule (`loop_wait + 2*retry_timeout <= ttl`).
+/// Timing settings after Patroni's adjustment rule (`loop_wait + 2*retry_timeout <= ttl`), in
+/// seconds. Every value is within `1..=MAX_TTL`, so any sum or product of them, or an `Instant`
+/// plus one of them, is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     pub ttl: u64,
@@ -630,15 +704,35 @@ pub struct Timing {
 /// `loop_wait + 2*retry_timeout <= ttl` with `loop_wait >= 1` and `retry_timeout >= 1` needs 3.
 pub const MIN_TTL: u64 = 3;
 
+/// Highest `ttl`, `loop_wait` and `retry_timeout` (one day): a lease that outlives a day is no
+/// failover, and the bound keeps every deadline computed from them far from overflowing.
+pub const MAX_TTL: u64 = 86_400;
+
+/// Highest value of the other durations of the dynamic configuration (`primary_start_timeout`,
+/// `primary_stop_timeout`, `member_slots_ttl`, `postgresql.pg_ctl_timeout`): one year.
+pub const MAX_SECONDS: u64 = 365 * 86_400;
+
+impl Default for Timing {
+    /// Patroni's defaults: `ttl: 30`, `loop_wait: 10`, `retry_timeout: 10`.
+    fn default() -> Self {
+        Timing {
+            ttl: 30,
+            loop_wait: 10,
+            retry_timeout: 10,
+        }
+    }
+}
+
 impl Timing {
     /// Applies Patroni's rule: on violation `loop_wait` shrinks to `ttl - 2*retry_timeout`, and if
     /// even `loop_wait = 1` violates it, `retry_timeout = (ttl - 1) / 2`. Unlike Patroni (min ttl
     /// 20, retry_timeout 3), Patrol accepts values down to `MIN_TTL` and `retry_timeout` 1 so that
-    /// fast failover can be configured; see docs/timing.md.
+    /// fast failover can be configured; see docs/timing.md. Values above `MAX_TTL` are lowered
+    /// to it (the validation of the dynamic configuration refuses them before they get here).
     pub fn adjusted(ttl: u64, loop_wait: u64, retry_timeout: u64) -> Timing {
-        let ttl = ttl.max(MIN_TTL);
-        let mut loop_wait = loop_wait.max(1);
-        let mut retry_timeout = retry_timeout.max(1);
+        let ttl = ttl.clamp(MIN_TTL, MAX_TTL);
+        let mut loop_wait = loop_wait.clamp(1, MAX_TTL);
+        let mut retry_timeout = retry_timeout.clamp(1, MAX_TTL);
         if loop_wait + 2 * retry_timeout > ttl {
             if 2 * retry_timeout < ttl {
                 loop_wait = ttl - 2 * retry_timeout;
@@ -652,6 +746,18 @@ impl Timing {
             loop_wait,
             retry_timeout,
         }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl)
+    }
+
+    pub fn loop_wait(&self) -> Duration {
+        Duration::from_secs(self.loop_wait)
+    }
+
+    pub fn retry_timeout(&self) -> Duration {
+        Duration::from_secs(self.retry_timeout)
     }
 }
 
@@ -683,12 +789,20 @@ impl ClusterConfig {
         self.data.get("postgresql").and_then(Value::as_object)
     }
 
+    /// The timing this configuration asks for, after Patroni's rule. Lenient, for readers that
+    /// only display it: a value that is not an integer is the default, one out of range the
+    /// nearest bound. What the agent acts on is checked first ([`ClusterConfig::check`]).
     pub fn timing(&self) -> Timing {
-        let get = |k: &str, d: u64| self.int(k).and_then(|i| u64::try_from(i).ok()).unwrap_or(d);
+        let d = Timing::default();
+        let get = |k: &str, d: u64| {
+            self.int(k)
+                .map(|i| i.clamp(0, MAX_TTL as i64) as u64)
+                .unwrap_or(d)
+        };
         Timing::adjusted(
-            get("ttl", 30),
-            get("loop_wait", 10),
-            get("retry_timeout", 10),
+            get("ttl", d.ttl),
+            get("loop_wait", d.loop_wait),
+            get("retry_timeout", d.retry_timeout),
         )
     }
 
@@ -700,6 +814,7 @@ impl ClusterConfig {
         self.int("primary_start_timeout")
             .or_else(|| self.int("master_start_timeout"))
             .and_then(|i| u64::try_from(i).ok())
+            .map(|s| s.min(MAX_SECONDS))
             .unwrap_or(300)
     }
 
@@ -765,6 +880,8 @@ pub struct Cluster {
     /// `initialize`: `None` = absent, `Some("")` = bootstrap in progress, else the sysid.
     pub initialize: Option<String>,
     pub config: Option<Versioned<ClusterConfig>>,
+    /// The revision of a `config` key that is not a JSON object (`config` is then `None`).
+    pub config_unreadable: Option<i64>,
     pub leader: Option<Leader>,
     /// Sorted by name.
     pub members: Vec<Member>,
@@ -838,14 +955,15 @@ impl Cluster {
                     })
                 }
                 keys::INITIALIZE => c.initialize = Some(kv.value.clone()),
-                keys::CONFIG => {
-                    if let Some(cfg) = ClusterConfig::parse(&kv.value) {
+                keys::CONFIG => match ClusterConfig::parse(&kv.value) {
+                    Some(cfg) => {
                         c.config = Some(Versioned {
                             version: kv.mod_revision,
                             value: cfg,
                         })
                     }
-                }
+                    None => c.config_unreadable = Some(kv.mod_revision),
+                },
                 keys::HISTORY => c.history = History::parse(&kv.value),
                 keys::SYNC => {
                     c.sync = Some(Versioned {
@@ -938,5 +1056,10 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     Some((hi << 32) | lo)
 }
 
+mod check;
+pub use check::{seconds_with_unit, InvalidConfig};
+
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

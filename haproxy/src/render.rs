@@ -23,12 +23,30 @@ impl Server {
     /// The servers of a cluster from its member keys (`conn_url`, `api_url`), sorted by name.
     /// Members without a usable `conn_url` or `api_url` are left out.
     pub fn from_cluster(c: &Cluster) -> Vec<Server> {
+        Server::from_cluster_checked(c).0
+    }
+
+    /// [`Server::from_cluster`], and one line per member left out, naming it and why. A host
+    /// or port goes into the configuration only after `patrol_dcs::parse_conn_url` or
+    /// `parse_api_url` accepted it (an address or a DNS name, a port from 1 to 65535): a
+    /// member key is written by whoever can write to etcd, and a newline in a host would add
+    /// directives to haproxy.cfg.
+    pub fn from_cluster_checked(c: &Cluster) -> (Vec<Server>, Vec<String>) {
+        let mut skipped = Vec::new();
         let mut out: Vec<Server> = c
             .members
             .iter()
             .filter_map(|m| {
-                let (host, port) = m.data.host_port()?;
-                let (api_host, api_port) = api_host_port(&m.data.api_url)?;
+                let addresses = m
+                    .data
+                    .host_port()
+                    .zip(patrol_dcs::parse_api_url(&m.data.api_url));
+                let Some(((host, port), (api_host, api_port))) = addresses else {
+                    let why = patrol_dcs::member_address_problem(&m.data)
+                        .unwrap_or_else(|| "api_url is missing".into());
+                    skipped.push(format!("member {:?} is skipped: its {why}", m.name));
+                    return None;
+                };
                 Some(Server {
                     name: server_name(&m.name),
                     host,
@@ -40,7 +58,7 @@ impl Server {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out.dedup_by(|a, b| a.name == b.name);
-        out
+        (out, skipped)
     }
 
     /// The `server` line (without indentation); options come from `default-server`.
@@ -93,14 +111,6 @@ pub fn server_name(member: &str) -> String {
     } else {
         s
     }
-}
-
-/// `http://host:port/patroni` -> (host, port).
-fn api_host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let authority = authority.rsplit('@').next()?;
-    split_host_port(authority)
 }
 
 /// `host:port` or `[v6]:port`.
@@ -465,9 +475,64 @@ mod tests {
         );
         assert_eq!(Server::parse_line(&format!("    {}", s.line())), Some(s));
         assert_eq!(
-            api_host_port("https://u:p@db1.example:8443/patroni"),
+            patrol_dcs::parse_api_url("https://u:p@db1.example:8443/patroni"),
             Some(("db1.example".into(), 8443))
         );
+    }
+
+    #[test]
+    fn members_with_hostile_hosts_are_skipped_and_named() {
+        let hostile = |name: &str, conn: &str, api: &str| Kv {
+            key: format!("members/{name}"),
+            // Rust's `{:?}` of these strings (only `\n` and `\t` to escape) is valid JSON.
+            value: format!(
+                r#"{{"conn_url":{conn:?},"api_url":{api:?},"state":"running","role":"replica"}}"#
+            ),
+            mod_revision: 1,
+            lease: 0,
+        };
+        let c = Cluster::from_kvs(
+            1,
+            &[
+                kv("pg0", 5432, 8008),
+                hostile(
+                    "evil1",
+                    "postgres://127.0.0.1\n    server injected 10.9.9.9:5432/postgres",
+                    "http://127.0.0.1:8009/patroni",
+                ),
+                hostile(
+                    "evil2",
+                    "postgres://127.0.0.1:5433/postgres",
+                    "http://x\n    stats admin if TRUE\n    server y 10.9.9.9:1/patroni",
+                ),
+                hostile(
+                    "evil3",
+                    "postgres://127.0.0.1\tsslmode=disable:5434/postgres",
+                    "http://127.0.0.1:8010/patroni",
+                ),
+                hostile(
+                    "evil4",
+                    "postgres://127.0.0.1:0/postgres",
+                    "http://127.0.0.1:8011/patroni",
+                ),
+            ],
+        );
+        let (servers, skipped) = Server::from_cluster_checked(&c);
+        assert_eq!(
+            servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["pg0"]
+        );
+        assert_eq!(skipped.len(), 4, "{skipped:?}");
+        for (line, name) in skipped.iter().zip(["evil1", "evil2", "evil3", "evil4"]) {
+            assert!(
+                line.starts_with(&format!("member \"{name}\" is skipped: its ")),
+                "{line}"
+            );
+            assert!(!line.contains('\n') && !line.contains('\t'), "{line:?}");
+        }
+        let cfg = render("demo", &servers, &Options::default());
+        assert!(!cfg.contains("injected") && !cfg.contains("stats admin if TRUE"));
+        assert!(!cfg.contains("10.9.9.9"), "{cfg}");
     }
 
     #[test]

@@ -237,6 +237,8 @@ struct Sync {
     gone_since: BTreeMap<String, Instant>,
     /// The target server set of a rewrite that failed (not retried until it changes).
     failed_target: Option<Vec<Server>>,
+    /// Members left out of the configuration (unusable `conn_url` or `api_url`), as last logged.
+    skipped: Vec<String>,
 }
 
 impl Sync {
@@ -322,7 +324,13 @@ impl Sync {
         let Some(path) = self.settings.config.clone() else {
             return Ok(false);
         };
-        let members = Server::from_cluster(cluster);
+        let (members, skipped) = Server::from_cluster_checked(cluster);
+        if skipped != self.skipped {
+            for why in skipped.iter().filter(|w| !self.skipped.contains(w)) {
+                tracing::error!("haproxy: {why}");
+            }
+            self.skipped = skipped;
+        }
         if members.is_empty() {
             return Ok(false);
         }
@@ -474,6 +482,7 @@ pub async fn run(
         checked_at: Instant::now(),
         gone_since: BTreeMap::new(),
         failed_target: None,
+        skipped: Vec::new(),
     };
     shared.event(format!(
         "haproxy: driving {} (config {})",

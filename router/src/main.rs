@@ -216,7 +216,10 @@ fn haproxy_config(a: HaproxyConfigArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let servers = patrol_haproxy::Server::from_cluster(&cluster);
+    let (servers, skipped) = patrol_haproxy::Server::from_cluster_checked(&cluster);
+    for why in &skipped {
+        eprintln!("patrol-router: {why}");
+    }
     if servers.is_empty() {
         eprintln!(
             "patrol-router: cluster {} has no members under {} (or none with conn_url and api_url)",

@@ -237,6 +237,9 @@ async fn patch(ctx: &ApiContext, body: Map<String, Value>) -> Reply {
     let mut data = current.value.data;
     let before = data.clone();
     if patch_config(&mut data, &body) {
+        if let Err((code, text)) = input::invalid_config(&data) {
+            return Reply::text(code, text);
+        }
         if let Err((code, text)) =
             input::unsupported_change(&before, &data, ctx.cfg.allow_unsupported)
         {
@@ -269,6 +272,9 @@ async fn put(ctx: &ApiContext, body: Map<String, Value>) -> Reply {
             .as_ref()
             .map(|c| c.value.data.clone())
             .unwrap_or_default();
+        if let Err((code, text)) = input::invalid_config(&body) {
+            return Reply::text(code, text);
+        }
         if let Err((code, text)) =
             input::unsupported_change(&before, &body, ctx.cfg.allow_unsupported)
         {

@@ -276,14 +276,11 @@ pub fn liveness(s: &Snapshot) -> StatusCode {
         return StatusCode::OK;
     }
     let limit = if role(s) == "primary" {
-        s.node.ttl
+        s.timing.ttl()
     } else {
-        2 * s.node.ttl
+        2 * s.timing.ttl()
     };
-    code(
-        s.last_cycle
-            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(limit)),
-    )
+    code(s.last_cycle.is_some_and(|t| t.elapsed() < limit))
 }
 
 /// `/readiness[?lag=..&mode=apply|write]`.

@@ -107,6 +107,30 @@ pub fn unsupported_change(
     Err((400, lines.join("\n")))
 }
 
+/// The dynamic configuration a `PATCH` or `PUT /config` would write, checked as the HA loop
+/// checks what it reads from etcd (`ClusterConfig::check`: types, ranges, bounds on every
+/// duration), plus the names of `postgresql.parameters` (which would otherwise be written into
+/// postgresql.conf): 400 naming the key. Patroni writes anything; an agent that reads a value
+/// it cannot use keeps its last valid configuration, so refusing here is the only way the
+/// caller learns of it.
+pub fn invalid_config(after: &Map<String, Value>) -> Result<(), (u16, String)> {
+    let cfg = patrol_dcs::ClusterConfig::from_map(after.clone());
+    if let Err(e) = cfg.check() {
+        return Err((400, format!("invalid dynamic configuration: {e}")));
+    }
+    if let Some(bad) = cfg
+        .parameters()
+        .keys()
+        .find(|k| !crate::postgres::is_valid_guc_name(k))
+    {
+        return Err((
+            400,
+            format!("invalid dynamic configuration: postgresql.parameters: {bad:?} is not a parameter name"),
+        ));
+    }
+    Ok(())
+}
+
 /// Patroni's `deep_compare`: same keys, objects compared recursively, other values by their
 /// string forms.
 pub fn deep_compare(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {

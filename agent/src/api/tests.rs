@@ -643,13 +643,13 @@ fn replica_snapshot() -> Snapshot {
             role: patrol_dcs::Role::Replica,
             sysid: None,
             paused: false,
-            ttl: 30,
             maximum_lag_on_failover: 1 << 20,
         },
         status: Some(status),
         is_leader: false,
         dcs_last_seen: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
         last_cycle: None,
+        timing: patrol_dcs::Timing::default(),
     }
 }
 
@@ -882,4 +882,36 @@ fn openapi_documents_exactly_the_routes() {
             r.path
         );
     }
+}
+
+#[test]
+fn patch_and_put_refuse_a_config_the_agents_could_not_use() {
+    let body = obj(json!({"ttl": 9223372036854775807_i64, "loop_wait": 9223372036854775807_i64}));
+    let (code, text) = invalid_config(&body).expect_err("huge timing");
+    assert_eq!(code, 400);
+    assert_eq!(
+        text,
+        "invalid dynamic configuration: ttl: must be an integer from 1 to 86400, not 9223372036854775807"
+    );
+    let (_, text) = invalid_config(&obj(json!({"loop_wait": "soon"}))).expect_err("a string");
+    assert!(text.contains("loop_wait: "), "{text}");
+    let (_, text) = invalid_config(&obj(
+        json!({"postgresql": {"parameters": {"work_mem = 1MB\nshared_preload_libraries": "x"}}}),
+    ))
+    .expect_err("a name that is no parameter");
+    assert_eq!(
+        text,
+        r#"invalid dynamic configuration: postgresql.parameters: "work_mem = 1MB\nshared_preload_libraries" is not a parameter name"#
+    );
+    // What Patroni writes passes; values below the minimums are adjusted by the agents.
+    invalid_config(&obj(json!({"ttl": 10, "loop_wait": 1, "retry_timeout": 3})))
+        .expect("the fast timing of the README");
+    invalid_config(&obj(
+        json!({"ttl": 5, "loop_wait": 10, "retry_timeout": 10}),
+    ))
+    .expect("adjusted, as Patroni does");
+    invalid_config(&obj(
+        json!({"postgresql": {"parameters": {"pg_stat_statements.max": 1000}}}),
+    ))
+    .expect("an extension's parameter");
 }

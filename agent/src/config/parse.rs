@@ -1093,7 +1093,10 @@ fn check_dcs(dcs: &mut Map<String, Value>) -> Result<()> {
             other => return Err(wrong_type(key.to_string(), "a mapping", other)),
         }
     }
-    Ok(())
+    // Ranges and bounds, as the HA loop checks the DCS `config` key this becomes.
+    patrol_dcs::ClusterConfig::from_map(dcs.clone())
+        .check()
+        .map_err(|e| ConfigError::invalid(join(P, &e.key), e.problem))
 }
 
 fn parse_bootstrap(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Bootstrap> {

@@ -204,7 +204,8 @@ pub fn reload_response(status: u16, body: &str, member: &str, loop_wait: i64) ->
 }
 
 /// `loop_wait` from the dynamic configuration (Patroni's `config.get('loop_wait') or
-/// dcs.loop_wait`).
+/// dcs.loop_wait`), within the bounds the agents accept (a value from etcd is anyone's: the
+/// callers wait that long).
 pub fn loop_wait(cluster: &Cluster) -> i64 {
     cluster
         .config
@@ -212,6 +213,7 @@ pub fn loop_wait(cluster: &Cluster) -> i64 {
         .and_then(|c| patrol_dcs::lenient_i64(c.value.data.get("loop_wait")))
         .filter(|v| *v != 0)
         .unwrap_or(10)
+        .clamp(1, patrol_dcs::MAX_TTL as i64)
 }
 
 #[cfg(test)]

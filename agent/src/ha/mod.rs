@@ -6,6 +6,8 @@ pub mod slots;
 pub mod state;
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
 
 pub use runner::{Exit, Ha, PATRONI_VERSION};

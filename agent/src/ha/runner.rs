@@ -60,6 +60,11 @@ pub struct Ha<D: Dcs> {
     retain_slots: Option<Vec<String>>,
     /// What the dynamic configuration asked for that Patrol does not do, last time it was logged.
     unsupported: crate::config::DynamicNotice,
+    /// The revision of the DCS `config` key last refused as invalid (logged once per revision;
+    /// `self.dynamic` keeps the last valid one).
+    refused_config: Option<i64>,
+    /// Members whose `conn_url` or `api_url` cannot be used, with why, as last logged.
+    unusable_members: std::collections::BTreeMap<String, String>,
 }
 
 /// What ends the loop.
@@ -74,6 +79,9 @@ impl<D: Dcs> Ha<D> {
         let pg = Postgres::new(&cfg);
         let client = Arc::new(PgClient::new(pg.local_conn_config()));
         let dynamic = ClusterConfig::from_map(cfg.bootstrap.dcs.clone());
+        // `bootstrap.dcs` passed the same check at load; the DCS `config` key replaces it once
+        // read (`apply_dynamic`).
+        shared.set_dynamic(dynamic.timing(), dynamic.pause());
         let requests = shared.take_requests();
         let mut ha = Ha {
             cfg,
@@ -100,6 +108,8 @@ impl<D: Dcs> Ha<D> {
             slot_retention: Default::default(),
             retain_slots: None,
             unsupported: Default::default(),
+            refused_config: None,
+            unusable_members: Default::default(),
         };
         ha.requests = requests;
         ha
@@ -185,8 +195,9 @@ impl<D: Dcs> Ha<D> {
         (202, "reload scheduled".into())
     }
 
+    /// The one current timing (also what the lease guard, the etcd client and the REST API use).
     fn timing(&self) -> patrol_dcs::Timing {
-        self.dynamic.timing()
+        self.shared.timing()
     }
 
     /// Runs cycles until shutdown or a fatal condition.
@@ -195,11 +206,7 @@ impl<D: Dcs> Ha<D> {
         mut cluster_rx: watch::Receiver<Option<Arc<Cluster>>>,
         shutdown: CancellationToken,
     ) -> Exit {
-        let guard = tokio::spawn(lease_guard(
-            self.shared.clone(),
-            self.pg.clone(),
-            Duration::from_secs(self.timing().retry_timeout),
-        ));
+        let guard = tokio::spawn(lease_guard(self.shared.clone(), self.pg.clone()));
         let _guard = AbortOnDrop(guard);
         let mut cycle: u64 = 0;
         loop {
@@ -216,7 +223,7 @@ impl<D: Dcs> Ha<D> {
             if let Err(reason) = result {
                 return Exit::Fatal(reason);
             }
-            let wait = Duration::from_secs(self.timing().loop_wait);
+            let wait = self.timing().loop_wait();
             let deadline = started + wait;
             if wake_worthy(
                 before.as_deref(),
@@ -290,7 +297,7 @@ impl<D: Dcs> Ha<D> {
             }
         }
 
-        let cluster = match self.dcs.get_cluster().await {
+        let mut cluster = match self.dcs.get_cluster().await {
             Ok(c) => c,
             Err(e) => {
                 self.handle_dcs_error(&e).await;
@@ -298,12 +305,8 @@ impl<D: Dcs> Ha<D> {
             }
         };
         self.shared.dcs_seen();
-        if let Some(cfg) = &cluster.config {
-            self.apply_dynamic(cfg.value.clone()).await;
-            // Names what Patrol ignores or cannot guarantee, when that changes.
-            self.unsupported
-                .observe(&cfg.value.data, self.cfg.allow_unsupported);
-        }
+        self.take_dynamic(&mut cluster).await;
+        self.report_unusable_members(&cluster);
 
         let (local, status) = self.observe_local(&cluster).await;
         self.track_rewind_and_downtime(&cluster, &local);
@@ -392,20 +395,64 @@ impl<D: Dcs> Ha<D> {
                 _ => None,
             },
             paused: self.dynamic.pause(),
-            ttl: self.timing().ttl,
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover(),
         });
         self.was_running = running;
         Ok(())
     }
 
-    async fn apply_dynamic(&mut self, cfg: ClusterConfig) {
-        if cfg == self.dynamic {
-            return;
+    /// The dynamic configuration this cycle acts on: the `config` key if it is valid, else the
+    /// last valid one, which then stands in for it in `cluster` (so `decide` reads `pause` and
+    /// the rest from what is in effect).
+    async fn take_dynamic(&mut self, cluster: &mut Cluster) {
+        if let Some(cfg) = cluster.config.as_mut() {
+            if !self.apply_dynamic(cfg).await {
+                cfg.value = self.dynamic.clone();
+            }
+            // Names what Patrol ignores or cannot guarantee, when that changes.
+            self.unsupported
+                .observe(&self.dynamic.data, self.cfg.allow_unsupported);
         }
+        if let Some(rev) = cluster.config_unreadable {
+            if self.refused_config != Some(rev) {
+                tracing::error!(
+                    "the dynamic configuration in the DCS (config key, revision {rev}) is not a JSON object; keeping the last valid one"
+                );
+                self.refused_config = Some(rev);
+            }
+            cluster.config = Some(patrol_dcs::Versioned {
+                version: rev,
+                value: self.dynamic.clone(),
+            });
+        }
+    }
+
+    /// Takes the DCS `config` key as the dynamic configuration in effect if it is valid, and
+    /// hands its timing to everything that reads one (the etcd client, the lease guard, this
+    /// loop, the REST API) before anything acts on it. An invalid one (anyone who can write to
+    /// etcd can put anything there) is refused with an error naming the key, once per revision,
+    /// and the last valid one stays in effect, as Patroni keeps its previous configuration when
+    /// `set_dynamic_configuration` fails. Returns whether `cfg` is in effect.
+    async fn apply_dynamic(&mut self, cfg: &patrol_dcs::Versioned<ClusterConfig>) -> bool {
+        if cfg.value == self.dynamic {
+            self.refused_config = None;
+            return true;
+        }
+        if let Err(e) = cfg.value.check() {
+            if self.refused_config != Some(cfg.version) {
+                tracing::error!(
+                    "the dynamic configuration in the DCS (config key, revision {}) is not valid: {e}; keeping the last valid one",
+                    cfg.version
+                );
+                self.refused_config = Some(cfg.version);
+            }
+            return false;
+        }
+        self.refused_config = None;
         let old = self.timing();
-        self.dynamic = cfg;
-        let new = self.timing();
+        self.dynamic = cfg.value.clone();
+        let new = self.dynamic.timing();
+        self.shared.set_dynamic(new, self.dynamic.pause());
         if old != new {
             tracing::info!(
                 ttl = new.ttl,
@@ -413,10 +460,42 @@ impl<D: Dcs> Ha<D> {
                 retry_timeout = new.retry_timeout,
                 "timing changed"
             );
-            self.dcs
-                .set_timing(new.ttl, Duration::from_secs(new.retry_timeout))
-                .await;
+            let asked = |k: &str| patrol_dcs::lenient_i64(self.dynamic.data.get(k));
+            let (ttl, lw, rt) = (asked("ttl"), asked("loop_wait"), asked("retry_timeout"));
+            if ttl.is_some_and(|v| v as u64 != new.ttl)
+                || lw.is_some_and(|v| v as u64 != new.loop_wait)
+                || rt.is_some_and(|v| v as u64 != new.retry_timeout)
+            {
+                tracing::warn!(
+                    "the dynamic configuration asks for ttl={ttl:?} loop_wait={lw:?} retry_timeout={rt:?}; adjusted to ttl={} loop_wait={} retry_timeout={} (minimums and loop_wait + 2*retry_timeout <= ttl)",
+                    new.ttl,
+                    new.loop_wait,
+                    new.retry_timeout
+                );
+            }
+            self.dcs.set_timing(new).await;
         }
+        true
+    }
+
+    /// Logs an error naming each member whose `conn_url` or `api_url` cannot be used (a host
+    /// that is not an address or a DNS name, a bad port), once per change. Such a member is
+    /// never cloned from, followed or probed: every reader of those URLs goes through
+    /// `patrol_dcs::parse_conn_url`/`parse_api_url`, which refuse them.
+    fn report_unusable_members(&mut self, cluster: &Cluster) {
+        let now: std::collections::BTreeMap<String, String> = cluster
+            .members
+            .iter()
+            .filter_map(|m| {
+                patrol_dcs::member_address_problem(&m.data).map(|why| (m.name.clone(), why))
+            })
+            .collect();
+        for (name, why) in &now {
+            if self.unusable_members.get(name) != Some(why) {
+                tracing::error!("member {name:?} is skipped: its {why}");
+            }
+        }
+        self.unusable_members = now;
     }
 
     /// DCS unreachable: a running primary that cannot prove its lease steps down before the
@@ -995,6 +1074,12 @@ impl<D: Dcs> Ha<D> {
                     self.lease_deadline = None;
                     self.shared.set_leader(false, None);
                     if self.is_primary_now().await {
+                        if self.dynamic.pause() {
+                            // As Patroni: no demotion in maintenance mode.
+                            return Err(Step::Stop(
+                                "continue to run as primary after failing to update leader lock in DCS".into(),
+                            ));
+                        }
                         tracing::warn!("demoting self because failed to update leader lock in DCS");
                         let leader = cluster.leader_member().map(|m| Upstream {
                             name: m.name.clone(),
@@ -1144,6 +1229,9 @@ impl<D: Dcs> Ha<D> {
                 if self.following.as_deref() == Some(up.name.as_str()) {
                     return Ok(None);
                 }
+                // A leader whose conn_url cannot be used is not followed (the error naming it
+                // is logged by `report_unusable_members`): PostgreSQL keeps what it has.
+                self.upstream_conninfo(up).map_err(Step::Stop)?;
                 tracing::info!("following a new leader: {}", up.name);
                 let files = self.config_files(Some(Some(up.clone())));
                 self.pg
@@ -1430,25 +1518,34 @@ impl Drop for AbortOnDrop {
 
 /// Independent of the HA loop (which may be stuck waiting on etcd): while we hold the key, if
 /// the lease deadline (send time of the last acknowledged keep-alive + ttl) comes within
-/// `margin` without a successful refresh, stop PostgreSQL at once so that no write is accepted
-/// after another node could have taken the key.
-async fn lease_guard(shared: Arc<SharedState>, pg: Postgres, margin: Duration) {
+/// `retry_timeout` without a successful refresh, stop PostgreSQL at once so that no write is
+/// accepted after another node could have taken the key. The timing and the pause flag are
+/// read on every tick from `SharedState`, where the HA loop puts the dynamic configuration in
+/// effect (`state::lease_guard_verdict` has the rule).
+async fn lease_guard(shared: Arc<SharedState>, pg: Postgres) {
+    let mut warned_paused = false;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let Some(deadline) = shared.leader_until() else {
-            continue;
-        };
-        if Instant::now() + margin < deadline {
-            continue;
-        }
-        shared.set_leader(false, None);
-        if pg.is_running() {
-            tracing::error!(
-                "the leader lease expires in {:?} without a successful refresh: stopping PostgreSQL now",
-                deadline.saturating_duration_since(Instant::now())
-            );
-            if let Err(e) = pg.stop("immediate", Duration::from_secs(10)).await {
-                tracing::error!("could not stop PostgreSQL: {e}");
+        match shared.lease_guard(Instant::now()) {
+            super::state::Guard::Idle => warned_paused = false,
+            super::state::Guard::KeepPaused { left } => {
+                if !warned_paused && pg.is_running() {
+                    tracing::warn!(
+                        "the leader lease expires in {left:?} without a successful refresh: not stopping PostgreSQL in maintenance mode"
+                    );
+                }
+                warned_paused = true;
+            }
+            super::state::Guard::Stop { left } => {
+                shared.set_leader(false, None);
+                if pg.is_running() {
+                    tracing::error!(
+                        "the leader lease expires in {left:?} without a successful refresh: stopping PostgreSQL now"
+                    );
+                    if let Err(e) = pg.stop("immediate", Duration::from_secs(10)).await {
+                        tracing::error!("could not stop PostgreSQL: {e}");
+                    }
+                }
             }
         }
     }

@@ -2,9 +2,9 @@
 //! whether we hold the leader key, and the wake-up signal for the loop.
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use patrol_dcs::{Cluster, Role};
+use patrol_dcs::{Cluster, Role, Timing};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
@@ -19,7 +19,6 @@ pub struct NodeState {
     pub role: Role,
     pub sysid: Option<String>,
     pub paused: bool,
-    pub ttl: u64,
     pub maximum_lag_on_failover: i64,
 }
 
@@ -33,13 +32,41 @@ pub struct Snapshot {
     pub dcs_last_seen: Option<SystemTime>,
     /// When the last cycle completed.
     pub last_cycle: Option<Instant>,
+    /// The timing in effect.
+    pub timing: Timing,
+}
+
+/// The leader lease as the lease guard sees it: until when etcd cannot have expired it, and
+/// how long before that PostgreSQL must be stopped if no refresh came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderLease {
+    pub until: Instant,
+    /// `retry_timeout` when the lease was last refreshed (see [`SharedState::lease_guard`]).
+    pub margin: Duration,
+}
+
+/// What the lease guard must do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Not the leader, or the lease is far enough from its end.
+    Idle,
+    /// The lease ends within the margin without a refresh: stop PostgreSQL (`left` to go).
+    Stop { left: Duration },
+    /// As `Stop`, but the cluster is paused: Patroni never stops PostgreSQL in maintenance
+    /// mode, not even when the leader lock cannot be refreshed.
+    KeepPaused { left: Duration },
 }
 
 struct Inner {
     node: NodeState,
-    leader_until: Option<Instant>,
+    leader: Option<LeaderLease>,
     dcs_last_seen: Option<SystemTime>,
     last_cycle: Option<Instant>,
+    /// The one current timing (from the dynamic configuration last applied), read by the HA
+    /// loop, the lease guard and the REST API.
+    timing: Timing,
+    /// Maintenance mode, as last applied from the dynamic configuration.
+    paused: bool,
 }
 
 /// Operations the REST API asks the HA loop to carry out; the reply is Patroni's (code, text).
@@ -100,12 +127,13 @@ impl Default for SharedState {
                     role: Role::Uninitialized,
                     sysid: None,
                     paused: false,
-                    ttl: 30,
                     maximum_lag_on_failover: 1_048_576,
                 },
-                leader_until: None,
+                leader: None,
                 dcs_last_seen: None,
                 last_cycle: None,
+                timing: Timing::default(),
+                paused: false,
             }),
             wakeup: Notify::new(),
             requests_tx: tx,
@@ -147,16 +175,71 @@ impl SharedState {
         g.last_cycle = Some(Instant::now());
     }
 
+    /// Records whether we hold the leader key and until when its lease is safe. The margin
+    /// of the lease guard is the `retry_timeout` in effect now, when the lease was refreshed.
     pub fn set_leader(&self, held: bool, deadline: Option<Instant>) {
         let mut g = self.lock();
-        g.leader_until = if held { deadline } else { None };
+        let margin = g.timing.retry_timeout();
+        g.leader = deadline
+            .filter(|_| held)
+            .map(|until| LeaderLease { until, margin });
     }
 
     /// The deadline of the leader's lease while we hold the key.
     pub fn leader_until(&self) -> Option<Instant> {
-        self.lock().leader_until
+        self.lock().leader.map(|l| l.until)
     }
 
+    /// The dynamic settings every reader shares, applied by the HA loop when the dynamic
+    /// configuration changes (and before it acts on it).
+    pub fn set_dynamic(&self, timing: Timing, paused: bool) {
+        let mut g = self.lock();
+        g.timing = timing;
+        g.paused = paused;
+    }
+
+    /// The timing in effect.
+    pub fn timing(&self) -> Timing {
+        self.lock().timing
+    }
+
+    /// The lease guard's verdict at `now` (see [`lease_guard_verdict`]).
+    pub fn lease_guard(&self, now: Instant) -> Guard {
+        let g = self.lock();
+        lease_guard_verdict(now, g.leader, g.timing, g.paused)
+    }
+}
+
+/// The lease guard's rule: while we hold the key, PostgreSQL must be stopped once the lease's
+/// safe deadline is less than a margin away without a refresh. The margin is the smaller of
+/// the `retry_timeout` in effect when the lease was refreshed and the current one: both belong
+/// to timings that satisfy `loop_wait + 2*retry_timeout <= ttl`, so a loop that refreshes on
+/// time never comes that close, whatever the timing changed from or to (a margin taken from
+/// another timing than the lease's stops a healthy leader: a `retry_timeout` of 10 against a
+/// lease of ttl 10). In maintenance mode nothing is stopped (Patroni's `update_lock` failure
+/// and DCS-error paths both leave a paused primary running).
+pub fn lease_guard_verdict(
+    now: Instant,
+    lease: Option<LeaderLease>,
+    timing: Timing,
+    paused: bool,
+) -> Guard {
+    let Some(lease) = lease else {
+        return Guard::Idle;
+    };
+    let margin = lease.margin.min(timing.retry_timeout());
+    if now + margin < lease.until {
+        return Guard::Idle;
+    }
+    let left = lease.until.saturating_duration_since(now);
+    if paused {
+        Guard::KeepPaused { left }
+    } else {
+        Guard::Stop { left }
+    }
+}
+
+impl SharedState {
     pub fn dcs_seen(&self) {
         self.lock().dcs_last_seen = Some(SystemTime::now());
     }
@@ -166,9 +249,90 @@ impl SharedState {
         Snapshot {
             node: g.node.clone(),
             status: g.node.status.clone(),
-            is_leader: g.leader_until.is_some_and(|d| d > Instant::now()),
+            is_leader: g.leader.is_some_and(|l| l.until > Instant::now()),
             dcs_last_seen: g.dcs_last_seen,
             last_cycle: g.last_cycle,
+            timing: g.timing,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn guard_takes_its_margin_from_the_timing_in_effect() {
+        // The agent starts with bootstrap.dcs {ttl: 30, loop_wait: 10, retry_timeout: 10};
+        // the cluster then gets {ttl: 10, loop_wait: 1, retry_timeout: 3}. A lease refreshed
+        // under the new timing is 10 s long: with the old margin of 10 s the guard stopped
+        // PostgreSQL right after every refresh.
+        let s = SharedState::default();
+        s.set_dynamic(Timing::adjusted(30, 10, 10), false);
+        s.set_dynamic(Timing::adjusted(10, 1, 3), false);
+        let now = Instant::now();
+        s.set_leader(true, Some(now + secs(10)));
+        assert_eq!(s.lease_guard(now), Guard::Idle);
+        assert_eq!(s.lease_guard(now + secs(6)), Guard::Idle);
+        assert_eq!(
+            s.lease_guard(now + secs(8)),
+            Guard::Stop { left: secs(2) },
+            "no refresh for 8 s of a 10 s lease"
+        );
+        assert_eq!(s.timing(), Timing::adjusted(10, 1, 3));
+        assert!(s.snapshot().is_leader);
+        assert_eq!(s.snapshot().timing.ttl, 10);
+    }
+
+    #[test]
+    fn guard_is_safe_while_the_timing_changes_under_a_lease() {
+        let now = Instant::now();
+        // Lengthening: the lease in hand is the old 10 s one, refreshed under retry_timeout 3;
+        // the new retry_timeout of 10 must not be applied to it.
+        let short = LeaderLease {
+            until: now + secs(10),
+            margin: secs(3),
+        };
+        let long = Timing::adjusted(30, 10, 10);
+        assert_eq!(
+            lease_guard_verdict(now, Some(short), long, false),
+            Guard::Idle
+        );
+        // Shortening: a 30 s lease refreshed under retry_timeout 10, the new one is 3.
+        let lease = LeaderLease {
+            until: now + secs(30),
+            margin: secs(10),
+        };
+        let fast = Timing::adjusted(10, 1, 3);
+        assert_eq!(
+            lease_guard_verdict(now, Some(lease), fast, false),
+            Guard::Idle
+        );
+        assert_eq!(
+            lease_guard_verdict(now + secs(28), Some(lease), fast, false),
+            Guard::Stop { left: secs(2) }
+        );
+        assert_eq!(lease_guard_verdict(now, None, fast, false), Guard::Idle);
+    }
+
+    #[test]
+    fn guard_does_not_stop_postgres_in_maintenance_mode() {
+        // Patroni's update_lock failure and DCS-error paths leave a paused primary running.
+        let s = SharedState::default();
+        s.set_dynamic(Timing::adjusted(10, 1, 3), true);
+        let now = Instant::now();
+        s.set_leader(true, Some(now + secs(10)));
+        assert_eq!(
+            s.lease_guard(now + secs(9)),
+            Guard::KeepPaused { left: secs(1) }
+        );
+        s.set_dynamic(Timing::adjusted(10, 1, 3), false);
+        assert_eq!(s.lease_guard(now + secs(9)), Guard::Stop { left: secs(1) });
+        s.set_leader(false, None);
+        assert_eq!(s.lease_guard(now + secs(9)), Guard::Idle);
     }
 }

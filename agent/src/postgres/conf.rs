@@ -208,7 +208,7 @@ pub fn server_parameters(
                 || is_recovery_param(name);
             if !keep {
                 warnings.push(format!(
-                    "removing parameter {name}={}: PostgreSQL {major} does not know it",
+                    "removing parameter {name}={:?}: PostgreSQL {major} does not know it",
                     value_text(value).unwrap_or_default()
                 ));
             }
@@ -234,16 +234,31 @@ fn parse_megabytes(text: &str) -> Option<i64> {
     Some(mb)
 }
 
-/// Quotes a value for postgresql.conf.
+/// Quotes a value for postgresql.conf: `'` doubled, `\` and control characters escaped as
+/// PostgreSQL's configuration lexer reads them back (`\n`, `\t`, octal), so that no value,
+/// whatever it holds, can end the line it is written on.
 fn conf_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\{:03o}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
-/// Quotes a value for a libpq connection string when needed.
+/// Quotes a value for a libpq connection string: always in single quotes, with `\` and `'`
+/// escaped, so that no value (a host from a member key in etcd, a user, a file name) can add
+/// keywords, whatever whitespace or control characters it holds.
 pub fn libpq_quote(s: &str) -> String {
-    if !s.is_empty() && !s.contains([' ', '\'', '\\']) {
-        return s.to_string();
-    }
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
@@ -416,8 +431,94 @@ mod tests {
         );
         assert_eq!(
             ci,
-            "user=replicator passfile='/tmp/my pass' host=10.0.0.1 port=5432 sslmode=prefer application_name=pg1 gssencmode=prefer channel_binding=prefer"
+            "user='replicator' passfile='/tmp/my pass' host='10.0.0.1' port=5432 sslmode='prefer' application_name='pg1' gssencmode=prefer channel_binding=prefer"
         );
+    }
+
+    /// The whitespace-separated `keyword=` words of a libpq connection string, outside quotes.
+    fn keywords(ci: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let (mut quoted, mut escaped, mut word_start) = (false, false, true);
+        for (i, c) in ci.char_indices() {
+            if escaped {
+                escaped = false;
+            } else if quoted && c == '\\' {
+                escaped = true;
+            } else if c == '\'' {
+                quoted = !quoted;
+                word_start = false;
+            } else if !quoted && c.is_whitespace() {
+                word_start = true;
+            } else if !quoted && word_start {
+                word_start = false;
+                out.push(ci[i..].split('=').next().unwrap_or("").to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn libpq_values_cannot_add_keywords() {
+        // A tab, a newline or a space ends an unquoted value: every value is quoted.
+        assert_eq!(libpq_quote("a\tsslmode=disable"), "'a\tsslmode=disable'");
+        assert_eq!(libpq_quote("a\nb"), "'a\nb'");
+        assert_eq!(libpq_quote(""), "''");
+        assert_eq!(libpq_quote(r"it's a\b"), r"'it\'s a\\b'");
+        let mut extra = std::collections::BTreeMap::new();
+        extra.insert(
+            "sslrootcert".to_string(),
+            "/ca\tsslmode=disable".to_string(),
+        );
+        let ci = primary_conninfo(
+            "h\tservice=evil",
+            5432,
+            "u\x0bx user=postgres",
+            Path::new("/p"),
+            "pg1",
+            &extra,
+        );
+        assert_eq!(
+            keywords(&ci),
+            [
+                "user",
+                "passfile",
+                "host",
+                "port",
+                "sslmode",
+                "sslrootcert",
+                "application_name",
+                "gssencmode",
+                "channel_binding"
+            ],
+            "{ci}"
+        );
+    }
+
+    #[test]
+    fn conf_values_cannot_end_their_line() {
+        let mut p = Map::new();
+        p.insert(
+            "application_name".into(),
+            "x'\nshared_preload_libraries = 'evil".into(),
+        );
+        p.insert("search_path".into(), "a\r\tb\u{1}c\\".into());
+        let f = ConfigFiles {
+            parameters: p,
+            pg_hba: None,
+            pg_ident: None,
+            recovery: Some(Recovery {
+                primary_conninfo: Some("host='a\nb'".into()),
+                primary_slot_name: None,
+            }),
+        };
+        let s = f.render_postgresql_conf(Path::new("/d"));
+        assert!(
+            s.contains("application_name = 'x''\\nshared_preload_libraries = ''evil'\n"),
+            "{s}"
+        );
+        assert!(s.contains("search_path = 'a\\r\\tb\\001c\\\\'\n"), "{s}");
+        assert!(s.contains("primary_conninfo = 'host=''a\\nb'''\n"), "{s}");
+        assert!(!s.lines().any(|l| l.starts_with("shared_preload_libraries")));
     }
 
     #[test]
@@ -505,6 +606,18 @@ mod tests {
         assert_eq!(p.len(), 4, "{p:?}");
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w.iter().any(|w| w.contains("Work_Mem2")), "{w:?}");
+        // A value cannot add lines to the agent's log either.
+        let (_, w) = server_parameters(
+            &map(&[("nope", "x\n2026-01-01 00:00:00,000 INFO: forged".into())]),
+            15,
+            Some(&available),
+        );
+        assert_eq!(
+            w,
+            [
+                r#"removing parameter nope="x\n2026-01-01 00:00:00,000 INFO: forged": PostgreSQL 15 does not know it"#
+            ]
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-pub use conf::{append_pg_hba, libpq_quote, primary_conninfo, ConfigFiles, Recovery};
+pub use conf::{
+    append_pg_hba, is_valid_guc_name, libpq_quote, primary_conninfo, ConfigFiles, Recovery,
+};
 pub use error::PgError;
 pub use query::{quote_ident, quote_literal, LocalConn, LocalStatus, PgClient, ReplicationRow};
 pub use tls::{client_tls, ClientTls};

@@ -251,3 +251,221 @@ fn timeline_history_file() {
     assert_eq!(lines[0].lsn, 0x3000060);
     assert_eq!(lines[1].reason, "before 2000-01-01");
 }
+
+#[test]
+fn timing_is_bounded_whatever_the_dcs_holds() {
+    // The value that crashed every agent (`overflow when adding duration to instant`).
+    let c = ClusterConfig::parse(
+        r#"{"ttl":9223372036854775807,"loop_wait":9223372036854775807,"retry_timeout":18446744073709551615}"#,
+    )
+    .expect("an object");
+    let t = c.timing();
+    assert_eq!(t.ttl, MAX_TTL);
+    assert!(t.loop_wait + 2 * t.retry_timeout <= t.ttl, "{t:?}");
+    assert_eq!(
+        ClusterConfig::parse(r#"{"ttl":-5,"loop_wait":"x","retry_timeout":1e300}"#)
+            .expect("an object")
+            .timing(),
+        Timing::adjusted(0, 10, 10)
+    );
+    assert_eq!(
+        ClusterConfig::parse(r#"{"primary_start_timeout":9223372036854775807}"#)
+            .expect("an object")
+            .primary_start_timeout(),
+        MAX_SECONDS
+    );
+}
+
+#[test]
+fn check_names_the_key_that_is_wrong() {
+    let err = |json: &str| {
+        ClusterConfig::parse(json)
+            .expect("an object")
+            .check()
+            .expect_err(json)
+    };
+    let e = err(r#"{"ttl":9223372036854775807,"loop_wait":9223372036854775807}"#);
+    assert_eq!(e.key, "ttl");
+    assert_eq!(
+        e.to_string(),
+        "ttl: must be an integer from 1 to 86400, not 9223372036854775807"
+    );
+    assert_eq!(err(r#"{"loop_wait":86401}"#).key, "loop_wait");
+    assert_eq!(err(r#"{"retry_timeout":0}"#).key, "retry_timeout");
+    assert_eq!(err(r#"{"ttl":"abc"}"#).key, "ttl");
+    assert_eq!(err(r#"{"ttl":[30]}"#).key, "ttl");
+    assert_eq!(err(r#"{"ttl":30.5}"#).key, "ttl");
+    assert_eq!(
+        err(r#"{"maximum_lag_on_failover":-1}"#).key,
+        "maximum_lag_on_failover"
+    );
+    assert_eq!(
+        err(r#"{"primary_start_timeout":99999999999}"#).key,
+        "primary_start_timeout"
+    );
+    assert_eq!(
+        err(r#"{"member_slots_ttl":"30 years"}"#).key,
+        "member_slots_ttl"
+    );
+    assert_eq!(err(r#"{"pause":"maybe"}"#).key, "pause");
+    assert_eq!(
+        err(r#"{"synchronous_mode":"sometimes"}"#).key,
+        "synchronous_mode"
+    );
+    assert_eq!(
+        err(r#"{"synchronous_node_count":0}"#).key,
+        "synchronous_node_count"
+    );
+    assert_eq!(err(r#"{"postgresql":[]}"#).key, "postgresql");
+    assert_eq!(
+        err(r#"{"postgresql":{"parameters":"work_mem=1MB"}}"#).key,
+        "postgresql.parameters"
+    );
+    assert_eq!(
+        err(r#"{"postgresql":{"parameters":{"work_mem":{"a":1}}}}"#).key,
+        "postgresql.parameters.work_mem"
+    );
+    assert_eq!(
+        err(r#"{"postgresql":{"pg_hba":"host all all 0.0.0.0/0 trust"}}"#).key,
+        "postgresql.pg_hba"
+    );
+    assert_eq!(
+        err(r#"{"postgresql":{"use_slots":"perhaps"}}"#).key,
+        "postgresql.use_slots"
+    );
+    assert_eq!(
+        err(r#"{"standby_cluster":{"host":"h","port":70000}}"#).key,
+        "standby_cluster.port"
+    );
+    assert_eq!(err(r#"{"slots":"x"}"#).key, "slots");
+    assert_eq!(err(r#"{"ignore_slots":{}}"#).key, "ignore_slots");
+    // A parameter name with a control character is shown escaped.
+    let e = err(r#"{"postgresql":{"parameters":{"a\nb":[1]}}}"#);
+    assert_eq!(e.key, r#"postgresql.parameters."a\nb""#);
+}
+
+#[test]
+fn check_accepts_what_patroni_writes() {
+    let ok = |json: &str| {
+        ClusterConfig::parse(json)
+            .expect("an object")
+            .check()
+            .unwrap_or_else(|e| panic!("{json}: {e}"))
+    };
+    ok("{}");
+    ok(
+        r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"maximum_lag_on_failover":1048576,"postgresql":{"use_pg_rewind":true,"use_slots":true,"parameters":{"wal_level":"hot_standby","max_connections":100,"hot_standby":"on","archive_mode":true}},"check_timeline":false,"pause":null}"#,
+    );
+    // Values below the minimums are raised, not refused (as Patroni adjusts them).
+    ok(r#"{"ttl":5,"loop_wait":1,"retry_timeout":1}"#);
+    ok(r#"{"ttl":"20","loop_wait":"1","retry_timeout":3.0}"#);
+    ok(r#"{"synchronous_mode":"quorum","synchronous_node_count":2,"member_slots_ttl":"30min"}"#);
+    ok(r#"{"synchronous_mode":"on","maximum_lag_on_syncnode":-1,"failsafe_mode":"off"}"#);
+    ok(
+        r#"{"standby_cluster":{"host":"","port":"","restore_command":""},"slots":{"s":{"type":"physical"}},"ignore_slots":[{"name":"x"}]}"#,
+    );
+    ok(
+        r#"{"standby_cluster":null,"slots":null,"postgresql":{"parameters":{"x":null},"pg_hba":["local all all trust"]}}"#,
+    );
+}
+
+#[test]
+fn seconds_with_units_as_patroni_reads_them() {
+    use serde_json::json;
+    assert_eq!(seconds_with_unit(&json!(1800)), Some(1800));
+    assert_eq!(seconds_with_unit(&json!("30min")), Some(1800));
+    assert_eq!(seconds_with_unit(&json!("1h")), Some(3600));
+    assert_eq!(seconds_with_unit(&json!("2d")), Some(172_800));
+    assert_eq!(seconds_with_unit(&json!("1500ms")), Some(2));
+    assert_eq!(seconds_with_unit(&json!("10 s")), Some(10));
+    assert_eq!(seconds_with_unit(&json!("10 years")), None);
+    assert_eq!(seconds_with_unit(&json!("1e400h")), None);
+    assert_eq!(seconds_with_unit(&json!(true)), None);
+}
+
+#[test]
+fn member_hosts_and_ports_are_checked() {
+    assert_eq!(
+        parse_conn_url("postgres://10.0.0.1:5433/postgres"),
+        Some(("10.0.0.1".into(), 5433))
+    );
+    assert_eq!(
+        parse_conn_url("postgresql://u:p@db-1.example.com/postgres?sslmode=require"),
+        Some(("db-1.example.com".into(), 5432))
+    );
+    assert_eq!(
+        parse_conn_url("postgres://[fe80::1]:6432/x"),
+        Some(("fe80::1".into(), 6432))
+    );
+    assert_eq!(
+        parse_conn_url("postgres://[fe80::1]/x"),
+        Some(("fe80::1".into(), 5432))
+    );
+    for bad in [
+        "postgres://127.0.0.1\tsslmode=disable:5432/postgres",
+        "postgres://127.0.0.1\n    server evil 10.0.0.9:5432/postgres",
+        "postgres://a b:5432/postgres",
+        "postgres://h'x:5432/postgres",
+        "postgres://host=x:5432/postgres",
+        "postgres://127.0.0.1:0/postgres",
+        "postgres://127.0.0.1:65536/postgres",
+        "postgres://127.0.0.1:+5432/postgres",
+        "postgres://127.0.0.1:/postgres",
+        "postgres://:5432/postgres",
+        "postgres://[not-v6]:5432/postgres",
+        "postgres://[::1]x:5432/postgres",
+        "postgres://-/x",
+        "postgres://a..b/x",
+        "postgres://%2Ftmp/x",
+        "mysql://h:1/x",
+    ] {
+        assert_eq!(parse_conn_url(bad), None, "{bad:?}");
+    }
+    assert_eq!(
+        parse_api_url("https://u:p@db1.example:8443/patroni"),
+        Some(("db1.example".into(), 8443))
+    );
+    assert_eq!(
+        parse_api_url("http://[::1]:8008/patroni"),
+        Some(("::1".into(), 8008))
+    );
+    assert_eq!(
+        parse_api_url("http://127.0.0.1/patroni"),
+        None,
+        "port required"
+    );
+    assert_eq!(
+        parse_api_url("http://x\n    stats admin if TRUE\n    server y 10.0.0.9:1/patroni"),
+        None
+    );
+    let mut m =
+        MemberData::parse(r#"{"conn_url":"postgres://h:1/p","api_url":"http://h:2/patroni"}"#);
+    assert_eq!(member_address_problem(&m), None);
+    m.api_url = "http://h\n:2/patroni".into();
+    assert_eq!(
+        member_address_problem(&m).as_deref(),
+        Some(
+            r#"api_url "http://h\n:2/patroni" is not http(s)://host:port/... with a valid host and port"#
+        )
+    );
+}
+
+#[test]
+fn a_config_key_that_is_no_object_is_noted() {
+    for bad in ["[1]", "not json", "", "30"] {
+        let c = Cluster::from_kvs(
+            3,
+            &[Kv {
+                key: "config".into(),
+                value: bad.into(),
+                mod_revision: 7,
+                lease: 0,
+            }],
+        );
+        assert_eq!(
+            (c.config.is_none(), c.config_unreadable),
+            (true, Some(7)),
+            "{bad:?}"
+        );
+    }
+}
