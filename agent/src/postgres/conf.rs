@@ -204,6 +204,7 @@ pub fn server_parameters(
         out.retain(|name, value| {
             let keep = name.contains('.')
                 || available.contains(&name.to_ascii_lowercase())
+                || SETTABLE_NOT_DESCRIBED.contains(&name.to_ascii_lowercase().as_str())
                 || is_cmdline_param(name)
                 || is_recovery_param(name);
             if !keep {
@@ -217,6 +218,39 @@ pub fn server_parameters(
     }
     (out, warnings)
 }
+
+/// Parameters a user may set in postgresql.conf that `postgres --describe-config` does not
+/// list (it leaves out developer options and those not in the sample file). Read-only ones
+/// (`block_size`, `server_version`, ...) are not here: PostgreSQL refuses to start with them.
+const SETTABLE_NOT_DESCRIBED: &[&str] = &[
+    "allow_in_place_tablespaces",
+    "allow_system_table_mods",
+    "application_name",
+    "backtrace_functions",
+    "debug_discard_caches",
+    "debug_parallel_query",
+    "force_parallel_mode",
+    "ignore_checksum_failure",
+    "ignore_invalid_pages",
+    "ignore_system_indexes",
+    "jit_debugging_support",
+    "jit_dump_bitcode",
+    "jit_expressions",
+    "jit_profiling_support",
+    "jit_tuple_deforming",
+    "post_auth_delay",
+    "pre_auth_delay",
+    "remove_temp_files_after_crash",
+    "restrict_nonsystem_relation_kind",
+    "trace_notify",
+    "trace_recovery_messages",
+    "trace_sort",
+    "transaction_deferrable",
+    "transaction_isolation",
+    "transaction_read_only",
+    "wal_consistency_checking",
+    "zero_damaged_pages",
+];
 
 /// `128MB`, `1GB`, `2048kB`, a bare number (MB, `wal_keep_size`'s unit) -> megabytes.
 fn parse_megabytes(text: &str) -> Option<i64> {
@@ -618,6 +652,30 @@ mod tests {
                 r#"removing parameter nope="x\n2026-01-01 00:00:00,000 INFO: forged": PostgreSQL 15 does not know it"#
             ]
         );
+    }
+
+    #[test]
+    fn settable_parameters_describe_config_leaves_out_are_kept() {
+        let available: std::collections::HashSet<String> = ["work_mem", "wal_keep_size"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (p, w) = server_parameters(
+            &map(&[
+                ("application_name", "x".into()),
+                ("jit_expressions", "on".into()),
+                ("block_size", "8192".into()),
+            ]),
+            15,
+            Some(&available),
+        );
+        assert!(p.contains_key("application_name"));
+        assert!(p.contains_key("jit_expressions"));
+        assert!(
+            !p.contains_key("block_size"),
+            "read-only: PostgreSQL would not start"
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
     }
 
     #[test]
