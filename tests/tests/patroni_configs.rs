@@ -210,11 +210,26 @@ async fn patroni_harness_configuration_bootstraps_replicates_fails_over_and_rewi
     wait_streaming_from(&c, old, new, tl_new, HEALTHY_TIMEOUT)
         .await
         .expect("the old primary streams from the new leader");
-    let log = last_run_log(&c, old);
-    assert!(
-        log.lines().any(|l| l.contains("pg_rewind: ")) && log.contains("Rewind finished"),
-        "the old primary must have been rewound; its log:\n{log}"
-    );
+    // The task's end is logged by the loop's next cycle, possibly after streaming began.
+    let cl = &c;
+    wait_until(
+        "the rewind to be logged as finished",
+        PROPAGATION_TIMEOUT,
+        || async move {
+            let log = last_run_log(cl, old);
+            Ok(
+                (log.lines().any(|l| l.contains("pg_rewind: ")) && log.contains("Rewind finished"))
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "the old primary must have been rewound: {e:#}\n{}",
+            last_run_log(&c, old)
+        )
+    });
     let old_client = c.connect(old).await.expect("connect to the old primary");
     wait_until(
         "the new row on the rewound node",
