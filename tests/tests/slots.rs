@@ -114,4 +114,39 @@ async fn a_gone_member_s_slot_is_dropped_after_member_slots_ttl() {
         .expect("the staying member's slot")
         .get(0);
     assert!(active);
+
+    // After a switchover the former leader is a replica: it does not keep the members' slots,
+    // whose frozen restart_lsn would retain WAL there until its disk is full.
+    c.switchover(leader, stays).await.expect("switchover");
+    let cl = &c;
+    let leader_name = c.name(leader).to_string();
+    wait_until(
+        "the former leader to drop its member slots",
+        PROPAGATION_TIMEOUT,
+        || {
+            let stays_slot = stays_slot.clone();
+            async move {
+                let s = slots_on(cl, leader).await?;
+                Ok((!s.contains(&stays_slot)).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.agent_log(leader)));
+    // And the new leader has one for it.
+    wait_until(
+        "a slot for the former leader on the new one",
+        PROPAGATION_TIMEOUT,
+        || {
+            let leader_name = leader_name.clone();
+            async move {
+                Ok(slots_on(cl, stays)
+                    .await?
+                    .contains(&leader_name)
+                    .then_some(()))
+            }
+        },
+    )
+    .await
+    .expect("slot on the new leader");
 }

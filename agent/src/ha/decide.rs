@@ -287,7 +287,20 @@ fn healthy_enough(o: &Observation) -> Result<(), String> {
         if let Some(my_tl) = o.local.timeline {
             if tl > 0 && my_tl < tl {
                 return Err(format!(
-                    "my timeline {my_tl} is behind last known cluster timeline {tl}"
+                    "my timeline {my_tl} is behind last known cluster timeline {tl} (if every node of timeline {tl} is gone for good, `patrolctl failover --candidate {}` makes this node the leader on purpose, losing what was written on the newer timeline)",
+                    o.me
+                ));
+            }
+        }
+    }
+    // Row U-3 for replicas: one that received WAL past the end of its timeline in the
+    // cluster's history (from a stale primary, before it was cut off) holds writes the
+    // cluster abandoned; promoting it would throw away the new timeline's.
+    if o.local.in_recovery == Some(true) {
+        if let (Some(tl), Some(pos)) = (o.local.timeline, o.local.effective_position()) {
+            if went_past_its_fork(o, tl, pos) {
+                return Err(format!(
+                    "my WAL went past the end of timeline {tl} in the cluster's history: it must be rewound"
                 ));
             }
         }

@@ -530,7 +530,16 @@ impl<D: Dcs> Ha<D> {
         let running = self.pg.is_running();
         let status = if running && self.in_flight.is_none() {
             match self.client.status().await {
-                Ok(s) => Some(s),
+                Ok(mut s) => {
+                    if s.in_recovery {
+                        // Without a WAL receiver the SQL view gives the last restartpoint's
+                        // timeline; the WAL files say which timeline the node really holds.
+                        if let Some(tl) = self.pg.newest_wal_timeline() {
+                            s.timeline = s.timeline.max(tl);
+                        }
+                    }
+                    Some(s)
+                }
                 Err(e) => {
                     tracing::debug!("status query failed: {e}");
                     None
@@ -556,6 +565,11 @@ impl<D: Dcs> Ha<D> {
             following: self.following.clone(),
             history: None,
         };
+        if cluster.leader_name() != Some(self.cfg.name.as_str()) {
+            // Slot retention is the leader's: a later leadership starts again from the DCS.
+            self.slot_retention = Default::default();
+            self.retain_slots = None;
+        }
         let mut local = local;
         if let Some(s) = &status {
             let i_lead = cluster.leader_name() == Some(self.cfg.name.as_str());
@@ -1242,6 +1256,7 @@ impl<D: Dcs> Ha<D> {
                     .await
                     .map_err(|e| Step::Stop(e.to_string()))?;
                 self.following = Some(up.name.clone());
+                self.drop_member_slots_as_replica(cluster).await;
                 Ok(None)
             }
             Action::EnsureSlots { names } => {
@@ -1265,6 +1280,36 @@ impl<D: Dcs> Ha<D> {
                 Ok(None)
             }
             Action::Fatal { reason } => Err(Step::Fatal(reason.clone())),
+        }
+    }
+
+    /// A replica (a demoted former leader above all) drops the members' slots it still has:
+    /// nothing streams from them here and their frozen `restart_lsn` would retain WAL on this
+    /// node until its disk is full (Patroni drops the slots it does not expect on replicas).
+    /// Only member slots (a member's name, or in `status.retain_slots`), never a permanent or
+    /// any other slot, and never one in use.
+    async fn drop_member_slots_as_replica(&mut self, cluster: &Cluster) {
+        let Ok(existing) = self.client.physical_slots().await else {
+            return;
+        };
+        let permanent = super::slots::permanent_slot_names(&self.dynamic);
+        let member_slots: std::collections::BTreeSet<String> = cluster
+            .members
+            .iter()
+            .map(|m| patrol_dcs::slot_name_from_member_name(&m.name))
+            .chain(cluster.status.retain_slots.iter().cloned())
+            .collect();
+        for (name, active) in existing {
+            if active || permanent.contains(&name) || !member_slots.contains(&name) {
+                continue;
+            }
+            match self.client.drop_physical_slot(&name).await {
+                Ok(true) => tracing::info!(
+                    "dropped replication slot {name}: a replica does not keep the members' slots"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("could not drop replication slot {name}: {e}"),
+            }
         }
     }
 

@@ -77,6 +77,9 @@ pub struct Retention {
 #[derive(Debug, Clone, Default)]
 pub struct SlotRetention {
     last_seen: BTreeMap<String, i64>,
+    /// `status.retain_slots` was read once: later reads are our own writes, one cycle old, and
+    /// must not bring back names that just expired.
+    seeded: bool,
 }
 
 impl SlotRetention {
@@ -90,9 +93,12 @@ impl SlotRetention {
         now_ms: i64,
         ttl_ms: i64,
     ) -> Retention {
-        for name in published {
-            // Seen in the status written by an earlier leader: its clock starts now.
-            self.last_seen.entry(name.clone()).or_insert(now_ms);
+        if !self.seeded {
+            // Written by an earlier leader: the clock of each name starts now.
+            for name in published {
+                self.last_seen.entry(name.clone()).or_insert(now_ms);
+            }
+            self.seeded = true;
         }
         for name in members {
             self.last_seen.insert(name.clone(), now_ms);
@@ -152,6 +158,21 @@ mod tests {
         assert_eq!(out.retain, vec!["pg0", "pg1"]);
         // Dropped once: not reported again.
         let out = r.update(&two, &[], &none, 32 * MIN, 30 * MIN);
+        assert!(out.expired.is_empty());
+    }
+
+    #[test]
+    fn an_expired_name_does_not_come_back_from_the_last_published_list() {
+        // The status read in the cycle after a name expired still lists it (it was written
+        // the cycle before): it must stay expired.
+        let mut r = SlotRetention::default();
+        let none = BTreeSet::new();
+        let out = r.update(&set(&["pg0", "pg1"]), &[], &none, 0, MIN);
+        let published = out.retain.clone();
+        let out = r.update(&set(&["pg0"]), &published, &none, MIN, MIN);
+        assert_eq!(out.expired, vec!["pg1"]);
+        let out = r.update(&set(&["pg0"]), &published, &none, MIN + 1, MIN);
+        assert_eq!(out.retain, vec!["pg0"]);
         assert!(out.expired.is_empty());
     }
 

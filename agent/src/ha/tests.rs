@@ -1139,8 +1139,9 @@ fn u_3_a_demoted_stale_primary_waits_to_rewind() {
 
 #[test]
 fn u_3_a_replica_behind_races_unless_check_timeline() {
-    // Replicas keep Patroni's rule: the timeline counts only with check_timeline.
-    let mut local = running(true, 5000);
+    // Replicas keep Patroni's rule: the timeline counts only with check_timeline (for a
+    // replica that stopped before the fork: timeline 1 ended at 1000).
+    let mut local = running(true, 900);
     local.timeline = Some(1);
     let o = obs("pg1", no_leader_on_timeline_2(), local.clone());
     check(&o, &[Action::AcquireLeaderKey, Action::Promote]);
@@ -1206,5 +1207,20 @@ fn s_2_2_restart_runs_as_a_task() {
         &[Action::Demote {
             leader: Some(up("pg0", 5433)),
         }],
+    );
+}
+
+#[test]
+fn u_3_a_replica_past_the_fork_never_races() {
+    // It received timeline 1 past its end (1000) from a stale primary: promoting it would
+    // serve the abandoned branch, whatever check_timeline.
+    let mut local = running(true, 5000);
+    local.timeline = Some(1);
+    let o = obs("pg1", no_leader_on_timeline_2(), local);
+    let d = check(&o, &[]);
+    assert!(
+        d.reason.contains("went past the end of timeline 1"),
+        "{}",
+        d.reason
     );
 }

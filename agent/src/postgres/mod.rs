@@ -566,6 +566,25 @@ impl Postgres {
             .await
     }
 
+    /// The highest timeline among the WAL segment files in pg_wal (`00000002000000000000000A`,
+    /// also `.partial`): the timeline of the newest WAL this node holds. A standby's SQL view
+    /// of its timeline lags without a WAL receiver (it falls back to the last restartpoint's,
+    /// which can be minutes old after a promotion); its segment files do not.
+    pub fn newest_wal_timeline(&self) -> Option<u64> {
+        std::fs::read_dir(self.data_dir.join("pg_wal"))
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let name = name.to_str()?;
+                let base = name.strip_suffix(".partial").unwrap_or(name);
+                (base.len() == 24 && base.chars().all(|c| c.is_ascii_hexdigit()))
+                    .then(|| u64::from_str_radix(&base[..8], 16).ok())
+                    .flatten()
+            })
+            .max()
+    }
+
     /// The timeline history file of `timeline` from pg_wal, with its modification time.
     pub fn timeline_history(&self, timeline: u64) -> Option<(String, std::time::SystemTime)> {
         let path = self
