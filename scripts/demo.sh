@@ -8,15 +8,17 @@
 #   DEMO_DIR         where everything lives (default ./demo)
 #   PATROL_BIN_DIR   take patrol, patrolctl, patrol-router from here instead of building
 #   DEMO_ETCD_PORT DEMO_ETCD_PEER_PORT DEMO_PG_PORTS DEMO_API_PORTS DEMO_ROUTER_PORTS
-#   DEMO_HAPROXY_PORTS   ports; the *_PORTS ones take three, space separated
+#   DEMO_HAPROXY_PORTS   ports; the *_PORTS ones take three, space separated. The defaults keep
+#                    clear of a system etcd (2379) and PostgreSQL (5432) that Debian's packages
+#                    start.
 #                    (PostgreSQL nodes, REST APIs, router write/read/admin, HAProxy write/read/stats)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="${DEMO_DIR:-$PWD/demo}"
 pgbin=/usr/lib/postgresql/15/bin
-etcd_port="${DEMO_ETCD_PORT:-2379}"
-etcd_peer_port="${DEMO_ETCD_PEER_PORT:-2380}"
-read -r -a pg_ports <<<"${DEMO_PG_PORTS:-5432 5433 5434}"
+etcd_port="${DEMO_ETCD_PORT:-12379}"
+etcd_peer_port="${DEMO_ETCD_PEER_PORT:-12380}"
+read -r -a pg_ports <<<"${DEMO_PG_PORTS:-15432 15433 15434}"
 read -r -a api_ports <<<"${DEMO_API_PORTS:-8000 8001 8002}"
 read -r -a router_ports <<<"${DEMO_ROUTER_PORTS:-5000 5001 8080}"
 read -r -a haproxy_ports <<<"${DEMO_HAPROXY_PORTS:-6000 6001 7000}"
@@ -28,6 +30,9 @@ stop() {
     [ -f "$pidf" ] || continue
     pid="$(head -1 "$pidf")"
     [[ "$pid" =~ ^[0-9]+$ ]] || continue
+    # A pid file left from before a reboot may name somebody else's process now: only signal
+    # a process whose command line mentions this demo's directory.
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$root" || continue
     # A postmaster gets SIGINT (fast shutdown: SIGTERM would wait for every session to end).
     sig=TERM
     [[ "$pidf" == */postmaster.pid ]] && sig=INT
@@ -72,6 +77,13 @@ etcd --name demo --data-dir "$root/etcd-data" \
   --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
   --initial-cluster "demo=http://127.0.0.1:$etcd_peer_port" >"$root/etcd.log" 2>&1 &
 echo $! >"$root/etcd.pid"
+# Debian's etcd-server package runs etcd on 2379 itself (hence 12379 here): if this one could
+# not bind its ports, the agents would quietly use another etcd. Wait until ours answers, and fail if it exited.
+for _ in $(seq 1 100); do
+  kill -0 "$(cat "$root/etcd.pid")" 2>/dev/null || { echo "the demo's etcd exited (ports $etcd_port/$etcd_peer_port taken?):" >&2; tail -n 5 "$root/etcd.log" >&2; exit 1; }
+  grep -q "serving client" "$root/etcd.log" 2>/dev/null && break
+  sleep 0.1
+done
 
 for i in 0 1 2; do
   d="$root/pg$i"; mkdir -p "$d"

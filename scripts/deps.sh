@@ -44,12 +44,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-# Debian's postgresql-15 package creates and starts a cluster on 5432; neither the demo nor the
-# tests use it, and it would take the port the demo's first node wants.
-if command -v pg_lsclusters >/dev/null 2>&1; then
-  pg_lsclusters -h 2>/dev/null | awk '{print $1, $2, $4}' | while read -r v c st; do
-    if [ "$st" = online ]; then
-      "${sudo_cmd[@]+"${sudo_cmd[@]}"}" pg_ctlcluster "$v" "$c" stop >/dev/null 2>&1 || true
-    fi
-  done
+# Debian's postgresql-15 package creates and starts the cluster 15/main on 5432 when it is
+# installed; neither the demo nor the tests use it, and it would take the port the demo's first
+# node wants. Stop it only when this run installed the package: a cluster that was there before
+# is somebody's, and is left alone.
+if [[ " ${need[*]-} " == *" postgresql-15 "* ]] && command -v pg_ctlcluster >/dev/null 2>&1; then
+  "${sudo_cmd[@]+"${sudo_cmd[@]}"}" pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
 fi

@@ -81,6 +81,11 @@ pub async fn run(cfg: Config, reload: ReloadSource) -> anyhow::Result<()> {
         }
     }
 
+    // The agent's own connection must be usable before anything is bound: a bad TLS file
+    // would otherwise leave it blind to its PostgreSQL (and publishing it as a replica).
+    if let Err(e) = crate::postgres::Postgres::new(&cfg).local_conn_config().tls {
+        anyhow::bail!("invalid configuration: {e}");
+    }
     let listener = api::bind(&cfg).await?;
     let ctx = Arc::new(ApiContext::new(cfg.clone(), shared.clone(), dcs.clone()).await);
     let api_task = tokio::spawn(api::serve(listener, ctx, shutdown.child_token()));

@@ -428,8 +428,9 @@ fn allowlist(r: &Map<String, Value>) -> Result<Vec<String>> {
     Ok(entries)
 }
 
-/// A DNS host name: dot-separated labels of letters, digits and hyphens, not starting or
-/// ending with a hyphen.
+/// A host name: dot-separated labels of letters, digits, hyphens and underscores (container
+/// and service names use them; Patroni's resolver accepts them), not starting or ending with a
+/// hyphen.
 fn is_host_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
@@ -438,7 +439,8 @@ fn is_host_name(s: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
 }
 

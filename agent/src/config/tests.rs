@@ -1152,6 +1152,7 @@ fn allowlist_entries_must_parse() {
         ("::1", true),
         ("[fe80::1]", true),
         ("db-1.example.com", true),
+        ("patroni_node_1", true),
         ("10.0.0.0/33", false),
         ("not a host", false),
         ("-bad.example", false),

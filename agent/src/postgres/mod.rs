@@ -792,7 +792,12 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("patrol-new");
+    // A name of its own per write, so two writers (a reload and a clone) never share one.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".patrol-new.{}.{seq}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
     // A leftover of an interrupted write (or something planted): remove the name, not what
     // it may point to.
     match std::fs::remove_file(&tmp) {
@@ -904,7 +909,12 @@ mod tests {
         let path = dir.path().join("pgpass");
         // Links planted at the final name and at the temporary name.
         std::os::unix::fs::symlink(&victim, &path).expect("symlink");
-        std::os::unix::fs::symlink(&victim, path.with_extension("patrol-new")).expect("symlink");
+        // At every temporary name this process could pick next, too.
+        for seq in 0..64 {
+            let mut planted = path.as_os_str().to_owned();
+            planted.push(format!(".patrol-new.{}.{seq}", std::process::id()));
+            let _ = std::os::unix::fs::symlink(&victim, PathBuf::from(planted));
+        }
         write_private(&path, "*:*:*:u:secret\n").expect("write");
         assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
         assert_eq!(

@@ -215,10 +215,14 @@ impl PgClient {
     /// connection, and are reset afterwards.
     pub async fn execute_unlogged(&self, sql: &str) -> Result<(), PgError> {
         const QUIET: &str = "SET log_statement TO none; SET log_min_duration_statement TO -1; \
-            SET log_min_error_statement TO panic; SET pg_stat_statements.track_utility TO off; \
-            SET pgaudit.log TO none";
+            SET log_min_duration_sample TO -1; SET log_transaction_sample_rate TO 0; \
+            SET log_min_error_statement TO panic; SET debug_print_parse TO off; \
+            SET debug_print_rewritten TO off; SET debug_print_plan TO off; \
+            SET pg_stat_statements.track_utility TO off; SET pgaudit.log TO none";
         const LOUD: &str = "RESET log_statement; RESET log_min_duration_statement; \
-            RESET log_min_error_statement; RESET pg_stat_statements.track_utility; RESET pgaudit.log";
+            RESET log_min_duration_sample; RESET log_transaction_sample_rate; \
+            RESET log_min_error_statement; RESET debug_print_parse; RESET debug_print_rewritten; \
+            RESET debug_print_plan; RESET pg_stat_statements.track_utility; RESET pgaudit.log";
         let r = async {
             let guard = self.client().await?;
             let c = guard.as_ref().expect("client() fills the slot");

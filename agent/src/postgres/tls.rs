@@ -65,7 +65,9 @@ pub fn client_tls(user: &PgUser) -> Result<ClientTls, String> {
             })
         }
         "allow" | "prefer" => Verify::Nothing,
-        "require" if rootcert.is_some() => Verify::Ca,
+        // As libpq: with a root certificate file `require` verifies like `verify-ca`; a file
+        // that does not exist is no error for `require` (only for the verify modes).
+        "require" if rootcert.is_some_and(|p| Path::new(p).exists()) => Verify::Ca,
         "require" => Verify::Nothing,
         "verify-ca" => Verify::Ca,
         "verify-full" => Verify::Full,
@@ -292,6 +294,13 @@ mod tests {
                 .mode,
             SslMode::Require
         );
+        // A root file that does not exist is not an error for require (libpq).
+        let r = client_tls(&user(&[
+            ("sslmode", "require"),
+            ("sslrootcert", "/nonexistent/root.crt"),
+        ]))
+        .expect("require");
+        assert_eq!(r.mode, SslMode::Require);
     }
 
     #[test]
