@@ -779,7 +779,14 @@ impl<D: Dcs> Ha<D> {
                 client.reset().await;
                 pg.write_config(&files)
                     .map_err(|e| format!("restart failed: {e}"))?;
-                if as_primary && !shared.snapshot().is_leader {
+                // Held, and not within the lease guard's margin of its end (the guard would
+                // stop it again at once).
+                let held = shared.snapshot().is_leader
+                    && matches!(
+                        shared.lease_guard(Instant::now()),
+                        super::state::Guard::Idle
+                    );
+                if as_primary && !held {
                     return Err(
                         "restart stopped: the leader key was lost while PostgreSQL was stopped; not starting it as primary"
                             .to_string(),

@@ -717,11 +717,8 @@ pub fn local_host(listen_addresses: &str) -> String {
 /// What a failed start left in the postmaster log after byte `from`: its FATAL and PANIC lines
 /// if there are any, else its last `max` lines.
 fn log_tail(log: &Path, from: u64, max: usize) -> String {
-    let text = match std::fs::read(log) {
-        Ok(bytes) => {
-            let from = usize::try_from(from).unwrap_or(0).min(bytes.len());
-            String::from_utf8_lossy(&bytes[from..]).into_owned()
-        }
+    let text = match read_from(log, from) {
+        Ok(text) => text,
         Err(e) => return format!("(cannot read it: {e})"),
     };
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -732,6 +729,22 @@ fn log_tail(log: &Path, from: u64, max: usize) -> String {
         return "(nothing)".into();
     }
     chosen[skip..].join("\n")
+}
+
+/// How much of a log file is read to explain a failed start (its end).
+const READ_AT_MOST: u64 = 1 << 20;
+
+/// The text of `path` from byte `from` on, at most its last [`READ_AT_MOST`] bytes (a log
+/// without the logging collector can grow to gigabytes).
+fn read_from(path: &Path, from: u64) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = from.min(len).max(len.saturating_sub(READ_AT_MOST));
+    f.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    f.take(READ_AT_MOST).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// A severe line in PostgreSQL's plain (`FATAL:  ...`) or csvlog (`...,FATAL,...`) format.
@@ -749,9 +762,7 @@ fn collector_fatal_lines(
     from: u64,
     since: std::time::SystemTime,
 ) -> Option<(PathBuf, String)> {
-    let bytes = std::fs::read(postmaster_log).ok()?;
-    let from = usize::try_from(from).unwrap_or(0).min(bytes.len());
-    let text = String::from_utf8_lossy(&bytes[from..]).into_owned();
+    let text = read_from(postmaster_log, from).ok()?;
     let marker = "Future log output will appear in directory \"";
     let at = text.rfind(marker)? + marker.len();
     let end = text[at..].find('"')?;
@@ -770,7 +781,9 @@ fn collector_fatal_lines(
         if !recent || entry.path() == postmaster_log {
             continue;
         }
-        if let Ok(content) = std::fs::read_to_string(entry.path()) {
+        // Only the end of the file: the failed start wrote last, and a server log can be large.
+        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        if let Ok(content) = read_from(&entry.path(), size.saturating_sub(READ_AT_MOST)) {
             lines.extend(content.lines().filter(|l| is_severe(l)).map(str::to_owned));
         }
     }
@@ -927,6 +940,18 @@ mod tests {
             "the link was replaced by a file"
         );
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_large_log_is_read_from_its_end_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("postmaster.log");
+        let mut text = "LOG:  filler line\n".repeat(200_000);
+        text.insert_str(0, "FATAL:  an old failure far back\n");
+        text.push_str("FATAL:  could not bind IPv4 address\n");
+        std::fs::write(&log, &text).expect("write");
+        let tail = log_tail(&log, 0, 20);
+        assert_eq!(tail, "FATAL:  could not bind IPv4 address");
     }
 
     #[test]
