@@ -147,11 +147,34 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
         Handler::Failover => with_body(req, true, |b| switchover(ctx, Action::Failover, b)).await,
         Handler::CancelSwitchover => cancel_switchover(ctx).await,
         Handler::Sigterm => Reply::text(202, "shutdown scheduled"),
-        // Failsafe mode is not implemented: as Patroni with `failsafe_mode` off.
-        Handler::PostFailsafe => Reply::error(502),
-        // Citus is not implemented: we are never a coordinator, so the event is acknowledged.
-        Handler::Mpp => with_body(req, true, |_| async { Reply::text(200, "OK") }).await,
+        // Failsafe mode is not implemented: answer as Patroni with `failsafe_mode` off, and say
+        // so (a peer posting here believes failsafe mode is on).
+        Handler::PostFailsafe => {
+            warn_once(
+                &WARNED_FAILSAFE,
+                "POST /failsafe received: failsafe_mode is not implemented by Patrol; answering 502 as Patroni does with failsafe_mode off",
+            );
+            Reply::error(502)
+        }
+        // Citus is not implemented: we are never a coordinator, so the event is acknowledged,
+        // and said to be ignored.
+        Handler::Mpp => {
+            warn_once(
+                &WARNED_MPP,
+                "POST /citus received: Citus is not implemented by Patrol; the event is acknowledged and ignored",
+            );
+            with_body(req, true, |_| async { Reply::text(200, "OK") }).await
+        }
     }
+}
+
+static WARNED_FAILSAFE: std::sync::Once = std::sync::Once::new();
+static WARNED_MPP: std::sync::Once = std::sync::Once::new();
+
+/// A warning about a request for something Patrol does not implement, once per process (a
+/// peer may repeat it every cycle).
+fn warn_once(once: &std::sync::Once, message: &str) {
+    once.call_once(|| tracing::warn!("{message}"));
 }
 
 /// Reads the JSON object body (spec 2.1): no `Content-Length` → 411 when required (empty
