@@ -15,42 +15,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use patrol_dcs::{lenient_i64, ClusterConfig};
+use patrol_dcs::{seconds_with_unit, ClusterConfig};
 use serde_json::Value;
 
 /// Patroni's default `member_slots_ttl`: 30 minutes.
 pub const DEFAULT_MEMBER_SLOTS_TTL_MS: i64 = 30 * 60 * 1000;
 
-/// `member_slots_ttl` in milliseconds: seconds as a number, or a string with a unit (`30min`,
-/// `1h`, `90s`, `500ms`, `1d`) as Patroni's validator accepts. Garbage or a negative value
-/// gives the default.
+/// `member_slots_ttl` in milliseconds: seconds, or a value with a unit (`30min`, `1h`) as
+/// Patroni's validator reads it ([`seconds_with_unit`]). Garbage, a negative value or one too
+/// large to be a time gives the default.
 pub fn member_slots_ttl_ms(dynamic: &ClusterConfig) -> i64 {
-    let parsed = match dynamic.data.get("member_slots_ttl") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => parse_duration_ms(s),
-        Some(v) => lenient_i64(Some(v)).and_then(|s| s.checked_mul(1000)),
-    };
-    parsed
-        .filter(|ms| *ms >= 0)
+    dynamic
+        .data
+        .get("member_slots_ttl")
+        .filter(|v| !v.is_null())
+        .and_then(seconds_with_unit)
+        .filter(|s| *s >= 0)
+        .and_then(|s| s.checked_mul(1000))
         .unwrap_or(DEFAULT_MEMBER_SLOTS_TTL_MS)
-}
-
-fn parse_duration_ms(s: &str) -> Option<i64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
-        .unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: i64 = n.parse().ok()?;
-    let ms_per = match unit.trim() {
-        "" | "s" => 1000,
-        "ms" => 1,
-        "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(ms_per)
 }
 
 /// The permanent slot names of the dynamic config (`slots`), which are never dropped here.
