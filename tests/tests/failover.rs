@@ -744,19 +744,23 @@ async fn stale_primary_woken_after_the_new_leader_died_never_serves_writes() {
     .await
     .expect("the stale primary demotes");
     let demoted_after = cont_at.elapsed();
-    // Give it several cycles to (wrongly) take the key.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // It decided not to race, and says why; the key is still free (the leader watch below
+    // also checks it never held it).
+    let refusal = format!("my timeline {tl_before} is behind last known cluster timeline");
+    wait_until(
+        "the stale primary's refusal to race",
+        Duration::from_secs(20),
+        || {
+            let refusal = refusal.clone();
+            async move { Ok(last_run_log(cl, old).contains(&refusal).then_some(())) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", last_run_log(&c, old)));
     assert_eq!(
         c.leader().await.expect("etcd").as_deref(),
         None,
         "the stale primary took the leader key:\n{}",
-        last_run_log(&c, old)
-    );
-    assert!(
-        last_run_log(&c, old).contains(&format!(
-            "my timeline {tl_before} is behind last known cluster timeline"
-        )),
-        "{}",
         last_run_log(&c, old)
     );
 
