@@ -6,6 +6,7 @@ pub mod config;
 pub mod ctl;
 pub mod ha;
 pub mod logging;
+pub mod peer;
 pub mod postgres;
 mod run;
 

@@ -98,7 +98,14 @@ pub async fn run(cfg: Config, reload: ReloadSource) -> anyhow::Result<()> {
     );
 
     let cluster_rx = dcs.watch_cluster();
-    let ha = Ha::new(cfg.clone(), dcs.clone(), shared).with_reload(reload);
+    let ha = Ha::new(
+        cfg.clone(),
+        dcs.clone(),
+        crate::ha::Local::new(&cfg),
+        crate::ha::HttpPeers,
+        shared,
+    )
+    .with_reload(reload);
     let exit = ha.run(cluster_rx, shutdown.clone()).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
@@ -116,7 +123,7 @@ async fn member_alive(cfg: &Config, api_url: &str) -> bool {
     let Some(base) = api_url.strip_suffix("/patroni") else {
         return false;
     };
-    let client = crate::api::member_client(cfg, Duration::from_secs(3));
+    let client = crate::peer::member_client(cfg, Duration::from_secs(3));
     // As Patroni: any HTTP answer (even 401 or 503) means a process serves that member's API.
     client.get(format!("{base}/liveness")).send().await.is_ok()
 }

@@ -1,13 +1,18 @@
 //! The cluster model (Patroni-compatible keys and JSON, pure) and the DCS client: the `Dcs`
-//! trait and its etcd v3 implementation.
+//! trait and its etcd v3 implementation. Without the `etcd` feature only the pure model is
+//! built (what the HA core depends on).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "etcd")]
 pub mod client;
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod model;
 pub mod status;
 
+#[cfg(feature = "etcd")]
 pub use client::Dcs;
+#[cfg(feature = "etcd")]
 pub use etcd::{DcsError, EtcdDcs, EtcdSettings, EtcdTls, LeaseInfo};
 pub use model::*;
 pub use status::NodeStatus;

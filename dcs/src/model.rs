@@ -1059,6 +1059,31 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
 mod check;
 pub use check::{seconds_with_unit, InvalidConfig};
 
+/// Tags as Patroni publishes them: boolean built-ins omitted when false (except `nofailover`
+/// when `failover_priority` is set, `nosync` when `sync_priority` is set).
+pub fn publishable_tags(tags: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (k, v) in tags {
+        let builtin_bool = [
+            "clonefrom",
+            "nofailover",
+            "noloadbalance",
+            "nosync",
+            "nostream",
+        ]
+        .contains(&k.as_str());
+        if builtin_bool && lenient_bool(Some(v)) == Some(false) {
+            let keep = (k == "nofailover" && tags.contains_key("failover_priority"))
+                || (k == "nosync" && tags.contains_key("sync_priority"));
+            if !keep {
+                continue;
+            }
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    out
+}
+
 #[cfg(test)]
 mod props;
 #[cfg(test)]

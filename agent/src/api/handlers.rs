@@ -17,8 +17,8 @@ use super::input::{
 };
 use super::{metrics, views, ApiContext, Handler, Reply, MAX_BODY, READ_TIMEOUT};
 use crate::config::Config;
-use crate::ha::runner::peer_from_status;
 use crate::ha::Request as HaRequest;
+use crate::peer::member_client;
 
 /// Deadline for a candidate's `GET /patroni` during switchover validation.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,47 +30,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// (`ctl.certfile`/`keyfile`, else `restapi.certfile`/`keyfile`) in case peers demand one.
 pub(super) fn peer_client(cfg: &Config) -> reqwest::Client {
     member_client(cfg, PROBE_TIMEOUT)
-}
-
-/// [`peer_client`] with a deadline of the caller's choice (the HA loop's race probes, the
-/// duplicate-name check).
-pub fn member_client(cfg: &Config, timeout: Duration) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .timeout(timeout)
-        .danger_accept_invalid_certs(true);
-    let pair = match (&cfg.ctl.certfile, &cfg.ctl.keyfile) {
-        (Some(c), k) => Some((c.clone(), k.clone().unwrap_or_else(|| c.clone()))),
-        (None, _) => cfg.restapi.certfile.as_ref().map(|c| {
-            (
-                c.clone(),
-                cfg.restapi.keyfile.clone().unwrap_or_else(|| c.clone()),
-            )
-        }),
-    };
-    if let Some((cert, key)) = pair {
-        match (std::fs::read(&cert), std::fs::read(&key)) {
-            (Ok(mut pem), Ok(k)) => {
-                pem.push(b'\n');
-                pem.extend_from_slice(&k);
-                match reqwest::Identity::from_pem(&pem) {
-                    Ok(id) => b = b.identity(id),
-                    Err(e) => tracing::warn!(
-                        "client certificate {} for member requests is unusable: {e}",
-                        cert.display()
-                    ),
-                }
-            }
-            _ => tracing::warn!(
-                "cannot read the client certificate {} / key {} for member requests",
-                cert.display(),
-                key.display()
-            ),
-        }
-    }
-    b.build().unwrap_or_else(|e| {
-        tracing::warn!("REST API peer client: {e}; using defaults");
-        reqwest::Client::new()
-    })
 }
 
 /// Runs the handler of a route (access already checked).
@@ -378,7 +337,7 @@ async fn any_good_candidate(ctx: &ApiContext, members: &[(String, String)]) -> b
                     return None;
                 }
             };
-            let p = peer_from_status(&name, &body);
+            let p = patrol_ha::PeerStatus::from_status(&name, &body);
             Some(!p.nofailover && !p.watchdog_failed)
         });
     }

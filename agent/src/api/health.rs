@@ -6,7 +6,6 @@ use patrol_dcs::{lenient_bool, Role};
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
-use crate::ha::runner::publishable_tags;
 use crate::ha::{Snapshot, PATRONI_VERSION};
 
 fn code(ok: bool) -> StatusCode {
@@ -113,7 +112,7 @@ pub fn status_json(cfg: &Config, s: &Snapshot) -> Value {
             o.insert("dcs_last_seen".into(), d.as_secs().into());
         }
     }
-    let tags = publishable_tags(&cfg.tags);
+    let tags = patrol_dcs::publishable_tags(&cfg.tags);
     if !tags.is_empty() {
         o.insert("tags".into(), Value::Object(tags));
     }

@@ -52,7 +52,6 @@ use crate::ha::{SharedState, PATRONI_VERSION};
 
 pub use access::{AccessPolicy, Denied};
 pub use error::ApiError;
-pub use handlers::member_client;
 pub use health::{health_code, status_json};
 pub use input::{patch_config, restart_plan, switchover_plan, Action, RestartPlan};
 pub use metrics::render as render_metrics;

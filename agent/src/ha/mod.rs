@@ -1,14 +1,10 @@
-//! The HA loop: `decide` (pure) and the runner that observes and executes.
+//! The HA loop: the runner that observes and executes around the pure core (`patrol-ha`),
+//! its ports (the local PostgreSQL, the peers), and the state it shares with the REST API.
 
-pub mod decide;
+pub mod port;
 pub mod runner;
-pub mod slots;
 pub mod state;
 
-#[cfg(test)]
-mod props;
-#[cfg(test)]
-mod tests;
-
+pub use port::{HttpPeers, Local, LocalPostgres, Peers, StopMode};
 pub use runner::{Exit, Ha, PATRONI_VERSION};
 pub use state::{NodeState, Request, RestartFilters, SharedState, Snapshot};

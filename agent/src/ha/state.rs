@@ -45,17 +45,7 @@ pub struct LeaderLease {
     pub margin: Duration,
 }
 
-/// What the lease guard must do now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guard {
-    /// Not the leader, or the lease is far enough from its end.
-    Idle,
-    /// The lease ends within the margin without a refresh: stop PostgreSQL (`left` to go).
-    Stop { left: Duration },
-    /// As `Stop`, but the cluster is paused: Patroni never stops PostgreSQL in maintenance
-    /// mode, not even when the leader lock cannot be refreshed.
-    KeepPaused { left: Duration },
-}
+pub use patrol_ha::Guard;
 
 struct Inner {
     node: NodeState,
@@ -203,39 +193,12 @@ impl SharedState {
         self.lock().timing
     }
 
-    /// The lease guard's verdict at `now` (see [`lease_guard_verdict`]).
+    /// The lease guard's verdict at `now` (row D-3, [`patrol_ha::lease_guard`]).
     pub fn lease_guard(&self, now: Instant) -> Guard {
         let g = self.lock();
-        lease_guard_verdict(now, g.leader, g.timing, g.paused)
-    }
-}
-
-/// The lease guard's rule: while we hold the key, PostgreSQL must be stopped once the lease's
-/// safe deadline is less than a margin away without a refresh. The margin is the smaller of
-/// the `retry_timeout` in effect when the lease was refreshed and the current one: both belong
-/// to timings that satisfy `loop_wait + 2*retry_timeout <= ttl`, so a loop that refreshes on
-/// time never comes that close, whatever the timing changed from or to (a margin taken from
-/// another timing than the lease's stops a healthy leader: a `retry_timeout` of 10 against a
-/// lease of ttl 10). In maintenance mode nothing is stopped (Patroni's `update_lock` failure
-/// and DCS-error paths both leave a paused primary running).
-pub fn lease_guard_verdict(
-    now: Instant,
-    lease: Option<LeaderLease>,
-    timing: Timing,
-    paused: bool,
-) -> Guard {
-    let Some(lease) = lease else {
-        return Guard::Idle;
-    };
-    let margin = lease.margin.min(timing.retry_timeout());
-    if now + margin < lease.until {
-        return Guard::Idle;
-    }
-    let left = lease.until.saturating_duration_since(now);
-    if paused {
-        Guard::KeepPaused { left }
-    } else {
-        Guard::Stop { left }
+        let left = g.leader.map(|l| l.until.saturating_duration_since(now));
+        let margin = g.leader.map(|l| l.margin).unwrap_or_default();
+        patrol_ha::lease_guard(left, margin, g.timing, g.paused)
     }
 }
 
@@ -286,37 +249,6 @@ mod tests {
         assert_eq!(s.timing(), Timing::adjusted(10, 1, 3));
         assert!(s.snapshot().is_leader);
         assert_eq!(s.snapshot().timing.ttl, 10);
-    }
-
-    #[test]
-    fn guard_is_safe_while_the_timing_changes_under_a_lease() {
-        let now = Instant::now();
-        // Lengthening: the lease in hand is the old 10 s one, refreshed under retry_timeout 3;
-        // the new retry_timeout of 10 must not be applied to it.
-        let short = LeaderLease {
-            until: now + secs(10),
-            margin: secs(3),
-        };
-        let long = Timing::adjusted(30, 10, 10);
-        assert_eq!(
-            lease_guard_verdict(now, Some(short), long, false),
-            Guard::Idle
-        );
-        // Shortening: a 30 s lease refreshed under retry_timeout 10, the new one is 3.
-        let lease = LeaderLease {
-            until: now + secs(30),
-            margin: secs(10),
-        };
-        let fast = Timing::adjusted(10, 1, 3);
-        assert_eq!(
-            lease_guard_verdict(now, Some(lease), fast, false),
-            Guard::Idle
-        );
-        assert_eq!(
-            lease_guard_verdict(now + secs(28), Some(lease), fast, false),
-            Guard::Stop { left: secs(2) }
-        );
-        assert_eq!(lease_guard_verdict(now, None, fast, false), Guard::Idle);
     }
 
     #[test]

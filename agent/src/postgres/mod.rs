@@ -5,6 +5,7 @@
 //! bootstrap or clone removes it; nothing here runs as root, and passwords go through a passfile
 //! or stdin-less pwfile, never a command line.
 
+pub mod bootstrap;
 mod conf;
 mod error;
 mod query;

@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 
 use patrol_dcs::{Cluster, ClusterConfig, Kv};
 
-use super::decide::*;
-use super::runner::peer_from_status;
+use crate::*;
 
 const ME: &str = "pg0";
 const SYSID: &str = "7277694203142172922";
@@ -205,10 +204,9 @@ fn local() -> impl Strategy<Value = LocalPg> {
         prop::option::of(0u64..6),
         prop::option::of(0u64..1 << 40),
         any::<bool>(),
-        prop::option::of(name()),
     )
         .prop_map(
-            |(data, running, in_recovery, wal, tl, replay, paused, following)| LocalPg {
+            |(data, running, in_recovery, wal, tl, replay, paused)| LocalPg {
                 data,
                 running,
                 in_recovery: in_recovery.filter(|_| running),
@@ -216,7 +214,6 @@ fn local() -> impl Strategy<Value = LocalPg> {
                 timeline: tl,
                 replay_position: replay,
                 replay_paused: paused,
-                following,
                 history: None,
             },
         )
@@ -269,24 +266,28 @@ prop_compose! {
         }
         Observation {
             me: ME.into(),
-            cluster,
+            dcs: DcsView::Reachable(cluster),
             local,
+            timing: dynamic.timing(),
             dynamic,
             in_flight,
             last_result: last.map(|(t, ok)| if ok { TaskResult::Succeeded(t) } else { TaskResult::Failed(t, "x".into()) }),
-            bootstrapping,
+            mem: Memory {
+                bootstrapping,
+                needs_rewind: flags[3],
+                rewind_failed: flags[4],
+                primary_down_since: down.map(|d| Duration::from_secs(1_000 - d)),
+                ..Memory::default()
+            },
+            now: Duration::from_secs(1_000),
             can_bootstrap: flags[1],
             nofailover: flags[2],
             failover_priority,
-            peers: peers.iter().map(|(n, v)| peer_from_status(n, v)).collect(),
-            primary_down_for: down.map(Duration::from_secs),
-            needs_rewind: flags[3],
-            rewind_failed: flags[4],
+            peers: peers.iter().map(|(n, v)| PeerStatus::from_status(n, v)).collect(),
             use_pg_rewind: flags[5],
             remove_data_directory_on_rewind_failure: flags[6],
             remove_data_directory_on_diverged_timelines: flags[7],
             now_epoch_ms: now,
-            clone_from_leader: false,
         }
     }
 }
@@ -307,9 +308,10 @@ proptest! {
         let d = decide(&o);
         let reason = &d.reason;
         prop_assert!(!reason.is_empty());
-        let leader = o.cluster.leader_name();
+        let cluster = o.cluster().expect("the generator reads the DCS");
+        let leader = cluster.leader_name();
         let i_lead = leader == Some(ME);
-        let paused = o.cluster.is_paused();
+        let paused = cluster.is_paused();
         let promote = position(&d, |a| matches!(a, Action::Promote));
         let acquire = position(&d, |a| matches!(a, Action::AcquireLeaderKey));
         let demote = has(&d, |a| matches!(a, Action::Demote { .. } | Action::GracefulDemote));
@@ -335,7 +337,7 @@ proptest! {
             prop_assert!(leader.is_none(), "{reason}");
         }
         if has(&d, |a| matches!(a, Action::FinishBootstrap { .. })) {
-            prop_assert!(o.bootstrapping, "{reason}");
+            prop_assert!(o.mem.bootstrapping, "{reason}");
         }
         // In maintenance mode the agent neither stops nor starts PostgreSQL on its own (an
         // aborted promotion of ours excepted, Row S-2.2').
@@ -348,17 +350,17 @@ proptest! {
         // in flight, a data directory of another cluster (the agent exits), adopting the data
         // directory of a cluster not initialized yet.
         let running_primary = o.local.running && o.local.in_recovery == Some(false);
-        let ours = matches!(&o.local.data, DataState::Initialized { sysid, .. } if o.cluster.initialized_sysid().is_none_or(|s| s == sysid));
+        let ours = matches!(&o.local.data, DataState::Initialized { sysid, .. } if cluster.initialized_sysid().is_none_or(|s| s == sysid));
         let fatal = has(&d, |a| matches!(a, Action::Fatal { .. } | Action::AbortBootstrap { .. }));
         let adopting = has(&d, |a| matches!(a, Action::WriteInitialize { .. }));
-        if running_primary && !i_lead && !paused && o.in_flight.is_none() && ours && !o.bootstrapping
+        if running_primary && !i_lead && !paused && o.in_flight.is_none() && ours && !o.mem.bootstrapping
             && !fatal && !adopting
         {
             prop_assert!(demote || acquire.is_some(), "{reason}: {:?}", d.actions);
         }
         // With the key held by another member, a primary of ours is always demoted.
         if running_primary && leader.is_some() && !i_lead && !paused && o.in_flight.is_none()
-            && ours && !o.bootstrapping && !fatal
+            && ours && !o.mem.bootstrapping && !fatal
         {
             prop_assert!(demote, "{reason}: {:?}", d.actions);
         }

@@ -1,0 +1,444 @@
+//! Executing: one function per action, each returning the typed [`Outcome`] the core's memory
+//! learns from, or the [`Step`] that ends the cycle. Long operations run as tracked tasks.
+
+use std::time::Duration;
+
+use patrol_dcs::{Cluster, Dcs, DcsError, History};
+use patrol_ha::{Action, Outcome, Setback, Task, Upstream};
+
+use super::{Ha, Step};
+use crate::ha::port::{LocalPostgres, Peers, StopMode};
+use crate::postgres::{primary_conninfo, ConfigFiles, DataDir, PgError, Recovery};
+
+type Done = Result<Outcome, Step>;
+
+fn dcs_stop(e: DcsError) -> Step {
+    Step::Stop(format!("DCS: {e}"))
+}
+
+fn pg_stop(e: PgError) -> Step {
+    Step::Stop(e.to_string())
+}
+
+impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
+    /// Executes one action.
+    pub(super) async fn execute(&mut self, action: &Action, cluster: &Cluster) -> Done {
+        match action {
+            Action::RaceInitialize => self.race_initialize().await,
+            Action::Bootstrap => Ok(self.start_bootstrap()),
+            Action::FinishBootstrap { sysid } => self.finish_bootstrap(sysid).await,
+            Action::AbortBootstrap { reason } => self.abort_bootstrap(reason).await,
+            Action::CloneFrom(up) => self.clone_from(up),
+            Action::WriteInitialize { sysid } => self.write_initialize(sysid).await,
+            Action::Start { standby_of } => self.start(standby_of),
+            Action::AcquireLeaderKey => self.acquire_leader_key().await,
+            Action::RefreshLeaderKey => self.refresh_leader_key(cluster).await,
+            Action::ReleaseLeaderKey => self.release_leader_key().await,
+            Action::Promote => Ok(self.promote()),
+            Action::Demote { leader } => self.demote(leader.clone()).await.map_err(Step::Stop),
+            Action::Rewind(up) => self.rewind(up),
+            Action::RemoveDataDirectory { reason } => self.remove_data_directory(reason).await,
+            Action::WriteHistory(h) => self.write_history(h).await,
+            Action::GracefulDemote => Ok(self.graceful_demote()),
+            Action::ClearFailover { version } => Ok(self.clear_failover(*version).await),
+            Action::Follow(up) => self.follow(up, cluster).await,
+            Action::EnsureSlots { names } => Ok(self.ensure_slots(names, cluster).await),
+            Action::Fatal { reason } => Err(Step::Fatal(reason.clone())),
+        }
+    }
+
+    async fn race_initialize(&mut self) -> Done {
+        let won = self.dcs.initialize(true, "").await.map_err(dcs_stop)?;
+        if !won {
+            return Err(Step::Stop("failed to acquire initialize lock".into()));
+        }
+        tracing::info!("won the initialize race: bootstrapping a new cluster");
+        Ok(Outcome::WonInitialize)
+    }
+
+    fn start_bootstrap(&mut self) -> Outcome {
+        let pg = self.pg.clone();
+        let cfg = self.cfg.clone();
+        let dynamic = self.dynamic.clone();
+        self.spawn(Task::Bootstrap, async move {
+            pg.bootstrap(cfg, dynamic)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        });
+        Outcome::Done
+    }
+
+    async fn finish_bootstrap(&mut self, sysid: &str) -> Done {
+        self.dcs.initialize(false, sysid).await.map_err(dcs_stop)?;
+        self.dcs
+            .set_config(&self.dynamic.to_json(), None)
+            .await
+            .map_err(dcs_stop)?;
+        self.dcs.take_leader().await.map_err(dcs_stop)?;
+        self.lease_deadline = self.dcs.lease_deadline().await;
+        tracing::info!(sysid = %sysid, "initialized a new cluster");
+        Ok(Outcome::Bootstrapped)
+    }
+
+    async fn abort_bootstrap(&mut self, reason: &str) -> Done {
+        tracing::error!("bootstrap failed: {reason}; removing initialize key and data directory");
+        let _ = self.dcs.delete_leader(None).await;
+        let _ = self.dcs.cancel_initialization().await;
+        let _ = self
+            .pg
+            .stop(StopMode::Immediate, Duration::from_secs(30))
+            .await;
+        if let Err(e) = self.pg.remove_data_dir() {
+            tracing::error!("could not remove the data directory: {e}");
+        }
+        Err(Step::Fatal(format!("bootstrap failed: {reason}")))
+    }
+
+    fn clone_from(&mut self, up: &Upstream) -> Done {
+        let conninfo = self.upstream_conninfo(up).map_err(Step::Stop)?;
+        let pg = self.pg.clone();
+        let files = self.config_files(Some(Some(up.clone())));
+        let params = self.pg.cmdline_params(&self.dynamic.parameters());
+        let wait = self.pg_ctl_timeout();
+        tracing::info!("cloning from {} with pg_basebackup", up.name);
+        self.spawn(Task::Clone, async move {
+            let r = async {
+                pg.basebackup(&conninfo).await?;
+                // pg_basebackup copies the source's server log too; it is not ours.
+                pg.remove_copied_log();
+                pg.write_config(&files)?;
+                pg.start(&params, wait).await?;
+                pg.reset().await;
+                Ok::<_, PgError>(())
+            }
+            .await;
+            if let Err(e) = &r {
+                // A half-copied directory is useless: remove it so the next cycle clones again.
+                let _ = pg.stop(StopMode::Immediate, Duration::from_secs(10)).await;
+                let _ = pg.remove_data_dir();
+                return Err(e.to_string());
+            }
+            Ok(())
+        });
+        Ok(Outcome::Cloning(up.name.clone()))
+    }
+
+    async fn write_initialize(&mut self, sysid: &str) -> Done {
+        let won = self.dcs.initialize(true, sysid).await.map_err(dcs_stop)?;
+        if !won {
+            return Err(Step::Stop(
+                "initialize key was written by another node".into(),
+            ));
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn start(&mut self, standby_of: &Option<Option<Upstream>>) -> Done {
+        let files = self.config_files(standby_of.clone());
+        let following = standby_of.clone().flatten().map(|u| u.name);
+        let pg = self.pg.clone();
+        let params = self.pg.cmdline_params(&self.dynamic.parameters());
+        let wait = self.pg_ctl_timeout();
+        if let Err(e) = self.pg.write_pgpass() {
+            return Err(Step::Stop(format!("could not write the passfile: {e}")));
+        }
+        let task = if standby_of.is_none() {
+            Task::StartPrimary
+        } else {
+            Task::Start
+        };
+        self.spawn(task, async move {
+            pg.write_config(&files).map_err(|e| e.to_string())?;
+            pg.start(&params, wait).await.map_err(|e| e.to_string())?;
+            pg.reset().await;
+            Ok(())
+        });
+        Ok(Outcome::Streaming(following))
+    }
+
+    async fn acquire_leader_key(&mut self) -> Done {
+        let won = self
+            .dcs
+            .attempt_to_acquire_leader()
+            .await
+            .map_err(dcs_stop)?;
+        if !won {
+            // Row U-2.2/1.2: the race is lost; the next cycle follows the winner.
+            return Err(Step::Stop("failed to acquire the leader key".into()));
+        }
+        self.lease_deadline = self.dcs.lease_deadline().await;
+        tracing::info!("acquired the leader key");
+        Ok(Outcome::LeaderKey(true))
+    }
+
+    /// Row H-2.1/1.1: the lease keep-alive and the leader-key transaction, then `status`.
+    async fn refresh_leader_key(&mut self, cluster: &Cluster) -> Done {
+        match self.dcs.update_leader().await {
+            Ok((true, lease)) => {
+                self.lease_deadline = Some(lease.deadline);
+                self.shared.set_leader(true, self.lease_deadline);
+                if let Err(e) = self.maybe_write_status(cluster).await {
+                    return Err(Step::Setback(
+                        Setback::DcsUnreachable,
+                        format!("etcd did not take our status: {e}"),
+                    ));
+                }
+                Ok(Outcome::LeaderKey(true))
+            }
+            Ok((false, _)) => Err(Step::Setback(
+                Setback::KeyNotOurs,
+                "lost the leader key".into(),
+            )),
+            Err(e) => Err(Step::Setback(
+                Setback::DcsUnreachable,
+                format!("could not refresh the leader key: {e}"),
+            )),
+        }
+    }
+
+    async fn release_leader_key(&mut self) -> Done {
+        self.dcs.delete_leader(None).await.map_err(dcs_stop)?;
+        self.shared.set_leader(false, None);
+        Ok(Outcome::LeaderKey(false))
+    }
+
+    fn promote(&mut self) -> Outcome {
+        let pg = self.pg.clone();
+        let wait = self.pg_ctl_timeout();
+        let files = self.config_files(None);
+        tracing::info!("promoting PostgreSQL");
+        self.spawn(Task::Promote, async move {
+            // A paused standby would end recovery without replaying what it received.
+            if let Err(e) = pg.resume_replay().await {
+                tracing::warn!("could not resume WAL replay before promoting: {e}");
+            }
+            pg.promote(wait).await.map_err(|e| e.to_string())?;
+            pg.write_config(&files).map_err(|e| e.to_string())?;
+            pg.reset().await;
+            // Update pg_control with the new timeline so peers can pg_rewind from us.
+            if let Err(e) = pg.checkpoint().await {
+                tracing::warn!("CHECKPOINT after promote failed: {e}");
+            }
+            Ok(())
+        });
+        Outcome::Streaming(None)
+    }
+
+    /// Immediate stop: the primary stops accepting writes now. The data directory may have
+    /// diverged (the outcome marks it for a rewind); the next cycle rewinds it from the new
+    /// leader. Without a leader (etcd unreachable) it restarts read-only, following nobody.
+    pub(super) async fn demote(&mut self, leader: Option<Upstream>) -> Result<Outcome, String> {
+        tracing::info!("demoting PostgreSQL (immediate stop)");
+        self.shared.set_leader(false, None);
+        // A promotion or start still running must not finish after this.
+        if let Some((task, h)) = self.in_flight.take() {
+            tracing::warn!("aborting {task:?} in progress");
+            h.abort();
+        }
+        self.pg
+            .stop(StopMode::Immediate, Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.pg.reset().await;
+        if leader.is_some() {
+            return Ok(Outcome::Demoted);
+        }
+        let files = self.config_files(Some(None));
+        let pg = self.pg.clone();
+        let params = self.pg.cmdline_params(&self.dynamic.parameters());
+        let wait = self.pg_ctl_timeout();
+        self.spawn(Task::Demote, async move {
+            pg.write_config(&files).map_err(|e| e.to_string())?;
+            pg.start(&params, wait).await.map_err(|e| e.to_string())?;
+            pg.reset().await;
+            Ok(())
+        });
+        Ok(Outcome::Demoted)
+    }
+
+    fn rewind(&mut self, up: &Upstream) -> Done {
+        let source = self.rewind_conninfo(up).map_err(Step::Stop)?;
+        let pg = self.pg.clone();
+        let files = self.config_files(Some(Some(up.clone())));
+        let params = self.pg.cmdline_params(&self.dynamic.parameters());
+        let wait = self.pg_ctl_timeout();
+        tracing::info!("rewinding from {} (pg_rewind)", up.name);
+        self.spawn(Task::Rewind, async move {
+            let r = async {
+                pg.stop(StopMode::Fast, wait).await?;
+                pg.reset().await;
+                let clean = matches!(
+                    pg.data_dir_state(),
+                    DataDir::Initialized(cd) if patrol_ha::ControlState::parse(&cd.state).is_clean_shutdown()
+                );
+                if !clean {
+                    tracing::info!("running crash recovery in single-user mode before pg_rewind");
+                    pg.single_user_recovery().await?;
+                }
+                let out = pg.rewind(&source).await?;
+                tracing::info!("pg_rewind: {}", out.lines().last().unwrap_or("done"));
+                pg.write_config(&files)?;
+                pg.start(&params, wait).await?;
+                pg.reset().await;
+                Ok::<_, PgError>(())
+            }
+            .await;
+            r.map_err(|e| e.to_string())
+        });
+        Ok(Outcome::Streaming(Some(up.name.clone())))
+    }
+
+    async fn remove_data_directory(&mut self, reason: &str) -> Done {
+        tracing::warn!("removing the data directory: {reason}");
+        self.pg
+            .stop(StopMode::Immediate, Duration::from_secs(30))
+            .await
+            .map_err(pg_stop)?;
+        self.pg.remove_data_dir().map_err(pg_stop)?;
+        Ok(Outcome::DataDirectoryRemoved)
+    }
+
+    async fn write_history(&mut self, h: &History) -> Done {
+        self.dcs.set_history(&h.to_json()).await.map_err(dcs_stop)?;
+        tracing::info!(
+            timeline = h.cluster_timeline(),
+            "published the timeline history"
+        );
+        Ok(Outcome::Done)
+    }
+
+    /// Planned switchover on the leader: CHECKPOINT, fast stop, release the key once stopped
+    /// (the standbys have the shutdown checkpoint), restart as a standby.
+    fn graceful_demote(&mut self) -> Outcome {
+        let pg = self.pg.clone();
+        let dcs = self.dcs.clone();
+        let shared = self.shared.clone();
+        let files = self.config_files(Some(None));
+        let params = self.pg.cmdline_params(&self.dynamic.parameters());
+        let wait = self.pg_ctl_timeout();
+        tracing::info!("switchover: checkpoint, fast stop, release the leader key");
+        self.spawn(Task::Demote, async move {
+            if let Err(e) = pg.checkpoint().await {
+                tracing::warn!("CHECKPOINT before switchover failed: {e}");
+            }
+            pg.stop(StopMode::Fast, wait)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.reset().await;
+            shared.set_leader(false, None);
+            // A fast shutdown sends the shutdown checkpoint to connected standbys before the
+            // postmaster exits, so the candidate has everything once we are stopped.
+            match dcs.delete_leader(checkpoint_lsn(&pg)).await {
+                Ok(_) => tracing::info!("released the leader key for the switchover"),
+                Err(e) => tracing::warn!("could not release the leader key: {e}"),
+            }
+            pg.write_config(&files).map_err(|e| e.to_string())?;
+            pg.start(&params, wait).await.map_err(|e| e.to_string())?;
+            pg.reset().await;
+            Ok(())
+        });
+        Outcome::Streaming(None)
+    }
+
+    async fn clear_failover(&mut self, version: i64) -> Outcome {
+        match self.dcs.set_failover("{}", Some(version)).await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!("failover key changed meanwhile; not cleared"),
+            Err(e) => tracing::warn!("could not clear the failover key: {e}"),
+        }
+        Outcome::Done
+    }
+
+    /// Row H-1.2: point the standby at the leader (rewrite its configuration and reload).
+    async fn follow(&mut self, up: &Upstream, cluster: &Cluster) -> Done {
+        // A leader whose conn_url cannot be used is not followed (the error naming it is
+        // logged by `report_unusable_members`): PostgreSQL keeps what it has.
+        self.upstream_conninfo(up).map_err(Step::Stop)?;
+        tracing::info!("following a new leader: {}", up.name);
+        let files = self.config_files(Some(Some(up.clone())));
+        self.pg.write_config(&files).map_err(pg_stop)?;
+        self.pg.reload().await.map_err(pg_stop)?;
+        self.drop_member_slots_as_replica(cluster).await;
+        Ok(Outcome::Streaming(Some(up.name.clone())))
+    }
+
+    pub(super) fn pg_ctl_timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout)
+    }
+
+    pub(super) fn upstream_conninfo(&self, up: &Upstream) -> Result<String, String> {
+        let (host, port) = patrol_dcs::parse_conn_url(&up.conn_url)
+            .ok_or_else(|| format!("member {} has no usable conn_url", up.name))?;
+        let repl = &self.cfg.postgresql.authentication.replication;
+        Ok(primary_conninfo(
+            &host,
+            port,
+            &repl.username,
+            &self.cfg.postgresql.pgpass,
+            &self.cfg.name,
+            &repl.extra,
+        ))
+    }
+
+    /// Connection string for pg_rewind's source: the rewind user (else the superuser), a normal
+    /// database connection, password from the passfile.
+    fn rewind_conninfo(&self, up: &Upstream) -> Result<String, String> {
+        let (host, port) = patrol_dcs::parse_conn_url(&up.conn_url)
+            .ok_or_else(|| format!("member {} has no usable conn_url", up.name))?;
+        let auth = &self.cfg.postgresql.authentication;
+        let user = auth.rewind.as_ref().unwrap_or(&auth.superuser);
+        let q = crate::postgres::libpq_quote;
+        let mut conninfo = format!(
+            "host={} port={} user={} dbname={} passfile={} sslmode={} target_session_attrs=read-write",
+            q(&host),
+            port,
+            q(&user.username),
+            q(&self.cfg.postgresql.database),
+            q(&self.cfg.postgresql.pgpass.display().to_string()),
+            q(user.extra.get("sslmode").map(String::as_str).unwrap_or("prefer")),
+        );
+        // The user's other libpq options (client certificate, CA, CRL, gssencmode, ...).
+        for (k, v) in &user.extra {
+            if k != "sslmode" && k != "password" {
+                conninfo.push_str(&format!(" {k}={}", q(v)));
+            }
+        }
+        Ok(conninfo)
+    }
+
+    /// The configuration files for a role: `None` = primary, `Some(up)` = standby of `up`.
+    pub(super) fn config_files(&self, standby_of: Option<Option<Upstream>>) -> ConfigFiles {
+        let mut parameters = self.dynamic.parameters();
+        for (k, v) in &self.cfg.postgresql.parameters {
+            parameters.insert(k.clone(), v.clone());
+        }
+        let recovery = standby_of.map(|up| Recovery {
+            primary_conninfo: up.as_ref().and_then(|u| self.upstream_conninfo(u).ok()),
+            primary_slot_name: (self.dynamic.use_slots() && up.is_some())
+                .then(|| patrol_dcs::slot_name_from_member_name(&self.cfg.name)),
+        });
+        ConfigFiles {
+            parameters,
+            pg_hba: self
+                .cfg
+                .postgresql
+                .pg_hba
+                .clone()
+                .or_else(|| self.dynamic.pg_hba()),
+            pg_ident: self.cfg.postgresql.pg_ident.clone(),
+            recovery,
+        }
+    }
+}
+
+/// The shutdown checkpoint of a cleanly stopped primary (what `status.optime` says when the
+/// leader key is released).
+pub(super) fn checkpoint_lsn<P: LocalPostgres>(pg: &P) -> Option<u64> {
+    match pg.data_dir_state() {
+        DataDir::Initialized(cd) => cd
+            .fields
+            .get("Latest checkpoint location")
+            .and_then(|s| patrol_dcs::parse_lsn(s)),
+        _ => None,
+    }
+}

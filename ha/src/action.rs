@@ -1,0 +1,97 @@
+//! What `decide` returns: the actions of one cycle, in order.
+
+use patrol_dcs::History;
+
+use crate::Upstream;
+
+/// Imperative steps, executed in order. The executor's contract: an action that fails (a lost
+/// race, a compare that failed, an error) ends the cycle and the next cycle decides again
+/// (row U-2.2/1.2: a lost leader race is followed by following the winner next cycle); a
+/// [`Setback`] is answered at once by [`crate::after_setback`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Race for `initialize` (create `""` if absent); losing is a failure that ends the cycle.
+    RaceInitialize,
+    /// initdb, configure, start as primary, create roles (long operation).
+    Bootstrap,
+    /// Bootstrap finished: store the sysid in `initialize`, `config` = bootstrap.dcs, take the
+    /// leader key.
+    FinishBootstrap {
+        sysid: String,
+    },
+    /// Bootstrap failed: release what we hold, remove `initialize` and the data directory, exit.
+    AbortBootstrap {
+        reason: String,
+    },
+    /// pg_basebackup from this member (long operation).
+    CloneFrom(Upstream),
+    /// Adopt an existing data directory as the cluster's (no `initialize` key yet).
+    WriteInitialize {
+        sysid: String,
+    },
+    /// Start PostgreSQL: as primary (`None`) or as standby following `Some(upstream)` or nobody
+    /// (`Some(None)`: read-only, waiting for a leader).
+    Start {
+        standby_of: Option<Option<Upstream>>,
+    },
+    AcquireLeaderKey,
+    RefreshLeaderKey,
+    ReleaseLeaderKey,
+    Promote,
+    /// Stop PostgreSQL at once (immediate); the data directory then needs a rewind before it
+    /// can follow. With `leader: None` (no usable DCS) it restarts read-only following nobody.
+    Demote {
+        leader: Option<Upstream>,
+    },
+    /// Stop (if running), finish crash recovery, `pg_rewind` from the leader, start as its
+    /// standby (long operation).
+    Rewind(Upstream),
+    /// Remove the data directory so the next cycle clones it again.
+    RemoveDataDirectory {
+        reason: String,
+    },
+    /// Publish the timeline history after a promotion.
+    WriteHistory(History),
+    /// Planned switchover on the leader: CHECKPOINT, fast stop, release the key once stopped
+    /// (replicas have the shutdown checkpoint), restart as a standby (long operation).
+    GracefulDemote,
+    /// Reset the `failover` key to `{}` (compare-and-swap on the revision observed).
+    ClearFailover {
+        version: i64,
+    },
+    /// Point the standby at this upstream (rewrite config and reload) if it is not already.
+    Follow(Upstream),
+    /// Leader only: make sure every other member has its physical slot.
+    EnsureSlots {
+        names: Vec<String>,
+    },
+    /// Unrecoverable: log and exit non-zero.
+    Fatal {
+        reason: String,
+    },
+}
+
+/// The actions of one cycle with the human reason (logged when it changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub reason: String,
+    pub actions: Vec<Action>,
+}
+
+/// What an action ran into that the core must answer at once, in the same cycle, before any
+/// other call can wait another `retry_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setback {
+    /// The leader-key transaction says the key is not ours (row D-1/H-1.3).
+    KeyNotOurs,
+    /// etcd did not answer a call the leader needs (keep-alive, refresh, status write) within
+    /// `retry_timeout` (row D-2).
+    DcsUnreachable,
+}
+
+pub(crate) fn decision(reason: impl Into<String>, actions: Vec<Action>) -> Decision {
+    Decision {
+        reason: reason.into(),
+        actions,
+    }
+}

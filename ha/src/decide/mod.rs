@@ -1,0 +1,547 @@
+//! The HA decision: a pure function from one `Observation` to the `Action`s of this cycle.
+//! No IO, no clock: `now` is part of the observation. Each branch cites the row of
+//! `docs/ha-decision-table.md` it implements.
+
+mod leader;
+mod race;
+
+use std::ops::Deref;
+use std::time::Duration;
+
+use patrol_dcs::{Cluster, Role};
+
+use crate::*;
+pub use leader::parse_schedule;
+use leader::*;
+use race::*;
+
+/// An observation whose DCS answered: `o.cluster` is the cluster read this cycle, every other
+/// field is the observation's.
+pub(crate) struct Reach<'a> {
+    o: &'a Observation,
+    cluster: &'a Cluster,
+}
+
+impl Deref for Reach<'_> {
+    type Target = Observation;
+
+    fn deref(&self) -> &Observation {
+        self.o
+    }
+}
+
+/// The decision for one cycle.
+pub fn decide(o: &Observation) -> Decision {
+    match &o.dcs {
+        DcsView::Reachable(cluster) => decide_reachable(&Reach { o, cluster }),
+        DcsView::Unreachable => offline(o),
+    }
+}
+
+/// Row D-2: the DCS is unreachable. A PostgreSQL that may be a writable primary cannot prove
+/// its lease: it steps down at once, before the lease can expire (spec 5.4, Patroni's
+/// `demote('offline')`), and restarts read-only following nobody; in maintenance mode nothing
+/// is stopped; others wait.
+fn offline(o: &Observation) -> Decision {
+    if !o.may_be_writable() {
+        return decision("DCS is not accessible", vec![]);
+    }
+    if o.dynamic.pause() {
+        return decision(
+            "DCS is not accessible: continuing to run as primary in maintenance mode",
+            vec![],
+        );
+    }
+    decision(
+        "demoted self because DCS is not accessible and I was a leader",
+        vec![Action::Demote { leader: None }],
+    )
+}
+
+/// The answer to a [`Setback`] met while executing this cycle's actions.
+/// - Row D-1/H-1.3: the leader-key transaction says the key is not ours: a PostgreSQL that may
+///   be a writable primary stops at once (immediate, marked for a rewind; no restart until the
+///   next cycle knows whom to follow), except in maintenance mode, as Patroni.
+/// - Row D-2: etcd did not answer a call the leader needs: as [`decide`] with the DCS
+///   unreachable.
+pub fn after_setback(o: &Observation, s: &Setback) -> Decision {
+    match s {
+        Setback::DcsUnreachable => offline(o),
+        Setback::KeyNotOurs if !o.may_be_writable() => decision("lost the leader key", vec![]),
+        Setback::KeyNotOurs if o.dynamic.pause() => decision(
+            "continue to run as primary after failing to update leader lock in DCS",
+            vec![],
+        ),
+        Setback::KeyNotOurs => decision(
+            "demoting self because failed to update leader lock in DCS",
+            vec![Action::Demote {
+                leader: o
+                    .cluster()
+                    .and_then(|c| c.leader_member())
+                    .map(Upstream::of),
+            }],
+        ),
+    }
+}
+
+fn decide_reachable(o: &Reach) -> Decision {
+    let leader = o.cluster.leader.as_ref();
+    let i_am_leader = leader.is_some_and(|l| l.name == o.me);
+    let leader_member = o.cluster.leader_member();
+
+    // Row B-F: a failed bootstrap is cleaned up and ends the process (flow ② 2.4/1.8).
+    if let Some(TaskResult::Failed(Task::Bootstrap, why)) = &o.last_result {
+        return decision(
+            format!("bootstrap failed: {why}"),
+            vec![Action::AbortBootstrap {
+                reason: why.clone(),
+            }],
+        );
+    }
+
+    // Row S-2.2: a long operation is running; the lock holder keeps its key alive.
+    if let Some(task) = o.in_flight {
+        // Row S-2.2': a promotion (or a start as primary) must not finish once we lost the
+        // key (we were frozen, or our lease expired): stop it and PostgreSQL at once.
+        if !i_am_leader
+            && matches!(
+                task,
+                Task::Promote | Task::StartPrimary | Task::RestartPrimary
+            )
+        {
+            return decision(
+                format!("lost leader before {task:?} finished: demoting"),
+                vec![Action::Demote {
+                    leader: leader_member.map(upstream),
+                }],
+            );
+        }
+        let mut actions = Vec::new();
+        if i_am_leader {
+            actions.push(Action::RefreshLeaderKey);
+        }
+        return decision(format!("{task:?} in progress"), actions);
+    }
+
+    match &o.local.data {
+        // Row S-2.5: empty data directory -> bootstrap flow ②.
+        DataState::Empty => {
+            if let Some(l) = leader_member.filter(|_| !i_am_leader) {
+                // Row B-2.1: the cluster has a leader: clone from a member (1.1) with
+                // pg_basebackup (1.2).
+                let src = clone_source(o, l);
+                return decision(
+                    format!("cloning from {}", src.name),
+                    vec![Action::CloneFrom(upstream(src))],
+                );
+            }
+            if i_am_leader {
+                // We hold the key without data (crashed mid-way): give it up.
+                return decision(
+                    "data directory is empty while I hold the leader key",
+                    vec![Action::ReleaseLeaderKey],
+                );
+            }
+            if leader.is_some() {
+                return decision("waiting for the leader's member key", vec![]);
+            }
+            match &o.cluster.initialize {
+                // Row B-2.2/1.4: nobody initialized the cluster: race for `initialize`.
+                None if o.can_bootstrap && !o.nofailover => decision(
+                    "trying to bootstrap a new cluster",
+                    vec![Action::RaceInitialize, Action::Bootstrap],
+                ),
+                None => decision(
+                    "waiting for leader to bootstrap (this node may not bootstrap)",
+                    vec![],
+                ),
+                // Row B-2.2/1.3: someone is bootstrapping or did: wait for the leader key.
+                Some(_) => decision("waiting for leader to bootstrap", vec![]),
+            }
+        }
+        DataState::Invalid(why) => decision(
+            format!("data directory is not usable ({why}); waiting"),
+            if i_am_leader {
+                vec![Action::ReleaseLeaderKey]
+            } else {
+                vec![]
+            },
+        ),
+        DataState::Initialized { sysid, .. } => decide_with_data(o, sysid),
+    }
+}
+
+pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
+    let leader = o.cluster.leader.as_ref();
+    let i_am_leader = leader.is_some_and(|l| l.name == o.me);
+    let leader_member = o.cluster.leader_member();
+
+    // Row B-1.7/1.9: bootstrap finished in this process: publish it.
+    if o.mem.bootstrapping {
+        if o.local.running && o.local.in_recovery == Some(false) {
+            return decision(
+                "bootstrap finished: initializing the cluster in the DCS",
+                vec![Action::FinishBootstrap {
+                    sysid: sysid.to_string(),
+                }],
+            );
+        }
+        if o.local.running && o.local.in_recovery.is_none() {
+            return decision(
+                "bootstrap finished: waiting for PostgreSQL to answer",
+                vec![],
+            );
+        }
+        return decision(
+            "bootstrap finished but PostgreSQL is not running as primary",
+            vec![Action::AbortBootstrap {
+                reason: "PostgreSQL is not running as primary after bootstrap".into(),
+            }],
+        );
+    }
+
+    // Row R-4: a rewind failed (it left PostgreSQL stopped); with
+    // `remove_data_directory_on_rewind_failure` the data directory is removed and cloned
+    // again, else the member stays down (`rewind_or_reclone`).
+    if o.mem.rewind_failed
+        && o.remove_data_directory_on_rewind_failure
+        && !o.local.running
+        && !i_am_leader
+        && !o.cluster.is_paused()
+    {
+        return decision(
+            "removing the data directory after the failed rewind; it will be cloned again",
+            vec![Action::RemoveDataDirectory {
+                reason: "pg_rewind failed".into(),
+            }],
+        );
+    }
+
+    // Row S-2.7/1.7: the data directory must belong to this cluster.
+    if let Some(cluster_sysid) = o.cluster.initialized_sysid() {
+        if cluster_sysid != sysid {
+            return decision(
+                "system identifier mismatch",
+                vec![Action::Fatal {
+                    reason: format!(
+                        "the data directory belongs to another cluster: its system identifier is {sysid}, the cluster's (initialize key) is {cluster_sysid}"
+                    ),
+                }],
+            );
+        }
+    } else if o.cluster.initialize.is_none() && leader.is_none() && !o.cluster.is_paused() {
+        // Spec 5.2 step 10: adopt an existing data directory, unless it is a running replica.
+        if o.local.running && o.local.in_recovery == Some(true) {
+            return decision(
+                "no initialize key",
+                vec![Action::Fatal {
+                    reason: "No initialize key in DCS and PostgreSQL is running as replica, aborting start".into(),
+                }],
+            );
+        }
+        return decision(
+            "adopting the existing data directory as the cluster",
+            vec![Action::WriteInitialize {
+                sysid: sysid.to_string(),
+            }],
+        );
+    }
+
+    let rewind_or_reclone = |leader: Upstream| -> Decision {
+        if o.mem.rewind_failed && o.remove_data_directory_on_rewind_failure {
+            return decision(
+                "removing the data directory after the failed rewind; it will be cloned again",
+                vec![Action::RemoveDataDirectory {
+                    reason: "pg_rewind failed".into(),
+                }],
+            );
+        }
+        if o.mem.rewind_failed {
+            return decision(
+                "pg_rewind failed earlier; not starting PostgreSQL (reinitialize this member)",
+                vec![],
+            );
+        }
+        if o.use_pg_rewind {
+            decision(
+                format!("rewinding to follow the new leader ({})", leader.name),
+                vec![Action::Rewind(leader)],
+            )
+        } else if o.remove_data_directory_on_diverged_timelines {
+            decision(
+                "the data directory has diverged and pg_rewind is off: re-cloning",
+                vec![Action::RemoveDataDirectory {
+                    reason: "diverged from the new leader and use_pg_rewind is off".into(),
+                }],
+            )
+        } else {
+            decision(
+                format!(
+                    "starting as a replica of {} without rewind (use_pg_rewind is off)",
+                    leader.name
+                ),
+                vec![Action::Start {
+                    standby_of: Some(Some(leader)),
+                }],
+            )
+        }
+    };
+    // A rewind needs the new leader to be a primary that finished its promotion.
+    let rewind_source = leader_member
+        .filter(|m| m.name != o.me && m.data.role == Role::Primary && m.data.state == "running")
+        .filter(|m| m.data.checkpoint_after_promote != Some(false))
+        .map(upstream);
+
+    let paused = o.cluster.is_paused();
+    // Row P-1: in maintenance mode the agent never starts PostgreSQL on its own.
+    if !o.local.running && paused {
+        if i_am_leader {
+            return decision(
+                "PAUSE: PostgreSQL is not running: releasing the leader key",
+                vec![Action::ReleaseLeaderKey],
+            );
+        }
+        return decision("PAUSE: PostgreSQL is not running", vec![]);
+    }
+
+    // Row S-2.9/1.9: PostgreSQL not running: start it in the right role.
+    if !o.local.running {
+        if i_am_leader {
+            // Row C-1 (crash of the leader's PostgreSQL): restart in place, same timeline,
+            // unless primary_start_timeout says to fail over (Row C-2).
+            let timeout = o.dynamic.primary_start_timeout();
+            let expired = o
+                .primary_down_for()
+                .is_some_and(|d| timeout == 0 || d >= Duration::from_secs(timeout));
+            if expired && failover_possible(o) {
+                return decision(
+                    "removing the leader key: PostgreSQL did not come back within primary_start_timeout",
+                    vec![Action::ReleaseLeaderKey],
+                );
+            }
+            return decision(
+                "starting PostgreSQL as primary (I hold the leader key)",
+                vec![Action::RefreshLeaderKey, Action::Start { standby_of: None }],
+            );
+        }
+        if o.mem.needs_rewind {
+            // Row R-1: a former primary rejoins through pg_rewind (or a re-clone).
+            match (&rewind_source, leader) {
+                (Some(src), _) => return rewind_or_reclone(src.clone()),
+                (None, Some(l)) => {
+                    return decision(
+                        format!(
+                            "waiting for the leader ({}) to finish promotion before rewinding",
+                            l.name
+                        ),
+                        vec![],
+                    )
+                }
+                (None, None) => {}
+            }
+        }
+        let up = leader_member.map(upstream);
+        let reason = match &up {
+            Some(u) => format!("starting PostgreSQL as a replica of {}", u.name),
+            None => "starting PostgreSQL read-only (no leader yet)".to_string(),
+        };
+        return decision(
+            reason,
+            vec![Action::Start {
+                standby_of: Some(up),
+            }],
+        );
+    }
+
+    // Running but the monitoring query failed: nothing safe to decide except keeping our key.
+    let Some(in_recovery) = o.local.in_recovery else {
+        let actions = if i_am_leader {
+            vec![Action::RefreshLeaderKey]
+        } else {
+            vec![]
+        };
+        return decision("PostgreSQL is not answering the status query", actions);
+    };
+
+    match leader {
+        // Flow ③ healthy cluster.
+        Some(_) if i_am_leader => {
+            // Row H-2.1/1.1: refresh; 1.4 promote if we run as replica; 1.5 persist state.
+            let mut actions = vec![Action::RefreshLeaderKey];
+            if in_recovery {
+                if paused {
+                    // Row P-2: the lock holder is no longer a primary in maintenance mode.
+                    return decision(
+                        "PAUSE: I hold the leader key but run as a replica: releasing it",
+                        vec![Action::ReleaseLeaderKey],
+                    );
+                }
+                actions.push(Action::Promote);
+                return decision("promoting: I hold the leader key", actions);
+            }
+            // Row M-1: a planned switchover or failover requested through the `failover` key.
+            if let Some(d) = manual_failover_from_leader(o) {
+                return d;
+            }
+            // Row U-h: publish the timeline history after a promotion.
+            if let Some(h) = history_to_write(o) {
+                actions.push(Action::WriteHistory(h));
+            }
+            actions.push(Action::EnsureSlots {
+                names: wanted_slots(o),
+            });
+            decision(
+                format!("no action. I am ({}), the leader with the lock", o.me),
+                actions,
+            )
+        }
+        Some(l) => {
+            // Row H-2.1/1.2: follow the leader.
+            let up = leader_member.map(upstream);
+            if !in_recovery && paused {
+                // Row P-3: no demotion on our own in maintenance mode.
+                return decision(
+                    format!(
+                        "PAUSE: running as primary while {} holds the leader key",
+                        l.name
+                    ),
+                    vec![],
+                );
+            }
+            if !in_recovery {
+                // A running primary without the key must stop accepting writes at once.
+                return decision(
+                    format!("demoting: {} holds the leader key", l.name),
+                    vec![Action::Demote { leader: up }],
+                );
+            }
+            if (o.mem.needs_rewind || diverged_from_history(o)) && !paused {
+                // Row R-2: demoted earlier (e.g. while etcd was away), now a leader exists.
+                if let Some(src) = rewind_source {
+                    return rewind_or_reclone(src);
+                }
+                return decision(
+                    format!(
+                        "waiting for the leader ({}) to finish promotion before rewinding",
+                        l.name
+                    ),
+                    vec![],
+                );
+            }
+            match up {
+                Some(u) => decision(
+                    format!(
+                        "no action. I am ({}), a secondary, and following a leader ({})",
+                        o.me, u.name
+                    ),
+                    // Row H-1.2: reconfigure only when the leader changed.
+                    if o.mem.following.as_deref() == Some(u.name.as_str()) {
+                        vec![]
+                    } else {
+                        vec![Action::Follow(u)]
+                    },
+                ),
+                None => decision(
+                    format!("waiting for the member key of the leader ({})", l.name),
+                    vec![],
+                ),
+            }
+        }
+        // Flow ④ unhealthy cluster: no leader.
+        None => {
+            if paused {
+                // Row P-4: a running primary takes the free key; replicas race only when they
+                // are the named candidate of a manual failover.
+                if !in_recovery {
+                    return decision(
+                        "PAUSE: no leader: taking the key as the running primary",
+                        vec![Action::AcquireLeaderKey],
+                    );
+                }
+                if let Some(f) =
+                    o.cluster.failover.as_ref().filter(|f| {
+                        f.value.member.as_deref() == Some(o.me.as_str()) && !o.nofailover
+                    })
+                {
+                    return decision(
+                        "PAUSE: manual failover to me",
+                        vec![
+                            Action::AcquireLeaderKey,
+                            Action::ClearFailover { version: f.version },
+                            Action::Promote,
+                        ],
+                    );
+                }
+                return decision("PAUSE: no leader; not racing in maintenance mode", vec![]);
+            }
+            let manual = o
+                .cluster
+                .failover
+                .as_ref()
+                .filter(|f| !f.value.is_empty() && f.value.scheduled_at.is_none());
+            let eligible = match manual {
+                // Row M-2: the named candidate takes the key without lag or peer checks.
+                Some(f) if f.value.member.as_deref() == Some(o.me.as_str()) => {
+                    if o.nofailover {
+                        Err("I am not allowed to promote (nofailover)".to_string())
+                    } else {
+                        Ok(())
+                    }
+                }
+                // Row M-3: another member is the candidate: defer to it while it is reachable
+                // and may promote; otherwise race normally, the former leader last.
+                Some(f) => {
+                    let cand = f.value.member.as_deref();
+                    let cand_ok = cand.is_some_and(|c| {
+                        o.peers
+                            .iter()
+                            .any(|p| p.name == c && !p.nofailover && !p.watchdog_failed)
+                    });
+                    if cand_ok {
+                        Err(format!(
+                            "manual failover to {}: following a different leader",
+                            cand.unwrap_or("?")
+                        ))
+                    } else if f.value.leader.as_deref() == Some(o.me.as_str())
+                        && failover_possible(o)
+                    {
+                        Err("I was the leader in the requested switchover".into())
+                    } else {
+                        healthy_enough(o).and_then(|()| healthiest(o))
+                    }
+                }
+                None => healthy_enough(o).and_then(|()| {
+                    if o.mem.needs_rewind && failover_possible(o) {
+                        // A former primary that crashed or was demoted yields to a healthy replica.
+                        return Err(
+                            "I was demoted or crashed as primary; a replica takes over".into()
+                        );
+                    }
+                    healthiest(o)
+                }),
+            };
+            match eligible {
+                // Row U-2.1/1.1: try to take the key; 2.2: promote if needed (1.4) or persist (1.3).
+                Ok(()) => {
+                    let mut actions = vec![Action::AcquireLeaderKey];
+                    if let Some(f) = manual {
+                        actions.push(Action::ClearFailover { version: f.version });
+                    }
+                    if in_recovery {
+                        actions.push(Action::Promote);
+                    }
+                    decision("no leader: trying to acquire the leader key", actions)
+                }
+                // Row U-2.1/1.2: not healthy enough: stay a follower of nobody.
+                Err(why) => {
+                    let actions = if in_recovery {
+                        vec![]
+                    } else {
+                        vec![Action::Demote { leader: None }]
+                    };
+                    decision(format!("no leader, not racing: {why}"), actions)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The leader race (flow ④): who may take a free leader key.
+
+use patrol_dcs::Role;
+
+use super::Reach;
+
+/// Whether this node may take the leader key when the cluster has none (flow ④ row 2.1):
+/// running, not `nofailover`, and not lagging more than `maximum_lag_on_failover` behind the
+/// last known leader position, on the cluster's timeline when `check_timeline`.
+pub(super) fn healthy_enough(o: &Reach) -> Result<(), String> {
+    if o.nofailover {
+        return Err("I am not allowed to promote (nofailover)".into());
+    }
+    if !o.local.running {
+        return Err("PostgreSQL is not running".into());
+    }
+    // Row U-3 (Patroni's guard against a stale primary, its PR #2787): a running primary, or a
+    // former primary that still needs a rewind, whose timeline is behind the cluster's history
+    // missed a promotion while it was away (frozen, partitioned). Taking the key would serve
+    // writes on the abandoned timeline and throw away the new leader's; it must rewind and
+    // follow instead. Unconditional, unlike the replicas' `check_timeline`.
+    if o.local.in_recovery == Some(false) || o.mem.needs_rewind {
+        let tl = o.cluster.timeline();
+        if let Some(my_tl) = o.local.timeline {
+            if tl > 0 && my_tl < tl {
+                return Err(format!(
+                    "my timeline {my_tl} is behind last known cluster timeline {tl} (if every node of timeline {tl} is gone for good, `patrolctl failover --candidate {}` makes this node the leader on purpose, losing what was written on the newer timeline)",
+                    o.me
+                ));
+            }
+        }
+    }
+    // Row U-3 for replicas: one that received WAL past the end of its timeline in the
+    // cluster's history (from a stale primary, before it was cut off) holds writes the
+    // cluster abandoned; promoting it would throw away the new timeline's.
+    if o.local.in_recovery == Some(true) {
+        if let (Some(tl), Some(pos)) = (o.local.timeline, o.local.effective_position()) {
+            if went_past_its_fork(o, tl, pos) {
+                return Err(format!(
+                    "my WAL went past the end of timeline {tl} in the cluster's history: it must be rewound"
+                ));
+            }
+        }
+    }
+    if o.local.in_recovery == Some(true) {
+        if let (Some(optime), Some(pos)) = (o.cluster.status.optime, o.local.effective_position()) {
+            let lag = optime.saturating_sub(pos);
+            let max = o.dynamic.maximum_lag_on_failover();
+            if max >= 0 && lag > max as u64 {
+                return Err(format!(
+                    "my lag of {lag} bytes exceeds maximum_lag_on_failover ({max})"
+                ));
+            }
+        }
+        if o.dynamic.check_timeline() {
+            let tl = o.cluster.timeline();
+            if let Some(my_tl) = o.local.timeline {
+                if tl > 0 && my_tl < tl {
+                    return Err(format!("my timeline {my_tl} is behind the cluster's {tl}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Patroni's `_is_healthiest_node`: no reachable peer is a live primary, has a higher WAL
+/// position, or (at an equal position) a higher failover priority. Patrol compares the position
+/// a promotion would keep (a paused standby only has what it replayed) and breaks position ties
+/// by replayed position before priority, so the node that can promote at once wins.
+pub(super) fn healthiest(o: &Reach) -> Result<(), String> {
+    let my_pos = o.local.effective_position().unwrap_or(0);
+    let my_replay = o.local.replay_position.unwrap_or(my_pos);
+    for p in o.peers.iter().filter(|p| p.name != o.me) {
+        if p.primary {
+            return Err(format!("Primary ({}) is still alive", p.name));
+        }
+        if p.nofailover || p.watchdog_failed {
+            continue;
+        }
+        // Row U-3: a peer whose WAL went on past the end of its timeline in the cluster's
+        // history holds writes the cluster abandoned (a stale primary, demoted). It can never
+        // lead, and its position is no measure of what the cluster kept.
+        if went_past_its_fork(o, p.timeline, p.effective_position()) {
+            continue;
+        }
+        let pos = p.effective_position();
+        if pos > my_pos {
+            return Err(format!(
+                "Wal position of {} is ahead of my wal position",
+                p.name
+            ));
+        }
+        if pos == my_pos && p.replay_position > my_replay {
+            return Err(format!("{} has replayed more of the same WAL", p.name));
+        }
+        if pos == my_pos
+            && p.replay_position == my_replay
+            && p.failover_priority > o.failover_priority
+        {
+            return Err(format!(
+                "{} has equally tolerable WAL position and priority {}, while this node has priority {}",
+                p.name, p.failover_priority, o.failover_priority
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether WAL at `pos` on timeline `tl` lies past the point where the cluster's history
+/// says `tl` ended (a branch the cluster abandoned).
+pub(super) fn went_past_its_fork(o: &Reach, tl: u64, pos: u64) -> bool {
+    o.cluster.history.as_ref().is_some_and(|h| {
+        h.lines
+            .iter()
+            .find(|l| l.timeline == tl)
+            .is_some_and(|l| pos > l.lsn)
+    })
+}
+
+/// A standby still on a timeline that the cluster's history says ended before the position it
+/// has reached: it kept receiving from an old primary past the fork, and only a rewind (or a
+/// re-clone) lets it follow the new timeline.
+pub(super) fn diverged_from_history(o: &Reach) -> bool {
+    let (Some(tl), Some(pos), Some(h)) =
+        (o.local.timeline, o.local.wal_position, &o.cluster.history)
+    else {
+        return false;
+    };
+    if o.local.in_recovery != Some(true) {
+        return false;
+    }
+    h.lines
+        .iter()
+        .find(|l| l.timeline == tl)
+        .is_some_and(|l| pos > l.lsn)
+}
+
+/// Another member could take over (Patroni's `is_failover_possible`, from member keys).
+pub(super) fn failover_possible(o: &Reach) -> bool {
+    switchover_target_exists(o, None)
+}
+
+/// A member that can take over (Patroni's `is_failover_possible` from member keys): a running
+/// replica that may fail over, within `maximum_lag_on_failover`, not on a timeline the
+/// cluster's history has left behind (Row U-3 would keep it from racing), and the named
+/// candidate if there is one.
+pub(super) fn switchover_target_exists(o: &Reach, candidate: Option<&str>) -> bool {
+    let max = o.dynamic.maximum_lag_on_failover();
+    let cluster_tl = o.cluster.timeline();
+    o.cluster.members.iter().any(|m| {
+        m.name != o.me
+            && candidate.is_none_or(|c| c == m.name)
+            && m.data.state == "running"
+            && m.data.role == Role::Replica
+            && !m.data.nofailover()
+            && !m
+                .data
+                .timeline
+                .is_some_and(|tl| cluster_tl > 0 && tl < cluster_tl)
+            && match (o.cluster.status.optime, m.data.xlog_location) {
+                (Some(opt), Some(pos)) => max < 0 || opt.saturating_sub(pos) <= max as u64,
+                _ => true,
+            }
+    })
+}

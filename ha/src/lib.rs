@@ -1,0 +1,35 @@
+//! The HA core of Patrol: every rule that decides what a node does, as pure functions over
+//! plain data. No IO and no clock: the crate depends on the cluster model (`patrol-dcs`
+//! without its etcd client), serde_json and chrono's parsing only, so the compiler keeps it
+//! pure (tests/purity.rs checks the crate graph).
+//!
+//! - [`Observation`]: what one cycle saw (the DCS view, the local PostgreSQL, peers, the
+//!   [`Memory`] of earlier cycles, `now`).
+//! - [`decide`]: the [`Decision`] of the cycle, a list of [`Action`]s with a reason; every
+//!   branch cites its row of `docs/ha-decision-table.md`.
+//! - [`after_setback`]: the answer to a [`Setback`] met while executing (rows D-1, D-2).
+//! - [`Memory::observe`] / [`Memory::record`]: the decision memory, updated from the local
+//!   observation and from typed [`Outcome`]s of the actions.
+//! - [`lease_guard`]: the lease guard's rule (row D-3); [`slots`]: member slot retention.
+#![forbid(unsafe_code)]
+
+mod action;
+mod decide;
+mod lease;
+mod memory;
+mod observation;
+pub mod slots;
+
+pub(crate) use action::decision;
+pub use action::{Action, Decision, Setback};
+pub use decide::{after_setback, decide, parse_schedule};
+pub use lease::{lease_guard, Guard};
+pub use memory::{Memory, Outcome};
+pub use observation::{
+    ControlState, DataState, DcsView, LocalPg, Observation, PeerStatus, Task, TaskResult, Upstream,
+};
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! What `decide` looks at: one `Observation` per cycle.
+
+use std::time::Duration;
+
+use patrol_dcs::{Cluster, ClusterConfig, History, Member, NodeStatus, Timing};
+
+use crate::Memory;
+
+/// The local PostgreSQL as observed this cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalPg {
+    pub data: DataState,
+    pub running: bool,
+    /// `Some` when running and the monitoring query answered.
+    pub in_recovery: Option<bool>,
+    /// WAL position: flush LSN on a primary, max(receive, replay) on a standby.
+    pub wal_position: Option<u64>,
+    pub timeline: Option<u64>,
+    /// Standby: replayed position and whether replay is paused.
+    pub replay_position: Option<u64>,
+    pub replay_paused: bool,
+    /// Primary on a timeline > 1: its timeline history (from `pg_wal/<tl>.history`), the last
+    /// line stamped with the history file's time and our name.
+    pub history: Option<History>,
+}
+
+impl LocalPg {
+    /// A running PostgreSQL whose status query said it is not in recovery.
+    pub fn is_primary(&self) -> bool {
+        self.running && self.in_recovery == Some(false)
+    }
+
+    /// The position a promotion would keep: a paused standby has only what it replayed.
+    pub fn effective_position(&self) -> Option<u64> {
+        if self.replay_paused {
+            self.replay_position
+        } else {
+            self.wal_position
+        }
+    }
+}
+
+/// What a peer's `GET /patroni` said during the leader race (spec 2.4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    pub name: String,
+    /// Not running in recovery: a live primary.
+    pub primary: bool,
+    pub wal_position: u64,
+    pub replay_position: u64,
+    pub paused: bool,
+    pub nofailover: bool,
+    pub failover_priority: i64,
+    pub watchdog_failed: bool,
+    /// The timeline it reports (0: unknown).
+    pub timeline: u64,
+}
+
+impl PeerStatus {
+    /// Reads a peer's `GET /patroni` answer as Patroni's leader race does (spec 2.4): in
+    /// recovery unless `xlog.location` is set or the role is primary; position = max(received,
+    /// replayed).
+    pub fn from_status(name: &str, body: &serde_json::Value) -> PeerStatus {
+        let s = NodeStatus::from_json(body);
+        PeerStatus {
+            name: name.to_string(),
+            primary: s.primary,
+            wal_position: s.wal_position,
+            replay_position: s.replayed,
+            paused: s.paused,
+            nofailover: patrol_dcs::tags_nofailover(&s.tags),
+            failover_priority: patrol_dcs::tags_failover_priority(&s.tags),
+            watchdog_failed: s.watchdog_failed,
+            timeline: s.timeline,
+        }
+    }
+
+    pub(crate) fn effective_position(&self) -> u64 {
+        if self.paused {
+            self.replay_position
+        } else {
+            self.wal_position
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataState {
+    Empty,
+    Invalid(String),
+    /// Initialized, with its system identifier and pg_control state.
+    Initialized {
+        sysid: String,
+        cluster_state: ControlState,
+    },
+}
+
+/// `Database cluster state` of `pg_controldata`, typed where a rule depends on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlState {
+    /// `in production`: a primary, running or crashed.
+    InProduction,
+    /// `shut down`: a primary stopped cleanly.
+    ShutDown,
+    /// `shut down in recovery`: a standby stopped cleanly.
+    ShutDownInRecovery,
+    /// `in archive recovery`: a standby, running or crashed.
+    InArchiveRecovery,
+    /// Any other state (`in crash recovery`, `starting up`, `shutting down`, ...), as written.
+    Other(String),
+}
+
+impl ControlState {
+    /// Reads pg_controldata's text.
+    pub fn parse(s: &str) -> ControlState {
+        match s.trim() {
+            "in production" => ControlState::InProduction,
+            "shut down" => ControlState::ShutDown,
+            "shut down in recovery" => ControlState::ShutDownInRecovery,
+            "in archive recovery" => ControlState::InArchiveRecovery,
+            other => ControlState::Other(other.to_string()),
+        }
+    }
+
+    /// The data directory was a primary when PostgreSQL last ran (crashed or stopped).
+    pub fn was_primary(&self) -> bool {
+        matches!(self, ControlState::InProduction | ControlState::ShutDown)
+    }
+
+    /// Stopped cleanly: `pg_rewind` may run without crash recovery first.
+    pub fn is_clean_shutdown(&self) -> bool {
+        matches!(
+            self,
+            ControlState::ShutDown | ControlState::ShutDownInRecovery
+        )
+    }
+}
+
+impl From<&str> for ControlState {
+    fn from(s: &str) -> Self {
+        ControlState::parse(s)
+    }
+}
+
+impl std::fmt::Display for ControlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ControlState::InProduction => "in production",
+            ControlState::ShutDown => "shut down",
+            ControlState::ShutDownInRecovery => "shut down in recovery",
+            ControlState::InArchiveRecovery => "in archive recovery",
+            ControlState::Other(s) => s,
+        })
+    }
+}
+
+/// What this cycle knows of the DCS. (One per cycle: the size difference does not matter.)
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum DcsView {
+    /// One linearizable read of the cluster succeeded.
+    Reachable(Cluster),
+    /// The read (or a call this cycle needed) failed within `retry_timeout`.
+    Unreachable,
+}
+
+/// A long operation tracked by the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Bootstrap,
+    Clone,
+    /// Starting as a standby.
+    Start,
+    /// Starting as primary (the leader restarting its crashed PostgreSQL).
+    StartPrimary,
+    Promote,
+    Demote,
+    Rewind,
+    /// `POST /restart` (or a scheduled one) of a replica.
+    Restart,
+    /// `POST /restart` of the leader: stop, then start as primary only while holding the key.
+    RestartPrimary,
+}
+
+/// Result of the last long operation, reported once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskResult {
+    Succeeded(Task),
+    Failed(Task, String),
+}
+
+/// Everything `decide` may look at.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub me: String,
+    pub dcs: DcsView,
+    pub local: LocalPg,
+    /// Dynamic config in effect (`config` key, or `bootstrap.dcs` before it exists).
+    pub dynamic: ClusterConfig,
+    /// The timing of `dynamic`, adjusted once when it was taken (never re-read from the map).
+    pub timing: Timing,
+    /// A long operation still running.
+    pub in_flight: Option<Task>,
+    pub last_result: Option<TaskResult>,
+    /// What earlier cycles of this process learned (see [`Memory`]).
+    pub mem: Memory,
+    /// Monotonic time (any fixed origin: the runner's start), for the clocks in `mem`.
+    pub now: Duration,
+    /// Local config has a `bootstrap` section.
+    pub can_bootstrap: bool,
+    /// Our own tags say `nofailover` (or `failover_priority: 0`).
+    pub nofailover: bool,
+    /// Our `failover_priority` (default 1).
+    pub failover_priority: i64,
+    /// Answers of the other members' REST APIs, probed when the cluster has no leader.
+    /// Unreachable members are absent.
+    pub peers: Vec<PeerStatus>,
+    /// `use_pg_rewind` from local or dynamic config.
+    pub use_pg_rewind: bool,
+    pub remove_data_directory_on_rewind_failure: bool,
+    pub remove_data_directory_on_diverged_timelines: bool,
+    /// Wall-clock time in ms since the epoch, only for scheduled switchovers.
+    pub now_epoch_ms: i64,
+}
+
+impl Observation {
+    /// The cluster as read this cycle, when the DCS answered.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match &self.dcs {
+            DcsView::Reachable(c) => Some(c),
+            DcsView::Unreachable => None,
+        }
+    }
+
+    /// We hold the leader key and PostgreSQL has been down this long.
+    pub fn primary_down_for(&self) -> Option<Duration> {
+        self.mem
+            .primary_down_since
+            .map(|since| self.now.saturating_sub(since))
+    }
+
+    /// Whether the local PostgreSQL may accept writes: running and not in recovery, or running
+    /// with no answer to the status query and a primary when it last answered (or never
+    /// answered: unknown counts as primary, the safe side when deciding whether to stop it).
+    pub fn may_be_writable(&self) -> bool {
+        self.local.running
+            && match self.local.in_recovery {
+                Some(r) => !r,
+                None => self.mem.last_seen_primary.unwrap_or(true),
+            }
+    }
+}
+
+/// Where a standby should stream from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub conn_url: String,
+}
+
+impl Upstream {
+    pub fn of(m: &Member) -> Upstream {
+        Upstream {
+            name: m.name.clone(),
+            conn_url: m.data.conn_url.clone(),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Flow ③ healthy cluster.
+
+use super::*;
+
+#[test]
+fn h_1_1_leader_running_as_primary_refreshes_and_keeps_slots() {
+    // Rows H-2.1/1.1, 1.5.
+    let o = obs(
+        "pg0",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+            "member=pg1:replica",
+            "member=pg-2:replica",
+        ]),
+        running(false, 100),
+    );
+    check(
+        &o,
+        &[
+            Action::RefreshLeaderKey,
+            Action::EnsureSlots {
+                names: vec!["pg1".into(), "pg_2".into()],
+            },
+        ],
+    );
+}
+
+#[test]
+fn h_1_1_no_slots_without_use_slots() {
+    let mut o = obs(
+        "pg0",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+            "member=pg1:replica",
+        ]),
+        running(false, 100),
+    );
+    o.dynamic = ClusterConfig::parse(r#"{"postgresql":{"use_slots":false}}"#).expect("valid");
+    check(
+        &o,
+        &[
+            Action::RefreshLeaderKey,
+            Action::EnsureSlots { names: vec![] },
+        ],
+    );
+}
+
+#[test]
+fn h_1_4_leader_running_as_replica_promotes() {
+    // Row H-2.1/1.4.
+    let o = obs(
+        "pg0",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:replica",
+        ]),
+        running(true, 100),
+    );
+    check(&o, &[Action::RefreshLeaderKey, Action::Promote]);
+}
+
+#[test]
+fn h_1_2_primary_without_the_key_is_demoted() {
+    // Row H-2.1/1.2 (a running primary that does not hold the key stops accepting writes).
+    let o = obs(
+        "pg1",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+        ]),
+        running(false, 100),
+    );
+    check(
+        &o,
+        &[Action::Demote {
+            leader: Some(up("pg0", 5433)),
+        }],
+    );
+}
