@@ -649,6 +649,7 @@ fn replica_snapshot() -> Snapshot {
         is_leader: false,
         dcs_last_seen: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
         last_cycle: None,
+        cycles: 1,
         timing: patrol_dcs::Timing::default(),
     }
 }

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub dcs_last_seen: Option<SystemTime>,
     /// When the last cycle completed.
     pub last_cycle: Option<Instant>,
+    /// How many cycles completed.
+    pub cycles: u64,
     /// The timing in effect.
     pub timing: Timing,
 }
@@ -52,6 +54,7 @@ struct Inner {
     leader: Option<LeaderLease>,
     dcs_last_seen: Option<SystemTime>,
     last_cycle: Option<Instant>,
+    cycles: u64,
     /// The one current timing (from the dynamic configuration last applied), read by the HA
     /// loop, the lease guard and the REST API.
     timing: Timing,
@@ -122,6 +125,7 @@ impl Default for SharedState {
                 leader: None,
                 dcs_last_seen: None,
                 last_cycle: None,
+                cycles: 0,
                 timing: Timing::default(),
                 paused: false,
             }),
@@ -163,6 +167,7 @@ impl SharedState {
         let mut g = self.lock();
         g.node = node;
         g.last_cycle = Some(Instant::now());
+        g.cycles += 1;
     }
 
     /// Records whether we hold the leader key and until when its lease is safe. The margin
@@ -215,6 +220,7 @@ impl SharedState {
             is_leader: g.leader.is_some_and(|l| l.until > Instant::now()),
             dcs_last_seen: g.dcs_last_seen,
             last_cycle: g.last_cycle,
+            cycles: g.cycles,
             timing: g.timing,
         }
     }
