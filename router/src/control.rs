@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use patrol_dcs::Cluster;
 use tokio::sync::watch;
 
-use crate::state::{Port, Shared};
-use crate::table::{self, Probe, Table};
+use crate::state::Shared;
+use crate::table::{self, Port, Probe, Table};
 
 /// Seconds since the Unix epoch of a `YYYY-MM-DD HH:MM:SS[.frac][+HH:MM|-HH:MM|Z]` timestamp
 /// (how Patroni and the agent write `xlog.replayed_timestamp`).
@@ -367,13 +367,6 @@ pub async fn run_control(
     }
 }
 
-/// Whether a member keeps its read sessions: it is in the read pool, or it left only for lag
-/// (and `keep_sessions_on_lag`), or it is the writer (read fallback). A dead or demoted replica
-/// does not.
-pub fn keeps_read(cfg: &crate::config::Config, v: &crate::table::MemberView) -> bool {
-    v.in_read_pool || (cfg.keep_sessions_on_lag && v.alive_replica) || v.in_write_pool
-}
-
 /// Swaps the table if routing changed, cuts sessions that lost their backend, records events.
 fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
     let routing_changed = prev.writer != next.writer
@@ -439,7 +432,7 @@ fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
     let killed = shared.sessions.kill_where(Port::Read, |b| {
         next.members
             .iter()
-            .any(|v| v.name == b && keeps_read(&shared.cfg, v))
+            .any(|v| v.name == b && table::keeps_read(&shared.cfg, v))
     });
     if killed > 0 {
         m.sessions_killed_total

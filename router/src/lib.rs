@@ -21,7 +21,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use config::Config;
-use state::{Port, Shared};
+use state::Shared;
+use table::Port;
 
 /// Binds every listener first (so a bad address fails before anything runs), then serves until
 /// SIGTERM/SIGINT.

@@ -34,8 +34,8 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Balance, ReadFallback};
-use crate::state::{ConnectionSlot, Port, Shared};
-use crate::table::Backend;
+use crate::state::{ConnectionSlot, Shared};
+use crate::table::{Backend, Port};
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;

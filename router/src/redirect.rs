@@ -3,9 +3,9 @@
 //! A BPF program on the cgroup `connect()` hook (`BPF_CGROUP_INET4_CONNECT`) sees every IPv4
 //! TCP connect of the processes under the cgroup. When the address is one of the router's
 //! listeners and that port has a backend, it rewrites the address to it (the writer; for the
-//! read port its one member, see [`routes_for`]) and records the socket's cookie with where it
-//! went. The kernel then connects the client straight to PostgreSQL: the router carries none of
-//! its bytes and the session costs what a direct one costs. Where the port has no backend (no
+//! read port its one member, see [`crate::table::routes_for`]) and records the socket's cookie
+//! with where it went. The kernel then connects the client straight to PostgreSQL: the router
+//! carries none of its bytes and the session costs what a direct one costs. Where the port has no backend (no
 //! leader yet, an empty read pool), the connect is left alone and reaches the router's
 //! listener, which holds or refuses it as usual; clients on other hosts always do.
 //!
@@ -33,9 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::bpf::{insn, Insn, Map};
-use crate::config::{Config, ReadFallback};
-use crate::state::{Port, Shared};
-use crate::table::Table;
+use crate::config::Config;
+use crate::state::Shared;
+use crate::table::{keeps, port_of, routes_for, Port, Routes, Table};
 
 // From include/uapi/linux/bpf.h.
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
@@ -171,9 +171,6 @@ pub struct Redirected {
     pub backend: SocketAddrV4,
     pub listener: SocketAddrV4,
 }
-
-/// Where local connects to each listener address go (`None`: left to the listener).
-pub type Routes = BTreeMap<SocketAddrV4, Option<SocketAddrV4>>;
 
 /// The loaded program, its maps and its link.
 pub struct Redirector {
@@ -653,7 +650,13 @@ impl Local {
     /// connect never goes where the router's own listeners would not send it). If the routes
     /// cannot be written, every route is removed: fail closed.
     pub fn route(&self, cfg: &Config, t: &Table) -> io::Result<()> {
-        let Err(e) = self.redirector.set_routes(&routes_for(cfg, t)) else {
+        let routes = routes_for(
+            cfg,
+            t,
+            &listener_addrs(cfg.write_listen),
+            &listener_addrs(cfg.read_listen),
+        );
+        let Err(e) = self.redirector.set_routes(&routes) else {
             return Ok(());
         };
         // A route that could not be changed must not keep sending clients to a backend that
@@ -676,70 +679,6 @@ impl Local {
             .get(&(port, member.to_string()))
             .copied()
             .unwrap_or(0)
-    }
-}
-
-/// Which of the router's ports `listener` is.
-fn port_of(cfg: &Config, listener: SocketAddrV4) -> Option<Port> {
-    let is = |l: SocketAddr| {
-        l.port() == listener.port()
-            && (l.ip().is_unspecified() || l.ip() == IpAddr::V4(*listener.ip()))
-    };
-    if is(cfg.write_listen) {
-        Some(Port::Write)
-    } else if is(cfg.read_listen) {
-        Some(Port::Read)
-    } else {
-        None
-    }
-}
-
-fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
-    match a {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(_) => None,
-    }
-}
-
-/// Where local connects to each listener address go under table `t`: the writer; the read
-/// pool's one member (or the writer, with `read.fallback: leader`); nowhere (left to the
-/// listener) when the port has no backend, only IPv6 ones, or, for the read port, several.
-///
-/// A client cancels a query by opening a new connection to the same port with a
-/// `CancelRequest`. The program cannot see it, so with several replicas it could send the
-/// cancel to another one than the session's, where it is silently ignored (and a JDBC query
-/// timeout, say, would never fire). The listener can route it: to the session's backend when
-/// the relay saw the session's key, else to every backend that may hold it (the pool, and the
-/// members with redirected sessions, whose keys it never sees); so a read port with more than
-/// one backend is left to it.
-pub fn routes_for(cfg: &Config, t: &Table) -> Routes {
-    let writer = t.writer.as_ref().and_then(|w| v4(w.addr));
-    let reader = match t.readers.as_slice() {
-        [] if cfg.read_fallback == ReadFallback::Leader => writer,
-        [one] => v4(one.addr),
-        _ => None,
-    };
-    let mut routes = Routes::new();
-    for l in listener_addrs(cfg.write_listen) {
-        routes.insert(l, writer);
-    }
-    for l in listener_addrs(cfg.read_listen) {
-        routes.insert(l, reader);
-    }
-    routes
-}
-
-/// Whether a redirected session may stay where it is under table `t`: the rule relayed
-/// sessions follow (`control::apply`).
-pub fn keeps(cfg: &Config, t: &Table, rec: &Redirected) -> bool {
-    let backend = SocketAddr::V4(rec.backend);
-    match port_of(cfg, rec.listener) {
-        Some(Port::Write) => t.writer.as_ref().is_some_and(|w| w.addr == backend),
-        Some(Port::Read) => t
-            .members
-            .iter()
-            .any(|m| m.addr == Some(backend) && crate::control::keeps_read(cfg, m)),
-        None => false,
     }
 }
 
@@ -803,7 +742,9 @@ fn pass(shared: &Shared) -> io::Result<()> {
     let mut g = local.diag.lock().unwrap_or_else(|p| p.into_inner());
     let (diag, missing) = &mut *g;
     // Where the routes written for a newer table send a session is fine too.
-    let kept = |rec: &Redirected| keeps(&shared.cfg, &t, rec) || local.redirector.routed(rec);
+    let kept = |rec: &Redirected| {
+        keeps(&shared.cfg, &t, rec.listener, rec.backend) || local.redirector.routed(rec)
+    };
     let swept = match sweep(&local.redirector, diag, missing, Instant::now(), kept) {
         Ok(s) => s,
         Err(e) => {
@@ -908,113 +849,6 @@ mod tests {
         let k = ctx_pair(a);
         assert_eq!(k, [127, 0, 0, 1, 0x15, 0x38, 0, 0]);
         assert_eq!(from_ctx_pair(&k), a);
-    }
-
-    fn table() -> (Config, Table) {
-        let o = crate::config::Overrides {
-            scope: Some("c".into()),
-            ..Default::default()
-        };
-        let mut cfg = Config::load(None, &o).expect("valid");
-        cfg.write_listen = "127.0.0.1:5000".parse().expect("addr");
-        cfg.read_listen = "127.0.0.1:5001".parse().expect("addr");
-        let b = |name: &str, port: u16| crate::table::Backend {
-            name: name.into(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let view = |name: &str, port: u16, write: bool, read: bool, alive: bool| {
-            crate::table::MemberView {
-                name: name.into(),
-                addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
-                in_write_pool: write,
-                in_read_pool: read,
-                alive_replica: alive,
-                ..Default::default()
-            }
-        };
-        let t = Table {
-            writer: Some(b("a", 5432)),
-            readers: vec![b("b", 5433)],
-            members: vec![
-                view("a", 5432, true, false, false),
-                view("b", 5433, false, true, true),
-                // Out of the read pool for lag, still a live replica.
-                view("c", 5434, false, false, true),
-                // Dead.
-                view("d", 5435, false, false, false),
-            ],
-            ..Default::default()
-        };
-        (cfg, t)
-    }
-
-    fn at(port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
-    }
-
-    #[test]
-    fn routes_follow_the_table() {
-        let (mut cfg, mut t) = table();
-        let r = routes_for(&cfg, &t);
-        assert_eq!(r[&at(5000)], Some(at(5432)));
-        assert_eq!(r[&at(5001)], Some(at(5433)));
-        // Two replicas: a cancel could reach the wrong one, so the listener keeps the port.
-        t.readers.push(crate::table::Backend {
-            name: "c".into(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 5434)),
-        });
-        assert_eq!(routes_for(&cfg, &t)[&at(5001)], None);
-        // No replica qualifies: no route (the listener refuses), or the writer with fallback.
-        t.readers.clear();
-        assert_eq!(routes_for(&cfg, &t)[&at(5001)], None);
-        cfg.read_fallback = ReadFallback::Leader;
-        assert_eq!(routes_for(&cfg, &t)[&at(5001)], Some(at(5432)));
-        // No writer: no route, so connects reach the listener and are held.
-        t.writer = None;
-        assert_eq!(routes_for(&cfg, &t)[&at(5000)], None);
-        // IPv6 listeners are not redirected.
-        cfg.read_listen = "[::1]:5001".parse().expect("addr");
-        assert_eq!(routes_for(&cfg, &t).len(), 1);
-    }
-
-    #[test]
-    fn redirected_sessions_are_kept_by_the_relayed_sessions_rule() {
-        let (mut cfg, t) = table();
-        let rec = |listener: u16, backend: u16| Redirected {
-            backend: at(backend),
-            listener: at(listener),
-        };
-        assert!(keeps(&cfg, &t, &rec(5000, 5432)), "writer");
-        assert!(
-            !keeps(&cfg, &t, &rec(5000, 5433)),
-            "write session off the writer"
-        );
-        assert!(keeps(&cfg, &t, &rec(5001, 5433)), "reader in the pool");
-        assert!(
-            keeps(&cfg, &t, &rec(5001, 5434)),
-            "left for lag, kept by default"
-        );
-        assert!(!keeps(&cfg, &t, &rec(5001, 5435)), "dead replica");
-        assert!(
-            keeps(&cfg, &t, &rec(5001, 5432)),
-            "read fallback on the writer"
-        );
-        assert!(
-            !keeps(&cfg, &t, &rec(5999, 5432)),
-            "not one of our listeners"
-        );
-        cfg.keep_sessions_on_lag = false;
-        assert!(
-            !keeps(&cfg, &t, &rec(5001, 5434)),
-            "left for lag, cut when configured"
-        );
-        // A wildcard listener owns its port on every address.
-        cfg.write_listen = "0.0.0.0:5000".parse().expect("addr");
-        let other = Redirected {
-            backend: at(5432),
-            listener: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 5000),
-        };
-        assert!(keeps(&cfg, &t, &other));
     }
 
     #[test]

@@ -12,23 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::table::{Backend, Probe, Table};
-
-/// Which listener a session came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Port {
-    Write,
-    Read,
-}
-
-impl Port {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Port::Write => "write",
-            Port::Read => "read",
-        }
-    }
-}
+use crate::table::{Backend, Port, Probe, Table};
 
 struct Session {
     port: Port,

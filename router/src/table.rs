@@ -1,13 +1,31 @@
 //! The routing decision, pure: from the DCS view, the live probes and the previous pool state,
-//! build the immutable routing table the connection path reads with one `ArcSwap::load()`.
+//! build the immutable routing table the connection path reads with one `ArcSwap::load()`;
+//! and the rules read from a table: which sessions a backend keeps ([`keeps_read`], [`keeps`])
+//! and where local clients are routed at connect time ([`routes_for`]).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use patrol_dcs::{Cluster, Role};
 
-use crate::config::Config;
+use crate::config::{Config, ReadFallback};
+
+/// Which listener a session came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Port {
+    Write,
+    Read,
+}
+
+impl Port {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Port::Write => "write",
+            Port::Read => "read",
+        }
+    }
+}
 
 /// What a member's REST API (`GET /patroni`) said last.
 #[derive(Debug, Clone, PartialEq)]
@@ -337,6 +355,88 @@ pub fn build(
         t.members.push(v);
     }
     t
+}
+
+/// Whether a member keeps its read sessions: it is in the read pool, or it left only for lag
+/// (and `keep_sessions_on_lag`), or it is the writer (read fallback). A dead or demoted replica
+/// does not.
+pub fn keeps_read(cfg: &Config, v: &MemberView) -> bool {
+    v.in_read_pool || (cfg.keep_sessions_on_lag && v.alive_replica) || v.in_write_pool
+}
+
+/// Which of the router's ports `listener` is.
+pub fn port_of(cfg: &Config, listener: SocketAddrV4) -> Option<Port> {
+    let is = |l: SocketAddr| {
+        l.port() == listener.port()
+            && (l.ip().is_unspecified() || l.ip() == IpAddr::V4(*listener.ip()))
+    };
+    if is(cfg.write_listen) {
+        Some(Port::Write)
+    } else if is(cfg.read_listen) {
+        Some(Port::Read)
+    } else {
+        None
+    }
+}
+
+fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+/// Where local connects to each listener address go (`None`: left to the listener).
+pub type Routes = BTreeMap<SocketAddrV4, Option<SocketAddrV4>>;
+
+/// Where local connects to each listener address go under table `t`: the writer; the read
+/// pool's one member (or the writer, with `read.fallback: leader`); nowhere (left to the
+/// listener) when the port has no backend, only IPv6 ones, or, for the read port, several.
+/// `write` and `read` are the IPv4 addresses clients on this host reach each listener at
+/// (`kernel::redirect::listener_addrs`).
+///
+/// A client cancels a query by opening a new connection to the same port with a
+/// `CancelRequest`. The program cannot see it, so with several replicas it could send the
+/// cancel to another one than the session's, where it is silently ignored (and a JDBC query
+/// timeout, say, would never fire). The listener can route it: to the session's backend when
+/// the relay saw the session's key, else to every backend that may hold it (the pool, and the
+/// members with redirected sessions, whose keys it never sees); so a read port with more than
+/// one backend is left to it.
+pub fn routes_for(
+    cfg: &Config,
+    t: &Table,
+    write: &[SocketAddrV4],
+    read: &[SocketAddrV4],
+) -> Routes {
+    let writer = t.writer.as_ref().and_then(|w| v4(w.addr));
+    let reader = match t.readers.as_slice() {
+        [] if cfg.read_fallback == ReadFallback::Leader => writer,
+        [one] => v4(one.addr),
+        _ => None,
+    };
+    let mut routes = Routes::new();
+    for l in write {
+        routes.insert(*l, writer);
+    }
+    for l in read {
+        routes.insert(*l, reader);
+    }
+    routes
+}
+
+/// Whether a session a local client's connect to `listener` was redirected into, to
+/// `backend`, may stay there under table `t`: the rule relayed sessions follow (the writer
+/// keeps the write port's, [`keeps_read`] decides the read port's).
+pub fn keeps(cfg: &Config, t: &Table, listener: SocketAddrV4, backend: SocketAddrV4) -> bool {
+    let backend = SocketAddr::V4(backend);
+    match port_of(cfg, listener) {
+        Some(Port::Write) => t.writer.as_ref().is_some_and(|w| w.addr == backend),
+        Some(Port::Read) => t
+            .members
+            .iter()
+            .any(|m| m.addr == Some(backend) && keeps_read(cfg, m)),
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -678,5 +778,98 @@ mod probe_tolerance {
         p.insert("a".to_string(), miss);
         let t5 = build(&cfg(), Some(&c), false, &p, &t2, now);
         assert!(t5.writer.is_none());
+    }
+}
+
+#[cfg(test)]
+mod session_rules {
+    use super::tests_support::*;
+    use std::net::Ipv4Addr;
+
+    fn table() -> (Config, Table) {
+        let mut cfg = cfg();
+        cfg.write_listen = "127.0.0.1:5000".parse().expect("addr");
+        cfg.read_listen = "127.0.0.1:5001".parse().expect("addr");
+        let b = |name: &str, port: u16| Backend {
+            name: name.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let view = |name: &str, port: u16, write: bool, read: bool, alive: bool| MemberView {
+            name: name.into(),
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            in_write_pool: write,
+            in_read_pool: read,
+            alive_replica: alive,
+            ..Default::default()
+        };
+        let t = Table {
+            writer: Some(b("a", 5432)),
+            readers: vec![b("b", 5433)],
+            members: vec![
+                view("a", 5432, true, false, false),
+                view("b", 5433, false, true, true),
+                // Out of the read pool for lag, still a live replica.
+                view("c", 5434, false, false, true),
+                // Dead.
+                view("d", 5435, false, false, false),
+            ],
+            ..Default::default()
+        };
+        (cfg, t)
+    }
+
+    fn at(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+    }
+
+    #[test]
+    fn routes_follow_the_table() {
+        let (mut cfg, mut t) = table();
+        let routes = |cfg: &Config, t: &Table| routes_for(cfg, t, &[at(5000)], &[at(5001)]);
+        let r = routes(&cfg, &t);
+        assert_eq!(r[&at(5000)], Some(at(5432)));
+        assert_eq!(r[&at(5001)], Some(at(5433)));
+        // Two replicas: a cancel could reach the wrong one, so the listener keeps the port.
+        t.readers.push(Backend {
+            name: "c".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 5434)),
+        });
+        assert_eq!(routes(&cfg, &t)[&at(5001)], None);
+        // No replica qualifies: no route (the listener refuses), or the writer with fallback.
+        t.readers.clear();
+        assert_eq!(routes(&cfg, &t)[&at(5001)], None);
+        cfg.read_fallback = ReadFallback::Leader;
+        assert_eq!(routes(&cfg, &t)[&at(5001)], Some(at(5432)));
+        // No writer: no route, so connects reach the listener and are held.
+        t.writer = None;
+        assert_eq!(routes(&cfg, &t)[&at(5000)], None);
+        // An IPv6 listener has no IPv4 address to redirect.
+        assert_eq!(routes_for(&cfg, &t, &[at(5000)], &[]).len(), 1);
+        // An IPv6 writer gets no route.
+        t.writer = Some(Backend {
+            name: "a".into(),
+            addr: "[::1]:5432".parse().expect("addr"),
+        });
+        assert_eq!(routes(&cfg, &t)[&at(5000)], None);
+    }
+
+    #[test]
+    fn redirected_sessions_are_kept_by_the_relayed_sessions_rule() {
+        let (mut cfg, t) = table();
+        let kept =
+            |cfg: &Config, listener: u16, backend: u16| keeps(cfg, &t, at(listener), at(backend));
+        assert!(kept(&cfg, 5000, 5432), "writer");
+        assert!(!kept(&cfg, 5000, 5433), "write session off the writer");
+        assert!(kept(&cfg, 5001, 5433), "reader in the pool");
+        assert!(kept(&cfg, 5001, 5434), "left for lag, kept by default");
+        assert!(!kept(&cfg, 5001, 5435), "dead replica");
+        assert!(kept(&cfg, 5001, 5432), "read fallback on the writer");
+        assert!(!kept(&cfg, 5999, 5432), "not one of our listeners");
+        cfg.keep_sessions_on_lag = false;
+        assert!(!kept(&cfg, 5001, 5434), "left for lag, cut when configured");
+        // A wildcard listener owns its port on every address.
+        cfg.write_listen = "0.0.0.0:5000".parse().expect("addr");
+        let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 5000);
+        assert!(keeps(&cfg, &t, other, at(5432)));
     }
 }
