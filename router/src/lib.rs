@@ -3,14 +3,12 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
-mod bpf;
 pub mod config;
 pub mod control;
 pub mod haproxy_sync;
+pub mod kernel;
 pub mod metrics;
 pub mod proxy;
-pub mod redirect;
-pub mod splice;
 pub mod state;
 pub mod table;
 
@@ -93,7 +91,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(
             "redirect_local: clients on this host are routed at connect time, straight to the backend"
         );
-        tasks.spawn(redirect::run(shared.clone()));
+        tasks.spawn(kernel::redirect::run(shared.clone()));
     }
     // The listeners were bound by tokio (SO_REUSEADDR, non-blocking); each data thread
     // registers its own clone of them with its event loop.
@@ -127,7 +125,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     if shared.local.is_some() {
         let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || redirect::cut_all(&s)).await;
+        let _ = tokio::task::spawn_blocking(move || kernel::redirect::cut_all(&s)).await;
     }
     drop(dcs);
     Ok(())

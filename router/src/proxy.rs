@@ -424,7 +424,7 @@ fn join<'a>(
     shared: &'a Shared,
     client: &TcpStream,
     server: &TcpStream,
-) -> Option<crate::splice::Joined<'a>> {
+) -> Option<crate::kernel::splice::Joined<'a>> {
     let splicer = shared.splicer.as_ref()?;
     match splicer.join(client, server) {
         Ok(j) => Some(j),
@@ -502,7 +502,7 @@ async fn relay(
     client: TcpStream,
     server: TcpStream,
     backend: Backend,
-    joined: Option<crate::splice::Joined<'_>>,
+    joined: Option<crate::kernel::splice::Joined<'_>>,
     watch: Watch,
 ) {
     let (id, cancel) = shared.sessions.register(port, &backend);
@@ -530,7 +530,7 @@ async fn relay(
             .with_label_values(&[port.as_str(), "to_client"]);
         let ended = if let Some(joined) = joined {
             match watch.first_answer {
-                Some(limit) if !crate::splice::answered(&server, limit).await => {
+                Some(limit) if !crate::kernel::splice::answered(&server, limit).await => {
                     drop(joined);
                     let r = Refusal::NoAnswer(backend.name.clone(), limit);
                     refuse(shared, port, client, &r).await;

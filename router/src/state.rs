@@ -166,9 +166,9 @@ pub struct Shared {
     /// leader, relaying): what `max_connections` caps.
     pub connections: AtomicUsize,
     /// Kernel splicing of established sessions (`splice: true` and the program loaded).
-    pub splicer: Option<crate::splice::Splicer>,
+    pub splicer: Option<crate::kernel::splice::Splicer>,
     /// Connect-time routing of local clients (`redirect_local: true` and the program linked).
-    pub local: Option<crate::redirect::Local>,
+    pub local: Option<crate::kernel::redirect::Local>,
     /// When each rate-limited warning was last logged, by topic.
     warned: Mutex<HashMap<String, Instant>>,
 }
@@ -201,7 +201,7 @@ impl Drop for ConnectionSlot {
 impl Shared {
     pub fn new(cfg: Arc<Config>) -> Arc<Shared> {
         let splicer = if cfg.splice {
-            match crate::splice::Splicer::new(cfg.max_connections) {
+            match crate::kernel::splice::Splicer::new(cfg.max_connections) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(
@@ -214,7 +214,7 @@ impl Shared {
             None
         };
         let local = if cfg.redirect_local {
-            match crate::redirect::Local::new(cfg.redirect_cgroup.as_deref()) {
+            match crate::kernel::redirect::Local::new(cfg.redirect_cgroup.as_deref()) {
                 Ok(l) => Some(l),
                 Err(e) => {
                     tracing::warn!(

@@ -6,7 +6,7 @@
 //! The program is eleven instructions, assembled here; the map is keyed by the receiving
 //! socket's cookie and holds the peer socket. Loading it needs `CAP_BPF` and `CAP_NET_ADMIN`
 //! (root) and Linux 5.13 or later (`BPF_SK_SKB_VERDICT`); without them the router says so once
-//! and relays in user space. The `bpf` system calls are in `crate::bpf`.
+//! and relays in user space. The `bpf` system calls are in `super::bpf`.
 //!
 //! A spliced socket must not stay in the data threads' epoll: the kernel still signals "data
 //! arrived" for every redirected segment, which would wake a thread per message (the cost
@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::bpf::{insn, Insn, Map};
+use super::bpf::{insn, Insn, Map};
 
 // From include/uapi/linux/bpf.h.
 const BPF_PROG_TYPE_SK_SKB: u32 = 14;
@@ -42,7 +42,7 @@ const BPF_FUNC_SK_REDIRECT_HASH: i32 = 72;
 
 /// `key = bpf_get_socket_cookie(skb); return bpf_sk_redirect_hash(skb, map, &key, 0);`
 fn program(map: RawFd) -> [Insn; 11] {
-    let [ld0, ld1] = crate::bpf::ld_map(2, map);
+    let [ld0, ld1] = super::bpf::ld_map(2, map);
     [
         insn(0xbf, 6, 1, 0, 0),                          // r6 = r1 (skb)
         insn(0x85, 0, 0, 0, BPF_FUNC_GET_SOCKET_COOKIE), // r0 = cookie(skb)
@@ -78,19 +78,19 @@ impl Splicer {
     /// Creates the map for `sessions` concurrent sessions and loads and attaches the program.
     pub fn new(sessions: usize) -> io::Result<Splicer> {
         let map = Map::create(
-            crate::bpf::BPF_MAP_TYPE_SOCKHASH,
+            super::bpf::BPF_MAP_TYPE_SOCKHASH,
             8,
             4,
             sessions.saturating_mul(2).max(2),
             0,
         )?;
-        let prog = crate::bpf::load(
+        let prog = super::bpf::load(
             BPF_PROG_TYPE_SK_SKB,
             0,
             &program(map.raw_fd()),
             "patrol_splice",
         )?;
-        crate::bpf::attach(map.raw_fd(), &prog, BPF_SK_SKB_VERDICT)?;
+        super::bpf::attach(map.raw_fd(), &prog, BPF_SK_SKB_VERDICT)?;
         let ends = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
         Ok(Splicer {
             map,

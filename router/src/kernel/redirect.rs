@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::bpf::{insn, Insn, Map};
+use super::bpf::{insn, Insn, Map};
 use crate::config::Config;
 use crate::state::Shared;
 use crate::table::{keeps, port_of, routes_for, Port, Routes, Table};
@@ -85,7 +85,7 @@ fn program(routes: RawFd, redirected: RawFd, netns: u64) -> Vec<Insn> {
         insn(0x63, 10, 7, -24, 0),                      // record.listener_ip = r7
         insn(0x63, 10, 8, -20, 0),                      // record.listener_port = r8
     ];
-    p.extend(crate::bpf::ld_map(1, routes)); // r1 = routes
+    p.extend(super::bpf::ld_map(1, routes)); // r1 = routes
     p.extend([
         insn(0xbf, 2, 10, 0, 0),                         // r2 = r10
         insn(0x07, 2, 0, 0, -8),                         // r2 = &key
@@ -99,7 +99,7 @@ fn program(routes: RawFd, redirected: RawFd, netns: u64) -> Vec<Insn> {
         insn(0x85, 0, 0, 0, BPF_FUNC_GET_SOCKET_COOKIE), // r0 = cookie
         insn(0x7b, 10, 0, -16, 0),                       // *(u64 *)(r10 - 16) = cookie
     ]);
-    p.extend(crate::bpf::ld_map(1, redirected)); // r1 = redirected
+    p.extend(super::bpf::ld_map(1, redirected)); // r1 = redirected
     p.extend([
         insn(0xbf, 2, 10, 0, 0),                       // r2 = r10
         insn(0x07, 2, 0, 0, -16),                      // r2 = &cookie
@@ -137,7 +137,7 @@ fn netns_cookie() -> io::Result<u64> {
         None,
     )
     .map_err(io::Error::from)?;
-    crate::splice::getsockopt::<u64>(s.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE)
+    super::splice::getsockopt::<u64>(s.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE)
 }
 
 /// An IPv4 address and port as `struct bpf_sock_addr` holds them (network byte order).
@@ -187,10 +187,10 @@ impl Redirector {
     pub fn new(cgroup: &Path) -> io::Result<Redirector> {
         // Not preallocated: a replaced route is never reused under a reader, and the record
         // map costs memory only for the sessions it holds.
-        let no_prealloc = crate::bpf::BPF_F_NO_PREALLOC;
-        let routes = Map::create(crate::bpf::BPF_MAP_TYPE_HASH, 8, 8, ROUTES, no_prealloc)?;
-        let redirected = Map::create(crate::bpf::BPF_MAP_TYPE_HASH, 8, 16, TRACKED, no_prealloc)?;
-        let prog = crate::bpf::load(
+        let no_prealloc = super::bpf::BPF_F_NO_PREALLOC;
+        let routes = Map::create(super::bpf::BPF_MAP_TYPE_HASH, 8, 8, ROUTES, no_prealloc)?;
+        let redirected = Map::create(super::bpf::BPF_MAP_TYPE_HASH, 8, 16, TRACKED, no_prealloc)?;
+        let prog = super::bpf::load(
             BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
             BPF_CGROUP_INET4_CONNECT,
             &program(routes.raw_fd(), redirected.raw_fd(), netns_cookie()?),
@@ -198,7 +198,7 @@ impl Redirector {
         )?;
         let dir = std::fs::File::open(cgroup)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", cgroup.display())))?;
-        let link = crate::bpf::link(dir.as_raw_fd(), &prog, BPF_CGROUP_INET4_CONNECT)?;
+        let link = super::bpf::link(dir.as_raw_fd(), &prog, BPF_CGROUP_INET4_CONNECT)?;
         Ok(Redirector {
             routes,
             redirected,

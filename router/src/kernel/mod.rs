@@ -1,0 +1,7 @@
+//! The kernel data paths: the BPF programs the router assembles and loads (`bpf`), the kernel
+//! relay of established sessions (`splice`) and the connect-time routing of local clients
+//! (`redirect`).
+
+mod bpf;
+pub mod redirect;
+pub mod splice;
