@@ -6,3 +6,4 @@ mod bpf;
 pub mod redirect;
 pub mod sock_diag;
 pub mod splice;
+mod sys;

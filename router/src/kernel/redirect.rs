@@ -27,13 +27,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::bpf::{insn, Insn, Map};
+use super::bpf::{insn, Insn};
 use super::sock_diag::{destroy_works, Diag};
+use super::sys::{self, Map};
 use crate::config::Config;
 use crate::state::Shared;
 use crate::table::{keeps, port_of, routes_for, Port, Routes, Table};
@@ -45,7 +46,6 @@ const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_MAP_UPDATE_ELEM: i32 = 2;
 const BPF_FUNC_GET_SOCKET_COOKIE: i32 = 46;
 const BPF_FUNC_GET_NETNS_COOKIE: i32 = 122;
-const SO_NETNS_COOKIE: i32 = 71;
 // Offsets in `struct bpf_sock_addr`.
 const USER_IP4: i16 = 4;
 const USER_PORT: i16 = 24;
@@ -138,7 +138,7 @@ fn netns_cookie() -> io::Result<u64> {
         None,
     )
     .map_err(io::Error::from)?;
-    super::splice::getsockopt::<u64>(s.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE)
+    sys::netns_cookie(&s)
 }
 
 /// An IPv4 address and port as `struct bpf_sock_addr` holds them (network byte order).
@@ -188,9 +188,9 @@ impl Redirector {
     pub fn new(cgroup: &Path) -> io::Result<Redirector> {
         // Not preallocated: a replaced route is never reused under a reader, and the record
         // map costs memory only for the sessions it holds.
-        let no_prealloc = super::bpf::BPF_F_NO_PREALLOC;
-        let routes = Map::create(super::bpf::BPF_MAP_TYPE_HASH, 8, 8, ROUTES, no_prealloc)?;
-        let redirected = Map::create(super::bpf::BPF_MAP_TYPE_HASH, 8, 16, TRACKED, no_prealloc)?;
+        let no_prealloc = sys::BPF_F_NO_PREALLOC;
+        let routes = Map::create(sys::BPF_MAP_TYPE_HASH, 8, 8, ROUTES, no_prealloc)?;
+        let redirected = Map::create(sys::BPF_MAP_TYPE_HASH, 8, 16, TRACKED, no_prealloc)?;
         let prog = super::bpf::load(
             BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
             BPF_CGROUP_INET4_CONNECT,
@@ -199,7 +199,7 @@ impl Redirector {
         )?;
         let dir = std::fs::File::open(cgroup)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", cgroup.display())))?;
-        let link = super::bpf::link(dir.as_raw_fd(), &prog, BPF_CGROUP_INET4_CONNECT)?;
+        let link = sys::link_create(dir.as_fd(), prog.as_fd(), BPF_CGROUP_INET4_CONNECT)?;
         Ok(Redirector {
             routes,
             redirected,

@@ -6,7 +6,8 @@
 //! The program is eleven instructions, assembled here; the map is keyed by the receiving
 //! socket's cookie and holds the peer socket. Loading it needs `CAP_BPF` and `CAP_NET_ADMIN`
 //! (root) and Linux 5.13 or later (`BPF_SK_SKB_VERDICT`); without them the router says so once
-//! and relays in user space. The `bpf` system calls are in `super::bpf`.
+//! and relays in user space. The program is assembled with `super::bpf`; the system calls,
+//! `bpf(2)` and the socket options read below, are in `super::sys`.
 //!
 //! A spliced socket must not stay in the data threads' epoll: the kernel still signals "data
 //! arrived" for every redirected segment, which would wake a thread per message (the cost
@@ -16,7 +17,6 @@
 //! sending side is shut down: the bytes each socket received must all be in the other's send
 //! queue (`tcpi_bytes_received` against `tcpi_bytes_acked` plus `SIOCOUTQ`), so a server's
 //! last `ErrorResponse` reaches the client.
-#![allow(unsafe_code)]
 
 use std::collections::HashMap;
 use std::io;
@@ -27,12 +27,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::bpf::{insn, Insn, Map};
+use super::bpf::{insn, Insn};
+use super::sys::{self, Map};
 
 // From include/uapi/linux/bpf.h.
 const BPF_PROG_TYPE_SK_SKB: u32 = 14;
@@ -78,7 +78,7 @@ impl Splicer {
     /// Creates the map for `sessions` concurrent sessions and loads and attaches the program.
     pub fn new(sessions: usize) -> io::Result<Splicer> {
         let map = Map::create(
-            super::bpf::BPF_MAP_TYPE_SOCKHASH,
+            sys::BPF_MAP_TYPE_SOCKHASH,
             8,
             4,
             sessions.saturating_mul(2).max(2),
@@ -90,7 +90,7 @@ impl Splicer {
             &program(map.raw_fd()),
             "patrol_splice",
         )?;
-        super::bpf::attach(map.raw_fd(), &prog, BPF_SK_SKB_VERDICT)?;
+        sys::prog_attach(map.as_fd(), prog.as_fd(), BPF_SK_SKB_VERDICT)?;
         let ends = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
         Ok(Splicer {
             map,
@@ -115,7 +115,7 @@ impl Splicer {
     /// [`Joined::run`].
     pub fn join(&self, client: &TcpStream, server: &TcpStream) -> io::Result<Joined<'_>> {
         let (fc, fs) = (client.as_raw_fd(), server.as_raw_fd());
-        let (kc, ks) = (cookie(fc)?, cookie(fs)?);
+        let (kc, ks) = (sys::socket_cookie(client)?, sys::socket_cookie(server)?);
         self.update(kc, fs)?;
         if let Err(e) = self.update(ks, fc) {
             self.delete(kc);
@@ -133,11 +133,7 @@ impl Splicer {
 
     /// Wakes the session of every socket that reached its end. Runs for the router's life.
     pub async fn watch_ends(&self) -> io::Result<()> {
-        // SAFETY: the epoll descriptor is owned by `self`, which outlives this registration.
-        let ready = unsafe {
-            AsyncFd::register_with_interest(self.ends.0.as_fd(), tokio::io::Interest::READABLE)
-        }
-        .map_err(io::Error::from)?;
+        let ready = sys::register_readable(self.ends.0.as_fd())?;
         let mut events = [EpollEvent::empty(); 64];
         loop {
             let mut guard = ready.readable().await?;
@@ -222,8 +218,8 @@ impl Joined<'_> {
             }
         }
         Carried {
-            to_backend: tcp_info(&client).map_or(0, |i| data_received(&i)),
-            to_client: tcp_info(&server).map_or(0, |i| data_received(&i)),
+            to_backend: sys::tcp_info(&client).map_or(0, |i| data_received(&i)),
+            to_client: sys::tcp_info(&server).map_or(0, |i| data_received(&i)),
         }
     }
 }
@@ -245,7 +241,7 @@ pub async fn answered(server: &TcpStream, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     let mut pause = Duration::from_millis(1);
     loop {
-        match tcp_info(server) {
+        match sys::tcp_info(server) {
             Ok(i) if i.tcpi_bytes_received == 0 && i.tcpi_state == ESTABLISHED => {}
             _ => return true,
         }
@@ -276,7 +272,7 @@ fn data_received(i: &libc::tcp_info) -> u64 {
 
 /// Waits until everything `from` received is in `to`'s send queue, or nothing moved for
 /// [`DRAIN`]. Polls at 1 ms, backing off to 50 ms while a slow peer reads.
-async fn drain(from: &impl AsRawFd, to: &impl AsRawFd, to_is_server: bool) {
+async fn drain(from: &impl AsFd, to: &impl AsFd, to_is_server: bool) {
     let mut last = None;
     let mut still_since = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(1);
@@ -298,63 +294,16 @@ async fn drain(from: &impl AsRawFd, to: &impl AsRawFd, to_is_server: bool) {
 /// of it is queued. Before the join the router forwarded exactly what it read, so the counts
 /// match once the kernel caught up. On the side the router connected from, `bytes_acked` also
 /// counts the SYN.
-fn pending(from: &impl AsRawFd, to: &impl AsRawFd, to_is_server: bool) -> Option<(u64, u64)> {
-    let (Ok(f), Ok(t)) = (tcp_info(from), tcp_info(to)) else {
+fn pending(from: &impl AsFd, to: &impl AsFd, to_is_server: bool) -> Option<(u64, u64)> {
+    let (Ok(f), Ok(t)) = (sys::tcp_info(from), sys::tcp_info(to)) else {
         return None;
     };
     if t.tcpi_state != ESTABLISHED && t.tcpi_state != CLOSE_WAIT {
         return None;
     }
-    let queued = outq(to).unwrap_or(0);
+    let queued = sys::outq(to).unwrap_or(0);
     let written = (t.tcpi_bytes_acked + queued).saturating_sub(u64::from(to_is_server));
     (data_received(&f) > written).then_some((t.tcpi_bytes_acked, queued))
-}
-
-/// A socket option whose value is plain old data (`TCP_INFO`, `SO_COOKIE`).
-pub(crate) fn getsockopt<T: Copy>(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-) -> io::Result<T> {
-    // SAFETY: only used with plain-old-data `T` (integers, `tcp_info`), for which all-zero is a
-    // valid value.
-    let mut v: T = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are live locals; the kernel writes at most `len` bytes into `v`.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            level,
-            name,
-            &mut v as *mut T as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(v)
-    }
-}
-
-fn tcp_info(s: &impl AsRawFd) -> io::Result<libc::tcp_info> {
-    getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO)
-}
-
-/// Bytes written to the socket and not yet acknowledged by its peer.
-fn outq(s: &impl AsRawFd) -> io::Result<u64> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int to the live local `n`.
-    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n.max(0) as u64)
-    }
-}
-
-fn cookie(fd: RawFd) -> io::Result<u64> {
-    getsockopt(fd, libc::SOL_SOCKET, libc::SO_COOKIE)
 }
 
 #[cfg(test)]
