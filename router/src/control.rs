@@ -1,6 +1,6 @@
 //! The control side: the etcd view (snapshot + watch, re-read after a lost stream), live probes
-//! of every member's REST API, and the loop that rebuilds the routing table, swaps it, and cuts
-//! the sessions of backends that left their pool.
+//! of every member's REST API, the loop that rebuilds the routing table, swaps it, and cuts
+//! the sessions of backends that left their pool, and the sweeps that cut redirected ones.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use patrol_dcs::Cluster;
 use tokio::sync::watch;
 
+use crate::kernel::redirect;
 use crate::state::Shared;
 use crate::table::{self, Port, Probe, Table};
 
@@ -365,6 +366,67 @@ pub async fn run_control(
             _ = tokio::time::sleep(shared.cfg.probe_interval) => {}
         }
     }
+}
+
+/// Cuts the redirected sessions (`redirect_local`) the table no longer allows (the routes
+/// themselves are rewritten by [`apply`] before each swap): at once on every table change,
+/// again shortly after (for connects that were under way), otherwise every
+/// [`redirect::SWEEP`]. Runs for the router's life.
+pub async fn run_redirect_sweeps(shared: Arc<Shared>) {
+    let mut table_rx = shared.table_tx.subscribe();
+    let mut soon = 0;
+    loop {
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || redirect_sweep(&s)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("redirect_local: {e}"),
+            Err(e) => tracing::error!("redirect_local: the sweep failed: {e}"),
+        }
+        let wait = if soon > 0 {
+            soon -= 1;
+            Duration::from_millis(25)
+        } else {
+            redirect::SWEEP
+        };
+        tokio::select! {
+            r = table_rx.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                soon = 2;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One sweep of the redirected sessions against the current table.
+fn redirect_sweep(shared: &Shared) -> std::io::Result<()> {
+    let Some(local) = shared.local.as_ref() else {
+        return Ok(());
+    };
+    let t = shared.table.load_full();
+    let destroyed = local.sweep(&shared.cfg, &t, &shared.metrics)?;
+    let m = &shared.metrics;
+    for (port, n) in destroyed {
+        m.sessions_killed_total
+            .with_label_values(&[port.as_str()])
+            .inc_by(n as u64);
+        let event_at = *shared
+            .routing_event_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = event_at {
+            m.session_kill_seconds
+                .with_label_values(&[port.as_str()])
+                .observe(at.elapsed().as_secs_f64());
+        }
+        shared.event(format!(
+            "closed {n} redirected {} session(s): their backend left the pool",
+            port.as_str()
+        ));
+    }
+    Ok(())
 }
 
 /// Swaps the table if routing changed, cuts sessions that lost their backend, records events.

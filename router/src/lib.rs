@@ -9,6 +9,7 @@ pub mod haproxy_sync;
 pub mod kernel;
 pub mod metrics;
 pub mod proxy;
+pub mod redirect_local;
 pub mod state;
 pub mod table;
 
@@ -91,7 +92,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(
             "redirect_local: clients on this host are routed at connect time, straight to the backend"
         );
-        tasks.spawn(kernel::redirect::run(shared.clone()));
+        tasks.spawn(control::run_redirect_sweeps(shared.clone()));
     }
     // The listeners were bound by tokio (SO_REUSEADDR, non-blocking); each data thread
     // registers its own clone of them with its event loop.
@@ -125,7 +126,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     if shared.local.is_some() {
         let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || kernel::redirect::cut_all(&s)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(local) = &s.local {
+                local.cut_all();
+            }
+        })
+        .await;
     }
     drop(dcs);
     Ok(())

@@ -168,7 +168,7 @@ pub struct Shared {
     /// Kernel splicing of established sessions (`splice: true` and the program loaded).
     pub splicer: Option<crate::kernel::splice::Splicer>,
     /// Connect-time routing of local clients (`redirect_local: true` and the program linked).
-    pub local: Option<crate::kernel::redirect::Local>,
+    pub local: Option<crate::redirect_local::Local>,
     /// When each rate-limited warning was last logged, by topic.
     warned: Mutex<HashMap<String, Instant>>,
 }
@@ -214,7 +214,7 @@ impl Shared {
             None
         };
         let local = if cfg.redirect_local {
-            match crate::kernel::redirect::Local::new(cfg.redirect_cgroup.as_deref()) {
+            match crate::redirect_local::Local::new(cfg.redirect_cgroup.as_deref()) {
                 Ok(l) => Some(l),
                 Err(e) => {
                     tracing::warn!(

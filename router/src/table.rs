@@ -386,12 +386,10 @@ fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
     }
 }
 
-/// Where local connects to each listener address go (`None`: left to the listener).
-pub type Routes = BTreeMap<SocketAddrV4, Option<SocketAddrV4>>;
-
-/// Where local connects to each listener address go under table `t`: the writer; the read
-/// pool's one member (or the writer, with `read.fallback: leader`); nowhere (left to the
-/// listener) when the port has no backend, only IPv6 ones, or, for the read port, several.
+/// Where local connects to each listener address go under table `t` (`None`: left to the
+/// listener): the writer; the read pool's one member (or the writer, with `read.fallback:
+/// leader`); nowhere when the port has no backend, only IPv6 ones, or, for the read port,
+/// several.
 /// `write` and `read` are the IPv4 addresses clients on this host reach each listener at
 /// (`kernel::redirect::listener_addrs`).
 ///
@@ -407,14 +405,14 @@ pub fn routes_for(
     t: &Table,
     write: &[SocketAddrV4],
     read: &[SocketAddrV4],
-) -> Routes {
+) -> BTreeMap<SocketAddrV4, Option<SocketAddrV4>> {
     let writer = t.writer.as_ref().and_then(|w| v4(w.addr));
     let reader = match t.readers.as_slice() {
         [] if cfg.read_fallback == ReadFallback::Leader => writer,
         [one] => v4(one.addr),
         _ => None,
     };
-    let mut routes = Routes::new();
+    let mut routes = BTreeMap::new();
     for l in write {
         routes.insert(*l, writer);
     }

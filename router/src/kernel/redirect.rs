@@ -10,11 +10,15 @@
 //! router's listener, which holds or refuses it as usual; clients on other hosts always do.
 //!
 //! The router still decides where such sessions may stay. On every table change, and every
-//! [`SWEEP`], it lists the host's TCP sockets (`super::sock_diag`), keeps the ones whose cookie it
-//! recorded, and destroys (`SOCK_DESTROY`, as `ss -K` does: the client's next call fails with
-//! `ECONNABORTED` and the server gets a reset) every one whose backend it would cut: a
+//! [`SWEEP`], it lists the host's TCP sockets (`super::sock_diag`), keeps the ones whose cookie
+//! it recorded, and destroys (`SOCK_DESTROY`, as `ss -K` does: the client's next call fails
+//! with `ECONNABORTED` and the server gets a reset) every one whose backend it would cut: a
 //! write session off the writer, a read session on a replica that died or was demoted. The same
 //! listing gives the stats page its count of these sessions.
+//!
+//! This module is the mechanism: the program, its maps and [`sweep`], which destroys what a
+//! `keep` rule rejects. What is routed and kept comes from the routing table, in
+//! `crate::redirect_local`.
 //!
 //! The program is attached through a BPF link owned by the router process: when the router
 //! ends, however it ends, the kernel detaches it and local clients reach the listeners (or
@@ -29,15 +33,12 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::bpf::{insn, Insn};
-use super::sock_diag::{destroy_works, Diag};
+use super::sock_diag::Diag;
 use super::sys::{self, Map};
-use crate::config::Config;
-use crate::state::Shared;
-use crate::table::{keeps, port_of, routes_for, Port, Routes, Table};
 
 // From include/uapi/linux/bpf.h.
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
@@ -63,10 +64,10 @@ const FORGET_AFTER: Duration = Duration::from_secs(5);
 /// How often the sockets are listed when nothing changes (stats, forgotten cookies).
 pub const SWEEP: Duration = Duration::from_millis(500);
 
-/// The program. Only TCP (not MPTCP or SCTP) connects from the router's own network namespace are looked at (in
-/// another one, a container's, `127.0.0.1` is another host). Route key at r10-8 (ip, port as
-/// the context holds them), cookie at r10-16, the record at r10-32 (backend ip, backend port,
-/// listener ip, listener port).
+/// The program. Only TCP (not MPTCP or SCTP) connects from the router's own network namespace
+/// are looked at (in another one, a container's, `127.0.0.1` is another host). Route key at
+/// r10-8 (ip, port as the context holds them), cookie at r10-16, the record at r10-32 (backend
+/// ip, backend port, listener ip, listener port).
 fn program(routes: RawFd, redirected: RawFd, netns: u64) -> Vec<Insn> {
     let mut p = vec![
         insn(0xbf, 6, 1, 0, 0),                         // r6 = ctx
@@ -165,6 +166,10 @@ pub fn cgroup2_root() -> Option<PathBuf> {
             .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
     })
 }
+
+/// Where local connects to each listener address go (`None`: left to the listener), as
+/// `crate::table::routes_for` decides it.
+pub type Routes = BTreeMap<SocketAddrV4, Option<SocketAddrV4>>;
 
 /// Where one redirected socket went, and through which listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,209 +368,6 @@ pub fn sweep(
         }
     }
     Ok(out)
-}
-
-/// Connect-time routing as the router runs it: the program, a `sock_diag` socket, and what
-/// the last sweep found for the stats page.
-pub struct Local {
-    redirector: Redirector,
-    diag: Mutex<(Diag, HashMap<u64, Instant>)>,
-    /// Live redirected sessions by port and member, from the last sweep.
-    pub tallies: Mutex<BTreeMap<(Port, String), usize>>,
-}
-
-impl Local {
-    /// Loads and links the program for the processes under `cgroup` (default: the cgroup v2
-    /// root) and opens the `sock_diag` socket that cuts sessions: both or neither.
-    pub fn new(cgroup: Option<&Path>) -> io::Result<Local> {
-        let root;
-        let cgroup = match cgroup {
-            Some(c) => c,
-            None => {
-                root = cgroup2_root().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 hierarchy is mounted")
-                })?;
-                &root
-            }
-        };
-        let mut diag = Diag::open()?;
-        destroy_works(&mut diag)?;
-        Ok(Local {
-            redirector: Redirector::new(cgroup)?,
-            diag: Mutex::new((diag, HashMap::new())),
-            tallies: Mutex::new(BTreeMap::new()),
-        })
-    }
-
-    /// Points local connects where table `t` routes (before the table is swapped in, so a
-    /// connect never goes where the router's own listeners would not send it). If the routes
-    /// cannot be written, every route is removed: fail closed.
-    pub fn route(&self, cfg: &Config, t: &Table) -> io::Result<()> {
-        let routes = routes_for(
-            cfg,
-            t,
-            &listener_addrs(cfg.write_listen),
-            &listener_addrs(cfg.read_listen),
-        );
-        let Err(e) = self.redirector.set_routes(&routes) else {
-            return Ok(());
-        };
-        // A route that could not be changed must not keep sending clients to a backend that
-        // lost its pool.
-        let cleared = match self.redirector.clear() {
-            Ok(()) => "local clients reach the listeners until it works".to_string(),
-            Err(c) => format!("clearing them failed too: {c}"),
-        };
-        Err(io::Error::new(
-            e.kind(),
-            format!("updating the routes failed ({e}); {cleared}"),
-        ))
-    }
-
-    /// The live redirected sessions of `member` on `port`, from the last sweep.
-    pub fn sessions(&self, port: Port, member: &str) -> usize {
-        self.tallies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(port, member.to_string()))
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-/// Cuts what the table no longer allows (the routes themselves are rewritten by
-/// `control::apply` before each swap): at once on every table change, again
-/// shortly after (for connects that were under way), otherwise every [`SWEEP`]. Runs for the
-/// router's life.
-pub async fn run(shared: Arc<Shared>) {
-    let mut table_rx = shared.table_tx.subscribe();
-    let mut soon = 0;
-    loop {
-        let s = shared.clone();
-        match tokio::task::spawn_blocking(move || pass(&s)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("redirect_local: {e}"),
-            Err(e) => tracing::error!("redirect_local: the sweep failed: {e}"),
-        }
-        let wait = if soon > 0 {
-            soon -= 1;
-            Duration::from_millis(25)
-        } else {
-            SWEEP
-        };
-        tokio::select! {
-            r = table_rx.changed() => {
-                if r.is_err() {
-                    return;
-                }
-                soon = 2;
-            }
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// Destroys every redirected session (the router is stopping: like relayed sessions, they end
-/// with it, so none is left that no router would cut on the next failover).
-pub fn cut_all(shared: &Shared) {
-    let Some(local) = shared.local.as_ref() else {
-        return;
-    };
-    let _ = local.redirector.clear();
-    let mut g = local.diag.lock().unwrap_or_else(|p| p.into_inner());
-    let (diag, missing) = &mut *g;
-    match sweep(&local.redirector, diag, missing, Instant::now(), |_| false) {
-        Ok(s) if !s.killed.is_empty() => tracing::info!(
-            "redirect_local: closed {} redirected session(s) on the way out",
-            s.killed.len()
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::error!("redirect_local: closing redirected sessions: {e}"),
-    }
-}
-
-/// One sweep against the current table.
-fn pass(shared: &Shared) -> io::Result<()> {
-    let Some(local) = shared.local.as_ref() else {
-        return Ok(());
-    };
-    let t = shared.table.load_full();
-    let mut g = local.diag.lock().unwrap_or_else(|p| p.into_inner());
-    let (diag, missing) = &mut *g;
-    // Where the routes written for a newer table send a session is fine too.
-    let kept = |rec: &Redirected| {
-        keeps(&shared.cfg, &t, rec.listener, rec.backend) || local.redirector.routed(rec)
-    };
-    let swept = match sweep(&local.redirector, diag, missing, Instant::now(), kept) {
-        Ok(s) => s,
-        Err(e) => {
-            // A dump broken off may still be answering: start the next sweep on a new socket.
-            if let Ok(fresh) = Diag::open() {
-                *diag = fresh;
-            }
-            return Err(e);
-        }
-    };
-    drop(g);
-    let Swept {
-        killed,
-        failed,
-        tally,
-    } = swept;
-    if let Some((rec, why)) = failed.first() {
-        tracing::error!(
-            "redirect_local: could not close {} redirected session(s) whose backend left the \
-             pool (e.g. to {}: {why}); retrying",
-            failed.len(),
-            rec.backend
-        );
-    }
-    let name_of = |b: SocketAddrV4| {
-        t.members
-            .iter()
-            .find(|m| m.addr == Some(SocketAddr::V4(b)))
-            .map_or_else(|| b.to_string(), |m| m.name.clone())
-    };
-    let mut by_member: BTreeMap<(Port, String), usize> = BTreeMap::new();
-    for ((listener, backend), n) in tally {
-        let Some(port) = port_of(&shared.cfg, listener) else {
-            continue;
-        };
-        *by_member.entry((port, name_of(backend))).or_default() += n;
-    }
-    let m = &shared.metrics;
-    m.redirected_sessions.reset();
-    for ((port, member), n) in &by_member {
-        m.redirected_sessions
-            .with_label_values(&[port.as_str(), member])
-            .set(*n as i64);
-    }
-    *local.tallies.lock().unwrap_or_else(|p| p.into_inner()) = by_member;
-    for port in [Port::Write, Port::Read] {
-        let n = killed
-            .iter()
-            .filter(|r| port_of(&shared.cfg, r.listener) == Some(port))
-            .count();
-        if n > 0 {
-            m.sessions_killed_total
-                .with_label_values(&[port.as_str()])
-                .inc_by(n as u64);
-            let event_at = *shared
-                .routing_event_at
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(at) = event_at {
-                m.session_kill_seconds
-                    .with_label_values(&[port.as_str()])
-                    .observe(at.elapsed().as_secs_f64());
-            }
-            shared.event(format!(
-                "closed {n} redirected {} session(s): their backend left the pool",
-                port.as_str()
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -299,7 +299,8 @@ mod tests {
         drop(conns);
     }
 
-    /// Root only: this kernel destroys sockets on request (what `Local::new` checks first).
+    /// Root only: this kernel destroys sockets on request (what `redirect_local::Local::new`
+    /// checks first).
     #[test]
     fn this_kernel_destroys_sockets_on_request() {
         if !nix::unistd::geteuid().is_root() {
