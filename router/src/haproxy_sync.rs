@@ -34,7 +34,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -58,7 +58,8 @@ const RECHECK: Duration = Duration::from_secs(2);
 /// How long a reload may take before it counts as failed.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What `patrol-router --haproxy-*` asked for.
+/// What `patrol-router --haproxy-*` asked for (`main` passes it to [`crate::run`], which runs
+/// the sync with it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Runtime API socket (`stats socket ... level admin`).
@@ -86,20 +87,6 @@ impl Settings {
             remove_after: REMOVE_AFTER,
         }
     }
-}
-
-static CONFIGURED: OnceLock<Settings> = OnceLock::new();
-
-/// Enables the HAProxy sync for [`crate::run`] (called once by `main` before it runs).
-pub fn configure(s: Settings) -> anyhow::Result<()> {
-    CONFIGURED
-        .set(s)
-        .map_err(|_| anyhow::anyhow!("the HAProxy sync is configured already"))
-}
-
-/// The settings given to [`configure`], if any.
-pub fn configured() -> Option<Settings> {
-    CONFIGURED.get().cloned()
 }
 
 /// What the `replicas` listen should do with one server.

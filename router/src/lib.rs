@@ -24,8 +24,8 @@ use state::Shared;
 use table::Port;
 
 /// Binds every listener first (so a bad address fails before anything runs), then serves until
-/// SIGTERM/SIGINT.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// SIGTERM/SIGINT. With `haproxy`, also keeps that HAProxy in step with the routing table.
+pub async fn run(cfg: Config, haproxy: Option<haproxy_sync::Settings>) -> anyhow::Result<()> {
     let write = TcpListener::bind(cfg.write_listen)
         .await
         .with_context(|| format!("cannot listen on listen.write {}", cfg.write_listen))?;
@@ -73,7 +73,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         dcs.clone(),
         heartbeat_tx,
     ));
-    if let Some(h) = haproxy_sync::configured() {
+    if let Some(h) = haproxy {
         tasks.spawn(haproxy_sync::run(h, shared.clone(), cluster_rx.clone()));
     }
     tasks.spawn(control::run_probes(shared.clone(), cluster_rx));

@@ -277,19 +277,13 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    if let Some(socket) = a.haproxy_socket {
-        let s = haproxy_sync::Settings {
-            config: a.haproxy_config,
-            master_socket: a.haproxy_master_socket,
-            pid_file: a.haproxy_pid_file,
-            haproxy_bin: a.haproxy_bin,
-            ..haproxy_sync::Settings::new(socket)
-        };
-        if let Err(e) = haproxy_sync::configure(s) {
-            eprintln!("patrol-router: {e:#}");
-            return ExitCode::from(1);
-        }
-    }
+    let haproxy = a.haproxy_socket.map(|socket| haproxy_sync::Settings {
+        config: a.haproxy_config,
+        master_socket: a.haproxy_master_socket,
+        pid_file: a.haproxy_pid_file,
+        haproxy_bin: a.haproxy_bin,
+        ..haproxy_sync::Settings::new(socket)
+    });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,reqwest=warn")
     });
@@ -303,7 +297,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(c) => return c,
     };
-    match rt.block_on(patrol_router::run(cfg)) {
+    match rt.block_on(patrol_router::run(cfg, haproxy)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("patrol-router: {e:#}");
