@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod cancel;
 pub mod config;
 pub mod control;
 pub mod haproxy_sync;
