@@ -1,0 +1,431 @@
+//! Tests of the routing decision ([`super::build`]) and of the rules read from a table.
+
+use super::*;
+use crate::config::{Config, Overrides};
+use patrol_dcs::Kv;
+
+/// [`super::build`] for members whose `conn_url`s are addresses (no host names to resolve).
+fn build(
+    cfg: &Config,
+    cluster: Option<&Cluster>,
+    dcs_healthy: bool,
+    probes: &BTreeMap<String, Probe>,
+    prev: &Table,
+    now: Instant,
+) -> Table {
+    super::build(
+        cfg,
+        cluster,
+        dcs_healthy,
+        probes,
+        &Resolved::new(),
+        prev,
+        now,
+    )
+}
+
+fn cfg() -> Config {
+    let o = Overrides {
+        scope: Some("c".into()),
+        ..Overrides::default()
+    };
+    let mut c = Config::load(None, &o).expect("valid");
+    c.hold_down = Duration::from_secs(30);
+    c
+}
+
+fn cluster(leader: Option<&str>, roles: &[(&str, &str)]) -> Cluster {
+    let mut kvs = vec![];
+    if let Some(l) = leader {
+        kvs.push(Kv {
+            key: "leader".into(),
+            value: l.into(),
+            mod_revision: 1,
+            lease: 1,
+        });
+    }
+    for (i, (n, r)) in roles.iter().enumerate() {
+        kvs.push(Kv {
+            key: format!("members/{n}"),
+            value: format!(
+                r#"{{"conn_url":"postgres://127.0.0.1:{}/postgres","api_url":"http://127.0.0.1:{}/patroni","state":"running","role":"{r}","version":"4.1.4"}}"#,
+                5432 + i,
+                8008 + i
+            ),
+            mod_revision: 1,
+            lease: 1,
+        });
+    }
+    Cluster::from_kvs(1, &kvs)
+}
+
+fn probe(now: Instant, primary: bool, wal: u64, replayed: u64) -> Probe {
+    Probe {
+        at: now,
+        reachable: true,
+        primary,
+        running: true,
+        wal_position: wal,
+        replayed,
+        streaming: !primary,
+        timeline: 1,
+        replay_delay_seconds: 0.0,
+        failures: 0,
+        refused: false,
+    }
+}
+
+#[test]
+fn writer_is_the_confirmed_leader_readers_are_streaming_replicas() {
+    let now = Instant::now();
+    let c = cluster(
+        Some("a"),
+        &[("a", "primary"), ("b", "replica"), ("c", "replica")],
+    );
+    let mut p = BTreeMap::new();
+    p.insert("a".into(), probe(now, true, 1000, 0));
+    p.insert("b".into(), probe(now, false, 1000, 1000));
+    p.insert("c".into(), probe(now, false, 1000, 900));
+    let t = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+    assert_eq!(t.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
+    let r: Vec<_> = t.readers.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(r, ["b", "c"]);
+}
+
+#[test]
+fn backend_port_replaces_the_conn_url_port_on_the_same_host() {
+    let now = Instant::now();
+    let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+    let mut p = BTreeMap::new();
+    p.insert("a".into(), probe(now, true, 1000, 0));
+    p.insert("b".into(), probe(now, false, 1000, 1000));
+    let direct = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+    let mut pooled_cfg = cfg();
+    pooled_cfg.backend_port = Some(6432);
+    let pooled = build(&pooled_cfg, Some(&c), true, &p, &Table::default(), now);
+    let (d, w) = (
+        direct.writer.expect("writer"),
+        pooled.writer.expect("writer"),
+    );
+    assert_eq!(w.addr.ip(), d.addr.ip());
+    assert_ne!(d.addr.port(), 6432);
+    assert_eq!(w.addr.port(), 6432);
+    assert_eq!(pooled.readers[0].addr.port(), 6432);
+}
+
+#[test]
+fn host_names_route_once_resolved() {
+    let now = Instant::now();
+    let mut c = cluster(Some("a"), &[("a", "primary")]);
+    c.members[0].data.conn_url = "postgres://db-a.internal:5433/postgres".into();
+    let mut p = BTreeMap::new();
+    p.insert("a".into(), probe(now, true, 1000, 0));
+    let unresolved = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+    assert!(unresolved.writer.is_none());
+    let mut r = Resolved::new();
+    r.insert("db-a.internal".into(), "10.1.2.3".parse().expect("ip"));
+    let t = super::build(&cfg(), Some(&c), true, &p, &r, &Table::default(), now);
+    let w = t.writer.expect("writer");
+    assert_eq!(w.addr, "10.1.2.3:5433".parse().expect("addr"));
+}
+
+#[test]
+fn a_promoting_leader_is_not_a_writer_yet() {
+    let now = Instant::now();
+    let c = cluster(Some("b"), &[("a", "replica"), ("b", "replica")]);
+    let mut p = BTreeMap::new();
+    p.insert("b".into(), probe(now, false, 1000, 1000));
+    let t = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+    assert!(t.writer.is_none());
+    assert!(
+        t.writer_reason.contains("not confirmed"),
+        "{}",
+        t.writer_reason
+    );
+}
+
+#[test]
+fn lock_holder_without_probe_is_confirmed_by_its_member_key() {
+    let now = Instant::now();
+    let c = cluster(Some("a"), &[("a", "primary")]);
+    let t = build(
+        &cfg(),
+        Some(&c),
+        true,
+        &BTreeMap::new(),
+        &Table::default(),
+        now,
+    );
+    assert_eq!(t.writer.map(|w| w.name), Some("a".into()));
+}
+
+#[test]
+fn dcs_outage_keeps_the_writer_only_while_it_confirms_primary() {
+    let now = Instant::now();
+    let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+    let mut p = BTreeMap::new();
+    p.insert("a".into(), probe(now, true, 1000, 0));
+    let t1 = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+    let t2 = build(&cfg(), Some(&c), false, &p, &t1, now);
+    assert_eq!(t2.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
+    // The agent demoted it (lost its lease): no writer.
+    p.insert("a".into(), probe(now, false, 1000, 1000));
+    let t3 = build(&cfg(), Some(&c), false, &p, &t2, now);
+    assert!(t3.writer.is_none());
+}
+
+#[test]
+fn lag_hysteresis_and_hold_down() {
+    let cfg = cfg();
+    let t0 = Instant::now();
+    let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+    let mut p = BTreeMap::new();
+    let lim = cfg.max_lag_bytes;
+    let at = |t: Instant, lag: u64, p: &mut BTreeMap<String, Probe>| {
+        p.insert("a".into(), probe(t, true, 10 * lim, 0));
+        p.insert("b".into(), probe(t, false, 10 * lim, 10 * lim - lag));
+    };
+    at(t0, 0, &mut p);
+    let t = build(&cfg, Some(&c), true, &p, &Table::default(), t0);
+    assert_eq!(t.readers.len(), 1);
+    // Just over the limit: out at once.
+    let t1 = t0 + Duration::from_secs(1);
+    at(t1, lim + 1, &mut p);
+    let t = build(&cfg, Some(&c), true, &p, &t, t1);
+    assert!(t.readers.is_empty());
+    // Back under the limit but above the enter threshold: stays out.
+    let t2 = t1 + Duration::from_secs(5);
+    at(t2, lim - 1, &mut p);
+    let t = build(&cfg, Some(&c), true, &p, &t, t2);
+    assert!(t.readers.is_empty(), "{:?}", t.members);
+    // Under the enter threshold but within the hold-down: out.
+    let t3 = t1 + Duration::from_secs(10);
+    at(t3, 0, &mut p);
+    let t = build(&cfg, Some(&c), true, &p, &t, t3);
+    assert!(t.readers.is_empty());
+    assert!(t.members[1].reason.contains("hold-down"));
+    // After the hold-down: in.
+    let t4 = t1 + Duration::from_secs(31);
+    at(t4, 0, &mut p);
+    let t = build(&cfg, Some(&c), true, &p, &t, t4);
+    assert_eq!(t.readers.len(), 1);
+}
+
+#[test]
+fn oscillating_lag_changes_membership_at_most_twice_per_hold_down() {
+    let cfg = cfg();
+    let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+    let lim = cfg.max_lag_bytes;
+    let start = Instant::now();
+    let mut t = Table::default();
+    let mut transitions = 0;
+    let mut was = None;
+    // 30 minutes of lag oscillating around the limit with a 10 s period, sampled every 500 ms.
+    for i in 0..3600u64 {
+        let now = start + Duration::from_millis(500 * i);
+        let phase = (i % 20) as f64 / 20.0 * std::f64::consts::TAU;
+        let lag = (lim as f64 * (1.0 + 0.3 * phase.sin())) as u64;
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, true, 10 * lim, 0));
+        p.insert("b".into(), probe(now, false, 10 * lim, 10 * lim - lag));
+        t = build(&cfg, Some(&c), true, &p, &t, now);
+        let inn = !t.readers.is_empty();
+        if was.is_some_and(|w| w != inn) {
+            transitions += 1;
+        }
+        was = Some(inn);
+    }
+    // Patroni + HAProxy flapped 300 times in 22 minutes (patroni#3491). Target T8: at most
+    // one transition per 30 s hold-down window on average.
+    assert!(transitions <= 30 * 60 / 30, "{transitions} transitions");
+    assert!(
+        transitions >= 2,
+        "it must still leave the pool: {transitions}"
+    );
+}
+
+#[test]
+fn replay_delay_over_max_lag_seconds_is_out() {
+    let now = Instant::now();
+    let mut cfg = cfg();
+    cfg.max_lag_seconds = Some(5.0);
+    let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+    let mut p = BTreeMap::new();
+    p.insert("a".into(), probe(now, true, 100, 0));
+    let mut b = probe(now, false, 100, 100);
+    b.replay_delay_seconds = 10.0;
+    p.insert("b".into(), b);
+    let t = build(&cfg, Some(&c), true, &p, &Table::default(), now);
+    assert!(t.readers.is_empty());
+    assert!(t.members[1].reason.contains("10.0 s"), "{:?}", t.members[1]);
+}
+
+#[test]
+fn down_or_not_streaming_replicas_are_out() {
+    let now = Instant::now();
+    let c = cluster(
+        Some("a"),
+        &[("a", "primary"), ("b", "replica"), ("c", "replica")],
+    );
+    let mut p = BTreeMap::new();
+    p.insert("a".into(), probe(now, true, 100, 0));
+    let mut b = probe(now, false, 100, 100);
+    b.reachable = false;
+    p.insert("b".into(), b);
+    let mut cc = probe(now, false, 100, 100);
+    cc.streaming = false;
+    p.insert("c".into(), cc);
+    let t = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+    assert!(t.readers.is_empty());
+    assert!(t.members[1].reason.contains("down"));
+    assert!(t.members[2].reason.contains("not streaming"));
+}
+
+mod probe_tolerance {
+    use super::*;
+
+    #[test]
+    fn unanswered_probes_keep_the_lock_holder_an_answer_or_the_key_decides() {
+        let now = Instant::now();
+        let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+        let mut p = BTreeMap::new();
+        p.insert("a".to_string(), probe(now, true, 100, 0));
+        p.insert("b".to_string(), probe(now, false, 100, 100));
+        let t1 = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+        assert!(t1.writer.is_some());
+        assert!(t1.members[1].alive_replica);
+        // A saturated host: its API stops answering for a while, the key stays held.
+        let mut miss = probe(now, false, 0, 0);
+        miss.reachable = false;
+        miss.failures = 5;
+        p.insert("a".to_string(), miss.clone());
+        p.insert("b".to_string(), miss.clone());
+        let t2 = build(&cfg(), Some(&c), true, &p, &t1, now);
+        assert_eq!(t2.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
+        assert!(
+            t2.readers.is_empty(),
+            "an unanswering replica takes no new sessions"
+        );
+        assert!(t2.members[1].alive_replica, "but keeps the ones it has");
+        // The agent's port refuses (its process is gone): once is tolerated, twice removes it
+        // and cuts the replica's sessions too.
+        let mut refused = miss.clone();
+        refused.refused = true;
+        refused.failures = 1;
+        p.insert("a".to_string(), refused.clone());
+        p.insert("b".to_string(), refused.clone());
+        let r1 = build(&cfg(), Some(&c), true, &p, &t2, now);
+        assert!(r1.writer.is_some() && r1.members[1].alive_replica);
+        refused.failures = 2;
+        p.insert("a".to_string(), refused.clone());
+        p.insert("b".to_string(), refused);
+        let r2 = build(&cfg(), Some(&c), true, &p, &r1, now);
+        assert!(r2.writer.is_none() && !r2.members[1].alive_replica);
+        p.insert("a".to_string(), miss.clone());
+        p.insert("b".to_string(), miss.clone());
+        // The key moves (expired, taken by b): a is not the writer any more.
+        let moved = cluster(Some("b"), &[("a", "primary"), ("b", "replica")]);
+        let t3 = build(&cfg(), Some(&moved), true, &p, &t2, now);
+        assert!(t3.writer.is_none());
+        // An answer saying "not primary" removes it at once.
+        p.insert("a".to_string(), probe(now, false, 0, 100));
+        let t4 = build(&cfg(), Some(&c), true, &p, &t2, now);
+        assert!(t4.writer.is_none());
+        // Without etcd there is no lease to rely on: only a fresh "primary" answer keeps it.
+        p.insert("a".to_string(), miss);
+        let t5 = build(&cfg(), Some(&c), false, &p, &t2, now);
+        assert!(t5.writer.is_none());
+    }
+}
+
+mod session_rules {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn table() -> (Config, Table) {
+        let mut cfg = cfg();
+        cfg.write_listen = "127.0.0.1:5000".parse().expect("addr");
+        cfg.read_listen = "127.0.0.1:5001".parse().expect("addr");
+        let b = |name: &str, port: u16| Backend {
+            name: name.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let view = |name: &str, port: u16, write: bool, read: bool, alive: bool| MemberView {
+            name: name.into(),
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            in_write_pool: write,
+            in_read_pool: read,
+            alive_replica: alive,
+            ..Default::default()
+        };
+        let t = Table {
+            writer: Some(b("a", 5432)),
+            readers: vec![b("b", 5433)],
+            members: vec![
+                view("a", 5432, true, false, false),
+                view("b", 5433, false, true, true),
+                // Out of the read pool for lag, still a live replica.
+                view("c", 5434, false, false, true),
+                // Dead.
+                view("d", 5435, false, false, false),
+            ],
+            ..Default::default()
+        };
+        (cfg, t)
+    }
+
+    fn at(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+    }
+
+    #[test]
+    fn routes_follow_the_table() {
+        let (mut cfg, mut t) = table();
+        let routes = |cfg: &Config, t: &Table| routes_for(cfg, t, &[at(5000)], &[at(5001)]);
+        let r = routes(&cfg, &t);
+        assert_eq!(r[&at(5000)], Some(at(5432)));
+        assert_eq!(r[&at(5001)], Some(at(5433)));
+        // Two replicas: a cancel could reach the wrong one, so the listener keeps the port.
+        t.readers.push(Backend {
+            name: "c".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 5434)),
+        });
+        assert_eq!(routes(&cfg, &t)[&at(5001)], None);
+        // No replica qualifies: no route (the listener refuses), or the writer with fallback.
+        t.readers.clear();
+        assert_eq!(routes(&cfg, &t)[&at(5001)], None);
+        cfg.read_fallback = ReadFallback::Leader;
+        assert_eq!(routes(&cfg, &t)[&at(5001)], Some(at(5432)));
+        // No writer: no route, so connects reach the listener and are held.
+        t.writer = None;
+        assert_eq!(routes(&cfg, &t)[&at(5000)], None);
+        // An IPv6 listener has no IPv4 address to redirect.
+        assert_eq!(routes_for(&cfg, &t, &[at(5000)], &[]).len(), 1);
+        // An IPv6 writer gets no route.
+        t.writer = Some(Backend {
+            name: "a".into(),
+            addr: "[::1]:5432".parse().expect("addr"),
+        });
+        assert_eq!(routes(&cfg, &t)[&at(5000)], None);
+    }
+
+    #[test]
+    fn redirected_sessions_are_kept_by_the_relayed_sessions_rule() {
+        let (mut cfg, t) = table();
+        let kept =
+            |cfg: &Config, listener: u16, backend: u16| keeps(cfg, &t, at(listener), at(backend));
+        assert!(kept(&cfg, 5000, 5432), "writer");
+        assert!(!kept(&cfg, 5000, 5433), "write session off the writer");
+        assert!(kept(&cfg, 5001, 5433), "reader in the pool");
+        assert!(kept(&cfg, 5001, 5434), "left for lag, kept by default");
+        assert!(!kept(&cfg, 5001, 5435), "dead replica");
+        assert!(kept(&cfg, 5001, 5432), "read fallback on the writer");
+        assert!(!kept(&cfg, 5999, 5432), "not one of our listeners");
+        cfg.keep_sessions_on_lag = false;
+        assert!(!kept(&cfg, 5001, 5434), "left for lag, cut when configured");
+        // A wildcard listener owns its port on every address.
+        cfg.write_listen = "0.0.0.0:5000".parse().expect("addr");
+        let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 5000);
+        assert!(keeps(&cfg, &t, other, at(5432)));
+    }
+}
