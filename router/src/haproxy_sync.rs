@@ -45,8 +45,9 @@ use patrol_haproxy::{
 };
 use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::state::Shared;
-use crate::table::Table;
+use crate::table::{keeps_read, Table};
 
 /// How long a member gone from etcd keeps its server line before the file is rewritten.
 pub const REMOVE_AFTER: Duration = Duration::from_secs(30);
@@ -111,7 +112,9 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn from_table(t: &Table, keep_on_lag: bool) -> Desired {
+    /// The read pool is up; members out of it that keep their read sessions on the router's
+    /// own read port ([`keeps_read`]) drain; the rest are down.
+    pub fn from_table(t: &Table, cfg: &Config) -> Desired {
         Desired {
             writer: t.writer.as_ref().map(|w| server_name(&w.name)),
             read: t
@@ -120,7 +123,7 @@ impl Desired {
                 .map(|v| {
                     let st = if v.in_read_pool {
                         ReadState::Up
-                    } else if v.in_write_pool || (keep_on_lag && v.alive_replica) {
+                    } else if keeps_read(cfg, v) {
                         ReadState::Drain
                     } else {
                         ReadState::Down
@@ -237,7 +240,7 @@ impl Sync {
             self.checked_at = Instant::now();
         }
         let known = self.known.clone().unwrap_or_default();
-        let want = Desired::from_table(table, self.shared.cfg.keep_sessions_on_lag);
+        let want = Desired::from_table(table, &self.shared.cfg);
         if self.applied.as_ref() == Some(&want) {
             return Ok(());
         }
