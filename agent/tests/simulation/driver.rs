@@ -19,6 +19,8 @@ use crate::world::{lock, Agent, Node, Shared, SimPg, Stats, World};
 
 /// Quiet time after the faults stop within which the cluster must converge.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(120);
+/// After the faults stop: the ttl of the simulated cluster.
+const SETTLE: Duration = Duration::from_secs(10);
 /// How long a converged cluster must stay converged.
 const STAYS_CONVERGED: Duration = Duration::from_secs(10);
 
@@ -264,6 +266,9 @@ impl Sim {
             lock(&self.w).nodes[i].partitioned = false;
         }
         lock(&self.w).log("faults stopped".into());
+        // What the last faults set going (a call failing after retry_timeout, a lease ending)
+        // plays out within a ttl; convergence is judged from then on.
+        tokio::time::sleep(SETTLE).await;
     }
 
     pub fn failed(&self) -> bool {
