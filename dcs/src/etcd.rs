@@ -19,6 +19,7 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::{timeout, Instant};
 
 use crate::model::{keys, Cluster, Kv, Status, Timing};
+use crate::tls::EtcdTls;
 
 /// Errors callers branch on.
 #[derive(Debug, thiserror::Error)]
@@ -67,17 +68,6 @@ pub struct EtcdSettings {
     pub prefix: String,
     /// This member's name (the leader key's value when we hold it).
     pub member_name: String,
-}
-
-/// PEM files for TLS to etcd, as Patroni's `etcd3.cacert`, `cert` and `key`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EtcdTls {
-    /// The CA that signed etcd's certificate (default: the system's roots are not used, so
-    /// give it whenever etcd's certificate is not from a public CA).
-    pub cacert: Option<std::path::PathBuf>,
-    /// Client certificate and key, for etcd's `--client-cert-auth`.
-    pub cert: Option<std::path::PathBuf>,
-    pub key: Option<std::path::PathBuf>,
 }
 
 impl EtcdTls {

@@ -1,6 +1,7 @@
 //! The cluster model (Patroni-compatible keys and JSON, pure) and the DCS client: the `Dcs`
 //! trait and its etcd v3 implementation. Without the `etcd` feature only the pure model is
-//! built (what the HA core depends on).
+//! built (what the HA core and the configuration reader depend on); `EtcdTls`, plain paths
+//! the configuration fills in, is part of it.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "etcd")]
@@ -9,10 +10,12 @@ pub mod client;
 pub mod etcd;
 pub mod model;
 pub mod status;
+mod tls;
 
 #[cfg(feature = "etcd")]
 pub use client::Dcs;
 #[cfg(feature = "etcd")]
-pub use etcd::{DcsError, EtcdDcs, EtcdSettings, EtcdTls, LeaseInfo};
+pub use etcd::{DcsError, EtcdDcs, EtcdSettings, LeaseInfo};
 pub use model::*;
 pub use status::NodeStatus;
+pub use tls::EtcdTls;
