@@ -1,6 +1,7 @@
-//! The agent's local configuration: a Patroni YAML file (or a directory of them, or
+//! The Patroni configuration reader: a Patroni YAML file (or a directory of them, or
 //! `PATRONI_CONFIGURATION`), with the `PATRONI_*` environment overrides merged on top, checked
-//! and turned into a typed [`Config`].
+//! and turned into the agent's typed [`Config`], or read loosely into the [`CtlTarget`] that
+//! `patrolctl` and the router need.
 //!
 //! Flow: YAML -> `serde_json::Value` (YAML types and key order kept) -> Patroni's merge of
 //! directory files and environment (`source`, `env`) -> a validating walk (`parse`) that names the
@@ -8,7 +9,9 @@
 //!
 //! Dangerous: the document holds passwords. [`Config`]'s `Debug` masks them; print
 //! [`Config::redacted_raw`], never `raw`.
+#![forbid(unsafe_code)]
 
+pub mod compatibility_doc;
 mod env;
 mod error;
 mod parse;

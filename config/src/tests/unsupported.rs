@@ -1,0 +1,152 @@
+//! Keys Patrol does not implement yet: warned about, or refused (`unsupported.rs`).
+
+use super::*;
+
+#[test]
+fn unimplemented_local_keys_are_named_in_warnings() {
+    let yaml = format!(
+        "{MINIMAL}  callbacks:\n    on_role_change: /bin/cb.sh\n  before_stop: /bin/drain.sh\n  create_replica_methods: [pgbackrest, basebackup]\n  pgbackrest:\n    command: /bin/restore\nlog:\n  level: INFO\n  format: '%(message)s'\ntags:\n  replicatefrom: m2\n"
+    );
+    let loaded = load_ok(&yaml, &[]);
+    for key in [
+        "postgresql.callbacks.on_role_change: not implemented by Patrol yet, ignored: callback scripts are not run",
+        "postgresql.before_stop: not implemented",
+        "postgresql.create_replica_methods: not implemented by Patrol yet, ignored: replicas are created with pg_basebackup only",
+        "log.format: not implemented",
+        "tags.replicatefrom: not implemented",
+    ] {
+        assert_warning(&loaded, key);
+    }
+    assert!(
+        !has_warning(&loaded, "unknown configuration key"),
+        "{:#?}",
+        loaded.warnings
+    );
+    assert!(loaded.refusals.is_empty());
+    assert!(!loaded.config.allow_unsupported);
+}
+
+#[test]
+fn unimplemented_keys_from_the_environment_say_so() {
+    let loaded = load_ok(
+        MINIMAL,
+        &[
+            ("PATRONI_LOG_DIR", "/var/log/patroni"),
+            ("PATRONI_LOG_FILE_NUM", "10"),
+            ("PATRONI_RESTAPI_REQUEST_QUEUE_SIZE", "10"),
+        ],
+    );
+    assert_warning(
+        &loaded,
+        "log.dir (from the environment): not implemented by Patrol yet, ignored",
+    );
+    assert_warning(
+        &loaded,
+        "log.file_num (from the environment): not implemented",
+    );
+    // Implemented (the REST API's listen backlog): no warning.
+    assert!(
+        !has_warning(&loaded, "request_queue_size"),
+        "{:#?}",
+        loaded.warnings
+    );
+    assert_eq!(loaded.config.restapi.request_queue_size, 10);
+
+    // A file key overridden from the environment is from the environment too; one only in
+    // the file is not.
+    let loaded = load_ok(
+        &format!("{MINIMAL}log:\n  dir: /a\n  file_num: 3\n"),
+        &[("PATRONI_LOG_DIR", "/b")],
+    );
+    assert_warning(&loaded, "log.dir (from the environment)");
+    assert_warning(&loaded, "log.file_num: not implemented");
+
+    let vars = [
+        ("PATRONI_NAME", "n1"),
+        ("PATRONI_SCOPE", "demo"),
+        ("PATRONI_RESTAPI_LISTEN", "127.0.0.1:8008"),
+        ("PATRONI_ETCD3_HOSTS", "127.0.0.1:2379"),
+        ("PATRONI_POSTGRESQL_LISTEN", "127.0.0.1:5432"),
+        ("PATRONI_POSTGRESQL_DATA_DIR", "/pg"),
+        ("PATRONI_SUPERUSER_USERNAME", "postgres"),
+        ("PATRONI_REPLICATION_USERNAME", "replicator"),
+        ("PATRONI_LOG_FORMAT", "%(asctime)s %(message)s"),
+    ];
+    let loaded = load(ConfigSource::EnvOnly, &env(&vars)).expect("env-only config loads");
+    assert_warning(
+        &loaded,
+        "log.format (from the environment): not implemented",
+    );
+}
+
+#[test]
+fn keys_asking_for_guarantees_are_refused_unless_allowed() {
+    let yaml = format!(
+        "{MINIMAL}  pre_promote: /bin/fence.sh\nwatchdog:\n  mode: required\nbootstrap:\n  dcs:\n    synchronous_mode: on\n    synchronous_mode_strict: true\n    standby_cluster:\n      host: 10.0.0.1\n      port: 5432\n"
+    );
+    let loaded = load_ok(&yaml, &[]);
+    let keys: Vec<&str> = loaded
+        .refusals
+        .iter()
+        .map(|r| r.split(" = ").next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            "watchdog.mode",
+            "postgresql.pre_promote",
+            "bootstrap.dcs.synchronous_mode",
+            "bootstrap.dcs.synchronous_mode_strict",
+            "bootstrap.dcs.standby_cluster",
+        ],
+        "{:#?}",
+        loaded.refusals
+    );
+    for r in &loaded.refusals {
+        assert!(
+            r.contains("so it refuses to start (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 starts it anyway"),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        loaded.refusals[2],
+        "bootstrap.dcs.synchronous_mode = on: synchronous replication is not implemented: commits would be acknowledged before any replica has them, and a failover could lose them; Patrol does not give this guarantee yet, so it refuses to start (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 starts it anyway; see docs/patroni-compatibility.md)"
+    );
+    // What a reload sees: an error naming every key.
+    let err = loaded.clone().usable().expect_err("refused");
+    assert!(matches!(err, ConfigError::Unsupported { .. }));
+    assert!(
+        err.to_string().contains("watchdog.mode = required: ")
+            && err.to_string().contains("bootstrap.dcs.standby_cluster = ")
+    );
+
+    // The override: the same keys become warnings, and the config says so.
+    for yes in ["1", "true", "on", "yes"] {
+        let allowed = load_ok(&yaml, &[("PATROL_ALLOW_UNSUPPORTED", yes)]);
+        assert!(allowed.refusals.is_empty(), "{yes}");
+        assert!(allowed.config.allow_unsupported);
+        assert_warning(
+            &allowed,
+            "watchdog.mode = required: Patrol has no watchdog support",
+        );
+        assert_warning(
+            &allowed,
+            "runs without it (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 is set)",
+        );
+        assert!(allowed.usable().is_ok());
+    }
+    for no in ["0", "false", "", "maybe"] {
+        let refused = load_ok(&yaml, &[("PATROL_ALLOW_UNSUPPORTED", no)]);
+        assert_eq!(refused.refusals.len(), 5, "{no}");
+        assert!(!refused.config.allow_unsupported);
+    }
+    // Off values ask for nothing.
+    let off = load_ok(
+        &format!("{MINIMAL}watchdog:\n  mode: off\nbootstrap:\n  dcs:\n    synchronous_mode: off\n    synchronous_mode_strict: false\n"),
+        &[],
+    );
+    assert!(
+        off.refusals.is_empty() && off.warnings.is_empty(),
+        "{off:#?}"
+    );
+}
