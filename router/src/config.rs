@@ -207,12 +207,9 @@ fn endpoint(h: &str, tls: bool) -> String {
 
 /// Reads etcd (endpoints with `protocol`, credentials, TLS files), namespace and scope from an
 /// agent (Patroni) configuration, as `patrolctl` does (the file only: no `PATRONI_*` overrides).
-fn from_agent_config(path: &Path) -> anyhow::Result<patrol_agent::config::CtlTarget> {
-    patrol_agent::config::load_ctl(
-        patrol_agent::config::ConfigSource::File(path),
-        &Default::default(),
-    )
-    .map_err(|e| invalid("agent_config", format!("{}: {e}", path.display())))
+fn from_agent_config(path: &Path) -> anyhow::Result<patrol_config::CtlTarget> {
+    patrol_config::load_ctl(patrol_config::ConfigSource::File(path), &Default::default())
+        .map_err(|e| invalid("agent_config", format!("{}: {e}", path.display())))
 }
 
 impl Config {
