@@ -19,3 +19,7 @@ pub use etcd::{DcsError, EtcdDcs, EtcdSettings, LeaseInfo};
 pub use model::*;
 pub use status::NodeStatus;
 pub use tls::EtcdTls;
+
+/// The Patroni version Patrol speaks as: in member keys, in REST API answers, and in
+/// `patrolctl`'s User-Agent.
+pub const PATRONI_VERSION: &str = "4.1.4";
