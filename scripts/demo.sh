@@ -56,7 +56,7 @@ command -v cargo >/dev/null || { echo "install Rust first: https://rustup.rs"; e
 # 2. Build (unless prebuilt binaries are given).
 bindir="${PATROL_BIN_DIR:-}"
 if [ -z "$bindir" ]; then
-  cargo build --release --bins -p patrol-agent -p patrol-router
+  cargo build --release --bins -p patrol-agent -p patrol-ctl -p patrol-router
   bindir=target/release
 fi
 

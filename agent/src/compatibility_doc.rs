@@ -1,10 +1,11 @@
 //! Keeps the REST API table of `docs/patroni-compatibility.md` true against the routes the agent
-//! serves (`api::all_routes`), and its commands table against `patrolctl`'s (`ctl::COMMANDS`),
-//! both ways. The configuration tables are checked in `patrol_config::compatibility_doc`.
+//! serves (`api::all_routes`), both ways. The document's other tables are checked where their
+//! code lives: `patrol_config::compatibility_doc` (configuration keys), `patrol-ctl`'s `cli`
+//! (commands).
 
 use std::collections::BTreeSet;
 
-use patrol_config::compatibility_doc::{rows, COMMANDS, REST};
+use patrol_config::compatibility_doc::{rows, REST};
 
 const METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
 
@@ -49,29 +50,6 @@ fn every_route_is_documented_and_every_documented_endpoint_is_served() {
         assert!(
             documented.contains(&(m.clone(), p.clone())),
             "{m} {p} is served but not in the doc's REST API table"
-        );
-    }
-}
-
-#[test]
-fn every_patrolctl_command_is_documented() {
-    let mut documented = BTreeSet::new();
-    for row in rows(COMMANDS) {
-        for command in &row.keys {
-            if matches!(row.state.as_str(), "yes" | "differs" | "extra") {
-                assert!(
-                    crate::ctl::COMMANDS.contains(&command.as_str()),
-                    "line {}: the doc lists `{command}` as a patrolctl command, but patrolctl has none by that name",
-                    row.line
-                );
-            }
-            documented.insert(command.clone());
-        }
-    }
-    for command in crate::ctl::COMMANDS {
-        assert!(
-            documented.contains(*command),
-            "patrolctl {command} is not in the doc's patronictl commands table"
         );
     }
 }

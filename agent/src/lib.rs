@@ -2,18 +2,25 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod ctl;
 pub mod ha;
 pub mod logging;
 pub mod peer;
 pub mod postgres;
 mod run;
 
-/// The configuration reader lives in its own crate (the router and `patrolctl` read the same
-/// files); `crate::config::*` keeps naming it here.
-pub use patrol_config as config;
-
 #[cfg(test)]
 mod compatibility_doc;
 
+/// The configuration reader lives in its own crate (the router and `patrolctl` read the same
+/// files); `crate::config::*` keeps naming it here.
+pub use patrol_config as config;
 pub use run::{run, ReloadSource};
+
+#[cfg(test)]
+mod tests {
+    /// `ha::PATRONI_VERSION` is to become a re-export of the model's; until then they agree.
+    #[test]
+    fn the_agent_and_patrolctl_claim_one_patroni_version() {
+        assert_eq!(crate::ha::PATRONI_VERSION, patrol_dcs::PATRONI_VERSION);
+    }
+}

@@ -456,15 +456,5 @@ pub fn output_members(cluster: &Cluster, name: &str, extended: bool, fmt: Format
     out
 }
 
-/// The pretty table (`list` without options).
-pub fn render_pretty(scope: &str, cluster: &Cluster) -> String {
-    output_members(cluster, scope, false, Format::Pretty)
-}
-
-/// `list -f json`.
-pub fn render_json(scope: &str, cluster: &Cluster) -> String {
-    output_members(cluster, scope, false, Format::Json)
-}
-
 #[cfg(test)]
 mod tests;

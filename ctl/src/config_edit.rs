@@ -182,8 +182,8 @@ pub fn history_output(cluster: &Cluster, fmt: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::difflib::unified_diff;
-    use crate::ctl::testutil::cluster_from;
+    use crate::difflib::unified_diff;
+    use crate::testutil::cluster_from;
     use serde_json::json;
 
     fn a() -> Cluster {

@@ -49,7 +49,7 @@ impl RestClient {
     pub fn new(settings: RestSettings) -> anyhow::Result<RestClient> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(format!("Patroni/{} patrolctl", crate::ha::PATRONI_VERSION));
+            .user_agent(format!("Patroni/{} patrolctl", patrol_dcs::PATRONI_VERSION));
         if settings.insecure {
             b = b.danger_accept_invalid_certs(true);
         }

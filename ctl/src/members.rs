@@ -29,17 +29,6 @@ impl CtlRole {
         })
     }
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CtlRole::Leader => "leader",
-            CtlRole::Primary => "primary",
-            CtlRole::StandbyLeader => "standby-leader",
-            CtlRole::Replica => "replica",
-            CtlRole::Standby => "standby",
-            CtlRole::Any => "any",
-        }
-    }
-
     pub const ALL: [&'static str; 6] = [
         "leader",
         "primary",
@@ -219,7 +208,7 @@ pub fn loop_wait(cluster: &Cluster) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::testutil::cluster_from;
+    use crate::testutil::cluster_from;
 
     fn a() -> Cluster {
         cluster_from(include_str!("testdata/a_keys.json"))

@@ -1,5 +1,5 @@
 use super::*;
-use crate::ctl::testutil::cluster_from;
+use crate::testutil::cluster_from;
 
 fn a() -> Cluster {
     cluster_from(include_str!("../testdata/a_keys.json"))
@@ -7,6 +7,11 @@ fn a() -> Cluster {
 
 fn b() -> Cluster {
     cluster_from(include_str!("../testdata/b_keys.json"))
+}
+
+/// The pretty table (`list` without options).
+fn render_pretty(scope: &str, cluster: &Cluster) -> String {
+    output_members(cluster, scope, false, Format::Pretty)
 }
 
 // Every expected text below was printed by Patroni 4.1's patronictl for the same keys.
