@@ -15,12 +15,3 @@ mod compatibility_doc;
 /// files); `crate::config::*` keeps naming it here.
 pub use patrol_config as config;
 pub use run::{run, ReloadSource};
-
-#[cfg(test)]
-mod tests {
-    /// `ha::PATRONI_VERSION` is to become a re-export of the model's; until then they agree.
-    #[test]
-    fn the_agent_and_patrolctl_claim_one_patroni_version() {
-        assert_eq!(crate::ha::PATRONI_VERSION, patrol_dcs::PATRONI_VERSION);
-    }
-}

@@ -30,8 +30,8 @@ use super::port::{LocalPostgres, Peers, StopMode};
 use super::state::{NodeState, Request, RestartFilters, SharedState};
 use crate::config::Config;
 
-/// The version we publish: Patroni-compatible (4.x) so peers and tools take the 4.x paths.
-pub const PATRONI_VERSION: &str = "4.1.4";
+/// The version we publish (the model's): Patroni-compatible so peers and tools take its paths.
+pub use patrol_dcs::PATRONI_VERSION;
 
 pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     cfg: Arc<Config>,
