@@ -3,19 +3,14 @@
 //! immediate switchover (200 with Patroni's text; the old leader then streams from the new
 //! one), and a failover to a named candidate.
 
-mod support;
-
-#[path = "rest_api/http.rs"]
-mod http;
-
 use std::time::Duration;
 
 use patrol_tests::{wait_until, Cluster};
 use serde_json::{json, Value};
 
-use http::{call, call_within, iso_utc_in};
-use support::workload::{primary_timeline, wait_streaming_from};
-use support::{index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use crate::support::http::{call, call_within, iso_utc_in};
+use crate::support::workload::{primary_timeline, wait_streaming_from};
+use crate::support::{index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 /// Longer than Patroni's own wait (2 * max(10, loop_wait) s) so the API decides.
 const SWITCHOVER_CALL: Duration = Duration::from_secs(40);

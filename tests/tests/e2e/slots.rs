@@ -2,12 +2,10 @@
 //! ttl, then drops it, so a removed member does not hold WAL until the disk is full; a live
 //! member's slot is never dropped; the kept names are published in `status.retain_slots`.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{start_all, PROPAGATION_TIMEOUT};
 use patrol_tests::{wait_until, Cluster, Signal};
-use support::{start_all, PROPAGATION_TIMEOUT};
 
 async fn slots_on(c: &Cluster, i: usize) -> anyhow::Result<Vec<String>> {
     let client = c.connect(i).await?;

@@ -6,16 +6,14 @@
 //! and a quoted `post_bootstrap`. It bootstraps, replicates, fails over, and the old primary is
 //! rewound (pg_rewind over a client-certificate connection) and streams again.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::workload::{last_run_log, primary_timeline, wait_streaming_from};
+use crate::support::{index_of, start_all, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 use anyhow::Context;
 use patrol_tests::{chown_to_agent, make_agent_dir, wait_until, Cluster, Signal};
 use serde_yaml_ng::{Mapping, Value};
-use support::workload::{last_run_log, primary_timeline, wait_streaming_from};
-use support::{index_of, start_all, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 /// One self-signed certificate used as CA, server and client certificate, as the harness
 /// makes it; the key is the agent user's, mode 0600 (PostgreSQL and libpq refuse others).

@@ -6,8 +6,6 @@
 //! waits forever: a hung backend's clients get an error and their slots back, slow admin
 //! clients are cut and capped, and a cancel request reaches only its session's backend.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,7 +15,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{start_all, PROPAGATION_TIMEOUT};
+use crate::support::{start_all, PROPAGATION_TIMEOUT};
 
 /// The harness's `ttl`.
 const TTL: Duration = Duration::from_secs(10);
@@ -1879,7 +1877,7 @@ async fn admin_port_caps_connections_and_cuts_slow_headers() {
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], r.admin_port()).into();
     let every = Duration::from_millis(200);
 
-    let mut slow = support::slow::open_many(addr, "/stats.json", 7, every)
+    let mut slow = crate::support::slow::open_many(addr, "/stats.json", 7, every)
         .await
         .expect("slow clients");
     let (status, _) = r
@@ -1888,7 +1886,7 @@ async fn admin_port_caps_connections_and_cuts_slow_headers() {
         .expect("a request beside 7 slow clients");
     assert_eq!(status, 200);
     slow.extend(
-        support::slow::open_many(addr, "/stats.json", 5, every)
+        crate::support::slow::open_many(addr, "/stats.json", 5, every)
             .await
             .expect("more slow clients"),
     );
@@ -1903,11 +1901,11 @@ async fn admin_port_caps_connections_and_cuts_slow_headers() {
     .expect("the admin port serves again");
     eprintln!("served again after {:.1?}", t.elapsed());
 
-    let lived = support::slow::lifetimes(&mut slow, Duration::from_secs(30))
+    let lived = crate::support::slow::lifetimes(&mut slow, Duration::from_secs(30))
         .await
         .expect("every slow connection is closed, trickling bytes or not");
     eprintln!("slow connections lived {lived:.1?}");
-    let (at_once, held) = support::slow::split(&lived, header_timeout);
+    let (at_once, held) = crate::support::slow::split(&lived, header_timeout);
     assert!(
         at_once >= 1,
         "connections beyond the cap are closed at once: {lived:?}"

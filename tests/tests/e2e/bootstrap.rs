@@ -2,8 +2,6 @@
 //! writes Patroni 4's keys and JSON, replicates, admits a new member and answers Patroni's
 //! health checks.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use patrol_dcs::{to_compact, MemberData, Role};
 use patrol_tests::{wait_until, Cluster};
 use serde_json::Value;
 
-use support::{
+use crate::support::{
     in_recovery, index_of, members, start_all, system_identifier, wait_healthy, wait_table_values,
     HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT,
 };

@@ -7,19 +7,17 @@
 //! before the fault may be lost, and they are counted and reported), and once acknowledged
 //! writes moved from one node to another they never went back.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use patrol_dcs::History;
 use patrol_tests::{wait_until, Cluster, Signal};
 
-use support::workload::{
+use crate::support::workload::{
     agent_log_lines, agent_log_marks, agent_log_since, checkpoint_timeline, describe_changes,
     last_run_log, primary_timeline, secs_since, wait_streaming_from, written_ids, LeaderChange,
     LeaderWatch, ProbeLog, Prober, WriteLog, Writer,
 };
-use support::{
+use crate::support::{
     in_recovery, index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT,
 };
 

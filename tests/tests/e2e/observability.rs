@@ -5,17 +5,15 @@
 //! uses the router's metrics returns data from it (the agents' too when they are scraped); and
 //! `PatrolRouterNoWriteBackend` fires while the cluster has no leader.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::start_all;
 use anyhow::{bail, Context};
 use patrol_tests::{free_port, wait_until, workspace_dir, Cluster, Proc, Router, Signal};
 use serde_json::Value;
-use support::start_all;
 
 /// The agent metrics (spec 2.6 of the Patroni reference: Patroni 4.x's `GET /metrics`).
 const PATRONI_METRICS: &[&str] = &[

@@ -82,9 +82,6 @@ pub enum Outcome {
 pub struct Attempt {
     pub id: i64,
     pub node: usize,
-    /// The node's PostgreSQL port; an acknowledged write's row says the same
-    /// (`inet_server_port()`).
-    pub port: u16,
     pub start: Instant,
     pub end: Instant,
     pub outcome: Outcome,
@@ -200,7 +197,6 @@ async fn write_loop(
             attempts.lock().expect("writer log").push(Attempt {
                 id,
                 node,
-                port: ports[node],
                 start,
                 end,
                 outcome,
@@ -648,17 +644,6 @@ impl LeaderWatch {
         }]));
         let task = tokio::spawn(watch_loop(endpoint, key, revision + 1, changes.clone()));
         Ok(LeaderWatch { changes, task })
-    }
-
-    pub fn changes(&self) -> Vec<LeaderChange> {
-        self.changes.lock().expect("leader watch").clone()
-    }
-
-    /// The first change at or after `t` that names a holder other than `not`.
-    pub fn first_holder_after(&self, t: Instant, not: &str) -> Option<LeaderChange> {
-        self.changes()
-            .into_iter()
-            .find(|c| c.at >= t && c.holder.as_deref().is_some_and(|h| h != not))
     }
 
     pub fn stop(self) -> Vec<LeaderChange> {

@@ -5,19 +5,14 @@
 //! an error while every agent keeps running; hostile parameter names, hosts and URLs never reach
 //! postgresql.conf, a libpq connection string or haproxy.cfg.
 
-mod support;
-
-#[path = "rest_api/http.rs"]
-mod http;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use patrol_tests::{bin, wait_until, Cluster};
 use serde_json::{json, Value};
 
-use http::call;
-use support::{in_recovery, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use crate::support::http::call;
+use crate::support::{in_recovery, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 /// The guard's line when it stops PostgreSQL because the lease is about to expire.
 const GUARD_STOP: &str = "stopping PostgreSQL now";

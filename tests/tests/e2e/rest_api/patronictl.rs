@@ -2,13 +2,11 @@
 //! API — pause/resume (PATCH /config), reload, restart, a scheduled restart flushed (DELETE
 //! /restart), reinit, and a switchover — and gets the answers it expects from Patroni.
 
-mod support;
-
 use std::process::Output;
 
 use patrol_tests::{wait_until, Cluster};
 
-use support::{start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use crate::support::{start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 /// Runs patronictl and insists on exit 0; returns stdout + stderr.
 fn ctl_ok(cluster: &Cluster, args: &[&str]) -> String {

@@ -7,17 +7,15 @@
 //! there is measured and printed for the router-driven HAProxy and for two HAProxies on health
 //! checks alone (the same configuration, and the standalone one with Patroni's timings).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::{index_of, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 use anyhow::{bail, Context};
 use patrol_haproxy::{Options, RuntimeApi, Server, PRIMARY, REPLICAS};
 use patrol_tests::{bin, free_port, wait_until, workspace_dir, Cluster, Proc, Signal};
-use support::{index_of, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 /// `haproxy -c -f <path>`: whether it accepts the file, and what it said.
 fn haproxy_check(path: &Path) -> (bool, String) {

@@ -1,12 +1,10 @@
 //! Reloading the local configuration: SIGHUP and `POST /reload` re-read the YAML and apply the
 //! PostgreSQL parameters with a reload of PostgreSQL; a broken file keeps the running config.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{wait_healthy, HEALTHY_TIMEOUT};
 use patrol_tests::{wait_until, Cluster, Signal};
-use support::{wait_healthy, HEALTHY_TIMEOUT};
 
 async fn show(c: &Cluster, i: usize, guc: &str) -> anyhow::Result<String> {
     let client = c.connect(i).await?;

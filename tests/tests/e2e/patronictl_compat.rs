@@ -1,14 +1,12 @@
 //! End to end: Patroni's own `patronictl` (from PyPI) reads a patrol cluster's keys as if
 //! Patroni had written them.
 
-mod support;
-
 use std::process::Output;
 
 use patrol_tests::{wait_until, Cluster};
 use serde_json::Value;
 
-use support::{start_all, system_identifier, PROPAGATION_TIMEOUT};
+use crate::support::{start_all, system_identifier, PROPAGATION_TIMEOUT};
 
 fn text(out: &Output) -> (String, String) {
     (
@@ -86,7 +84,7 @@ async fn patronictl_lists_our_cluster() {
     assert_eq!(names, vec!["pg0", "pg1", "pg2"], "{dump}");
     for row in &rows {
         let name = row["Member"].as_str().expect("Member");
-        let i = support::index_of(&cluster, name).expect("known member");
+        let i = crate::support::index_of(&cluster, name).expect("known member");
         assert_eq!(row["Cluster"], cluster.scope(), "{dump}");
         assert_eq!(row["TL"], 1, "{name}: {dump}");
         assert_eq!(

@@ -2,15 +2,15 @@
 //! compared with Patroni's own `patronictl` where both read the same keys, and Patroni's
 //! `patronictl` driving our agents (edit-config, pause/resume, switchover, list).
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use patrol_tests::{wait_until, Cluster};
 use serde_json::Value;
 
-use support::{index_of, members, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use crate::support::{
+    index_of, members, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT,
+};
 
 fn text(out: &Output) -> (String, String) {
     (

@@ -4,11 +4,6 @@
 //! client certificates (`verify_client: optional`), using certificates made by `openssl`; and
 //! slow clients, which cannot hold the port (a cap on connections, a deadline for headers).
 
-mod support;
-
-#[path = "rest_api/http.rs"]
-mod http;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -16,8 +11,8 @@ use std::time::Duration;
 use patrol_tests::{chown_to_agent, wait_until, Cluster};
 use serde_json::json;
 
-use http::call;
-use support::{wait_healthy, HEALTHY_TIMEOUT};
+use crate::support::http::call;
+use crate::support::{wait_healthy, HEALTHY_TIMEOUT};
 
 const BASIC_ADMIN: &str = "Basic YWRtaW46czNjcmV0"; // admin:s3cret
 const BASIC_WRONG: &str = "Basic YWRtaW46d3Jvbmc="; // admin:wrong
@@ -449,13 +444,13 @@ async fn slow_clients_cannot_hold_the_rest_api() {
 
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let every = Duration::from_millis(500);
-    let mut slow = support::slow::open_many(addr, "/patroni", 120, every)
+    let mut slow = crate::support::slow::open_many(addr, "/patroni", 120, every)
         .await
         .expect("slow clients");
     let r = call(port, "GET", "/liveness", None, &[]).await;
     assert!(r.code > 0, "answered beside 120 slow clients: {r:?}");
     slow.extend(
-        support::slow::open_many(addr, "/patroni", 20, every)
+        crate::support::slow::open_many(addr, "/patroni", 20, every)
             .await
             .expect("more slow clients"),
     );
@@ -469,10 +464,10 @@ async fn slow_clients_cannot_hold_the_rest_api() {
     .expect("the REST API answers again");
     eprintln!("answered again after {:.1?}", t.elapsed());
 
-    let lived = support::slow::lifetimes(&mut slow, Duration::from_secs(60))
+    let lived = crate::support::slow::lifetimes(&mut slow, Duration::from_secs(60))
         .await
         .expect("every slow connection is closed, trickling bytes or not");
-    let (at_once, held) = support::slow::split(&lived, Duration::from_secs(10));
+    let (at_once, held) = crate::support::slow::split(&lived, Duration::from_secs(10));
     eprintln!("{at_once} slow connections closed at once, {held} at the header deadline");
     assert!(
         at_once >= 1,

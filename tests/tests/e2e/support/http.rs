@@ -2,8 +2,6 @@
 //! (missing or lying `Content-Length`, chunked bodies, odd methods), and the answer is read
 //! until the server closes the connection (one request per connection, as Patroni).
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use anyhow::{bail, Context};

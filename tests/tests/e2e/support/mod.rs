@@ -1,16 +1,14 @@
-//! Helpers shared by the end-to-end test files (each `tests/*.rs` is its own crate and
-//! includes this module with `mod support;`).
+//! Helpers shared by the end-to-end test modules: cluster waits, table checks, the raw HTTP
+//! client, slow clients and the fault tests' observers.
 
-#![allow(dead_code)]
-
+pub mod http;
 pub mod slow;
 pub mod workload;
 
 use std::time::Duration;
 
 use anyhow::Context;
-#[allow(unused_imports)] // each test crate uses a different part
-pub use patrol_tests::{index_of, is_streaming_replica, members, wait_healthy, HEALTHY_TIMEOUT};
+pub use patrol_tests::{index_of, members, wait_healthy, HEALTHY_TIMEOUT};
 use patrol_tests::{wait_until, Cluster};
 
 /// Starts every node of `cluster` and waits until it is healthy; returns the leader's index.

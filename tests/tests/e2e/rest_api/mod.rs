@@ -1,13 +1,12 @@
 //! End to end: the REST API of a real 3-node cluster (real etcd, PostgreSQL 15, patrol agents)
 //! answers Patroni 4's codes, texts and JSON: the cluster views, `/metrics`, PATCH/PUT
 //! `/config` with compare-and-swap, the malformed-input table, restart (now and scheduled) and
-//! reinitialize. Switchover/failover: `rest_api_switchover.rs`; auth, allowlist and TLS:
-//! `rest_api_security.rs`.
+//! reinitialize. Switchover/failover: `switchover`; auth, allowlist and TLS: `security`;
+//! Patroni's `patronictl` as the client: `patronictl`.
 
-mod support;
-
-#[path = "rest_api/http.rs"]
-mod http;
+mod patronictl;
+mod security;
+mod switchover;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,8 +14,8 @@ use std::time::Duration;
 use patrol_tests::{wait_until, Cluster};
 use serde_json::{json, Value};
 
-use http::{call, call_within, iso_utc_in, send_raw, Resp};
-use support::{index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
+use crate::support::http::{call, call_within, iso_utc_in, send_raw, Resp};
+use crate::support::{index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 fn assert_text(r: &Resp, code: u16, text: &str, what: &str) {
     assert_eq!(

@@ -3,16 +3,14 @@
 //! the pools and the sessions; after a switchover the page, loaded again, shows the new
 //! leader. `PATROL_UPDATE_SCREENSHOT=1` copies the screenshot to `docs/stats-page.png`.
 
-mod support;
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 use anyhow::{bail, Context};
 use patrol_tests::{wait_until, workspace_dir, Cluster, Router, Signal};
-use support::{index_of, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 /// Runs headless Chromium with a fresh profile in `dir`, killing its whole process group
 /// after `timeout` (and when it is done: helpers may linger).

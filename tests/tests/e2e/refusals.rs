@@ -2,8 +2,6 @@
 //! configuration, a data directory of another cluster), with a clear message and exit code 1,
 //! and without disturbing the running cluster.
 
-mod support;
-
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Output;
@@ -12,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use patrol_tests::{as_agent_user, chown_to_agent, wait_until, Cluster, Signal};
 
-use support::{system_identifier, wait_healthy, HEALTHY_TIMEOUT};
+use crate::support::{system_identifier, wait_healthy, HEALTHY_TIMEOUT};
 
 /// What node `i`'s most recent agent run wrote (its log after the last harness header).
 fn last_run_log(cluster: &Cluster, i: usize) -> String {
