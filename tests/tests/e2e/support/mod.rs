@@ -18,6 +18,9 @@ pub async fn start_all(cluster: &mut Cluster) -> usize {
         .expect("cluster becomes healthy")
 }
 
+/// The harness's `ttl` (its `bootstrap.dcs`, see `Cluster::config_yaml`).
+pub const TTL: Duration = Duration::from_secs(10);
+
 /// Deadline for data or state to propagate once the cluster is healthy.
 pub const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(60);
 
