@@ -33,4 +33,4 @@ pub use process::Proc;
 pub use router::Router;
 pub use user::{as_agent_user, chown_to_agent, ensure_user, make_agent_dir, AgentUser};
 pub use util::tail_lines;
-pub use wait::wait_until;
+pub use wait::{assert_holds_for, wait_until};

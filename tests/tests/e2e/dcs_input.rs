@@ -6,9 +6,9 @@
 //! postgresql.conf, a libpq connection string or haproxy.cfg.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use patrol_tests::{bin, wait_until, Cluster};
+use patrol_tests::{assert_holds_for, bin, wait_until, Cluster};
 use serde_json::{json, Value};
 
 use crate::support::http::call;
@@ -34,31 +34,31 @@ async fn config_key(cluster: &Cluster) -> Value {
     serde_json::from_str(&raw).expect("config is JSON")
 }
 
-/// For `window`, every 500 ms: node `i` is a running primary (`pg_is_in_recovery()` false, same
+/// Throughout `window`: node `i` is a running primary (`pg_is_in_recovery()` false, same
 /// postmaster), its `GET /primary` answers 200, and it holds the leader key.
 async fn stays_primary(cluster: &Cluster, i: usize, window: Duration) {
     let postmaster = cluster.postmaster_pid(i).expect("a running postmaster");
-    let end = Instant::now() + window;
-    while Instant::now() < end {
-        assert_eq!(
-            cluster.postmaster_pid(i),
-            Some(postmaster),
-            "PostgreSQL of {} was stopped or restarted",
-            cluster.name(i)
+    let name = cluster.name(i);
+    assert_holds_for(&format!("{name} to stay primary"), window, || async move {
+        anyhow::ensure!(
+            cluster.postmaster_pid(i) == Some(postmaster),
+            "PostgreSQL of {name} was stopped or restarted"
         );
-        assert!(
-            !in_recovery(cluster, i).await.expect("query the primary"),
-            "{} is no longer primary",
-            cluster.name(i)
+        anyhow::ensure!(
+            !in_recovery(cluster, i).await?,
+            "{name} is no longer primary"
         );
-        let (code, body) = cluster.api_get(i, "/primary").await.expect("GET /primary");
-        assert_eq!(code, 200, "GET /primary on {}: {body}", cluster.name(i));
-        assert_eq!(
-            cluster.leader().await.expect("etcd").as_deref(),
-            Some(cluster.name(i))
+        let (code, body) = cluster.api_get(i, "/primary").await?;
+        anyhow::ensure!(code == 200, "GET /primary on {name}: {code} {body}");
+        let leader = cluster.leader().await?;
+        anyhow::ensure!(
+            leader.as_deref() == Some(name),
+            "the leader key names {leader:?}"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 async fn wait_log(cluster: &Cluster, i: usize, what: &str, needle: &str) {

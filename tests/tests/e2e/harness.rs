@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use patrol_tests::{
-    as_agent_user, ensure_user, free_port, wait_until, Cluster, Etcd, Proc, Signal,
+    as_agent_user, assert_holds_for, ensure_user, free_port, wait_until, Cluster, Etcd, Proc,
+    Signal,
 };
 
 /// True if `pid` exists and is not a zombie.
@@ -167,6 +168,50 @@ async fn wait_until_returns_value_or_names_what_timed_out() {
         "a hung attempt must not outlive the deadline"
     );
     assert!(format!("{err:#}").contains("a hung probe"));
+}
+
+#[tokio::test]
+async fn assert_holds_for_checks_the_whole_window_and_fails_at_the_first_break() {
+    let mut checks = 0;
+    let started = Instant::now();
+    assert_holds_for("a constant", Duration::from_millis(500), || {
+        checks += 1;
+        async { Ok(()) }
+    })
+    .await
+    .expect("a constant holds");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the whole window is checked"
+    );
+    assert!(
+        checks >= 4,
+        "checked at once, while it lasts and at its end: {checks}"
+    );
+
+    let mut n = 0;
+    let started = Instant::now();
+    let err = assert_holds_for("the count to stay small", Duration::from_secs(60), || {
+        n += 1;
+        let n = n;
+        async move {
+            anyhow::ensure!(n < 3, "the count is {n}");
+            Ok(())
+        }
+    })
+    .await
+    .expect_err("the third check breaks it");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("the count to stay small")
+            && msg.contains("the count is 3")
+            && msg.contains("after 2 good checks"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it fails at the first broken check, not at the end of the window"
+    );
 }
 
 #[test]

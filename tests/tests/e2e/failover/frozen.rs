@@ -1,10 +1,11 @@
 //! Something freezes and wakes again: the leader's agent (demoted at once when it wakes), a
 //! stale primary woken after its successor died (never takes the key back), a backend that
 //! holds up a restart of the leader past `ttl` (the key stays).
+
 use std::time::{Duration, Instant};
 
 use patrol_dcs::History;
-use patrol_tests::{wait_until, Cluster, Signal};
+use patrol_tests::{assert_holds_for, wait_until, Cluster, Signal};
 
 use super::{
     assert_few_acked_writes_lost, assert_key_never_back, assert_no_return, wait_new_leader,
@@ -286,20 +287,30 @@ async fn a_slow_restart_of_the_leader_keeps_the_key() {
         Ok::<_, anyhow::Error>((code, r.text().await?))
     });
     // Longer than ttl: the key must stay, the replica must stay a replica.
-    tokio::time::sleep(TTL + Duration::from_secs(5)).await;
-    assert!(
-        !restart.is_finished(),
-        "the restart did not wait for the frozen backend"
-    );
-    assert_eq!(
-        c.leader().await.expect("etcd").as_deref(),
-        Some(c.name(leader)),
-        "the leader key expired during the restart"
-    );
-    assert!(
-        in_recovery(&c, replica).await.expect("replica"),
-        "the replica promoted during the leader's restart"
-    );
+    let (cl, restarting) = (&c, &restart);
+    let (leader_name, replica_name) = (c.name(leader), c.name(replica));
+    assert_holds_for(
+        "the restart to wait, holding the key",
+        TTL + Duration::from_secs(5),
+        || async move {
+            anyhow::ensure!(
+                !restarting.is_finished(),
+                "the restart did not wait for the frozen backend"
+            );
+            let holder = cl.leader().await?;
+            anyhow::ensure!(
+                holder.as_deref() == Some(leader_name),
+                "the leader key expired during the restart: it names {holder:?}"
+            );
+            anyhow::ensure!(
+                in_recovery(cl, replica).await?,
+                "the replica {replica_name} promoted during the leader's restart"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .expect("the key stays while the restart waits");
 
     nix::sys::signal::kill(backend, Signal::SIGCONT).expect("SIGCONT the backend");
     let (code, text) = restart

@@ -1,6 +1,7 @@
 //! The leader goes away: its PostgreSQL crashes (restarted in place, or handed over with
 //! `primary_start_timeout: 0`), its host is lost (the key expires, the old primary is rewound),
 //! its agent is stopped with SIGTERM (a clean, quick handover).
+
 use std::time::{Duration, Instant};
 
 use patrol_dcs::History;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use patrol_tests::{wait_until, Cluster, Router};
+use patrol_tests::{assert_holds_for, wait_until, Cluster, Router};
 use serde_json::Value;
 
 use super::{
@@ -303,8 +303,18 @@ async fn lagging_replica_leaves_the_read_pool_and_returns_without_flapping() {
     .expect("the replica returns");
     let back_after = t_resumed.elapsed();
     eprintln!("{ln} back in the read pool {back_after:.1?} after resuming replay");
-    // Stable afterwards: wait a few hold-downs and count the transitions.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Stable afterwards: in the pool for a few hold-downs, then count the transitions.
+    assert_holds_for(
+        &format!("{ln} to stay in the read pool"),
+        Duration::from_secs(8),
+        || async move {
+            let got = read_backends(&r.stats().await?);
+            anyhow::ensure!(got.contains(ln), "read_backends {got:?}");
+            Ok(())
+        },
+    )
+    .await
+    .expect("no flapping");
     let stats = r.stats().await.expect("stats");
     let events = events_since(&stats, since);
     let exits = events
