@@ -86,6 +86,28 @@ fn create(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// For a test that needs root (the router's kernel data paths: BPF programs, destroying
+/// sockets): `true` when the tests run as root. Otherwise the test fails with `why`, unless
+/// `PATROL_SKIP_ROOT_TESTS=1` asks to skip the root-only tests: then this says so on stderr and
+/// returns `false`, and the test returns. So a root-only test never passes without running
+/// unless someone asked for it (CI runs as root).
+///
+/// # Panics
+/// When not root and `PATROL_SKIP_ROOT_TESTS` is not `1`.
+pub fn root_or_skip(why: &str) -> bool {
+    if geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("PATROL_SKIP_ROOT_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED (PATROL_SKIP_ROOT_TESTS=1): {why}");
+        return false;
+    }
+    panic!(
+        "this test needs root: {why}; run the tests as root (CI does), or set \
+         PATROL_SKIP_ROOT_TESTS=1 to skip the root-only tests"
+    );
+}
+
 /// Makes `cmd` run as the agent user (no-op when not root). Also sets the working directory to
 /// `/` if none is set, because the caller's may not be enterable by that user.
 pub fn as_agent_user(cmd: &mut Command) -> anyhow::Result<()> {

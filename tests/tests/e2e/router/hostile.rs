@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use patrol_tests::{wait_until, Cluster, Router, Signal};
+use patrol_tests::{root_or_skip, wait_until, Cluster, Router, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -338,20 +338,19 @@ async fn wait_connections(r: &Router, want: u64) {
 /// `backend_answer_timeout_ms` and their slots back, so two rounds of clients filling
 /// `max_connections` both get answers; the read port keeps working; the agent keeps its key
 /// (its own session still works), and once the postmaster runs again so does the write port.
-/// The same with the kernel relay (`splice`, when run as root), where the backend's answer to
+/// The same with the kernel relay (`splice`, root only), where the backend's answer to
 /// the startup packet never reaches user space.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_backend_answers_ssl_and_plain_clients_and_frees_their_slots() {
+    let kernel = root_or_skip("its kernel-relay half needs root to load the relay");
     let mut c = Cluster::new(3).expect("cluster");
     let leader = start_all(&mut c).await;
     let settings =
         "max_connections: 8\nbackend_answer_timeout_ms: 1000\nstartup_timeout_ms: 5000\n";
     let mut routers = vec![("user space", Router::start(&c, settings).expect("router"))];
-    if nix::unistd::geteuid().is_root() {
+    if kernel {
         let spliced = Router::start(&c, &format!("{settings}splice: true\n")).expect("router");
         routers.push(("kernel", spliced));
-    } else {
-        eprintln!("the kernel relay is not tried: loading it needs root (CI runs as root)");
     }
     let mut reads = Vec::new();
     for (relay, r) in &routers {

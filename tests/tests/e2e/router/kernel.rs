@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use patrol_tests::{wait_until, Cluster, Router, Signal};
+use patrol_tests::{root_or_skip, wait_until, Cluster, Router, Signal};
 use serde_json::Value;
 use tokio::net::TcpStream;
 
@@ -85,8 +85,7 @@ async fn md5_rows(client: &tokio_postgres::Client, n: i32) -> Vec<String> {
 /// something), ended sessions are noticed, and a switchover cuts the old leader's sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spliced_sessions_relay_in_the_kernel_and_are_cut_on_switchover() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: loading the kernel relay needs root (CI runs as root)");
+    if !root_or_skip("loading the kernel relay needs root") {
         return;
     }
     let mut c = Cluster::new(3).expect("cluster");
@@ -208,8 +207,7 @@ fn redirected(stats: &Value, member: &str, port: &str) -> u64 {
 /// and when the router process dies its program goes with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_clients_are_routed_at_connect_time_and_still_cut() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: linking the connect program needs root (CI runs as root)");
+    if !root_or_skip("linking the connect program needs root") {
         return;
     }
     let mut c = Cluster::new(3).expect("cluster");
