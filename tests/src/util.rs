@@ -1,5 +1,6 @@
-//! Small shared helpers: random bits without a `rand` dependency, log tails, and running a
-//! future to completion from synchronous code (even from inside a tokio runtime).
+//! Small shared helpers: random bits without a `rand` dependency, log tails, running a future
+//! to completion from synchronous code (even from inside a tokio runtime), HTTP GET and reading
+//! one sample of Prometheus text.
 
 use std::collections::hash_map::RandomState;
 use std::future::Future;
@@ -82,4 +83,16 @@ pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
         .await
         .with_context(|| format!("body of GET {url}"))?;
     Ok((status, body))
+}
+
+/// The value of the sample `name{labels}` (exactly as exported, labels sorted) in Prometheus
+/// text; 0 when absent, as an unset counter.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name_and_labels).then(|| v.parse::<f64>().ok())?
+        })
+        .unwrap_or(0.0)
 }

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use patrol_tests::{root_or_skip, wait_until, Cluster, Router, Signal};
+use patrol_tests::{metric, root_or_skip, wait_until, Cluster, Router, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{
-    error_fields, metric, node_of_port, others, read_message, server_of, startup_message,
-    wait_routing, wait_write_lands_elsewhere,
+    error_fields, node_of_port, others, read_message, server_of, startup_message, wait_routing,
+    wait_write_lands_elsewhere,
 };
 use crate::support::{start_all, PROPAGATION_TIMEOUT};
 
@@ -192,8 +192,9 @@ async fn garbage_and_bad_startup_packets_close_only_that_connection() {
     assert!(rejected >= 6.0, "rejections are counted ({rejected}):\n{m}");
 
     // The cap counts every open connection, including ones still in their startup phase:
-    // with 2 sessions and 14 silent connections at max_connections 16, the next is closed at
-    // once (not after the 1 s startup timeout).
+    // with 2 sessions and 14 silent connections at max_connections 16, the next is refused by
+    // the cap when accepted (counted as `max_connections`), not left to the 1 s startup
+    // timeout. How soon that is: `router_limits_bench`.
     let open_connections = |want: u64| {
         let r = &r;
         async move {
@@ -234,17 +235,14 @@ async fn garbage_and_bad_startup_packets_close_only_that_connection() {
         .expect("the connection over the cap is closed");
     eprintln!("connection over the cap closed after {after:.1?}");
     assert!(got.is_empty(), "{got:?}");
-    assert!(
-        after < Duration::from_millis(700),
-        "the connection over the cap is closed at once, not by the startup timeout ({after:?})"
-    );
     let m = r.metrics().await.expect("metrics");
-    assert!(
+    assert_eq!(
         metric(
             &m,
             "patrol_router_connections_rejected_total{port=\"read\",reason=\"max_connections\"}"
-        ) >= 1.0,
-        "{m}"
+        ),
+        1.0,
+        "the connection over the cap is refused by the cap:\n{m}"
     );
     for mut s in silent {
         wait_closed(&mut s, Duration::from_secs(5))

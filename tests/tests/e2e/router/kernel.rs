@@ -5,12 +5,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use patrol_tests::{root_or_skip, wait_until, Cluster, Router, Signal};
+use patrol_tests::{metric, root_or_skip, wait_until, Cluster, Router, Signal};
 use serde_json::Value;
 use tokio::net::TcpStream;
 
 use super::{
-    metric, node_of_port, others, server_of, ssl_request_reaches_the_backend, wait_routing,
+    node_of_port, others, server_of, ssl_request_reaches_the_backend, wait_routing,
     wait_session_error, wait_write_lands_elsewhere,
 };
 use crate::support::{start_all, PROPAGATION_TIMEOUT, TTL};

@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use patrol_tests::{wait_until, Cluster, Router, Signal};
+use patrol_tests::{metric, wait_until, Cluster, Router, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{
-    error_fields, events_since, metric, node_of_port, others, read_message, server_of,
-    startup_message, wait_routing, wait_session_error, wait_write_lands_elsewhere, write_backend,
+    error_fields, events_since, node_of_port, others, read_message, server_of, startup_message,
+    wait_routing, wait_session_error, wait_write_lands_elsewhere, write_backend,
 };
 use crate::support::{start_all, PROPAGATION_TIMEOUT, TTL};
 

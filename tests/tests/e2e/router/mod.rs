@@ -103,17 +103,6 @@ async fn wait_routing(router: &Router, cluster: &Cluster, leader: usize) -> Valu
     .expect("router routing table")
 }
 
-/// The value of the sample `name{labels}` in Prometheus text (0 when absent).
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name_and_labels).then(|| v.parse::<f64>().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
 /// Waits until a fresh write-port session lands on a primary other than the nodes in `not`
 /// and can write; returns that node.
 async fn wait_write_lands_elsewhere(
