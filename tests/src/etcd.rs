@@ -177,6 +177,14 @@ impl Etcd {
             .with_context(|| format!("connecting to etcd at {}", self.endpoint()))
     }
 
+    /// `GET /metrics` (Prometheus text: gRPC calls started, watchers, slow watchers, ...).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("{}/metrics", self.endpoint());
+        let (status, body) = crate::util::http_get(&url).await?;
+        anyhow::ensure!(status == 200, "GET {url}: HTTP {status}");
+        Ok(body)
+    }
+
     /// Polls `/health` until it says `"health":"true"`, failing early if etcd exits.
     fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let url = format!("{}/health", self.endpoint());

@@ -1,5 +1,6 @@
 //! Test harness: starts real etcd, real PostgreSQL (through real `patrol` agents) and Patroni's
-//! `patronictl` on free loopback ports in temp dirs, and kills all of it on drop.
+//! `patronictl` on free loopback ports in temp dirs, and kills all of it on drop; a TCP proxy
+//! for network faults between a client and a server.
 //!
 //! Dangerous: when the tests run as root, agents run as an unprivileged user that this crate
 //! creates with `useradd` if missing (`$PATROL_TEST_USER`, default `patrol`), because PostgreSQL
@@ -15,6 +16,7 @@ mod health;
 mod patroni;
 mod ports;
 mod process;
+mod proxy;
 mod router;
 mod user;
 mod util;
@@ -30,6 +32,7 @@ pub use nix::sys::signal::Signal;
 pub use patroni::patronictl;
 pub use ports::free_port;
 pub use process::Proc;
+pub use proxy::TcpProxy;
 pub use router::Router;
 pub use user::{
     as_agent_user, chown_to_agent, ensure_user, make_agent_dir, root_or_skip, AgentUser,

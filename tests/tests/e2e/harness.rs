@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use patrol_tests::{
     as_agent_user, assert_holds_for, ensure_user, free_port, wait_until, Cluster, Etcd, Proc,
-    Signal,
+    Signal, TcpProxy,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// True if `pid` exists and is not a zombie.
 fn alive(pid: i32) -> bool {
@@ -212,6 +213,55 @@ async fn assert_holds_for_checks_the_whole_window_and_fails_at_the_first_break()
         started.elapsed() < Duration::from_secs(30),
         "it fails at the first broken check, not at the end of the window"
     );
+}
+
+#[tokio::test]
+async fn tcp_proxy_forwards_freezes_thaws_and_cuts() {
+    // An echo server behind the proxy.
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = server.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = server.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let proxy = TcpProxy::start(target).await.expect("proxy");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port()))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 4];
+    s.write_all(b"ping").await.expect("write");
+    s.read_exact(&mut buf).await.expect("echo");
+    assert_eq!(&buf, b"ping");
+
+    proxy.freeze();
+    s.write_all(b"held").await.expect("write while frozen");
+    let early = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await;
+    assert!(early.is_err(), "bytes moved while frozen: {early:?}");
+    proxy.thaw();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .expect("the held bytes arrive after the thaw")
+        .expect("read");
+    assert_eq!(&buf, b"held");
+
+    proxy.cut();
+    let end = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the cut closes the connection");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    let mut again = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port()))
+        .await
+        .expect("connect after the cut");
+    again.write_all(b"pong").await.expect("write");
+    again.read_exact(&mut buf).await.expect("echo");
+    assert_eq!(&buf, b"pong");
+    assert_eq!(proxy.accepted(), 2);
 }
 
 #[test]
