@@ -1,0 +1,469 @@
+//! Component tests of `patrol_dcs::EtcdDcs` against a real etcd (one per test, on free ports):
+//! the leader key by transaction (taken only while absent, refreshed only while it holds our
+//! name, on our lease, deleted only by its holder), compare-and-swap writes that lose on a stale
+//! revision, a lease etcd dropped, and the cluster watch, which must come back to the current
+//! view with one new watch, and then stay quiet, after the revision it was at was compacted and
+//! after a lost stream (a cut connection, a frozen etcd, a restarted etcd).
+//!
+//! These live in the e2e binary, not in `dcs/tests/`: the harness (etcd on free ports, the TCP
+//! proxy) is here, and a dev-dependency of `patrol-dcs` on `patrol-tests` would link a second
+//! copy of `patrol-dcs` into those tests, and one more test binary into every build.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::CompactionOptions;
+use patrol_dcs::{Cluster, EtcdDcs, EtcdSettings, EtcdTls};
+use patrol_tests::{assert_holds_for, metric, wait_until, Etcd, TcpProxy};
+use tokio::sync::watch;
+
+const PREFIX: &str = "/service/dcs-test/";
+/// Every call's deadline (and the channel's keep-alive timeout) unless a test needs another.
+const RETRY: Duration = Duration::from_secs(3);
+/// Watch streams etcd has started (each `EtcdDcs` watch is one).
+const WATCHES: &str = "grpc_server_started_total{grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"}";
+/// Range (read) calls etcd has started.
+const READS: &str = "grpc_server_started_total{grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}";
+/// Watchers etcd could not keep up to date (their buffer was full): unsynced or victims.
+const SLOW_WATCHERS: &str = "etcd_debugging_mvcc_slow_watcher_total";
+
+/// Member `name` of the cluster under [`PREFIX`] through `endpoint`, with `ttl` 10 s.
+async fn member(endpoint: String, name: &str, retry: Duration) -> EtcdDcs {
+    let settings = EtcdSettings {
+        endpoints: vec![endpoint],
+        username: None,
+        password: None,
+        tls: EtcdTls::default(),
+        prefix: PREFIX.to_owned(),
+        member_name: name.to_owned(),
+    };
+    EtcdDcs::connect(&settings, 10, retry)
+        .await
+        .expect("EtcdDcs connects")
+}
+
+/// The value and lease of `<PREFIX><key>`, read straight from etcd.
+async fn raw_get(etcd: &Etcd, key: &str) -> Option<(String, i64)> {
+    let mut c = etcd.client().await.expect("etcd client");
+    let r = c
+        .get(format!("{PREFIX}{key}"), None)
+        .await
+        .expect("etcd get");
+    r.kvs()
+        .first()
+        .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease()))
+}
+
+async fn raw_put(etcd: &Etcd, key: &str, value: &str) -> i64 {
+    let mut c = etcd.client().await.expect("etcd client");
+    let r = c
+        .put(format!("{PREFIX}{key}"), value, None)
+        .await
+        .expect("etcd put");
+    r.header().expect("a header").revision()
+}
+
+async fn read(dcs: &EtcdDcs) -> Cluster {
+    dcs.get_cluster().await.expect("a linearizable read")
+}
+
+#[tokio::test]
+async fn the_leader_key_is_taken_only_while_absent_and_refreshed_only_while_ours() {
+    let etcd = Etcd::start().expect("etcd");
+    let a = member(etcd.endpoint(), "a", RETRY).await;
+    let b = member(etcd.endpoint(), "b", RETRY).await;
+
+    assert!(a.attempt_to_acquire_leader().await.expect("a races"));
+    assert!(
+        !b.attempt_to_acquire_leader().await.expect("b races"),
+        "b took a key that exists"
+    );
+    let lease_a = a.refresh_lease().await.expect("a's lease").id;
+    assert_eq!(raw_get(&etcd, "leader").await, Some(("a".into(), lease_a)));
+    let (held, lease) = a.update_leader().await.expect("a refreshes");
+    assert!(held && lease.id == lease_a, "{held} {lease:?}");
+    assert!(!b.update_leader().await.expect("b refreshes").0);
+    assert_eq!(
+        raw_get(&etcd, "leader").await,
+        Some(("a".into(), lease_a)),
+        "b's refresh touched a's key"
+    );
+
+    // Another name in the key: not ours, and left alone.
+    raw_put(&etcd, "leader", "c").await;
+    assert!(!a.update_leader().await.expect("a refreshes").0);
+    assert_eq!(raw_get(&etcd, "leader").await, Some(("c".into(), 0)));
+
+    // Our name on another lease (as when ours was granted again): put back on our lease.
+    raw_put(&etcd, "leader", "a").await;
+    let (held, lease) = a.update_leader().await.expect("a refreshes");
+    assert!(held);
+    assert_eq!(raw_get(&etcd, "leader").await, Some(("a".into(), lease.id)));
+
+    // A key that vanished (it expired: someone else may have led since) is not re-created;
+    // only the race takes it.
+    let mut c = etcd.client().await.expect("etcd client");
+    c.delete(format!("{PREFIX}leader"), None)
+        .await
+        .expect("delete");
+    assert!(!a.update_leader().await.expect("a refreshes").0);
+    assert_eq!(
+        raw_get(&etcd, "leader").await,
+        None,
+        "the refresh re-created the key"
+    );
+    assert!(b.attempt_to_acquire_leader().await.expect("b races"));
+    let lease_b = b.refresh_lease().await.expect("b's lease").id;
+    assert_eq!(raw_get(&etcd, "leader").await, Some(("b".into(), lease_b)));
+}
+
+#[tokio::test]
+async fn the_leader_key_is_deleted_only_by_its_holder() {
+    let etcd = Etcd::start().expect("etcd");
+    let a = member(etcd.endpoint(), "a", RETRY).await;
+    let b = member(etcd.endpoint(), "b", RETRY).await;
+    assert!(a.attempt_to_acquire_leader().await.expect("a races"));
+
+    assert!(!b.delete_leader(None).await.expect("b releases"));
+    assert_eq!(
+        raw_get(&etcd, "leader").await.map(|(v, _)| v).as_deref(),
+        Some("a"),
+        "b deleted a's key"
+    );
+    assert!(a.delete_leader(Some(50_331_744)).await.expect("a releases"));
+    assert_eq!(raw_get(&etcd, "leader").await, None);
+    assert_eq!(
+        read(&a).await.status.optime,
+        Some(50_331_744),
+        "the last WAL position is published with the release"
+    );
+    assert!(!a.delete_leader(None).await.expect("a releases again"));
+}
+
+#[tokio::test]
+async fn a_lease_etcd_dropped_takes_the_leader_key_along_and_writes_get_a_new_one() {
+    let etcd = Etcd::start().expect("etcd");
+    let a = member(etcd.endpoint(), "a", RETRY).await;
+    assert!(a.attempt_to_acquire_leader().await.expect("a races"));
+    a.touch_member(r#"{"role":"primary","state":"running"}"#)
+        .await
+        .expect("member key");
+    let old = a.refresh_lease().await.expect("lease").id;
+    assert_eq!(raw_get(&etcd, "members/a").await.map(|(_, l)| l), Some(old));
+
+    let mut c = etcd.client().await.expect("etcd client");
+    c.lease_revoke(old).await.expect("revoke");
+    assert_eq!(raw_get(&etcd, "leader").await, None);
+
+    // The member key is written on a new lease (etcd says "lease not found" to the first try).
+    a.touch_member(r#"{"role":"primary","state":"running"}"#)
+        .await
+        .expect("member key on a new lease");
+    let (_, lease) = raw_get(&etcd, "members/a").await.expect("member key");
+    assert!(lease != 0 && lease != old, "member key on lease {lease}");
+    // The leader learns the key is gone and does not put it back.
+    let (held, info) = a.update_leader().await.expect("a refreshes");
+    assert!(!held);
+    assert_eq!(info.id, lease, "one new lease, used by both");
+    assert_eq!(raw_get(&etcd, "leader").await, None);
+}
+
+#[tokio::test]
+async fn compare_and_swap_writes_lose_on_a_stale_revision() {
+    let etcd = Etcd::start().expect("etcd");
+    let a = member(etcd.endpoint(), "a", RETRY).await;
+
+    assert!(a.set_config(r#"{"ttl":30}"#, None).await.expect("config"));
+    let v1 = read(&a).await.config.expect("config").version;
+    assert!(a
+        .set_config(r#"{"ttl":20}"#, Some(v1))
+        .await
+        .expect("config"));
+    let v2 = read(&a).await.config.expect("config").version;
+    assert!(v2 > v1);
+    assert!(
+        !a.set_config(r#"{"ttl":10}"#, Some(v1))
+            .await
+            .expect("config"),
+        "a write on a stale revision won"
+    );
+    let config = read(&a).await.config.expect("config");
+    assert_eq!(
+        (config.version, &config.value.data["ttl"]),
+        (v2, &20.into())
+    );
+
+    assert!(a
+        .set_failover(r#"{"leader":"a","member":"b"}"#, None)
+        .await
+        .expect("failover"));
+    let f1 = read(&a).await.failover.expect("failover").version;
+    assert!(a
+        .set_failover(r#"{"leader":"a","member":"c"}"#, Some(f1))
+        .await
+        .expect("failover"));
+    assert!(!a
+        .set_failover(r#"{"leader":"a","member":"d"}"#, Some(f1))
+        .await
+        .expect("failover"));
+    let failover = read(&a).await.failover.expect("failover").value;
+    assert_eq!(failover.member.as_deref(), Some("c"));
+
+    let s1 = a
+        .set_sync(r#"{"leader":"a","sync_standby":null}"#, None)
+        .await
+        .expect("sync")
+        .expect("an unconditional write");
+    let s2 = a
+        .set_sync(r#"{"leader":"a","sync_standby":"b"}"#, Some(s1))
+        .await
+        .expect("sync")
+        .expect("the current revision wins");
+    assert!(s2 > s1);
+    assert_eq!(
+        a.set_sync(r#"{"leader":"a","sync_standby":"c"}"#, Some(s1))
+            .await
+            .expect("sync"),
+        None
+    );
+    assert!(!a.delete_sync(Some(s1)).await.expect("delete sync"));
+    assert_eq!(read(&a).await.sync.expect("sync").version, s2);
+    assert!(a.delete_sync(Some(s2)).await.expect("delete sync"));
+    assert_eq!(read(&a).await.sync, None);
+
+    // The initialize race: one winner; then the winner stores the system identifier.
+    assert!(a.initialize(true, "").await.expect("initialize"));
+    assert!(!a.initialize(true, "").await.expect("initialize"));
+    assert!(a
+        .initialize(false, "7000000000000000001")
+        .await
+        .expect("initialize"));
+    assert_eq!(
+        read(&a).await.initialize.as_deref(),
+        Some("7000000000000000001")
+    );
+}
+
+type View = watch::Receiver<Option<Arc<Cluster>>>;
+
+/// Waits until `view` shows what a fresh linearizable read through `reader` shows (revision
+/// aside: the view moves only when something under the prefix changes) and returns it.
+async fn wait_current(view: &View, reader: &EtcdDcs, what: &str) -> Cluster {
+    wait_until(what, Duration::from_secs(30), || async move {
+        let fresh = reader.get_cluster().await?;
+        let Some(seen) = view.borrow().clone() else {
+            anyhow::bail!("no view yet");
+        };
+        let mut seen = (*seen).clone();
+        anyhow::ensure!(
+            seen.revision <= fresh.revision,
+            "the view is at revision {}, ahead of etcd's {}",
+            seen.revision,
+            fresh.revision
+        );
+        seen.revision = fresh.revision;
+        anyhow::ensure!(
+            seen == fresh,
+            "the view differs:\n{seen:?}\nfrom\n{fresh:?}"
+        );
+        Ok(Some(fresh))
+    })
+    .await
+    .expect(what)
+}
+
+async fn etcd_metric(etcd: &Etcd, name: &str) -> f64 {
+    metric(&etcd.metrics().await.expect("etcd metrics"), name)
+}
+
+/// Waits until etcd has started `n` watch streams in all, none of them slow: the watcher starts
+/// its watch just after it publishes the view it read, so a current view does not mean a watch
+/// yet.
+async fn wait_watches(etcd: &Etcd, n: f64, what: &str) {
+    wait_until(what, Duration::from_secs(30), || async move {
+        let text = etcd.metrics().await?;
+        let (watches, slow) = (metric(&text, WATCHES), metric(&text, SLOW_WATCHERS));
+        anyhow::ensure!(watches <= n, "{watches} watches started, more than {n}");
+        Ok((watches == n && slow == 0.0).then_some(()))
+    })
+    .await
+    .expect(what)
+}
+
+/// For 2 s, etcd starts no watch and serves no read: the watcher has settled and does not spin.
+/// (Nothing else calls etcd meanwhile.)
+async fn assert_settled(etcd: &Etcd) {
+    let text = etcd.metrics().await.expect("etcd metrics");
+    let before = (metric(&text, WATCHES), metric(&text, READS));
+    assert_holds_for(
+        "the watcher to stay settled",
+        Duration::from_secs(2),
+        || async move {
+            let text = etcd.metrics().await?;
+            let now = (metric(&text, WATCHES), metric(&text, READS));
+            anyhow::ensure!(
+                now == before,
+                "{} more watches and {} more reads",
+                now.0 - before.0,
+                now.1 - before.1
+            );
+            Ok(())
+        },
+    )
+    .await
+    .expect("no spinning");
+}
+
+/// The watch falls behind while its connection is frozen, etcd gives up on it and compacts
+/// past the revision it was at: etcd cancels it with `compact_revision`, and the watcher reads
+/// the prefix again and watches from there, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_reads_again_after_its_revision_was_compacted() {
+    let etcd = Etcd::start().expect("etcd");
+    let proxy = TcpProxy::start(([127, 0, 0, 1], etcd.client_port()).into())
+        .await
+        .expect("proxy");
+    // A keep-alive timeout far beyond the freeze: the channel must not give up on the frozen
+    // connection (that would be the lost-stream case below).
+    let watcher = member(proxy.endpoint(), "w", Duration::from_secs(60)).await;
+    let reader = member(etcd.endpoint(), "r", RETRY).await;
+    let view = watcher.watch_cluster();
+    raw_put(&etcd, "config", r#"{"ttl":30}"#).await;
+    wait_current(&view, &reader, "the first view").await;
+    wait_watches(&etcd, 1.0, "the watch").await;
+
+    // Frozen, the watcher reads nothing: etcd fills the stream's flow-control window, then
+    // the watch's buffer, and then counts it as a slow watcher.
+    proxy.freeze();
+    let big = "x".repeat(64 * 1024);
+    let mut puts = 0;
+    while etcd_metric(&etcd, SLOW_WATCHERS).await < 1.0 {
+        assert!(
+            puts < 2_000,
+            "the frozen watcher was not a slow watcher after {puts} puts of 64 kB"
+        );
+        for _ in 0..10 {
+            raw_put(&etcd, "flood", &big).await;
+        }
+        puts += 10;
+    }
+    // Changes it has not seen, then everything up to them compacted.
+    raw_put(
+        &etcd,
+        "members/m1",
+        r#"{"role":"replica","state":"running"}"#,
+    )
+    .await;
+    let last = raw_put(&etcd, "config", r#"{"ttl":20}"#).await;
+    let mut c = etcd.client().await.expect("etcd client");
+    c.compact(last, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect("compact");
+    proxy.thaw();
+
+    let seen = wait_current(&view, &reader, "the view after the compaction").await;
+    assert!(seen.members.iter().any(|m| m.name == "m1"), "{seen:?}");
+    assert_eq!(seen.config.expect("config").value.data["ttl"], 20);
+    assert_eq!(
+        proxy.accepted(),
+        1,
+        "the watcher's connection was lost: this is not the compaction case"
+    );
+    wait_watches(&etcd, 2.0, "one new watch after the compaction").await;
+    assert_settled(&etcd).await;
+    eprintln!("the watcher fell behind after {puts} puts of 64 kB");
+}
+
+/// Its connection closed under it, the watcher reads the prefix again, through a new
+/// connection, and watches from there, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_reads_again_after_its_connection_was_cut() {
+    let etcd = Etcd::start().expect("etcd");
+    let proxy = TcpProxy::start(([127, 0, 0, 1], etcd.client_port()).into())
+        .await
+        .expect("proxy");
+    let watcher = member(proxy.endpoint(), "w", RETRY).await;
+    let reader = member(etcd.endpoint(), "r", RETRY).await;
+    let view = watcher.watch_cluster();
+    raw_put(&etcd, "config", r#"{"ttl":30}"#).await;
+    wait_current(&view, &reader, "the first view").await;
+    wait_watches(&etcd, 1.0, "the watch").await;
+
+    proxy.cut();
+    raw_put(&etcd, "config", r#"{"ttl":20}"#).await;
+    let seen = wait_current(&view, &reader, "the view after the cut").await;
+    assert_eq!(seen.config.expect("config").value.data["ttl"], 20);
+    wait_watches(&etcd, 2.0, "one new watch after the cut").await;
+    assert_settled(&etcd).await;
+    assert_eq!(proxy.accepted(), 2, "one new connection");
+}
+
+/// etcd frozen (SIGSTOP) past the channel's keep-alive: the watcher says its view is stale,
+/// and after SIGCONT reads the prefix again and follows the changes made since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_reads_again_after_etcd_was_frozen() {
+    let etcd = Etcd::start().expect("etcd");
+    let watcher = member(etcd.endpoint(), "w", Duration::from_secs(2)).await;
+    let reader = member(etcd.endpoint(), "r", RETRY).await;
+    let (view, health) = watcher.watch_with_health();
+    raw_put(&etcd, "config", r#"{"ttl":30}"#).await;
+    wait_current(&view, &reader, "the first view").await;
+    let health = &health;
+    wait_until(
+        "the watcher to report its view current",
+        Duration::from_secs(20),
+        || async move { Ok(health.borrow().then_some(())) },
+    )
+    .await
+    .expect("healthy once watching");
+
+    etcd.pause().expect("SIGSTOP etcd");
+    let stale = wait_until(
+        "the watcher to report its view stale",
+        Duration::from_secs(20),
+        || async move { Ok((!*health.borrow()).then_some(())) },
+    )
+    .await;
+    etcd.resume().expect("SIGCONT etcd");
+    stale.expect("the frozen etcd is noticed");
+
+    raw_put(&etcd, "config", r#"{"ttl":20}"#).await;
+    let seen = wait_current(&view, &reader, "the view after the freeze").await;
+    assert_eq!(seen.config.expect("config").value.data["ttl"], 20);
+    wait_until(
+        "the watcher to report its view current",
+        Duration::from_secs(20),
+        || async move { Ok(health.borrow().then_some(())) },
+    )
+    .await
+    .expect("healthy again");
+    assert_settled(&etcd).await;
+}
+
+/// etcd killed and started again on the same data: the watcher retries its read (without
+/// spinning) until etcd answers, then follows the changes made since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_reads_again_after_etcd_restarted() {
+    let mut etcd = Etcd::start().expect("etcd");
+    let watcher = member(etcd.endpoint(), "w", RETRY).await;
+    let reader = member(etcd.endpoint(), "r", RETRY).await;
+    let (view, health) = watcher.watch_with_health();
+    raw_put(&etcd, "config", r#"{"ttl":30}"#).await;
+    wait_current(&view, &reader, "the first view").await;
+
+    etcd.kill();
+    let health = &health;
+    wait_until(
+        "the watcher to report its view stale",
+        Duration::from_secs(20),
+        || async move { Ok((!*health.borrow()).then_some(())) },
+    )
+    .await
+    .expect("the dead etcd is noticed");
+    etcd.restart().expect("etcd restarts");
+
+    raw_put(&etcd, "config", r#"{"ttl":20}"#).await;
+    let seen = wait_current(&view, &reader, "the view after the restart").await;
+    assert_eq!(seen.config.expect("config").value.data["ttl"], 20);
+    assert_settled(&etcd).await;
+}
