@@ -445,24 +445,23 @@ impl EtcdDcs {
         .await
     }
 
-    /// Releases the leader key if and only if it holds our name. Writes `status` with the
-    /// final WAL position first when known.
+    /// Releases the leader key if and only if it holds our name, writing `status` with the
+    /// final WAL position in the same transaction when known: a member that no longer holds the
+    /// key (its lease expired and another leads) must not overwrite the leader's `status`.
     pub async fn delete_leader(&self, last_lsn: Option<u64>) -> Result<bool, DcsError> {
+        let key = self.key(keys::LEADER);
+        let mut ops = Vec::new();
         if let Some(lsn) = last_lsn {
             let status = Status {
                 optime: Some(lsn),
                 ..Status::default()
             };
-            self.put_plain(keys::STATUS, &status.to_json()).await?;
+            ops.push(TxnOp::put(self.key(keys::STATUS), status.to_json(), None));
         }
-        let key = self.key(keys::LEADER);
+        ops.push(TxnOp::delete(key.clone(), None));
         let txn = Txn::new()
-            .when([Compare::value(
-                key.clone(),
-                CompareOp::Equal,
-                self.name.clone(),
-            )])
-            .and_then([TxnOp::delete(key, None)]);
+            .when([Compare::value(key, CompareOp::Equal, self.name.clone())])
+            .and_then(ops);
         let mut c = self.client.clone();
         Ok(self.call(c.txn(txn)).await?.succeeded())
     }

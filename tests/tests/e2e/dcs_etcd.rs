@@ -124,11 +124,16 @@ async fn the_leader_key_is_deleted_only_by_its_holder() {
     let b = member(etcd.endpoint(), "b", RETRY).await;
     assert!(a.attempt_to_acquire_leader().await.expect("a races"));
 
-    assert!(!b.delete_leader(None).await.expect("b releases"));
+    assert!(!b.delete_leader(Some(16_777_376)).await.expect("b releases"));
     assert_eq!(
         raw_get(&etcd, "leader").await.map(|(v, _)| v).as_deref(),
         Some("a"),
         "b deleted a's key"
+    );
+    assert_eq!(
+        read(&a).await.status.optime,
+        None,
+        "b published its WAL position as the leader's"
     );
     assert!(a.delete_leader(Some(50_331_744)).await.expect("a releases"));
     assert_eq!(raw_get(&etcd, "leader").await, None);
