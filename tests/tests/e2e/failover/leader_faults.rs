@@ -98,7 +98,8 @@ async fn postmaster_crash_restarts_in_place() {
 }
 
 /// Row C-2: with `primary_start_timeout: 0` the leader whose PostgreSQL died releases the key
-/// at once, a replica promotes, and the old node is rewound and follows it.
+/// at once, a replica promotes, and the old node is rewound and follows it. A failover with
+/// asynchronous replication: writes acknowledged around the crash may be lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_start_timeout_zero_fails_over() {
     let mut c = Cluster::new(3).expect("cluster");
@@ -176,7 +177,18 @@ async fn primary_start_timeout_zero_fails_over() {
         Some(c.name(new))
     );
     assert_key_never_back(&changes, &c, old, t0);
-    assert_no_acked_write_lost(&c, new, &log, t0).await;
+    // Asynchronous replication: a write the old primary acknowledged around the crash may not
+    // have been streamed (a backend can even commit after its postmaster was killed, once the
+    // walsenders are gone). Only those may be missing.
+    assert_few_acked_writes_lost(
+        &c,
+        new,
+        &log,
+        t0,
+        old,
+        (crash_at - Duration::from_secs(1), promoted_at),
+    )
+    .await;
     assert_no_return(&log, t0);
     assert_never_two_primaries(&probes, t0);
 }

@@ -3,9 +3,9 @@
 //! with a client writing all along. Rows C-*, D-*, A-*, R-*, U-* of `docs/ha-decision-table.md`.
 //!
 //! Every test checks what the client saw: acknowledged rows survive on the final primary (all
-//! of them for the clean cases; for the asynchronous ones, at most the few acknowledged just
-//! before the fault may be lost, and they are counted and reported), and once acknowledged
-//! writes moved from one node to another they never went back.
+//! of them for the clean cases; for the asynchronous ones, at most the few acknowledged around
+//! the fault may be lost, and they are counted and reported), and once acknowledged writes
+//! moved from one node to another they never went back.
 //!
 //! `leader_faults`: the leader's PostgreSQL crashes, its host is lost, its agent gets SIGTERM;
 //! `frozen`: a frozen agent, a stale primary woken after a failover, a restart held up by a
