@@ -27,8 +27,8 @@ read -r -a haproxy_ports <<<"${DEMO_HAPROXY_PORTS:-6000 6001 7000}"
 stop() {
   local pids=() pidf pid sig
   for pidf in "$root"/router.pid "$root"/haproxy.pid "$root"/pg*/agent.pid "$root"/pg*/data/postmaster.pid "$root"/etcd.pid; do
-    [ -f "$pidf" ] || continue
-    pid="$(head -1 "$pidf")"
+    # The file can vanish meanwhile (a stopping agent stops its PostgreSQL, which removes it).
+    pid="$(head -1 "$pidf" 2>/dev/null)" || continue
     [[ "$pid" =~ ^[0-9]+$ ]] || continue
     # A pid file left from before a reboot may name somebody else's process now: only signal
     # a process whose command line mentions this demo's directory.
