@@ -33,7 +33,8 @@ pub trait Dcs: Send + Sync + 'static {
     fn update_leader(&self) -> impl Future<Output = Result<(bool, LeaseInfo), DcsError>> + Send;
     /// Unconditional put of the leader key (bootstrap winner only).
     fn take_leader(&self) -> impl Future<Output = Result<(), DcsError>> + Send;
-    /// Deletes the leader key if it holds our name, writing `status` first when known.
+    /// Deletes the leader key if it holds our name, in one transaction (`value == me`) with the
+    /// write of `status.optime` when `last_lsn` is known.
     fn delete_leader(
         &self,
         last_lsn: Option<u64>,

@@ -6,7 +6,8 @@ use patrol_dcs::{lenient_bool, Role};
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
-use crate::ha::{Snapshot, PATRONI_VERSION};
+use crate::ha::Snapshot;
+use patrol_dcs::PATRONI_VERSION;
 
 fn code(ok: bool) -> StatusCode {
     if ok {

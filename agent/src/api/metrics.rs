@@ -6,7 +6,8 @@ use std::fmt::Write;
 use super::health::{role, snapshot_state};
 use super::views::sync_modes;
 use crate::config::Config;
-use crate::ha::{Snapshot, PATRONI_VERSION};
+use crate::ha::Snapshot;
+use patrol_dcs::PATRONI_VERSION;
 
 /// PostgreSQL states with their fixed codes and Patroni's enum names (the `# Values:` line).
 pub const POSTGRES_STATES: &[(&str, &str)] = &[

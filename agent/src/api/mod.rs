@@ -48,7 +48,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::ha::{SharedState, PATRONI_VERSION};
+use crate::ha::SharedState;
+use patrol_dcs::PATRONI_VERSION;
 
 pub use access::{AccessPolicy, Denied};
 pub use error::ApiError;
