@@ -19,6 +19,7 @@ mod lease;
 mod memory;
 mod observation;
 pub mod slots;
+pub mod sync;
 
 pub(crate) use action::decision;
 pub use action::{Action, Decision, Setback};
