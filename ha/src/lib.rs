@@ -1,7 +1,7 @@
 //! The HA core of Patrol: every rule that decides what a node does, as pure functions over
 //! plain data. No IO and no clock: the crate depends on the cluster model (`patrol-dcs`
 //! without its etcd client), serde_json and chrono's parsing only, so the compiler keeps it
-//! pure (tests/purity.rs checks the crate graph).
+//! pure (the end-to-end suite's `crate_graph` checks the crate graph).
 //!
 //! - [`Observation`]: what one cycle saw (the DCS view, the local PostgreSQL, peers, the
 //!   [`Memory`] of earlier cycles, `now`).

@@ -106,8 +106,8 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
         Handler::Failover => with_body(req, true, |b| switchover(ctx, Action::Failover, b)).await,
         Handler::CancelSwitchover => cancel_switchover(ctx).await,
         Handler::Sigterm => Reply::text(202, "shutdown scheduled"),
-        // Failsafe mode is not implemented: answer as Patroni with `failsafe_mode` off, and say
-        // so (a peer posting here believes failsafe mode is on).
+        // No failsafe mode in Patrol (P10): answer 502 as Patroni does with `failsafe_mode` off,
+        // and log a warning once (a peer posting here believes failsafe mode is on).
         Handler::PostFailsafe => {
             warn_once(
                 &WARNED_FAILSAFE,
