@@ -115,7 +115,12 @@ fn run_many(nodes: usize, count: u64, secs: u64) {
                 for s in stats {
                     total.faults += s.faults;
                     total.promotions += s.promotions;
+                    total.clones += s.clones;
+                    total.rewinds += s.rewinds;
+                    total.leader_changes += s.leader_changes;
+                    total.stuck_diverged += s.stuck_diverged;
                     total.lost_acked_commits += s.lost_acked_commits;
+                    total.converged_after_ms = total.converged_after_ms.max(s.converged_after_ms);
                 }
             }
             // The first failure, with its seed, trace and message.

@@ -5,14 +5,7 @@ use patrol_dcs::{History, Member};
 
 use super::race::switchover_target_exists;
 use super::Reach;
-use crate::{decision, Action, Decision, Upstream};
-
-pub(super) fn upstream(m: &Member) -> Upstream {
-    Upstream {
-        name: m.name.clone(),
-        conn_url: m.data.conn_url.clone(),
-    }
-}
+use crate::{decision, Action, Decision};
 
 /// Chooses the member to clone from: a running member tagged `clonefrom` other than the leader
 /// (the first by name, deterministic), else the leader (flow ② row 2.1/1.1).

@@ -112,7 +112,7 @@ fn decide_reachable(o: &Reach) -> Decision {
             return decision(
                 format!("lost leader before {task:?} finished: demoting"),
                 vec![Action::Demote {
-                    leader: leader_member.map(upstream),
+                    leader: leader_member.map(Upstream::of),
                 }],
             );
         }
@@ -132,7 +132,7 @@ fn decide_reachable(o: &Reach) -> Decision {
                 let src = clone_source(o, l);
                 return decision(
                     format!("cloning from {}", src.name),
-                    vec![Action::CloneFrom(upstream(src))],
+                    vec![Action::CloneFrom(Upstream::of(src))],
                 );
             }
             if i_am_leader {
@@ -290,7 +290,7 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
     let rewind_source = leader_member
         .filter(|m| m.name != o.me && m.data.role == Role::Primary && m.data.state == "running")
         .filter(|m| m.data.checkpoint_after_promote != Some(false))
-        .map(upstream);
+        .map(Upstream::of);
 
     let paused = o.cluster.is_paused();
     // Row P-1: in maintenance mode the agent never starts PostgreSQL on its own.
@@ -340,7 +340,7 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                 (None, None) => {}
             }
         }
-        let up = leader_member.map(upstream);
+        let up = leader_member.map(Upstream::of);
         let reason = match &up {
             Some(u) => format!("starting PostgreSQL as a replica of {}", u.name),
             None => "starting PostgreSQL read-only (no leader yet)".to_string(),
@@ -397,7 +397,7 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
         }
         Some(l) => {
             // Row H-2.1/1.2: follow the leader.
-            let up = leader_member.map(upstream);
+            let up = leader_member.map(Upstream::of);
             if !in_recovery && paused {
                 // Row P-3: no demotion on our own in maintenance mode.
                 return decision(
