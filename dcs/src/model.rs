@@ -277,6 +277,19 @@ impl MemberData {
         tags_failover_priority(&self.tags)
     }
 
+    pub fn nosync(&self) -> bool {
+        tags_nosync(&self.tags)
+    }
+
+    pub fn sync_priority(&self) -> i64 {
+        tags_sync_priority(&self.tags)
+    }
+
+    /// The `replicatefrom` tag.
+    pub fn replicatefrom(&self) -> Option<String> {
+        lenient_str(self.tags.get("replicatefrom")).filter(|s| !s.is_empty())
+    }
+
     pub fn clonefrom(&self) -> bool {
         lenient_bool(self.tags.get("clonefrom")).unwrap_or(false)
     }
@@ -289,6 +302,32 @@ impl MemberData {
     pub fn host_port(&self) -> Option<(String, u16)> {
         parse_conn_url(&self.conn_url)
     }
+}
+
+/// The replication mode asked by `synchronous_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Off,
+    /// One or more synchronous standbys (`synchronous_mode: on`).
+    On,
+    /// `synchronous_mode: quorum`: `ANY n (...)`.
+    Quorum,
+}
+
+/// `nosync` in Patroni's sense: the tag when set, else `sync_priority` not above 0.
+pub fn tags_nosync(tags: &Map<String, Value>) -> bool {
+    match lenient_bool(tags.get("nosync")) {
+        Some(b) => b,
+        None => lenient_i64(tags.get("sync_priority")).is_some_and(|p| p <= 0),
+    }
+}
+
+/// `sync_priority` (default 1; 0 when `nosync`).
+pub fn tags_sync_priority(tags: &Map<String, Value>) -> i64 {
+    if lenient_bool(tags.get("nosync")) == Some(true) {
+        return 0;
+    }
+    lenient_i64(tags.get("sync_priority")).unwrap_or(1)
 }
 
 /// `nofailover` in Patroni's sense: the tag, or `failover_priority: 0` (the tag wins when both
@@ -527,11 +566,28 @@ impl SyncState {
         to_compact(&Value::Object(o))
     }
 
+    /// `leader` is empty: synchronous replication is not active (yet).
+    pub fn is_empty(&self) -> bool {
+        self.leader.as_deref().is_none_or(str::is_empty)
+    }
+
+    /// Patroni's `matches(name, check_leader=True)`: a voter or the leader of the key.
+    pub fn matches_or_leader(&self, name: &str) -> bool {
+        !self.is_empty()
+            && (self.matches(name)
+                || self
+                    .leader
+                    .as_deref()
+                    .is_some_and(|l| l.eq_ignore_ascii_case(name)))
+    }
+
     /// Case-insensitive membership, as Patroni matches names.
     pub fn matches(&self, name: &str) -> bool {
-        self.sync_standby
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(name))
+        !self.is_empty()
+            && self
+                .sync_standby
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(name))
     }
 }
 
@@ -831,6 +887,37 @@ impl ClusterConfig {
 
     pub fn pause(&self) -> bool {
         lenient_bool(self.data.get("pause")).unwrap_or(false)
+    }
+
+    /// `synchronous_mode`: `quorum`, or true-ish for one or more synchronous standbys.
+    pub fn synchronous_mode(&self) -> SyncMode {
+        match self.data.get("synchronous_mode") {
+            Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
+            v => {
+                if lenient_bool(v).unwrap_or(false) {
+                    SyncMode::On
+                } else {
+                    SyncMode::Off
+                }
+            }
+        }
+    }
+
+    pub fn synchronous_mode_strict(&self) -> bool {
+        lenient_bool(self.data.get("synchronous_mode_strict")).unwrap_or(false)
+    }
+
+    /// `synchronous_node_count` (default 1, at least 1).
+    pub fn synchronous_node_count(&self) -> usize {
+        self.int("synchronous_node_count")
+            .and_then(|i| usize::try_from(i).ok())
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// `maximum_lag_on_syncnode` in bytes (non-positive: no limit).
+    pub fn maximum_lag_on_syncnode(&self) -> i64 {
+        self.int("maximum_lag_on_syncnode").unwrap_or(-1)
     }
 
     pub fn failsafe_mode(&self) -> bool {

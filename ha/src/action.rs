@@ -65,6 +65,21 @@ pub enum Action {
     EnsureSlots {
         names: Vec<String>,
     },
+    /// Leader only: write the `sync` key (compare-and-swap on the revision observed, then on
+    /// the one the previous write of this cycle left).
+    WriteSync {
+        leader: String,
+        voters: Vec<String>,
+        quorum: usize,
+    },
+    /// Delete the `sync` key (compare-and-swap): synchronous replication was turned off.
+    DeleteSync,
+    /// Set `synchronous_standby_names` (rewrite the configuration and reload); `None` gives
+    /// the user's own value back.
+    SetSyncStandbyNames(Option<String>),
+    /// Run the next cycle soon (about a second): PostgreSQL is taking up new synchronous
+    /// standbys that the `sync` key may name once it counts them.
+    RecheckSoon,
     /// Unrecoverable: log and exit non-zero.
     Fatal {
         reason: String,
@@ -76,6 +91,8 @@ pub enum Action {
 pub struct Decision {
     pub reason: String,
     pub actions: Vec<Action>,
+    /// What else is worth logging this cycle (synchronous replication's changes).
+    pub notes: Vec<String>,
 }
 
 /// What an action ran into that the core must answer at once, in the same cycle, before any
@@ -93,5 +110,6 @@ pub(crate) fn decision(reason: impl Into<String>, actions: Vec<Action>) -> Decis
     Decision {
         reason: reason.into(),
         actions,
+        notes: Vec::new(),
     }
 }

@@ -18,6 +18,7 @@ mod decide;
 mod lease;
 mod memory;
 mod observation;
+pub mod quorum;
 pub mod slots;
 pub mod sync;
 

@@ -25,6 +25,12 @@ pub struct Memory {
     /// What the last status query that answered said: `Some(true)` a primary. `None` until one
     /// answered.
     pub last_seen_primary: Option<bool>,
+    /// As leader with a primary: which standbys caught up since `synchronous_standby_names`
+    /// last changed.
+    pub sync_ready: crate::sync::Readiness,
+    /// Since when (monotonic) we lead with a primary (quorum mode waits `loop_wait` after the
+    /// first cycle before changing the quorum).
+    pub leading_since: Option<Duration>,
 }
 
 /// What an executed action changed that the memory keeps. Actions that change nothing it keeps
@@ -95,6 +101,43 @@ impl Memory {
             self.primary_down_since = None;
         }
         note
+    }
+
+    /// Learns from the local primary's replication (leader only): which standbys are ready to
+    /// be named synchronous, and since when we lead.
+    pub fn observe_replication(
+        &mut self,
+        me: &str,
+        cluster: Option<&patrol_dcs::Cluster>,
+        local: &LocalPg,
+        dynamic: &patrol_dcs::ClusterConfig,
+        now: Duration,
+    ) {
+        let (Some(cluster), Some(names), Some(flush)) =
+            (cluster, &local.standby_names, local.wal_position)
+        else {
+            return;
+        };
+        let leading = cluster.leader_name() == Some(me) && local.is_primary();
+        if !leading {
+            self.sync_ready = Default::default();
+            self.leading_since = None;
+            return;
+        }
+        let first = self.leading_since.is_none();
+        self.leading_since.get_or_insert(now);
+        if first {
+            self.sync_ready = Default::default();
+        }
+        let candidates = crate::sync::sync_candidates(me, cluster, &local.walsenders);
+        let quorum = dynamic.synchronous_mode() == patrol_dcs::SyncMode::Quorum;
+        self.sync_ready.observe(
+            names,
+            flush,
+            &candidates,
+            cluster.sync.as_ref().map(|s| &s.value),
+            quorum,
+        );
     }
 
     /// Learns from what an action did.

@@ -22,6 +22,10 @@ pub struct LocalPg {
     /// Primary on a timeline > 1: its timeline history (from `pg_wal/<tl>.history`), the last
     /// line stamped with the history file's time and our name.
     pub history: Option<History>,
+    /// Primary: its walsenders (`pg_stat_replication`).
+    pub walsenders: Vec<crate::sync::Walsender>,
+    /// `synchronous_standby_names` in effect, when the status query answered.
+    pub standby_names: Option<String>,
 }
 
 impl LocalPg {
@@ -221,6 +225,8 @@ pub struct Observation {
     pub remove_data_directory_on_diverged_timelines: bool,
     /// Wall-clock time in ms since the epoch, only for scheduled switchovers.
     pub now_epoch_ms: i64,
+    /// The agent set `synchronous_standby_names` (else PostgreSQL has the user's own value).
+    pub sync_names_managed: bool,
 }
 
 impl Observation {

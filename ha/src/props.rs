@@ -215,6 +215,8 @@ fn local() -> impl Strategy<Value = LocalPg> {
                 replay_position: replay,
                 replay_paused: paused,
                 history: None,
+                walsenders: Vec::new(),
+                standby_names: None,
             },
         )
 }
@@ -288,6 +290,7 @@ prop_compose! {
             remove_data_directory_on_rewind_failure: flags[6],
             remove_data_directory_on_diverged_timelines: flags[7],
             now_epoch_ms: now,
+            sync_names_managed: false,
         }
     }
 }

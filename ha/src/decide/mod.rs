@@ -376,7 +376,7 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                         vec![Action::ReleaseLeaderKey],
                     );
                 }
-                actions.push(Action::Promote);
+                actions.extend(promote(o));
                 return decision("promoting: I hold the leader key", actions);
             }
             // Row M-1: a planned switchover or failover requested through the `failover` key.
@@ -390,10 +390,15 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
             actions.push(Action::EnsureSlots {
                 names: wanted_slots(o),
             });
-            decision(
+            // Row Y-1: synchronous replication, the leader's side.
+            let plan = leader_sync(o);
+            actions.extend(plan.actions);
+            let mut d = decision(
                 format!("no action. I am ({}), the leader with the lock", o.me),
                 actions,
-            )
+            );
+            d.notes = plan.notes;
+            d
         }
         Some(l) => {
             // Row H-2.1/1.2: follow the leader.
@@ -465,11 +470,14 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                 {
                     return decision(
                         "PAUSE: manual failover to me",
-                        vec![
-                            Action::AcquireLeaderKey,
-                            Action::ClearFailover { version: f.version },
-                            Action::Promote,
-                        ],
+                        [
+                            vec![
+                                Action::AcquireLeaderKey,
+                                Action::ClearFailover { version: f.version },
+                            ],
+                            promote(o),
+                        ]
+                        .concat(),
                     );
                 }
                 return decision("PAUSE: no leader; not racing in maintenance mode", vec![]);
@@ -479,7 +487,16 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                 .failover
                 .as_ref()
                 .filter(|f| !f.value.is_empty() && f.value.scheduled_at.is_none());
+            let sync_key = sync_active(o);
             let eligible = match manual {
+                // Row Y-3: in synchronous mode only the key's members (and its leader) take
+                // part in a switchover.
+                Some(f)
+                    if f.value.leader.is_some()
+                        && sync_key.is_some_and(|k| !k.matches_or_leader(&o.me)) =>
+                {
+                    Err("I am not a synchronous standby: not taking part in the switchover".into())
+                }
                 // Row M-2: the named candidate takes the key without lag or peer checks.
                 Some(f) if f.value.member.as_deref() == Some(o.me.as_str()) => {
                     if o.nofailover {
@@ -510,6 +527,14 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                         healthy_enough(o).and_then(|()| healthiest(o))
                     }
                 }
+                // Row Y-3: in mode `on` only the key's members (and its leader) race.
+                None if sync_key.is_some_and(|k| {
+                    o.dynamic.synchronous_mode() == patrol_dcs::SyncMode::On
+                        && !k.matches_or_leader(&o.me)
+                }) =>
+                {
+                    Err("I am not a synchronous standby (not in the sync key)".into())
+                }
                 None => healthy_enough(o).and_then(|()| {
                     if o.mem.needs_rewind && failover_possible(o) {
                         // A former primary that crashed or was demoted yields to a healthy replica.
@@ -528,7 +553,7 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                         actions.push(Action::ClearFailover { version: f.version });
                     }
                     if in_recovery {
-                        actions.push(Action::Promote);
+                        actions.extend(promote(o));
                     }
                     decision("no leader: trying to acquire the leader key", actions)
                 }
@@ -544,4 +569,46 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
             }
         }
     }
+}
+
+/// Row Y-2: a promotion, after the synchronous-replication steps that must precede it.
+fn promote(o: &Reach) -> Vec<Action> {
+    let mut a =
+        crate::sync::prepromote_sync_actions(&o.me, o.cluster, &o.dynamic, o.sync_names_managed);
+    a.push(Action::Promote);
+    a
+}
+
+/// Row Y-1: the leader's synchronous-replication steps this cycle.
+fn leader_sync(o: &Reach) -> crate::sync::SyncPlan {
+    let (Some(names), Some(flush)) = (&o.local.standby_names, o.local.wal_position) else {
+        return Default::default();
+    };
+    let since = o.mem.leading_since.unwrap_or(o.now);
+    let led_for = o.now.saturating_sub(since);
+    let view = crate::sync::PrimaryView {
+        me: &o.me,
+        cluster: o.cluster,
+        dynamic: &o.dynamic,
+        walsenders: &o.local.walsenders,
+        names_in_effect: names,
+        managed: o.sync_names_managed,
+        flush,
+        readiness: &o.mem.sync_ready,
+        quorum_may_change: led_for.is_zero() || led_for > Duration::from_secs(o.timing.loop_wait),
+    };
+    crate::sync::leader_sync_actions(&view)
+}
+
+/// The `sync` key when synchronous replication is asked for and active (it names a leader):
+/// then only its members may be promoted automatically (spec 5.5, 5.7).
+pub(super) fn sync_active<'a>(o: &'a Reach) -> Option<&'a patrol_dcs::SyncState> {
+    if o.dynamic.synchronous_mode() == patrol_dcs::SyncMode::Off {
+        return None;
+    }
+    o.cluster
+        .sync
+        .as_ref()
+        .map(|s| &s.value)
+        .filter(|s| !s.is_empty())
 }

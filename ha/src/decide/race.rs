@@ -68,14 +68,32 @@ pub(super) fn healthy_enough(o: &Reach) -> Result<(), String> {
 /// position, or (at an equal position) a higher failover priority. Patrol compares the position
 /// a promotion would keep (a paused standby only has what it replayed) and breaks position ties
 /// by replayed position before priority, so the node that can promote at once wins.
+///
+/// Row Y-3, synchronous replication active: only the `sync` key's members and its leader are
+/// compared; the former leader being ahead or of a higher priority does not disqualify us. In
+/// quorum mode a voter that is not ahead is a vote (a `nofailover` voter too), and we need
+/// `quorum` votes (counting ourselves when we are a voter), unless nobody is ahead and we are
+/// the key's leader.
 pub(super) fn healthiest(o: &Reach) -> Result<(), String> {
     let my_pos = o.local.effective_position().unwrap_or(0);
     let my_replay = o.local.replay_position.unwrap_or(my_pos);
+    let key = super::sync_active(o);
+    let quorum = key.filter(|_| o.dynamic.synchronous_mode() == patrol_dcs::SyncMode::Quorum);
+    let voter = |name: &str| quorum.is_some_and(|k| k.matches(name));
+    let former_leader = |name: &str| {
+        key.and_then(|k| k.leader.as_deref())
+            .is_some_and(|l| l.eq_ignore_ascii_case(name))
+    };
+    let mut votes: i64 = if voter(&o.me) { 0 } else { -1 };
+    let mut ahead = 0;
     for p in o.peers.iter().filter(|p| p.name != o.me) {
+        if key.is_some_and(|k| !k.matches_or_leader(&p.name)) {
+            continue;
+        }
         if p.primary {
             return Err(format!("Primary ({}) is still alive", p.name));
         }
-        if p.nofailover || p.watchdog_failed {
+        if (p.nofailover && !voter(&p.name)) || p.watchdog_failed {
             continue;
         }
         // Row U-3: a peer whose WAL went on past the end of its timeline in the cluster's
@@ -86,21 +104,47 @@ pub(super) fn healthiest(o: &Reach) -> Result<(), String> {
         }
         let pos = p.effective_position();
         if pos > my_pos {
+            ahead += 1;
+            if key.is_some() && former_leader(&p.name) {
+                continue; // the former leader may still be reachable and ahead of us
+            }
             return Err(format!(
                 "Wal position of {} is ahead of my wal position",
                 p.name
             ));
         }
-        if pos == my_pos && p.replay_position > my_replay {
+        if pos == 0 {
+            continue; // only a running PostgreSQL votes
+        }
+        let counts = quorum.is_none() || voter(&p.name);
+        if pos == my_pos && p.replay_position > my_replay && counts && !p.nofailover {
             return Err(format!("{} has replayed more of the same WAL", p.name));
         }
         if pos == my_pos
             && p.replay_position == my_replay
             && p.failover_priority > o.failover_priority
+            && !former_leader(&p.name)
+            && counts
+            && !p.nofailover
         {
             return Err(format!(
                 "{} has equally tolerable WAL position and priority {}, while this node has priority {}",
                 p.name, p.failover_priority, o.failover_priority
+            ));
+        }
+        if voter(&p.name) {
+            votes += 1;
+        }
+    }
+    if let Some(k) = quorum {
+        let needed = k.quorum;
+        let former = k
+            .leader
+            .as_deref()
+            .is_some_and(|l| l.eq_ignore_ascii_case(&o.me));
+        if votes < needed && !(ahead == 0 && former) {
+            return Err(format!(
+                "Quorum requirement {needed} can not be reached: {votes} votes"
             ));
         }
     }
@@ -145,11 +189,22 @@ pub(super) fn failover_possible(o: &Reach) -> bool {
 /// replica that may fail over, within `maximum_lag_on_failover`, not on a timeline the
 /// cluster's history has left behind (Row U-3 would keep it from racing), and the named
 /// candidate if there is one.
+///
+/// Row Y-3: with synchronous replication active only the `sync` key's members count, except for
+/// a failover (a `failover` key without a leader); in quorum mode, unless a candidate is named,
+/// `quorum + 1` of them must be possible.
 pub(super) fn switchover_target_exists(o: &Reach, candidate: Option<&str>) -> bool {
     let max = o.dynamic.maximum_lag_on_failover();
     let cluster_tl = o.cluster.timeline();
-    o.cluster.members.iter().any(|m| {
-        m.name != o.me
+    let key = super::sync_active(o);
+    let plain_failover = o
+        .cluster
+        .failover
+        .as_ref()
+        .is_some_and(|f| !f.value.is_empty() && f.value.leader.is_none());
+    let possible = o.cluster.members.iter().filter(|m| {
+        (key.is_none() || plain_failover || key.is_some_and(|k| k.matches(&m.name)))
+            && m.name != o.me
             && candidate.is_none_or(|c| c == m.name)
             && m.data.state == "running"
             && m.data.role == Role::Replica
@@ -162,5 +217,10 @@ pub(super) fn switchover_target_exists(o: &Reach, candidate: Option<&str>) -> bo
                 (Some(opt), Some(pos)) => max < 0 || opt.saturating_sub(pos) <= max as u64,
                 _ => true,
             }
-    })
+    });
+    let n = possible.count();
+    match key.filter(|_| o.dynamic.synchronous_mode() == patrol_dcs::SyncMode::Quorum) {
+        Some(k) if candidate.is_none() => n as i64 > k.quorum,
+        _ => n > 0,
+    }
 }

@@ -35,6 +35,7 @@ pub(super) fn cluster(specs: &[&str]) -> Cluster {
             "initialize" => kvs.push(kv("initialize", v.into())),
             "optime" => kvs.push(kv("status", format!(r#"{{"optime":{v}}}"#))),
             "config" => kvs.push(kv("config", v.into())),
+            "sync" => kvs.push(kv("sync", v.into())),
             "member" => {
                 let mut parts = v.split(':');
                 let name = parts.next().expect("member name");
@@ -72,6 +73,8 @@ pub(super) fn running(in_recovery: bool, pos: u64) -> LocalPg {
         replay_position: in_recovery.then_some(pos),
         replay_paused: false,
         history: None,
+        walsenders: Vec::new(),
+        standby_names: None,
     }
 }
 
@@ -85,6 +88,8 @@ pub(super) fn stopped(data: DataState) -> LocalPg {
         replay_position: None,
         replay_paused: false,
         history: None,
+        walsenders: Vec::new(),
+        standby_names: None,
     }
 }
 
@@ -107,6 +112,7 @@ pub(super) fn obs(me: &str, cluster: Cluster, local: LocalPg) -> Observation {
         remove_data_directory_on_rewind_failure: false,
         remove_data_directory_on_diverged_timelines: false,
         now_epoch_ms: 1_700_000_000_000,
+        sync_names_managed: false,
     }
 }
 
@@ -216,4 +222,5 @@ mod manual;
 mod recovery;
 mod setbacks;
 mod startup;
+mod sync;
 mod unhealthy;
