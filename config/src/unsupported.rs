@@ -62,8 +62,6 @@ pub enum When {
     NotOneOf(&'static [&'static str]),
     /// A list with an item other than these.
     ListBeyond(&'static [&'static str]),
-    /// `synchronous_mode`: true-ish or `quorum`.
-    SyncMode,
     /// `standby_cluster` with a non-empty `host`, `port` or `restore_command`.
     StandbyCluster,
     /// `watchdog.mode` is one of these (lower case; `automatic` when the section has no mode).
@@ -129,11 +127,9 @@ const fn warn_others(
 
 use Scope::{Both, Dynamic, Local};
 use When::{
-    CustomBootstrap, ListBeyond, NotOneOf, Positive, Set, StandbyCluster, SyncMode, True,
-    WatchdogMode,
+    CustomBootstrap, ListBeyond, NotOneOf, Positive, Set, StandbyCluster, True, WatchdogMode,
 };
 
-const NO_SYNC: &str = "synchronous replication is not implemented";
 const NO_LOG_FILES: &str = "no log files are written (see log.dir)";
 
 /// Every key Patroni acts on that Patrol does not implement yet. More specific keys come before
@@ -153,8 +149,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("bootstrap.method", Local, CustomBootstrap, "custom bootstrap methods are not run: a new cluster cannot be bootstrapped with it (joining an existing cluster is not affected)"),
     Unsupported { key: "postgresql.authentication.superuser.*", except: &["username", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"], scope: Local, effect: Effect::Warn, when: When::SetOverTcp, reason: "the agent's own TCP connection to PostgreSQL uses sslmode, sslrootcert, sslcert and sslkey only (no revocation lists, encrypted keys, GSSAPI or channel binding settings)" },
     warn("tags.replicatefrom", Local, Set, "cascading replication is not implemented: this member replicates from the leader"),
-    warn("tags.nosync", Local, True, "synchronous replication is not implemented; the tag is only published"),
-    warn("tags.sync_priority", Local, Set, "synchronous replication is not implemented; the tag is only published"),
     warn("tags.nostream", Local, True, "this member still streams from the leader (the leader only skips its replication slot)"),
     refuse("watchdog.mode", Local, WatchdogMode(&["required", "require"]), "Patrol has no watchdog support, so a hung primary would not be reset before its leader key expires"),
     warn("watchdog.mode", Local, WatchdogMode(&["automatic", "auto"]), "Patrol does not use a watchdog device; it runs without one, as Patroni does when the device is not usable"),
@@ -167,12 +161,8 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("postgresql.custom_conf", Both, Set, "postgresql.conf always includes postgresql.base.conf, not this file"),
     warn("postgresql.config_base_name", Both, NotOneOf(&["postgresql"]), "the generated file is always postgresql.conf"),
     // Dynamic only.
-    refuse("synchronous_mode", Dynamic, SyncMode, "synchronous replication is not implemented: commits would be acknowledged before any replica has them, and a failover could lose them"),
-    refuse("synchronous_mode_strict", Dynamic, True, "synchronous replication is not implemented, so writes would not stop when no synchronous replica is left"),
-    warn("synchronous_node_count", Dynamic, Set, NO_SYNC),
-    warn("maximum_lag_on_syncnode", Dynamic, Set, NO_SYNC),
-    warn("primary_stop_timeout", Dynamic, Positive, "it applies only in synchronous mode, which is not implemented"),
-    warn("master_stop_timeout", Dynamic, Positive, "it applies only in synchronous mode, which is not implemented"),
+    warn("primary_stop_timeout", Dynamic, Positive, "Patrol does not bound a synchronous primary's shutdown with it: PostgreSQL is stopped fast and waited for"),
+    warn("master_stop_timeout", Dynamic, Positive, "Patrol does not bound a synchronous primary's shutdown with it: PostgreSQL is stopped fast and waited for"),
     warn("failsafe_mode", Dynamic, True, "failsafe mode is not implemented: when etcd is unreachable the primary stops, as with failsafe_mode off"),
     warn("slots", Dynamic, Set, "permanent replication slots are not created or kept"),
     warn("permanent_slots", Dynamic, Set, "permanent replication slots are not created or kept"),
@@ -430,10 +420,6 @@ fn asks(
             Some(Value::String(s)) => !s.trim().is_empty() && !ok.contains(&s.trim()),
             _ => false,
         },
-        When::SyncMode => {
-            value.and_then(Value::as_str).map(str::trim) == Some("quorum")
-                || bool_ish(value) == Some(true)
-        }
         When::StandbyCluster => match value {
             Some(Value::Object(s)) => ["host", "port", "restore_command"]
                 .iter()
@@ -630,22 +616,23 @@ mod tests {
             paths(&check_local(&doc)),
             vec![
                 ("bootstrap.dcs.postgresql.recovery_conf", Effect::Warn),
-                ("bootstrap.dcs.synchronous_mode", Effect::Refuse),
-                ("bootstrap.dcs.synchronous_mode_strict", Effect::Refuse),
                 ("bootstrap.dcs.failsafe_mode", Effect::Warn),
                 ("bootstrap.dcs.standby_cluster", Effect::Refuse),
                 ("bootstrap.dcs.postgresql.pg_ident", Effect::Warn),
             ]
         );
-        for (mode, refused) in [
-            (json!(true), true),
-            (json!("quorum"), true),
-            (json!(1), true),
-            (json!(false), false),
-            (json!("off"), false),
+        for mode in [
+            json!(true),
+            json!("quorum"),
+            json!(1),
+            json!(false),
+            json!("off"),
         ] {
             let got = check_dynamic(&map(json!({ "synchronous_mode": mode.clone() })));
-            assert_eq!(!got.is_empty(), refused, "{mode}");
+            assert!(
+                got.is_empty(),
+                "{mode}: synchronous replication is implemented"
+            );
         }
     }
 
@@ -717,19 +704,26 @@ mod tests {
 
     #[test]
     fn newly_refused_ignores_what_was_already_there() {
-        let before = map(json!({"synchronous_mode": true, "ttl": 30}));
-        let after = map(json!({"synchronous_mode": "quorum", "ttl": 30, "failsafe_mode": true}));
+        let sc = |host: &str| json!({"host": host, "port": 5432});
+        let before = map(json!({"standby_cluster": sc("10.0.0.1"), "ttl": 30}));
+        let after =
+            map(json!({"standby_cluster": sc("10.0.0.2"), "ttl": 30, "failsafe_mode": true}));
         assert_eq!(newly_refused(&before, &after), vec![]);
-        let after = map(json!({"synchronous_mode": true, "synchronous_mode_strict": true}));
+        let after = map(
+            json!({"standby_cluster": sc("10.0.0.1"), "postgresql": {"pre_promote": "/bin/f"}}),
+        );
         assert_eq!(
             paths(&newly_refused(&before, &after)),
-            vec![("synchronous_mode_strict", Effect::Refuse)]
+            vec![("postgresql.pre_promote", Effect::Refuse)]
         );
         let rejected = &newly_refused(&Map::new(), &before)[0];
         assert_eq!(
             rejected.rejection(),
-            "synchronous_mode = true: synchronous replication is not implemented: commits would be acknowledged before any replica has them, and a failover could lose them; Patrol does not implement it yet, so it is not written (see docs/patroni-compatibility.md)"
+            r#"standby_cluster = {"host":"10.0.0.1","port":5432}: standby clusters are not implemented: the cluster would run its own writable primary instead of following the remote one; Patrol does not implement it yet, so it is not written (see docs/patroni-compatibility.md)"#
         );
+        // Synchronous replication is implemented: nothing is refused.
+        let sync = map(json!({"synchronous_mode": "quorum", "synchronous_mode_strict": true}));
+        assert_eq!(newly_refused(&Map::new(), &sync), vec![]);
     }
 
     #[test]
@@ -737,19 +731,22 @@ mod tests {
         let mut n = DynamicNotice::default();
         assert_eq!(n.changed(&Map::new()), Some(vec![]));
         assert_eq!(n.changed(&map(json!({"ttl": 30}))), None);
-        let sync = map(json!({"synchronous_mode": true, "ttl": 30}));
-        let got = n.changed(&sync).expect("changed");
-        assert_eq!(paths(&got), vec![("synchronous_mode", Effect::Refuse)]);
+        let sc = map(json!({"standby_cluster": {"host": "10.0.0.1"}, "ttl": 30}));
+        let got = n.changed(&sc).expect("changed");
+        assert_eq!(paths(&got), vec![("standby_cluster", Effect::Refuse)]);
+        assert!(got[0].dynamic_message().ends_with(
+            "Patrol does not give this guarantee yet and runs without it: set it back (patrolctl edit-config)"
+        ));
+        assert_eq!(n.changed(&sc), None);
         assert_eq!(
-            got[0].dynamic_message(),
-            "dynamic configuration: synchronous_mode = true: synchronous replication is not implemented: commits would be acknowledged before any replica has them, and a failover could lose them; Patrol does not give this guarantee yet and runs without it: set it back (patrolctl edit-config)"
-        );
-        assert_eq!(n.changed(&sync), None);
-        assert_eq!(
-            n.changed(&map(json!({"ttl": 40, "synchronous_mode": true}))),
+            n.changed(&map(
+                json!({"ttl": 40, "standby_cluster": {"host": "10.0.0.1"}})
+            )),
             None
         );
-        let more = map(json!({"synchronous_mode": true, "slots": {"s": {"type": "logical"}}}));
+        let more = map(
+            json!({"standby_cluster": {"host": "10.0.0.1"}, "slots": {"s": {"type": "logical"}}}),
+        );
         assert_eq!(n.changed(&more).map(|f| f.len()), Some(2));
         assert_eq!(n.changed(&Map::new()), Some(vec![]));
     }

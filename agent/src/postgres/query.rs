@@ -27,6 +27,10 @@ pub struct LocalStatus {
     pub replication: Vec<ReplicationRow>,
     /// Some setting changed that needs a restart (`pg_settings.pending_restart`).
     pub pending_restart: bool,
+    /// `synchronous_standby_names` in effect.
+    pub synchronous_standby_names: String,
+    /// `synchronous_commit` in effect (which position a synchronous standby confirms).
+    pub synchronous_commit: String,
 }
 
 /// One walsender, from `pg_stat_replication`.
@@ -38,6 +42,22 @@ pub struct ReplicationRow {
     pub state: String,
     pub sync_state: String,
     pub sync_priority: i32,
+    pub pid: i32,
+    pub write_lsn: Option<u64>,
+    pub flush_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+}
+
+impl ReplicationRow {
+    /// The position this standby confirmed as `synchronous_commit` counts it (Patroni's
+    /// choice: replay for `remote_apply`, write for `remote_write`, else flush).
+    pub fn confirmed_lsn(&self, synchronous_commit: &str) -> Option<u64> {
+        match synchronous_commit {
+            "remote_apply" => self.replay_lsn,
+            "remote_write" => self.write_lsn,
+            _ => self.flush_lsn,
+        }
+    }
 }
 
 /// How to reach the local PostgreSQL: the connection settings and the TLS to use over TCP
@@ -65,11 +85,14 @@ const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('server_ve
   CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())::bigint
        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
   to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00:00',
-  EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart)
+  EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart),
+  current_setting('synchronous_standby_names'), current_setting('synchronous_commit')
 FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true";
 
 const REPLICATION_SQL: &str =
-    "SELECT usename::text, application_name, host(client_addr), state, sync_state, sync_priority
+    "SELECT usename::text, application_name, host(client_addr), state, sync_state, sync_priority,
+  pid, (write_lsn - '0/0'::pg_lsn)::bigint, (flush_lsn - '0/0'::pg_lsn)::bigint,
+  (replay_lsn - '0/0'::pg_lsn)::bigint
 FROM pg_stat_replication ORDER BY application_name";
 
 fn to_u64(v: Option<i64>) -> Option<u64> {
@@ -178,6 +201,8 @@ impl PgClient {
             timeline: u64::try_from(timeline).unwrap_or(0),
             postmaster_start_time: row.try_get(11)?,
             pending_restart: row.try_get(12)?,
+            synchronous_standby_names: row.try_get(13)?,
+            synchronous_commit: row.try_get(14)?,
             replication: rows
                 .iter()
                 .map(|r| ReplicationRow {
@@ -187,6 +212,10 @@ impl PgClient {
                     state: r.get::<_, Option<String>>(3).unwrap_or_default(),
                     sync_state: r.get::<_, Option<String>>(4).unwrap_or_default(),
                     sync_priority: r.get::<_, Option<i32>>(5).unwrap_or(0),
+                    pid: r.get::<_, Option<i32>>(6).unwrap_or(0),
+                    write_lsn: to_u64(r.get(7)),
+                    flush_lsn: to_u64(r.get(8)),
+                    replay_lsn: to_u64(r.get(9)),
                 })
                 .collect(),
         })

@@ -95,8 +95,6 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
         vec![
             "watchdog.mode",
             "postgresql.pre_promote",
-            "bootstrap.dcs.synchronous_mode",
-            "bootstrap.dcs.synchronous_mode_strict",
             "bootstrap.dcs.standby_cluster",
         ],
         "{:#?}",
@@ -110,7 +108,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
     }
     assert_eq!(
         loaded.refusals[2],
-        "bootstrap.dcs.synchronous_mode = on: synchronous replication is not implemented: commits would be acknowledged before any replica has them, and a failover could lose them; Patrol does not give this guarantee yet, so it refuses to start (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 starts it anyway; see docs/patroni-compatibility.md)"
+        "bootstrap.dcs.standby_cluster = {\"host\":\"10.0.0.1\",\"port\":5432}: standby clusters are not implemented: the cluster would run its own writable primary instead of following the remote one; Patrol does not give this guarantee yet, so it refuses to start (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 starts it anyway; see docs/patroni-compatibility.md)"
     );
     // What a reload sees: an error naming every key.
     let err = loaded.clone().usable().expect_err("refused");
@@ -137,7 +135,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
     }
     for no in ["0", "false", "", "maybe"] {
         let refused = load_ok(&yaml, &[("PATROL_ALLOW_UNSUPPORTED", no)]);
-        assert_eq!(refused.refusals.len(), 5, "{no}");
+        assert_eq!(refused.refusals.len(), 3, "{no}");
         assert!(!refused.config.allow_unsupported);
     }
     // Off values ask for nothing.

@@ -45,7 +45,8 @@ fn leader_obs(
     let c = o.cluster().unwrap().clone();
     let local = o.local.clone();
     let dynamic = o.dynamic.clone();
-    o.mem.observe_replication("pg0", Some(&c), &local, &dynamic, NOW);
+    o.mem
+        .observe_replication("pg0", Some(&c), &local, &dynamic, NOW);
     o
 }
 

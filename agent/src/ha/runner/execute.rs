@@ -43,6 +43,17 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             Action::ClearFailover { version } => Ok(self.clear_failover(*version).await),
             Action::Follow(up) => self.follow(up, cluster).await,
             Action::EnsureSlots { names } => Ok(self.ensure_slots(names, cluster).await),
+            Action::WriteSync {
+                leader,
+                voters,
+                quorum,
+            } => self.write_sync(leader, voters, *quorum).await,
+            Action::DeleteSync => self.delete_sync().await,
+            Action::SetSyncStandbyNames(v) => self.set_sync_names(v.clone(), cluster).await,
+            Action::RecheckSoon => {
+                self.recheck_soon = true;
+                Ok(Outcome::Done)
+            }
             Action::Fatal { reason } => Err(Step::Fatal(reason.clone())),
         }
     }
@@ -349,6 +360,71 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         Outcome::Done
     }
 
+    /// Row Y-1: the `sync` key, compared with the revision this cycle last saw or wrote.
+    async fn write_sync(&mut self, leader: &str, voters: &[String], quorum: usize) -> Done {
+        let state = patrol_dcs::SyncState {
+            leader: Some(leader.to_string()),
+            sync_standby: voters.to_vec(),
+            quorum: quorum as i64,
+        };
+        match self
+            .dcs
+            .set_sync(&state.to_json(), self.sync_version)
+            .await
+            .map_err(dcs_stop)?
+        {
+            Some(v) => {
+                self.sync_version = Some(v);
+                Ok(Outcome::Done)
+            }
+            None => Err(Step::Stop(
+                "Synchronous replication key updated by someone else".into(),
+            )),
+        }
+    }
+
+    async fn delete_sync(&mut self) -> Done {
+        if self
+            .dcs
+            .delete_sync(self.sync_version)
+            .await
+            .map_err(dcs_stop)?
+        {
+            self.sync_version = None;
+            Ok(Outcome::Done)
+        } else {
+            Err(Step::Stop(
+                "Synchronous replication key updated by someone else".into(),
+            ))
+        }
+    }
+
+    /// Row Y-1: `synchronous_standby_names` (`None`: the user's own value), written to the
+    /// configuration and reloaded when it changes.
+    async fn set_sync_names(&mut self, value: Option<String>, cluster: &Cluster) -> Done {
+        if value == self.sync_names && value.is_some() {
+            // Already ours in the file; PostgreSQL may not have reloaded it yet.
+            self.pg.reload().await.map_err(pg_stop)?;
+            return Ok(Outcome::Done);
+        }
+        self.sync_names = value;
+        // A standby about to be promoted keeps its recovery settings until the promotion.
+        let standby_of = match self.mem.last_seen_primary {
+            Some(true) => None,
+            _ => Some(
+                self.mem
+                    .following
+                    .as_deref()
+                    .and_then(|name| cluster.members.iter().find(|m| m.name == name))
+                    .map(Upstream::of),
+            ),
+        };
+        let files = self.config_files(standby_of);
+        self.pg.write_config(&files).map_err(pg_stop)?;
+        self.pg.reload().await.map_err(pg_stop)?;
+        Ok(Outcome::Done)
+    }
+
     /// Row H-1.2: point the standby at the leader (rewrite its configuration and reload).
     async fn follow(&mut self, up: &Upstream, cluster: &Cluster) -> Done {
         // A leader whose conn_url cannot be used is not followed (the error naming it is
@@ -411,6 +487,12 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let mut parameters = self.dynamic.parameters();
         for (k, v) in &self.cfg.postgresql.parameters {
             parameters.insert(k.clone(), v.clone());
+        }
+        if let Some(names) = &self.sync_names {
+            parameters.insert(
+                "synchronous_standby_names".into(),
+                serde_json::Value::String(names.clone()),
+            );
         }
         let recovery = standby_of.map(|up| Recovery {
             primary_conninfo: up.as_ref().and_then(|u| self.upstream_conninfo(u).ok()),

@@ -67,6 +67,14 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     refused_config: Option<i64>,
     /// Members whose `conn_url` or `api_url` cannot be used, with why, as last logged.
     unusable_members: std::collections::BTreeMap<String, String>,
+    /// `synchronous_standby_names` as synchronous replication set it (`None`: the user's own).
+    sync_names: Option<String>,
+    /// The `sync` key's revision for the next compare-and-swap of this cycle.
+    sync_version: Option<i64>,
+    /// The last decision asked for another cycle soon.
+    recheck_soon: bool,
+    /// Stopping or restarting as a synchronous standby: publish `nosync` (spec 5.7).
+    disable_sync: bool,
 }
 
 /// What ends the loop.
@@ -116,6 +124,10 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             unsupported: Default::default(),
             refused_config: None,
             unusable_members: Default::default(),
+            sync_names: None,
+            sync_version: None,
+            recheck_soon: false,
+            disable_sync: false,
         }
     }
 
@@ -153,7 +165,11 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             if let Err(reason) = result {
                 return Exit::Fatal(reason);
             }
-            let wait = self.timing().loop_wait();
+            let wait = if std::mem::take(&mut self.recheck_soon) {
+                Duration::from_secs(1)
+            } else {
+                self.timing().loop_wait()
+            };
             let deadline = started + wait;
             if wake_worthy(
                 before.as_deref(),
@@ -227,6 +243,11 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         {
             tracing::info!("{note}");
         }
+        self.mem
+            .observe_replication(&self.cfg.name, cluster.as_ref(), &local, &self.dynamic, now);
+        self.sync_version = cluster
+            .as_ref()
+            .and_then(|c| c.sync.as_ref().map(|s| s.version));
         let peers = match &cluster {
             Some(c) if c.leader.is_none() && local.in_recovery == Some(true) => {
                 self.probe_peers(c).await
@@ -265,6 +286,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 .postgresql
                 .remove_data_directory_on_diverged_timelines,
             now_epoch_ms: chrono::Utc::now().timestamp_millis(),
+            sync_names_managed: self.sync_names.is_some(),
         };
         let Some(cluster) = cluster else {
             // Row D-2: decided by the core; nothing is published without the DCS.
@@ -306,6 +328,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     }
 
     fn log_reason(&mut self, dec: &Decision) {
+        for note in &dec.notes {
+            tracing::info!("{note}");
+        }
         if dec.reason != self.last_reason {
             tracing::info!("{}", dec.reason);
             self.last_reason = dec.reason.clone();
@@ -317,6 +342,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     /// Collects a finished long operation.
     async fn collect_task(&mut self) -> Option<TaskResult> {
         let (task, handle) = self.in_flight.take_if(|(_, h)| h.is_finished())?;
+        // A restarted synchronous standby may be chosen again.
+        self.disable_sync = false;
         let r = match handle.await {
             Ok(Ok(())) => TaskResult::Succeeded(task),
             Ok(Err(e)) => TaskResult::Failed(task, e),
@@ -490,4 +517,26 @@ fn wake_worthy(before: Option<&Cluster>, now: Option<&Cluster>, me: &str) -> boo
         || b.initialize != n.initialize
         || b.failover.as_ref().map(|f| &f.value) != n.failover.as_ref().map(|f| &f.value)
         || (n.leader_name() != Some(me) && b.status != n.status)
+        || (n.leader_name() == Some(me) && sync_inputs_changed(b, n))
+}
+
+/// For the leader in synchronous mode: a member came, went, or changed its state or tags (a
+/// standby about to stop publishes `nosync`): the synchronous standbys may have to change now,
+/// not a `loop_wait` later.
+fn sync_inputs_changed(b: &Cluster, n: &Cluster) -> bool {
+    let mode = n
+        .config
+        .as_ref()
+        .map(|c| c.value.synchronous_mode())
+        .unwrap_or(patrol_dcs::SyncMode::Off);
+    if mode == patrol_dcs::SyncMode::Off {
+        return false;
+    }
+    let view = |c: &Cluster| -> Vec<(String, String, serde_json::Map<String, serde_json::Value>)> {
+        c.members
+            .iter()
+            .map(|m| (m.name.clone(), m.data.state.clone(), m.data.tags.clone()))
+            .collect()
+    };
+    view(b) != view(n)
 }

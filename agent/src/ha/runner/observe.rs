@@ -155,6 +155,22 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             replay_position: status.as_ref().and_then(|s| s.replay_lsn),
             replay_paused: status.as_ref().is_some_and(|s| s.replay_paused),
             history: None,
+            walsenders: status
+                .as_ref()
+                .filter(|s| !s.in_recovery)
+                .map(|s| {
+                    s.replication
+                        .iter()
+                        .map(|r| patrol_ha::sync::Walsender {
+                            pid: r.pid,
+                            application_name: r.application_name.clone(),
+                            sync_state: r.sync_state.clone(),
+                            lsn: r.confirmed_lsn(&s.synchronous_commit),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            standby_names: status.as_ref().map(|s| s.synchronous_standby_names.clone()),
         };
         let Some(cluster) = cluster else {
             return (local, status);

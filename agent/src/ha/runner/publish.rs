@@ -63,6 +63,10 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             .as_ref()
             .map(|p| format!("postgres://{}/{}", p, pgc.database));
         m.tags = patrol_dcs::publishable_tags(&self.cfg.tags);
+        if self.disable_sync {
+            m.tags.insert("nosync".into(), true.into());
+            m.tags.insert("sync_priority".into(), 0.into());
+        }
         m.pause = self.dynamic.pause();
         m.pending_restart = status.is_some_and(|s| s.pending_restart);
         if let Some((f, schedule, _)) = &self.scheduled_restart {

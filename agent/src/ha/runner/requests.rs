@@ -137,6 +137,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             ));
         }
         let wait = Duration::from_secs(f.timeout.unwrap_or(self.cfg.postgresql.pg_ctl_timeout));
+        if !as_primary {
+            self.leave_sync_standbys().await;
+        }
         tracing::info!("restarting PostgreSQL on request");
         let standby_of = if as_primary {
             None
@@ -309,6 +312,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             return;
         }
         let was_leader = self.shared.snapshot().is_leader;
+        if !was_leader {
+            self.leave_sync_standbys().await;
+        }
         tracing::info!("shutting down: stopping PostgreSQL");
         let wait = self.pg_ctl_timeout();
         if let Err(e) = self.pg.stop(StopMode::Fast, wait).await {
@@ -330,6 +336,51 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             d.receive_lsn = None;
             d.replication_state = None;
             let _ = self.dcs.touch_member(&d.to_json()).await;
+        }
+    }
+
+    /// Spec 5.7: a synchronous standby about to stop (shutdown, restart) publishes `nosync`
+    /// and waits up to `2 * loop_wait` for the leader to name another one, so that commits do
+    /// not wait for it meanwhile. Only a hint: without the DCS it goes on at once.
+    async fn leave_sync_standbys(&mut self) {
+        if self.dynamic.synchronous_mode() == patrol_dcs::SyncMode::Off
+            || patrol_dcs::tags_nosync(&self.cfg.tags)
+        {
+            return;
+        }
+        let listed = |c: &Cluster| {
+            c.leader_name().is_some_and(|l| {
+                c.sync
+                    .as_ref()
+                    .is_some_and(|s| s.value.leader.as_deref() == Some(l))
+            }) && c
+                .sync
+                .as_ref()
+                .is_some_and(|s| s.value.matches(&self.cfg.name))
+        };
+        match self.dcs.get_cluster().await {
+            Ok(c) if listed(&c) => {}
+            _ => return,
+        }
+        self.disable_sync = true;
+        let Some((json, _)) = self.last_member_json.clone() else {
+            return;
+        };
+        let mut d = MemberData::parse(&json);
+        d.tags.insert("nosync".into(), true.into());
+        d.tags.insert("sync_priority".into(), 0.into());
+        if let Err(e) = self.dcs.touch_member(&d.to_json()).await {
+            tracing::info!("Updating member state failed, skipping wait: {e}");
+            return;
+        }
+        let deadline = Instant::now() + self.timing().loop_wait() * 2;
+        while Instant::now() < deadline {
+            tracing::info!("Waiting for master to release us from synchronous standby");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match self.dcs.get_cluster().await {
+                Ok(c) if listed(&c) => {}
+                _ => break,
+            }
         }
     }
 }
