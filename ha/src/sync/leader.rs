@@ -187,13 +187,13 @@ fn quorum(v: &PrimaryView, plan: &mut SyncPlan) {
     let min_sync = usize::from(v.dynamic.synchronous_mode_strict());
     let input = crate::quorum::QuorumInput {
         leader,
-        quorum,
+        quorum: quorum as i64,
         voters,
         numsync: now.numsync,
         sync: now.sync.clone(),
         numsync_confirmed: now.confirmed.len(),
         active: now.active.clone(),
-        sync_wanted: v.dynamic.synchronous_node_count(),
+        sync_wanted: v.dynamic.synchronous_node_count().max(min_sync) as i64,
         leader_wanted: v.me.to_string(),
     };
     let out = crate::quorum::resolve(&input);
