@@ -408,7 +408,18 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             return Ok(Outcome::Done);
         }
         self.sync_names = value;
-        // A standby about to be promoted keeps its recovery settings until the promotion.
+        self.rewrite_config_and_reload(cluster)
+            .await
+            .map_err(pg_stop)?;
+        Ok(Outcome::Done)
+    }
+
+    /// Rewrites PostgreSQL's configuration for the role it runs in now (a standby keeps its
+    /// recovery settings) and reloads it.
+    pub(super) async fn rewrite_config_and_reload(
+        &mut self,
+        cluster: &Cluster,
+    ) -> Result<(), crate::postgres::PgError> {
         let standby_of = match self.mem.last_seen_primary {
             Some(true) => None,
             _ => Some(
@@ -420,9 +431,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             ),
         };
         let files = self.config_files(standby_of);
-        self.pg.write_config(&files).map_err(pg_stop)?;
-        self.pg.reload().await.map_err(pg_stop)?;
-        Ok(Outcome::Done)
+        self.pg.write_config(&files)?;
+        self.pg.reload().await
     }
 
     /// Row H-1.2: point the standby at the leader (rewrite its configuration and reload).

@@ -75,6 +75,8 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     recheck_soon: bool,
     /// Stopping or restarting as a synchronous standby: publish `nosync` (spec 5.7).
     disable_sync: bool,
+    /// The dynamic `postgresql.parameters` or `pg_hba` changed: rewrite and reload.
+    dynamic_params_changed: bool,
 }
 
 /// What ends the loop.
@@ -128,6 +130,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             sync_version: None,
             recheck_soon: false,
             disable_sync: false,
+            dynamic_params_changed: false,
         }
     }
 
@@ -245,6 +248,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         self.mem
             .observe_replication(&self.cfg.name, cluster.as_ref(), &local, &self.dynamic, now);
+        if let Some(c) = &cluster {
+            self.apply_changed_parameters(c, &local).await;
+        }
         self.sync_version = cluster
             .as_ref()
             .and_then(|c| c.sync.as_ref().map(|s| s.version));

@@ -59,6 +59,11 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         self.refused_config = None;
         let old = self.timing();
+        if self.dynamic.parameters() != cfg.value.parameters()
+            || self.dynamic.pg_hba() != cfg.value.pg_hba()
+        {
+            self.dynamic_params_changed = true;
+        }
         self.dynamic = cfg.value.clone();
         let new = self.dynamic.timing();
         self.shared.set_dynamic(new, self.dynamic.pause());
@@ -85,6 +90,29 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             self.dcs.set_timing(new).await;
         }
         true
+    }
+
+    /// Changed dynamic `postgresql.parameters` (or `pg_hba`) reach a running PostgreSQL with a
+    /// reload (those that need a restart wait for one, as Patroni). Written for the role the
+    /// status query says PostgreSQL runs in; a standby whose upstream this process has not
+    /// configured yet gets them with its `Follow`, which writes the whole configuration.
+    pub(super) async fn apply_changed_parameters(&mut self, cluster: &Cluster, local: &LocalPg) {
+        if !self.dynamic_params_changed || self.in_flight.is_some() || !local.running {
+            return;
+        }
+        match local.in_recovery {
+            None => return, // not known yet: next cycle
+            Some(true) if self.mem.following.is_none() => {}
+            Some(_) => {
+                tracing::info!(
+                    "the dynamic configuration's PostgreSQL parameters changed: reloading"
+                );
+                if let Err(e) = self.rewrite_config_and_reload(cluster).await {
+                    tracing::warn!("could not apply the changed parameters: {e}");
+                }
+            }
+        }
+        self.dynamic_params_changed = false;
     }
 
     /// Logs an error naming each member whose `conn_url` or `api_url` cannot be used (a host
