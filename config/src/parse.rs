@@ -1414,10 +1414,8 @@ fn parse_tags(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Map<Strin
         match v {
             Value::Null => {}
             Value::Number(n) if n.as_u64().is_some() => {}
-            Value::String(s) if s.trim().parse::<u64>().is_ok() => {
-                let n: u64 = s.trim().parse().unwrap_or_default();
-                *v = Value::from(n);
-            }
+            // Kept as written (Patroni publishes the tag as configured), read as a number.
+            Value::String(s) if s.trim().parse::<u64>().is_ok() => {}
             other => return Err(wrong_type(join(P, key), "a non-negative integer", other)),
         }
     }
@@ -1433,7 +1431,10 @@ fn parse_tags(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Map<Strin
         let Some(flag_value) = tags.get(flag) else {
             continue;
         };
-        let Some(prio) = tags.get(priority).and_then(Value::as_u64) else {
+        let Some(prio) = tags.get(priority).and_then(|v| match v {
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            other => other.as_u64(),
+        }) else {
             continue;
         };
         let set = python_truthy(flag_value);

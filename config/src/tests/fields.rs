@@ -364,10 +364,12 @@ fn tags_keep_order_and_types() {
     assert_eq!(c.tags["rack"], json!(7));
     assert_eq!(c.tags["weight"], json!(1.5));
     assert_eq!(c.tags["extra"], json!({"a": [1, 2]}));
-    // Boolean tags spelled as PyYAML booleans become booleans; priorities become integers.
+    // Boolean tags spelled as PyYAML booleans become booleans; priorities written as strings
+    // stay strings (Patroni publishes them as configured) and read as integers.
     assert_eq!(c.tags["clonefrom"], json!(true));
     assert_eq!(c.tags["noloadbalance"], json!(false));
-    assert_eq!(c.tags["failover_priority"], json!(3));
+    assert_eq!(c.tags["failover_priority"], json!("3"));
+    assert_eq!(patrol_dcs::tags_failover_priority(&c.tags), 3);
     assert_eq!(c.tags["nosync"], json!(0));
     assert_eq!(c.tags["nostream"], Value::Null);
 }
