@@ -533,6 +533,24 @@ impl SyncState {
             .iter()
             .any(|s| s.eq_ignore_ascii_case(name))
     }
+
+    /// Whether the key was written by (for) `name` as leader, case-insensitively. A key naming
+    /// another leader is stale: its standbys were chosen for that leader.
+    pub fn leader_matches(&self, name: &str) -> bool {
+        self.leader
+            .as_deref()
+            .is_some_and(|l| l.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The dynamic configuration's `synchronous_mode`, as Patroni reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynchronousMode {
+    Off,
+    /// `true`, `on` (any of Patroni's true spellings): the `sync` key lists synchronous standbys.
+    On,
+    /// `quorum`: the `sync` key lists the quorum standbys.
+    Quorum,
 }
 
 /// One line of the `history` key: `[timeline, switch_lsn, reason, timestamp, new_leader]`.
@@ -837,6 +855,24 @@ impl ClusterConfig {
         lenient_bool(self.data.get("failsafe_mode")).unwrap_or(false)
     }
 
+    /// `synchronous_mode`: `quorum` (any case), a true value, or off (absent, false or
+    /// unreadable). A standby cluster is never synchronous, as in Patroni.
+    pub fn synchronous_mode(&self) -> SynchronousMode {
+        if self.is_standby_cluster() {
+            return SynchronousMode::Off;
+        }
+        let v = self.data.get("synchronous_mode");
+        if v.and_then(Value::as_str)
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("quorum"))
+        {
+            SynchronousMode::Quorum
+        } else if lenient_bool(v) == Some(true) {
+            SynchronousMode::On
+        } else {
+            SynchronousMode::Off
+        }
+    }
+
     pub fn use_slots(&self) -> bool {
         lenient_bool(self.pg().and_then(|p| p.get("use_slots"))).unwrap_or(true)
     }
@@ -1005,6 +1041,13 @@ impl Cluster {
 
     pub fn leader_member(&self) -> Option<&Member> {
         self.member(self.leader_name()?)
+    }
+
+    /// The `config` key's `synchronous_mode` (off without a readable `config` key).
+    pub fn synchronous_mode(&self) -> SynchronousMode {
+        self.config
+            .as_ref()
+            .map_or(SynchronousMode::Off, |c| c.value.synchronous_mode())
     }
 
     pub fn is_paused(&self) -> bool {
