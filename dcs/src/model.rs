@@ -304,16 +304,6 @@ impl MemberData {
     }
 }
 
-/// The replication mode asked by `synchronous_mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncMode {
-    Off,
-    /// One or more synchronous standbys (`synchronous_mode: on`).
-    On,
-    /// `synchronous_mode: quorum`: `ANY n (...)`.
-    Quorum,
-}
-
 /// `nosync` in Patroni's sense: the tag when set, else `sync_priority` not above 0.
 pub fn tags_nosync(tags: &Map<String, Value>) -> bool {
     match lenient_bool(tags.get("nosync")) {
@@ -589,6 +579,24 @@ impl SyncState {
                 .iter()
                 .any(|s| s.eq_ignore_ascii_case(name))
     }
+
+    /// Whether the key was written by (for) `name` as leader, case-insensitively. A key naming
+    /// another leader is stale: its standbys were chosen for that leader.
+    pub fn leader_matches(&self, name: &str) -> bool {
+        self.leader
+            .as_deref()
+            .is_some_and(|l| l.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The dynamic configuration's `synchronous_mode`, as Patroni reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynchronousMode {
+    Off,
+    /// `true`, `on` (any of Patroni's true spellings): the `sync` key lists synchronous standbys.
+    On,
+    /// `quorum`: the `sync` key lists the quorum standbys.
+    Quorum,
 }
 
 /// One line of the `history` key: `[timeline, switch_lsn, reason, timestamp, new_leader]`.
@@ -889,20 +897,6 @@ impl ClusterConfig {
         lenient_bool(self.data.get("pause")).unwrap_or(false)
     }
 
-    /// `synchronous_mode`: `quorum`, or true-ish for one or more synchronous standbys.
-    pub fn synchronous_mode(&self) -> SyncMode {
-        match self.data.get("synchronous_mode") {
-            Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
-            v => {
-                if lenient_bool(v).unwrap_or(false) {
-                    SyncMode::On
-                } else {
-                    SyncMode::Off
-                }
-            }
-        }
-    }
-
     pub fn synchronous_mode_strict(&self) -> bool {
         lenient_bool(self.data.get("synchronous_mode_strict")).unwrap_or(false)
     }
@@ -922,6 +916,24 @@ impl ClusterConfig {
 
     pub fn failsafe_mode(&self) -> bool {
         lenient_bool(self.data.get("failsafe_mode")).unwrap_or(false)
+    }
+
+    /// `synchronous_mode`: `quorum` (any case), a true value, or off (absent, false or
+    /// unreadable). A standby cluster is never synchronous, as in Patroni.
+    pub fn synchronous_mode(&self) -> SynchronousMode {
+        if self.is_standby_cluster() {
+            return SynchronousMode::Off;
+        }
+        let v = self.data.get("synchronous_mode");
+        if v.and_then(Value::as_str)
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("quorum"))
+        {
+            SynchronousMode::Quorum
+        } else if lenient_bool(v) == Some(true) {
+            SynchronousMode::On
+        } else {
+            SynchronousMode::Off
+        }
     }
 
     pub fn use_slots(&self) -> bool {
@@ -1092,6 +1104,13 @@ impl Cluster {
 
     pub fn leader_member(&self) -> Option<&Member> {
         self.member(self.leader_name()?)
+    }
+
+    /// The `config` key's `synchronous_mode` (off without a readable `config` key).
+    pub fn synchronous_mode(&self) -> SynchronousMode {
+        self.config
+            .as_ref()
+            .map_or(SynchronousMode::Off, |c| c.value.synchronous_mode())
     }
 
     pub fn is_paused(&self) -> bool {

@@ -130,7 +130,7 @@ impl Memory {
             self.sync_ready = Default::default();
         }
         let candidates = crate::sync::sync_candidates(me, cluster, &local.walsenders);
-        let quorum = dynamic.synchronous_mode() == patrol_dcs::SyncMode::Quorum;
+        let quorum = dynamic.synchronous_mode() == patrol_dcs::SynchronousMode::Quorum;
         self.sync_ready.observe(
             names,
             flush,

@@ -45,6 +45,7 @@ pub fn stats_json(shared: &Shared) -> Value {
                 "name": m.name,
                 "address": m.addr.map(|a| a.to_string()),
                 "role": m.role,
+                "sync_state": m.sync_role.map(|r| r.as_str()),
                 "state": m.state,
                 "timeline": m.timeline,
                 "lag_bytes": m.lag_bytes,
@@ -110,11 +111,12 @@ pub fn stats_html(shared: &Shared) -> String {
     let mut rows = String::new();
     for m in v["members"].as_array().into_iter().flatten() {
         rows.push_str(&format!(
-            "<tr class=\"{cls}\"><td>{name}</td><td>{addr}</td><td>{role}</td><td>{state}</td><td>{tl}</td><td>{lag}</td><td>{lags}</td><td>{w}</td><td>{r}</td><td>{reason}</td><td>{ws}</td><td>{rs}</td></tr>\n",
+            "<tr class=\"{cls}\"><td>{name}</td><td>{addr}</td><td>{role}</td><td>{sync}</td><td>{state}</td><td>{tl}</td><td>{lag}</td><td>{lags}</td><td>{w}</td><td>{r}</td><td>{reason}</td><td>{ws}</td><td>{rs}</td></tr>\n",
             cls = if m["write_pool"] == true { "writer" } else if m["read_pool"] == true { "reader" } else { "out" },
             name = s(&m["name"]),
             addr = s(&m["address"]),
             role = s(&m["role"]),
+            sync = s(&m["sync_state"]),
             state = s(&m["state"]),
             tl = s(&m["timeline"]),
             lag = s(&m["lag_bytes"]),
@@ -149,7 +151,7 @@ tr.writer {{ background: #cfe8cf; }} tr.reader {{ background: #dde8f8; }} tr.out
 <h1>patrol-router: cluster <span id="cluster">{cluster}</span></h1>
 <p>Leader: <b id="leader">{leader}</b>{leader_for}. Write port → <b id="writer">{writer}</b> {wreason}</p>
 <p>Read pool: <b id="readers">{readers}</b>. Sessions: {sessions} (relayed in {relay}{redirect}). etcd view: <span class="{dcs_cls}">{dcs}</span> (watch re-established {reconnects} times).</p>
-<table id="members"><tr><th>member</th><th>address</th><th>role</th><th>state</th><th>TL</th><th>lag bytes</th><th>lag s</th><th>write pool</th><th>read pool</th><th>why not</th><th>write sessions</th><th>read sessions</th></tr>
+<table id="members"><tr><th>member</th><th>address</th><th>role</th><th>sync</th><th>state</th><th>TL</th><th>lag bytes</th><th>lag s</th><th>write pool</th><th>read pool</th><th>why not</th><th>write sessions</th><th>read sessions</th></tr>
 {rows}</table>
 <h2>Recent events</h2><ul id="events">
 {events}</ul>

@@ -55,6 +55,9 @@ pub struct Config {
     /// ... and not before this long after it left.
     pub hold_down: Duration,
     pub read_fallback: ReadFallback,
+    /// The read pool holds only the synchronous (or quorum) standbys the `sync` key lists for
+    /// the current leader; the others are out with a reason.
+    pub read_sync_only: bool,
     pub balance: Balance,
     /// A replica leaving the pool for lag keeps its sessions (a demoted or dead one never does).
     pub keep_sessions_on_lag: bool,
@@ -162,6 +165,7 @@ struct ReadSection {
     enter_ratio: Option<f64>,
     hold_down_ms: Option<u64>,
     fallback: Option<ReadFallback>,
+    sync_only: Option<bool>,
     keep_sessions_on_lag: Option<bool>,
     balance: Option<Balance>,
 }
@@ -343,6 +347,7 @@ impl Config {
             enter_ratio,
             hold_down: ms(r.hold_down_ms, 30_000),
             read_fallback: r.fallback.unwrap_or(ReadFallback::Refuse),
+            read_sync_only: r.sync_only.unwrap_or(false),
             balance: r.balance.unwrap_or(Balance::LeastConnections),
             keep_sessions_on_lag: r.keep_sessions_on_lag.unwrap_or(true),
             hold: ms(file.write.and_then(|w| w.hold_ms), 10_000),
@@ -424,6 +429,10 @@ mod tests {
         assert_eq!(c.namespace, "/service");
         assert_eq!(c.read_fallback, ReadFallback::Refuse);
         assert_eq!(c.balance, Balance::LeastConnections);
+        assert!(
+            !c.read_sync_only,
+            "every streaming replica reads unless asked otherwise"
+        );
         assert!((1..=16).contains(&c.threads), "{}", c.threads);
         assert_eq!(c.backend_port, None);
         let c = load("scope: demo\nthreads: 3\nbackend_port: 6432\n").expect("valid");
@@ -447,6 +456,9 @@ mod tests {
         assert_eq!(c.admin_auth, Some(("a".into(), "b".into())));
         let c = load("scope: demo\nread: {balance: round_robin}\n").expect("valid");
         assert_eq!(c.balance, Balance::RoundRobin);
+        let c = load("scope: demo\nread: {sync_only: true, fallback: leader}\n").expect("valid");
+        assert!(c.read_sync_only);
+        assert_eq!(c.read_fallback, ReadFallback::Leader);
         assert!(load("scope: demo\nsplice: true\n").expect("valid").splice);
         assert!(
             !c.redirect_local,
@@ -488,6 +500,8 @@ mod tests {
             ),
             ("scope: x\nredirect_local: 1\n", "redirect_local"),
             ("scope: x\nread: {balance: random}\n", "balance"),
+            ("scope: x\nread: {sync_only: yes}\n", "read.sync_only"),
+            ("scope: x\nread: {sync_only: 1}\n", "read.sync_only"),
             ("scope: x\nbackend_port: 70000\n", "backend_port"),
             (
                 "scope: x\nlisten: {write: '127.0.0.1:1', read: '127.0.0.1:1'}\n",

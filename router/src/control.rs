@@ -454,6 +454,11 @@ fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
                 .with_label_values(&[&v.name])
                 .set(i64::try_from(l).unwrap_or(i64::MAX));
         }
+        for role in table::SyncRole::ALL {
+            m.replica_sync_state
+                .with_label_values(&[&v.name, role.as_str()])
+                .set(i64::from(v.sync_role == Some(role)));
+        }
     }
     m.has_writer.set(i64::from(next.writer.is_some()));
     if let Some(local) = &shared.local {

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub session_kill_seconds: HistogramVec,
     pub pool_member: IntGaugeVec,
     pub replica_lag_bytes: IntGaugeVec,
+    pub replica_sync_state: IntGaugeVec,
     pub leader_changes_total: IntCounter,
     pub watch_reconnects_total: IntCounter,
     pub dcs_up: IntGauge,
@@ -98,6 +99,14 @@ impl Metrics {
                 ),
                 &["member"],
             )),
+            replica_sync_state: must(IntGaugeVec::new(
+                Opts::new(
+                    "patrol_router_replica_sync_state",
+                    "1 for the replica's state in the leader's sync key (sync, quorum or async), \
+                     0 for the others; all 0 for the leader",
+                ),
+                &["member", "state"],
+            )),
             leader_changes_total: must(IntCounter::new(
                 "patrol_router_leader_changes_total",
                 "Changes of the write backend",
@@ -135,6 +144,7 @@ impl Metrics {
             Box::new(m.session_kill_seconds.clone()),
             Box::new(m.pool_member.clone()),
             Box::new(m.replica_lag_bytes.clone()),
+            Box::new(m.replica_sync_state.clone()),
             Box::new(m.leader_changes_total.clone()),
             Box::new(m.watch_reconnects_total.clone()),
             Box::new(m.dcs_up.clone()),

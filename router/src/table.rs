@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use patrol_dcs::{Cluster, Role};
+use patrol_dcs::{Cluster, Role, SyncState, SynchronousMode};
 
 use crate::config::{Config, ReadFallback};
 
@@ -70,6 +70,76 @@ pub struct Backend {
     pub addr: SocketAddr,
 }
 
+/// What a replica is to the current leader's commits, as the `sync` key and the `config` key's
+/// `synchronous_mode` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncRole {
+    /// Listed in the `sync` key with `synchronous_mode: on`.
+    Sync,
+    /// Listed in the `sync` key with `synchronous_mode: quorum` (a quorum voter).
+    Quorum,
+    Async,
+}
+
+impl SyncRole {
+    pub const ALL: [SyncRole; 3] = [SyncRole::Sync, SyncRole::Quorum, SyncRole::Async];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncRole::Sync => "sync",
+            SyncRole::Quorum => "quorum",
+            SyncRole::Async => "async",
+        }
+    }
+}
+
+/// The current leader's synchronous standbys: the `sync` key when synchronous mode is on and
+/// the key is that leader's, or why no member is one.
+enum Standbys<'a> {
+    /// The key's standbys are synchronous (or quorum) standbys.
+    Listed(&'a SyncState, SyncRole),
+    /// No member is one, and why.
+    Nobody(String),
+}
+
+impl<'a> Standbys<'a> {
+    fn of(c: &'a Cluster, leader: Option<&str>) -> Standbys<'a> {
+        let role = match c.synchronous_mode() {
+            SynchronousMode::Off => return Standbys::Nobody("synchronous_mode is off".into()),
+            SynchronousMode::On => SyncRole::Sync,
+            SynchronousMode::Quorum => SyncRole::Quorum,
+        };
+        let Some(sync) = c.sync.as_ref().map(|v| &v.value) else {
+            return Standbys::Nobody("no sync key".into());
+        };
+        match leader {
+            None => Standbys::Nobody("no leader".into()),
+            Some(l) if sync.leader_matches(l) => Standbys::Listed(sync, role),
+            Some(l) => Standbys::Nobody(format!(
+                "the sync key is for leader {}, not {l}",
+                sync.leader.as_deref().unwrap_or("none")
+            )),
+        }
+    }
+
+    fn role_of(&self, name: &str) -> SyncRole {
+        match self {
+            Standbys::Listed(sync, role) if sync.matches(name) => *role,
+            _ => SyncRole::Async,
+        }
+    }
+
+    /// Why `name` is not one of them (`None` when it is).
+    fn why_not(&self, name: &str) -> Option<String> {
+        let why = match self {
+            Standbys::Listed(sync, _) if sync.matches(name) => return None,
+            Standbys::Listed(..) => "not listed in the sync key",
+            Standbys::Nobody(why) => why,
+        };
+        Some(format!("asynchronous ({why})"))
+    }
+}
+
 /// Per member, for the stats page and the pool hysteresis.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MemberView {
@@ -82,6 +152,8 @@ pub struct MemberView {
     pub lag_seconds: Option<f64>,
     pub in_write_pool: bool,
     pub in_read_pool: bool,
+    /// What it is to the leader's commits (`None` for the leader itself).
+    pub sync_role: Option<SyncRole>,
     /// Why it is not in a pool ("" when it is).
     pub reason: String,
     /// Alive as a replica (running, in recovery, API answering): read sessions survive.
@@ -220,6 +292,7 @@ pub fn build(
         .into_iter()
         .chain(c.status.optime)
         .max();
+    let standbys = Standbys::of(c, leader.as_deref());
 
     for m in &c.members {
         let addr = addr_of(&m.data.conn_url, cfg.backend_port, resolved);
@@ -244,6 +317,7 @@ pub fn build(
             lag_seconds: None,
             in_write_pool: is_writer,
             in_read_pool: false,
+            sync_role: (!is_leader).then(|| standbys.role_of(&m.name)),
             reason: String::new(),
             alive_replica: false,
             pool_changed_at: prev_view.and_then(|p| p.pool_changed_at),
@@ -251,6 +325,8 @@ pub fn build(
             flaps: prev_view.map(|p| p.flaps).unwrap_or(0),
         };
         let was_in = prev_view.is_some_and(|p| p.in_read_pool);
+        // Left because the leader chose other synchronous standbys: not a flap of its own.
+        let mut left_for_sync = false;
         let why_not: Option<String> = match probe {
             _ if addr.is_none() => {
                 Some("no usable conn_url (or its host name did not resolve)".into())
@@ -281,6 +357,13 @@ pub fn build(
                     Some("tagged noloadbalance".into())
                 } else if !p.streaming {
                     Some("not streaming".into())
+                } else if let Some(why) = cfg
+                    .read_sync_only
+                    .then(|| standbys.why_not(&m.name))
+                    .flatten()
+                {
+                    left_for_sync = true;
+                    Some(why)
                 } else {
                     let limit = cfg.max_lag_bytes;
                     let over = |ratio: f64| {
@@ -335,7 +418,7 @@ pub fn build(
         }
         if v.in_read_pool != was_in && prev_view.is_some() {
             v.pool_changed_at = Some(now);
-            if was_in {
+            if was_in && !left_for_sync {
                 // Left again soon after the last exit's hold-down ended: a flap.
                 let recent = v.last_exit.is_some_and(|at| {
                     now.saturating_duration_since(at) < v.hold_down(cfg.hold_down) * 2

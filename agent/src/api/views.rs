@@ -1,18 +1,16 @@
 //! Read-only views built from a cluster snapshot (spec 2.5): `GET /cluster` and `GET /history`
 //! bodies, as pure functions.
 
-use patrol_dcs::{format_lsn, lenient_bool, Cluster, Member};
+use patrol_dcs::{format_lsn, Cluster, Member};
 use serde_json::{json, Map, Value};
 
 /// (synchronous mode on, quorum mode) as Patroni's global config reads them.
 pub fn sync_modes(cluster: &Cluster) -> (bool, bool) {
-    let Some(cfg) = cluster.config.as_ref() else {
-        return (false, false);
-    };
-    let v = cfg.value.data.get("synchronous_mode");
-    let quorum = v.and_then(Value::as_str) == Some("quorum");
-    let on = (quorum || lenient_bool(v) == Some(true)) && !cfg.value.is_standby_cluster();
-    (on, on && quorum)
+    match cluster.synchronous_mode() {
+        patrol_dcs::SynchronousMode::Off => (false, false),
+        patrol_dcs::SynchronousMode::On => (true, false),
+        patrol_dcs::SynchronousMode::Quorum => (true, true),
+    }
 }
 
 fn role_of(cluster: &Cluster, m: &Member) -> &'static str {

@@ -93,6 +93,43 @@ fn sync_state_format() {
     let parsed = SyncState::parse(r#"{"leader":"node0","quorum":1,"sync_standby":"Node1,node2"}"#);
     assert!(parsed.matches("node1"));
     assert_eq!(parsed.quorum, 1);
+    assert!(parsed.leader_matches("NODE0"));
+    assert!(!parsed.leader_matches("node1"));
+    assert!(!SyncState::parse(r#"{"leader":null}"#).leader_matches("node0"));
+}
+
+#[test]
+fn synchronous_mode_as_patroni_reads_it() {
+    let mode = |json: &str| {
+        ClusterConfig::parse(json)
+            .expect("an object")
+            .synchronous_mode()
+    };
+    assert_eq!(mode("{}"), SynchronousMode::Off);
+    for off in ["false", r#""off""#, "null", r#""sometimes""#] {
+        assert_eq!(
+            mode(&format!(r#"{{"synchronous_mode":{off}}}"#)),
+            SynchronousMode::Off,
+            "{off}"
+        );
+    }
+    for on in ["true", r#""on""#, r#""yes""#, "1"] {
+        assert_eq!(
+            mode(&format!(r#"{{"synchronous_mode":{on}}}"#)),
+            SynchronousMode::On,
+            "{on}"
+        );
+    }
+    assert_eq!(
+        mode(r#"{"synchronous_mode":"Quorum"}"#),
+        SynchronousMode::Quorum
+    );
+    assert_eq!(
+        mode(r#"{"synchronous_mode":true,"standby_cluster":{"host":"10.0.0.1"}}"#),
+        SynchronousMode::Off,
+        "a standby cluster is never synchronous"
+    );
+    assert_eq!(Cluster::default().synchronous_mode(), SynchronousMode::Off);
 }
 
 #[test]

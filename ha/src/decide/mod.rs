@@ -529,7 +529,7 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                 }
                 // Row Y-3: in mode `on` only the key's members (and its leader) race.
                 None if sync_key.is_some_and(|k| {
-                    o.dynamic.synchronous_mode() == patrol_dcs::SyncMode::On
+                    o.dynamic.synchronous_mode() == patrol_dcs::SynchronousMode::On
                         && !k.matches_or_leader(&o.me)
                 }) =>
                 {
@@ -603,7 +603,7 @@ fn leader_sync(o: &Reach) -> crate::sync::SyncPlan {
 /// The `sync` key when synchronous replication is asked for and active (it names a leader):
 /// then only its members may be promoted automatically (spec 5.5, 5.7).
 pub(super) fn sync_active<'a>(o: &'a Reach) -> Option<&'a patrol_dcs::SyncState> {
-    if o.dynamic.synchronous_mode() == patrol_dcs::SyncMode::Off {
+    if o.dynamic.synchronous_mode() == patrol_dcs::SynchronousMode::Off {
         return None;
     }
     o.cluster

@@ -78,7 +78,8 @@ pub(super) fn healthiest(o: &Reach) -> Result<(), String> {
     let my_pos = o.local.effective_position().unwrap_or(0);
     let my_replay = o.local.replay_position.unwrap_or(my_pos);
     let key = super::sync_active(o);
-    let quorum = key.filter(|_| o.dynamic.synchronous_mode() == patrol_dcs::SyncMode::Quorum);
+    let quorum =
+        key.filter(|_| o.dynamic.synchronous_mode() == patrol_dcs::SynchronousMode::Quorum);
     let voter = |name: &str| quorum.is_some_and(|k| k.matches(name));
     let former_leader = |name: &str| {
         key.and_then(|k| k.leader.as_deref())
@@ -219,7 +220,7 @@ pub(super) fn switchover_target_exists(o: &Reach, candidate: Option<&str>) -> bo
             }
     });
     let n = possible.count();
-    match key.filter(|_| o.dynamic.synchronous_mode() == patrol_dcs::SyncMode::Quorum) {
+    match key.filter(|_| o.dynamic.synchronous_mode() == patrol_dcs::SynchronousMode::Quorum) {
         Some(k) if candidate.is_none() => n as i64 > k.quorum,
         _ => n > 0,
     }

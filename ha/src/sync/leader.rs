@@ -1,6 +1,6 @@
 //! What the leader writes for synchronous replication each cycle, and before a promotion.
 
-use patrol_dcs::{Cluster, ClusterConfig, SyncMode};
+use patrol_dcs::{Cluster, ClusterConfig, SynchronousMode};
 
 use super::{current_state, same_names, standby_names, sync_candidates, Readiness, Walsender};
 use crate::Action;
@@ -49,7 +49,7 @@ pub struct PrimaryView<'a> {
 pub fn leader_sync_actions(v: &PrimaryView) -> SyncPlan {
     let mut plan = SyncPlan::default();
     match v.dynamic.synchronous_mode() {
-        SyncMode::Off => {
+        SynchronousMode::Off => {
             // Sync mode turned off: the key goes, the user's own value comes back.
             if let Some(s) = &v.cluster.sync {
                 if !s.value.is_empty() {
@@ -61,8 +61,8 @@ pub fn leader_sync_actions(v: &PrimaryView) -> SyncPlan {
                 plan.actions.push(Action::SetSyncStandbyNames(None));
             }
         }
-        SyncMode::On => multisync(v, &mut plan),
-        SyncMode::Quorum => {
+        SynchronousMode::On => multisync(v, &mut plan),
+        SynchronousMode::Quorum => {
             if v.quorum_may_change {
                 quorum(v, &mut plan)
             }
@@ -272,7 +272,7 @@ pub fn prepromote_sync_actions(
         .map(|s| &s.value)
         .filter(|s| !s.is_empty());
     match (mode, key) {
-        (SyncMode::Off, _) => {
+        (SynchronousMode::Off, _) => {
             let mut a = Vec::new();
             if key.is_some() {
                 a.push(Action::DeleteSync);
@@ -282,7 +282,7 @@ pub fn prepromote_sync_actions(
             }
             a
         }
-        (SyncMode::Quorum, Some(k)) => {
+        (SynchronousMode::Quorum, Some(k)) => {
             let mut members: Vec<String> = k.leader.iter().cloned().collect();
             members.extend(k.sync_standby.iter().cloned());
             let q = k.quorum.max(0) as usize;
@@ -307,7 +307,7 @@ pub fn prepromote_sync_actions(
             Action::SetSyncStandbyNames(Some(standby_names(
                 &[],
                 Some(min_sync),
-                mode == SyncMode::Quorum,
+                mode == SynchronousMode::Quorum,
             ))),
         ],
     }

@@ -9,7 +9,7 @@ mod names;
 
 use std::collections::BTreeMap;
 
-use patrol_dcs::{Cluster, ClusterConfig, SyncMode, SyncState};
+use patrol_dcs::{Cluster, ClusterConfig, SyncState, SynchronousMode};
 
 pub use leader::{leader_sync_actions, prepromote_sync_actions, PrimaryView, SyncPlan};
 pub use names::{parse_standby_names, quote_standby_name, standby_names, ParsedNames};
@@ -212,7 +212,7 @@ pub fn current_state(
     dynamic: &ClusterConfig,
     flush: u64,
 ) -> SyncNow {
-    let quorum = dynamic.synchronous_mode() == SyncMode::Quorum;
+    let quorum = dynamic.synchronous_mode() == SynchronousMode::Quorum;
     let count = dynamic.synchronous_node_count();
     let max_lag = dynamic.maximum_lag_on_syncnode();
     let max_lsn = if candidates.len() > 1 {

@@ -35,6 +35,11 @@ fn cfg() -> Config {
 }
 
 fn cluster(leader: Option<&str>, roles: &[(&str, &str)]) -> Cluster {
+    Cluster::from_kvs(1, &kvs(leader, roles))
+}
+
+/// The keys of [`cluster`].
+fn kvs(leader: Option<&str>, roles: &[(&str, &str)]) -> Vec<Kv> {
     let mut kvs = vec![];
     if let Some(l) = leader {
         kvs.push(Kv {
@@ -56,7 +61,7 @@ fn cluster(leader: Option<&str>, roles: &[(&str, &str)]) -> Cluster {
             lease: 1,
         });
     }
-    Cluster::from_kvs(1, &kvs)
+    kvs
 }
 
 fn probe(now: Instant, primary: bool, wal: u64, replayed: u64) -> Probe {
@@ -427,5 +432,195 @@ mod session_rules {
         cfg.write_listen = "0.0.0.0:5000".parse().expect("addr");
         let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 5000);
         assert!(keeps(&cfg, &t, other, at(5432)));
+    }
+}
+
+/// `read.sync_only`: the read pool holds only the current leader's synchronous standbys.
+mod sync_only {
+    use super::*;
+
+    /// Leader `a`, replicas `b` and `c`, with the `config` key's `synchronous_mode` (JSON) and
+    /// the `sync` key (`None`: absent).
+    fn cluster(mode: &str, sync: Option<&str>) -> Cluster {
+        let mut kvs = kvs(
+            Some("a"),
+            &[("a", "primary"), ("b", "replica"), ("c", "replica")],
+        );
+        let key = |key: &str, value: String| Kv {
+            key: key.into(),
+            value,
+            mod_revision: 2,
+            lease: 0,
+        };
+        kvs.push(key("config", format!(r#"{{"synchronous_mode":{mode}}}"#)));
+        if let Some(s) = sync {
+            kvs.push(key("sync", s.into()));
+        }
+        Cluster::from_kvs(2, &kvs)
+    }
+
+    fn probes(now: Instant) -> BTreeMap<String, Probe> {
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, true, 1000, 0));
+        p.insert("b".into(), probe(now, false, 1000, 1000));
+        p.insert("c".into(), probe(now, false, 1000, 1000));
+        p
+    }
+
+    fn sync_cfg() -> Config {
+        let mut c = cfg();
+        c.read_sync_only = true;
+        c
+    }
+
+    fn readers(t: &Table) -> Vec<&str> {
+        t.readers.iter().map(|b| b.name.as_str()).collect()
+    }
+
+    fn roles(t: &Table) -> Vec<Option<SyncRole>> {
+        t.members.iter().map(|m| m.sync_role).collect()
+    }
+
+    fn reason<'t>(t: &'t Table, name: &str) -> &'t str {
+        let m = t.members.iter().find(|m| m.name == name).expect("member");
+        &m.reason
+    }
+
+    #[test]
+    fn only_the_listed_standbys_of_the_current_leader_read() {
+        let now = Instant::now();
+        // Names match case-insensitively, the leader's too.
+        let c = cluster(
+            "true",
+            Some(r#"{"leader":"A","quorum":0,"sync_standby":"B"}"#),
+        );
+        let t = build(
+            &sync_cfg(),
+            Some(&c),
+            true,
+            &probes(now),
+            &Table::default(),
+            now,
+        );
+        assert_eq!(readers(&t), ["b"]);
+        assert_eq!(
+            roles(&t),
+            [None, Some(SyncRole::Sync), Some(SyncRole::Async)]
+        );
+        assert_eq!(reason(&t, "c"), "asynchronous (not listed in the sync key)");
+        // Without sync_only both replicas read; the roles are shown all the same.
+        let t = build(&cfg(), Some(&c), true, &probes(now), &Table::default(), now);
+        assert_eq!(readers(&t), ["b", "c"]);
+        assert_eq!(
+            roles(&t),
+            [None, Some(SyncRole::Sync), Some(SyncRole::Async)]
+        );
+    }
+
+    #[test]
+    fn quorum_mode_reads_from_the_quorum_standbys() {
+        let now = Instant::now();
+        let c = cluster(
+            r#""quorum""#,
+            Some(r#"{"leader":"a","quorum":1,"sync_standby":"b,c"}"#),
+        );
+        let t = build(
+            &sync_cfg(),
+            Some(&c),
+            true,
+            &probes(now),
+            &Table::default(),
+            now,
+        );
+        assert_eq!(readers(&t), ["b", "c"]);
+        assert_eq!(
+            roles(&t),
+            [None, Some(SyncRole::Quorum), Some(SyncRole::Quorum)]
+        );
+    }
+
+    #[test]
+    fn no_qualifying_standby_empties_the_pool_and_the_fallback_decides() {
+        let now = Instant::now();
+        for (mode, sync, why) in [
+            (
+                "false",
+                Some(r#"{"leader":"a","sync_standby":"b"}"#),
+                "synchronous_mode is off",
+            ),
+            (r#""on""#, None, "no sync key"),
+            (
+                r#""on""#,
+                Some(r#"{"leader":"a","sync_standby":null}"#),
+                "not listed",
+            ),
+            // A stale key, written for the leader before the last failover.
+            (
+                r#""on""#,
+                Some(r#"{"leader":"b","sync_standby":"c"}"#),
+                "the sync key is for leader b, not a",
+            ),
+        ] {
+            let c = cluster(mode, sync);
+            let mut cfg = sync_cfg();
+            let t = build(&cfg, Some(&c), true, &probes(now), &Table::default(), now);
+            assert!(t.readers.is_empty(), "{mode} {sync:?}: {:?}", t.readers);
+            assert_eq!(
+                roles(&t)[1..],
+                [Some(SyncRole::Async); 2],
+                "{mode} {sync:?}"
+            );
+            assert!(reason(&t, "c").contains(why), "{:?}", reason(&t, "c"));
+            let at = |port| SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
+            cfg.read_listen = "127.0.0.1:5001".parse().expect("addr");
+            assert_eq!(routes_for(&cfg, &t, &[], &[at(5001)])[&at(5001)], None);
+            cfg.read_fallback = ReadFallback::Leader;
+            assert_eq!(
+                routes_for(&cfg, &t, &[], &[at(5001)])[&at(5001)],
+                Some(at(5432)),
+                "read.fallback: leader sends reads to the writer"
+            );
+        }
+    }
+
+    #[test]
+    fn a_listed_standby_still_needs_to_stream_within_the_lag_limit() {
+        let now = Instant::now();
+        let c = cluster("true", Some(r#"{"leader":"a","sync_standby":"b,c"}"#));
+        let mut p = probes(now);
+        p.insert("a".into(), probe(now, true, 10 << 20, 0));
+        p.insert("b".into(), probe(now, false, 10 << 20, 0));
+        p.get_mut("c").expect("c").streaming = false;
+        let t = build(&sync_cfg(), Some(&c), true, &p, &Table::default(), now);
+        assert!(t.readers.is_empty());
+        assert!(reason(&t, "b").contains("lag"), "{}", reason(&t, "b"));
+        assert_eq!(reason(&t, "c"), "not streaming");
+    }
+
+    #[test]
+    fn a_new_sync_standby_enters_at_once_and_the_old_keeps_its_sessions() {
+        let cfg = sync_cfg();
+        let t0 = Instant::now();
+        let on = |s: &str| cluster("true", Some(s));
+        let b = on(r#"{"leader":"a","sync_standby":"b"}"#);
+        let c = on(r#"{"leader":"a","sync_standby":"c"}"#);
+        let t = build(&cfg, Some(&b), true, &probes(t0), &Table::default(), t0);
+        assert_eq!(readers(&t), ["b"]);
+        // The leader picks c instead: c reads now, b is out but alive, so it keeps its
+        // sessions as a replica out for lag does (keep_sessions_on_lag).
+        let t1 = t0 + Duration::from_secs(1);
+        let t = build(&cfg, Some(&c), true, &probes(t1), &t, t1);
+        assert_eq!(readers(&t), ["c"]);
+        let old = t.members.iter().find(|m| m.name == "b").expect("b");
+        assert!(keeps_read(&cfg, old));
+        let mut cut = cfg.clone();
+        cut.keep_sessions_on_lag = false;
+        assert!(!keeps_read(&cut, old));
+        // Leaving the sync set is the leader's choice, not a flap: back in at once, with no
+        // hold-down.
+        assert_eq!((old.last_exit, old.flaps), (None, 0));
+        let t2 = t1 + Duration::from_secs(1);
+        let t = build(&cfg, Some(&b), true, &probes(t2), &t, t2);
+        assert_eq!(readers(&t), ["b"]);
     }
 }

@@ -534,8 +534,8 @@ fn sync_inputs_changed(b: &Cluster, n: &Cluster) -> bool {
         .config
         .as_ref()
         .map(|c| c.value.synchronous_mode())
-        .unwrap_or(patrol_dcs::SyncMode::Off);
-    if mode == patrol_dcs::SyncMode::Off {
+        .unwrap_or(patrol_dcs::SynchronousMode::Off);
+    if mode == patrol_dcs::SynchronousMode::Off {
         return false;
     }
     let view = |c: &Cluster| -> Vec<(String, String, serde_json::Map<String, serde_json::Value>)> {

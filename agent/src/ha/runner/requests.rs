@@ -343,7 +343,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     /// and waits up to `2 * loop_wait` for the leader to name another one, so that commits do
     /// not wait for it meanwhile. Only a hint: without the DCS it goes on at once.
     async fn leave_sync_standbys(&mut self) {
-        if self.dynamic.synchronous_mode() == patrol_dcs::SyncMode::Off
+        if self.dynamic.synchronous_mode() == patrol_dcs::SynchronousMode::Off
             || patrol_dcs::tags_nosync(&self.cfg.tags)
         {
             return;

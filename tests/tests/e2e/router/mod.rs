@@ -1,7 +1,7 @@
 //! End to end: `patrol-router` in front of a real 3-node cluster (real etcd, agents,
 //! PostgreSQL 15), one module per area: `routing` (the write port follows the confirmed
-//! leader, the read port balances over streaming replicas within the lag limit, the admin
-//! page), `leader_change` (old sessions cut, new connections held while there is no leader and
+//! leader, the read port balances over streaming replicas within the lag limit, or over the
+//! leader's synchronous standbys only, the admin page), `leader_change` (old sessions cut, new connections held while there is no leader and
 //! then answered with a PostgreSQL error, an etcd blip dropping nothing), `hostile` (garbage
 //! and hung backends close only their own connections, cancel requests reach only their
 //! session's backend, slow admin clients are cut and capped) and `kernel` (the kernel relay

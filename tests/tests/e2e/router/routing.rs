@@ -1,13 +1,14 @@
 //! Where the router sends sessions: writes to the confirmed leader, reads balanced over the
-//! streaming replicas within the lag limit (with hysteresis), members named by host name,
-//! busy polling, and the admin page that shows it all.
+//! streaming replicas within the lag limit (with hysteresis) or over the leader's synchronous
+//! standbys only (`read.sync_only`), members named by host name, busy polling, and the admin
+//! page that shows it all.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use patrol_tests::{assert_holds_for, metric, wait_until, Cluster, Router};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{
     events_since, node_of_port, others, read_backends, server_of, ssl_request_reaches_the_backend,
@@ -354,6 +355,116 @@ async fn lagging_replica_leaves_the_read_pool_and_returns_without_flapping() {
     server_of(&s).await.expect("query");
     let all = all_events(&stats);
     eprintln!("events: {all:#?}");
+}
+
+/// `read.sync_only: true`: the read port reaches only the replica the `sync` key lists for the
+/// current leader, and the other once the key lists it instead; while none is listed, reads go
+/// to the leader (`read.fallback: leader`). The agents do not manage the `sync` key yet (P9), so
+/// the test writes it, and `synchronous_mode` in the `config` key, as a leader would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_only_reads_follow_the_sync_key() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let leader = start_all(&mut c).await;
+    let r = Router::start(&c, "read: {sync_only: true, fallback: leader}\n").expect("router");
+    let mut etcd = c.etcd().client().await.expect("etcd client");
+    let raw = c
+        .etcd_get("config")
+        .await
+        .expect("etcd")
+        .expect("config key");
+    let mut config: Value = serde_json::from_str(&raw).expect("config is JSON");
+    config["synchronous_mode"] = json!(true);
+    etcd.put(format!("{}config", c.prefix()), config.to_string(), None)
+        .await
+        .expect("put config");
+
+    // No sync key: no replica qualifies, and reads fall back to the leader.
+    let (r, leader_name) = (&r, c.name(leader));
+    wait_until(
+        "the router to have a writer and no readers",
+        PROPAGATION_TIMEOUT,
+        || async move {
+            let s = r.stats().await?;
+            Ok(
+                (s["write_backend"]["name"] == leader_name && read_backends(&s).is_empty())
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .expect("an empty read pool");
+    let s = r.connect_read().await.expect("read session");
+    let (port, _) = server_of(&s).await.expect("query");
+    assert_eq!(
+        node_of_port(&c, port),
+        Some(leader),
+        "read.fallback: leader"
+    );
+
+    let reps = others(&c, leader);
+    for (listed, other) in [(reps[0], reps[1]), (reps[1], reps[0])] {
+        let sync = json!({"leader": c.name(leader), "quorum": 0, "sync_standby": c.name(listed)});
+        etcd.put(format!("{}sync", c.prefix()), sync.to_string(), None)
+            .await
+            .expect("put sync");
+        let want = vec![c.name(listed).to_owned()];
+        let want = &want;
+        let stats = wait_until(
+            &format!("the read pool to be exactly {want:?}"),
+            PROPAGATION_TIMEOUT,
+            || async move {
+                let s = r.stats().await?;
+                let got = read_backends(&s);
+                if &got == want {
+                    Ok(Some(s))
+                } else {
+                    anyhow::bail!("read_backends {got:?}")
+                }
+            },
+        )
+        .await
+        .expect("the listed replica reads");
+        let member = |i: usize| {
+            stats["members"]
+                .as_array()
+                .and_then(|a| a.iter().find(|m| m["name"] == c.name(i)))
+                .cloned()
+                .expect("member in stats.json")
+        };
+        assert_eq!(member(listed)["sync_state"], "sync", "{stats:#}");
+        assert_eq!(member(other)["sync_state"], "async", "{stats:#}");
+        assert_eq!(member(leader)["sync_state"], Value::Null, "{stats:#}");
+        let reason = member(other)["reason"].as_str().unwrap_or("").to_owned();
+        assert!(reason.contains("not listed in the sync key"), "{reason}");
+        for k in 0..4 {
+            let s = r.connect_read().await.expect("read session");
+            let (port, in_recovery) = server_of(&s).await.expect("query");
+            assert_eq!(
+                node_of_port(&c, port),
+                Some(listed),
+                "read session {k} must reach the synchronous standby {}",
+                c.name(listed)
+            );
+            assert!(in_recovery);
+        }
+        let m = r.metrics().await.expect("metrics");
+        let state = |i: usize, state: &str| {
+            metric(
+                &m,
+                &format!(
+                    "patrol_router_replica_sync_state{{member=\"{}\",state=\"{state}\"}}",
+                    c.name(i)
+                ),
+            )
+        };
+        assert_eq!(
+            (state(listed, "sync"), state(other, "async")),
+            (1.0, 1.0),
+            "{m}"
+        );
+    }
+    let (_, html) = r.get("/").await.expect("GET /");
+    assert!(html.contains("<th>sync</th>"), "{html}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
