@@ -154,7 +154,7 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("watchdog.mode", Local, WatchdogMode(&["automatic", "auto"]), "Patrol does not use a watchdog device; it runs without one, as Patroni does when the device is not usable"),
     // The postgresql section, locally and in the dynamic configuration.
     refuse("postgresql.pre_promote", Both, Set, "this fencing script is not run, so a replica would be promoted without it"),
-    warn("postgresql.callbacks.*", Both, Set, "callback scripts are not run"),
+    Unsupported { key: "postgresql.callbacks.*", except: &["on_role_change"], scope: Both, effect: Effect::Warn, when: When::Set, reason: "callback scripts are not run (only on_role_change is)" },
     warn("postgresql.before_stop", Both, Set, "the script is not run before PostgreSQL stops"),
     warn("postgresql.recovery_conf", Both, Set, "these recovery settings (e.g. restore_command) are not written, so replicas cannot restore WAL from an archive"),
     warn("postgresql.create_replica_methods", Both, ListBeyond(&["basebackup"]), "replicas are created with pg_basebackup only; other methods (and their postgresql.<method> sections) are not run"),
@@ -650,7 +650,7 @@ mod tests {
         assert_eq!(
             paths(&check_dynamic(&cfg)),
             vec![
-                ("postgresql.callbacks.on_role_change", Effect::Warn),
+                ("postgresql.callbacks", Effect::Warn),
                 ("postgresql.pg_ctl_timeout", Effect::Warn),
             ]
         );

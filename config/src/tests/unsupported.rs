@@ -5,11 +5,11 @@ use super::*;
 #[test]
 fn unimplemented_local_keys_are_named_in_warnings() {
     let yaml = format!(
-        "{MINIMAL}  callbacks:\n    on_role_change: /bin/cb.sh\n  before_stop: /bin/drain.sh\n  create_replica_methods: [pgbackrest, basebackup]\n  pgbackrest:\n    command: /bin/restore\nlog:\n  level: INFO\n  format: '%(message)s'\ntags:\n  replicatefrom: m2\n"
+        "{MINIMAL}  callbacks:\n    on_start: /bin/cb.sh\n    on_role_change: /bin/cb.sh\n  before_stop: /bin/drain.sh\n  create_replica_methods: [pgbackrest, basebackup]\n  pgbackrest:\n    command: /bin/restore\nlog:\n  level: INFO\n  format: '%(message)s'\ntags:\n  replicatefrom: m2\n"
     );
     let loaded = load_ok(&yaml, &[]);
     for key in [
-        "postgresql.callbacks.on_role_change: not implemented by Patrol yet, ignored: callback scripts are not run",
+        "postgresql.callbacks.on_start: not implemented by Patrol yet, ignored: callback scripts are not run (only on_role_change is)",
         "postgresql.before_stop: not implemented",
         "postgresql.create_replica_methods: not implemented by Patrol yet, ignored: replicas are created with pg_basebackup only",
         "log.format: not implemented",

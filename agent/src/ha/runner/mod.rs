@@ -8,6 +8,7 @@
 //! leader-key transaction in this cycle; what a failed one means is the core's
 //! ([`after_setback`]), answered in the same cycle.
 
+mod callbacks;
 mod execute;
 mod observe;
 mod publish;
@@ -77,6 +78,10 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     disable_sync: bool,
     /// The dynamic `postgresql.parameters` or `pg_hba` changed: rewrite and reload.
     dynamic_params_changed: bool,
+    /// The role PostgreSQL ran in at the last cycle that knew it (for `on_role_change`).
+    last_role: Option<patrol_dcs::Role>,
+    /// The last callback started (killed if still running when the next one starts).
+    callback: Option<tokio::process::Child>,
 }
 
 /// What ends the loop.
@@ -131,6 +136,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             recheck_soon: false,
             disable_sync: false,
             dynamic_params_changed: false,
+            last_role: None,
+            callback: None,
         }
     }
 
@@ -317,6 +324,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             return Ok(());
         }
         let role = self.role_now(status.as_ref());
+        if status.is_some() {
+            self.observe_role(role.clone());
+        }
         self.shared.update(NodeState {
             cluster: Some(Arc::new(cluster)),
             status,
