@@ -273,10 +273,11 @@ async fn unsupported_guarantees_refuse_to_start() {
     let dir = cluster.node_dir(0).to_path_buf();
     assert!(good.contains("\n  dcs: {ttl: 10,"), "{good}");
     let watchdog = format!("{good}watchdog: {{mode: required, device: /dev/watchdog}}\n");
-    let sync = good.replace(
-        "\n  dcs: {ttl: 10,",
-        "\n  dcs: {synchronous_mode: on, ttl: 10,",
+    let fence = good.replace(
+        "postgresql: {use_pg_rewind: true,",
+        "postgresql: {pre_promote: /bin/fence, use_pg_rewind: true,",
     );
+    assert_ne!(fence, good);
 
     // (file name, content, the key and value the message must name)
     let cases = [
@@ -286,9 +287,9 @@ async fn unsupported_guarantees_refuse_to_start() {
             "watchdog.mode = required: ",
         ),
         (
-            "sync.yml",
-            sync.as_str(),
-            "bootstrap.dcs.synchronous_mode = on: ",
+            "fence.yml",
+            fence.as_str(),
+            "bootstrap.dcs.postgresql.pre_promote = /bin/fence: ",
         ),
     ];
     for (file, content, want) in cases {

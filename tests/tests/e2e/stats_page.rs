@@ -135,11 +135,12 @@ fn member_rows(dom: &str) -> Vec<(String, Vec<String>)> {
 /// Columns of the member table (see `router/src/admin.rs`).
 const NAME: usize = 0;
 const ROLE: usize = 2;
-const LAG_BYTES: usize = 5;
-const WRITE_POOL: usize = 7;
-const READ_POOL: usize = 8;
-const WRITE_SESSIONS: usize = 10;
-const READ_SESSIONS: usize = 11;
+const SYNC: usize = 3;
+const LAG_BYTES: usize = 6;
+const WRITE_POOL: usize = 8;
+const READ_POOL: usize = 9;
+const WRITE_SESSIONS: usize = 11;
+const READ_SESSIONS: usize = 12;
 
 /// Checks the dumped page shows `leader` as the leader and write backend, every other running
 /// member as a replica in the read pool with a lag, and the held sessions.
@@ -179,7 +180,10 @@ fn check_page(dom: &str, leader: &str, replicas: &[&str], sessions: bool) -> any
     for r in replicas {
         let (class, cells) = row(r).with_context(|| format!("no row for {r}: {rows:?}"))?;
         anyhow::ensure!(
-            class == "reader" && cells[ROLE] == "replica" && cells[READ_POOL] == "yes",
+            class == "reader"
+                && cells[ROLE] == "replica"
+                && cells[READ_POOL] == "yes"
+                && cells[SYNC] == "async",
             "replica row: {class} {cells:?}"
         );
         anyhow::ensure!(

@@ -317,14 +317,14 @@ async fn views_config_and_bad_input() {
         lport,
         "PATCH",
         "/config",
-        Some(r#"{"synchronous_mode":"on","failsafe_mode":true}"#),
+        Some(r#"{"postgresql":{"pre_promote":"/bin/fence"},"failsafe_mode":true}"#),
         &[],
     )
     .await;
     assert_eq!(r.code, 400, "{}", r.body);
     assert!(
         r.body
-            .starts_with("synchronous_mode = on: synchronous replication is not implemented"),
+            .starts_with("postgresql.pre_promote = /bin/fence: this fencing script is not run"),
         "{}",
         r.body
     );
@@ -338,16 +338,16 @@ async fn views_config_and_bad_input() {
         before,
         "nothing was written"
     );
-    let mut sync = before.clone();
-    sync["synchronous_mode"] = json!(true);
+    let mut fenced = before.clone();
+    fenced["postgresql"]["pre_promote"] = json!("/bin/fence");
     etcd.put(
         format!("{}config", cluster.prefix()),
-        serde_json::to_string(&sync).expect("json"),
+        serde_json::to_string(&fenced).expect("json"),
         None,
     )
     .await
     .expect("direct put");
-    let logged = "ERROR: dynamic configuration: synchronous_mode = true: synchronous replication is not implemented";
+    let logged = "ERROR: dynamic configuration: postgresql.pre_promote = /bin/fence: this fencing script is not run";
     let cl = &cluster;
     wait_until(
         "every agent to log the ERROR",
@@ -370,7 +370,7 @@ async fn views_config_and_bad_input() {
         lport,
         "PATCH",
         "/config",
-        Some(r#"{"synchronous_mode":null}"#),
+        Some(r#"{"postgresql":{"pre_promote":null}}"#),
         &[],
     )
     .await;
