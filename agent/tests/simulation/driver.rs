@@ -24,7 +24,8 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// How long a converged cluster must stay converged.
 const STAYS_CONVERGED: Duration = Duration::from_secs(10);
 
-fn node_config(i: usize) -> Arc<patrol_agent::config::Config> {
+/// `mode`: the `synchronous_mode` of the cluster (`off`, `on`, `quorum`).
+fn node_config(i: usize, mode: &str) -> Arc<patrol_agent::config::Config> {
     let (pg, api) = (crate::PG_PORT as usize + i, 8008 + i);
     let yaml = format!(
         r#"
@@ -41,6 +42,7 @@ bootstrap:
     ttl: 10
     loop_wait: 1
     retry_timeout: 3
+    synchronous_mode: {mode}
     postgresql:
       use_pg_rewind: true
 postgresql:
@@ -68,11 +70,16 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(seed: u64, nodes: usize) -> Sim {
+        Sim::with_mode(seed, nodes, "off")
+    }
+
+    /// A cluster in `synchronous_mode: <mode>`.
+    pub fn with_mode(seed: u64, nodes: usize, mode: &str) -> Sim {
         let mut world = World::new(seed);
         for i in 0..nodes {
             world.nodes.push(Node {
                 name: format!("pg{i}"),
-                cfg: node_config(i),
+                cfg: node_config(i, mode),
                 pg: SimPg::default(),
                 agent: Agent::Down,
                 epoch: 0,
@@ -184,6 +191,7 @@ impl Sim {
         let end = Instant::now() + Duration::from_secs(secs);
         let mut until: Vec<Option<(Instant, &'static str)>> = vec![None; self.nodes()];
         let mut partitioned: Vec<Option<Instant>> = vec![None; self.nodes()];
+        let mut cut: Vec<Option<Instant>> = vec![None; self.nodes()];
         while Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if self.failed() {
@@ -200,6 +208,13 @@ impl Sim {
                             _ => thaw(&self.w, i),
                         }
                     }
+                }
+                if cut[i].is_some_and(|t| t <= now) {
+                    cut[i] = None;
+                    let mut w = lock(&self.w);
+                    w.nodes[i].pg.repl_cut = false;
+                    let m = format!("{}: replication connection restored", w.nodes[i].name);
+                    w.log(m);
                 }
                 if partitioned[i].is_some_and(|t| t <= now) {
                     partitioned[i] = None;
@@ -245,6 +260,31 @@ impl Sim {
                 }
             }
             if w.rng.chance(1) {
+                // Host loss: the agent and its PostgreSQL die together.
+                if let Some(i) = w.rng.pick(&live) {
+                    let d = w.rng.range(0, 15_000);
+                    until[i] = Some((now + Duration::from_millis(d), "down"));
+                    w.nodes[i].pg.running = false;
+                    w.stats.faults += 1;
+                    let m = format!("FAULT {}: host lost", w.nodes[i].name);
+                    w.log(m);
+                    drop(w);
+                    self.crash_agent(i);
+                    continue;
+                }
+            }
+            if w.rng.chance(1) {
+                // The replication connection of one node is cut for a while.
+                let d = w.rng.range(1_000, 20_000);
+                if let Some(i) = w.rng.pick(&(0..n).collect::<Vec<_>>()) {
+                    w.nodes[i].pg.repl_cut = true;
+                    cut[i] = Some(now + Duration::from_millis(d));
+                    w.stats.faults += 1;
+                    let m = format!("FAULT {}: replication connection cut", w.nodes[i].name);
+                    w.log(m);
+                }
+            }
+            if w.rng.chance(1) {
                 let free: Vec<usize> = (0..n).filter(|&i| partitioned[i].is_none()).collect();
                 if let Some(i) = w.rng.pick(&free) {
                     let d = w.rng.range(1_000, 30_000);
@@ -264,6 +304,7 @@ impl Sim {
                 None => {}
             }
             lock(&self.w).nodes[i].partitioned = false;
+            lock(&self.w).nodes[i].pg.repl_cut = false;
         }
         lock(&self.w).log("faults stopped".into());
         // What the last faults set going (a call failing after retry_timeout, a lease ending)
@@ -327,11 +368,19 @@ impl Sim {
         let Some(wal) = w.nodes[li].pg.data.as_ref().map(|d| d.wal.clone()) else {
             return;
         };
-        let lost = w
+        let missing: Vec<(u64, u64)> = w
             .acked
             .iter()
             .filter(|(b, p)| !wal.contains(*b, *p))
-            .count() as u64;
+            .copied()
+            .collect();
+        for (b, p) in &missing {
+            let m = format!(
+                "LOST: acknowledged commit at branch {b} pos {p} is not on the final leader"
+            );
+            w.log(m);
+        }
+        let lost = missing.len() as u64;
         w.stats.lost_acked_commits = lost;
     }
 
@@ -360,6 +409,7 @@ pub fn thaw(w: &Shared, i: usize) {
 /// Primaries take writes (acknowledged when their node holds the leader key), standbys stream.
 fn run_postgres(w: &mut World) {
     let leader = w.etcd.value("leader").map(str::to_string);
+    let mut primaries = Vec::new();
     for i in 0..w.nodes.len() {
         if !w.nodes[i].pg.writable() {
             continue;
@@ -375,17 +425,13 @@ fn run_postgres(w: &mut World) {
             "a primary writes its own branch"
         );
         d.wal.pos += add;
-        let ack = (d.wal.current().id, d.wal.pos);
         if holds {
-            match w.acked.last_mut() {
-                Some(last) if last.0 == ack.0 => *last = ack,
-                _ => w.acked.push(ack),
-            }
+            primaries.push(i);
         }
     }
     for i in 0..w.nodes.len() {
         let pg = &w.nodes[i].pg;
-        if !(pg.running && pg.in_recovery) {
+        if !(pg.running && pg.in_recovery) || pg.repl_cut {
             continue;
         }
         let Some(up) = pg.upstream else {
@@ -398,11 +444,36 @@ fn run_postgres(w: &mut World) {
         if !src.running || mine.sysid != theirs.sysid || !mine.wal.can_follow(&theirs.wal) {
             continue;
         }
-        let wal = theirs.wal.clone();
+        // Streaming takes time: a standby on its upstream's branch receives a part of what is
+        // new each tick; after a timeline switch it takes the new history at once.
+        let same_branch = mine.wal.current().id == theirs.wal.current().id;
+        let (wal, behind) = (
+            theirs.wal.clone(),
+            theirs.wal.pos.saturating_sub(mine.wal.pos),
+        );
         if w.rng.chance(750) {
+            let step = w.rng.range(1, 8_192);
             if let Some(d) = w.nodes[i].pg.data.as_mut() {
-                d.wal = wal;
+                if same_branch {
+                    d.wal.pos += behind.min(step);
+                } else {
+                    d.wal = wal;
+                }
             }
+        }
+    }
+    // Commits are acknowledged up to what `synchronous_standby_names` lets the primary
+    // acknowledge (all of it under asynchronous replication).
+    for i in primaries {
+        let Some(branch) = w.nodes[i].pg.data.as_ref().map(|d| d.wal.current().clone()) else {
+            continue;
+        };
+        let Some(pos) = crate::world::ack_position(w, i).filter(|&p| p > branch.start) else {
+            continue;
+        };
+        match w.acked.last_mut() {
+            Some(last) if last.0 == branch.id => last.1 = last.1.max(pos),
+            _ => w.acked.push((branch.id, pos)),
         }
     }
 }

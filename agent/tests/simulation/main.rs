@@ -50,10 +50,10 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Runs one seed: `secs` of faults, then quiet until the cluster converges.
-fn run(seed: u64, nodes: usize, secs: u64) -> Stats {
-    eprintln!("simulation: {nodes} nodes, {secs} s of faults, seed {seed} (replay: PATROL_SIM_SEED={seed})");
+fn run(seed: u64, nodes: usize, secs: u64, mode: &str) -> Stats {
+    eprintln!("simulation: {nodes} nodes, synchronous_mode {mode}, {secs} s of faults, seed {seed} (replay: PATROL_SIM_SEED={seed})");
     runtime().block_on(async {
-        let mut sim = Sim::new(seed, nodes);
+        let mut sim = Sim::with_mode(seed, nodes, mode);
         sim.faults(secs).await;
         sim.assert_ok();
         if lock(&sim.w).sysid.is_none() {
@@ -64,7 +64,7 @@ fn run(seed: u64, nodes: usize, secs: u64) -> Stats {
         sim.count_lost_commits();
         sim.stop();
         let stats = sim.stats();
-        eprintln!("  {stats:?}");
+        eprintln!("  seed {seed}: {stats:?}");
         stats
     })
 }
@@ -92,7 +92,7 @@ fn seeds(count: u64) -> Vec<u64> {
 }
 
 /// Runs the seeds on the available cores (each run is deterministic on its own).
-fn run_many(nodes: usize, count: u64, secs: u64) {
+fn run_many(nodes: usize, count: u64, secs: u64, mode: &str) -> Stats {
     let seeds = seeds(count);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let results: Vec<std::thread::Result<Vec<Stats>>> = std::thread::scope(|scope| {
@@ -101,7 +101,7 @@ fn run_many(nodes: usize, count: u64, secs: u64) {
                 let mine: Vec<u64> = seeds.iter().copied().skip(w).step_by(workers).collect();
                 scope.spawn(move || {
                     mine.into_iter()
-                        .map(|seed| run(seed, nodes, secs))
+                        .map(|seed| run(seed, nodes, secs, mode))
                         .collect()
                 })
             })
@@ -131,16 +131,31 @@ fn run_many(nodes: usize, count: u64, secs: u64) {
     // The runs must have exercised failover, not just watched a quiet cluster.
     assert!(total.faults > 0, "no faults were injected: {total:?}");
     assert!(total.promotions > 0, "no failover happened: {total:?}");
+    total
 }
 
 #[test]
 fn three_nodes_with_faults() {
-    run_many(3, 10, 600);
+    run_many(3, 10, 600, "off");
+}
+
+/// Synchronous replication: no commit a primary acknowledged (its synchronous standbys had
+/// it) is missing from the final leader, whatever the faults.
+#[test]
+fn three_nodes_synchronous_mode_loses_no_acknowledged_commit() {
+    let total = run_many(3, 6, 600, "on");
+    assert_eq!(total.lost_acked_commits, 0, "{total:?}");
+}
+
+#[test]
+fn three_nodes_quorum_mode_loses_no_acknowledged_commit() {
+    let total = run_many(3, 4, 600, "quorum");
+    assert_eq!(total.lost_acked_commits, 0, "{total:?}");
 }
 
 #[test]
 fn five_nodes_with_faults() {
-    run_many(5, 3, 400);
+    run_many(5, 3, 400, "off");
 }
 
 /// The leader race winner freezes right after taking the key, before its promotion ran; its

@@ -151,6 +151,12 @@ impl LocalPostgres for SimPostgres {
             .as_ref()
             .map(|r| r.primary_conninfo.as_deref().and_then(|c| target(&w, c)));
         w.nodes[self.i].pg.recovery = recovery;
+        w.nodes[self.i].pg.ssn_file = files
+            .parameters
+            .get("synchronous_standby_names")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         Ok(())
     }
 
@@ -178,6 +184,24 @@ impl LocalPostgres for SimPostgres {
     async fn start(&self, _params: &[(String, String)], _wait: Duration) -> Result<(), PgError> {
         self.op(200, 2_000, |w, i| {
             let branch = w.id();
+            // PostgreSQL would do it (end recovery without a new timeline), but the agent must
+            // never: new WAL on the old timeline beside what the other members have cannot be
+            // told apart by timeline.
+            let standby_as_primary = {
+                let pg = &w.nodes[i].pg;
+                !pg.running
+                    && pg.recovery.is_none()
+                    && pg
+                        .data
+                        .as_ref()
+                        .is_some_and(|d| d.wal.current().owner != d.instance)
+            };
+            if standby_as_primary {
+                let name = w.nodes[i].name.clone();
+                w.fail(&format!(
+                    "{name}: a standby's data directory was started as a primary without a promotion"
+                ));
+            }
             let pg = &mut w.nodes[i].pg;
             if pg.running {
                 return Ok(());
@@ -209,6 +233,8 @@ impl LocalPostgres for SimPostgres {
                 }
             }
             pg.running = true;
+            pg.ssn = pg.ssn_file.clone();
+            pg.start_id = branch;
             Self::log(w, i, "started");
             Ok(())
         })
@@ -250,6 +276,7 @@ impl LocalPostgres for SimPostgres {
             if let (true, Some(up)) = (pg.in_recovery, pg.recovery) {
                 pg.upstream = up;
             }
+            pg.ssn = pg.ssn_file.clone();
             Ok(())
         })
         .await
@@ -372,27 +399,7 @@ impl LocalPostgres for SimPostgres {
     }
 
     async fn status(&self) -> Result<LocalStatus, PgError> {
-        self.op(1, 5, |w, i| {
-            let pg = &w.nodes[i].pg;
-            let d = pg
-                .data
-                .as_ref()
-                .filter(|_| pg.running)
-                .ok_or(PgError::NotRunning)?;
-            let pos = Some(d.wal.pos);
-            Ok(LocalStatus {
-                in_recovery: pg.in_recovery,
-                server_version: 150_000,
-                timeline: d.wal.timeline(),
-                wal_position: (!pg.in_recovery).then_some(d.wal.pos),
-                receive_lsn: pos.filter(|_| pg.in_recovery),
-                replay_lsn: pos.filter(|_| pg.in_recovery),
-                replication_state: (pg.in_recovery && pg.upstream.is_some())
-                    .then(|| "streaming".to_string()),
-                ..LocalStatus::default()
-            })
-        })
-        .await
+        self.op(1, 5, |w, i| status_of(w, i)).await
     }
 
     async fn reset(&self) {}
@@ -432,8 +439,39 @@ impl LocalPostgres for SimPostgres {
     }
 }
 
-/// The other members' REST APIs: a live agent answers `GET /patroni` from its shared state,
-/// through the agent's own rendering of the answer.
+/// What the status query of node `i`'s PostgreSQL answers now.
+fn status_of(w: &crate::world::World, i: usize) -> Result<LocalStatus, PgError> {
+    let pg = &w.nodes[i].pg;
+    let d = pg
+        .data
+        .as_ref()
+        .filter(|_| pg.running)
+        .ok_or(PgError::NotRunning)?;
+    let pos = Some(d.wal.pos);
+    let replication = if pg.in_recovery {
+        Vec::new()
+    } else {
+        crate::world::walsenders(w, i)
+    };
+    Ok(LocalStatus {
+        synchronous_standby_names: pg.ssn.clone(),
+        synchronous_commit: "on".into(),
+        replication,
+        in_recovery: pg.in_recovery,
+        server_version: 150_000,
+        timeline: d.wal.timeline(),
+        wal_position: (!pg.in_recovery).then_some(d.wal.pos),
+        receive_lsn: pos.filter(|_| pg.in_recovery),
+        replay_lsn: pos.filter(|_| pg.in_recovery),
+        replication_state: (pg.in_recovery && pg.upstream.is_some())
+            .then(|| "streaming".to_string()),
+        ..LocalStatus::default()
+    })
+}
+
+/// The other members' REST APIs: a live agent answers `GET /patroni` from its shared state
+/// with a fresh status query, as the agent's handler does, through the agent's own rendering
+/// of the answer.
 pub struct SimPeers {
     pub w: Shared,
     pub i: usize,
@@ -458,7 +496,13 @@ impl Peers for SimPeers {
                 if n.agent != Agent::Live {
                     return None;
                 }
-                let body = patrol_agent::api::status_json(&n.cfg, &n.shared.snapshot());
+                let mut snap = n.shared.snapshot();
+                if snap.status.is_some() || snap.node.state == "running" {
+                    if let Ok(fresh) = status_of(&w, w.index(name)?) {
+                        snap.status = Some(fresh);
+                    }
+                }
+                let body = patrol_agent::api::status_json(&n.cfg, &snap);
                 Some(PeerStatus::from_status(name, &body))
             })
             .collect();

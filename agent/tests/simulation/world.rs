@@ -221,6 +221,14 @@ pub struct SimPg {
     /// standby of `up` (or of nobody).
     pub recovery: Option<Option<usize>>,
     pub slots: BTreeSet<String>,
+    /// `synchronous_standby_names` in the configuration files, and in effect (after a start
+    /// or reload).
+    pub ssn_file: String,
+    pub ssn: String,
+    /// Changes at every start (the walsender pid a primary reports for this standby).
+    pub start_id: u64,
+    /// Its replication connection is cut (a network fault between it and its upstream).
+    pub repl_cut: bool,
 }
 
 impl SimPg {
@@ -545,4 +553,109 @@ impl World {
         }
         Ok(stuck)
     }
+}
+
+// ---- Synchronous replication -------------------------------------------------------------------
+
+/// The standbys streaming from primary `i` now: node index and position (on `i`'s history).
+pub fn streaming_from(w: &World, i: usize) -> Vec<(usize, u64)> {
+    let Some(src) = w.nodes[i].pg.data.as_ref() else {
+        return Vec::new();
+    };
+    (0..w.nodes.len())
+        .filter(|&j| j != i)
+        .filter_map(|j| {
+            let pg = &w.nodes[j].pg;
+            let d = pg.data.as_ref()?;
+            (pg.running
+                && pg.in_recovery
+                && !pg.repl_cut
+                && pg.upstream == Some(i)
+                && d.sysid == src.sysid
+                && d.wal.can_follow(&src.wal))
+            .then_some((j, d.wal.pos))
+        })
+        .collect()
+}
+
+/// How primary `i`'s PostgreSQL counts each streaming standby under its
+/// `synchronous_standby_names`: `sync` (or `quorum` with `ANY`) when listed among the first
+/// `num` (`*` lists every standby, the first by name synchronous), `potential` when listed
+/// beyond, else `async`.
+fn sync_state_of(
+    parsed: &patrol_ha::sync::ParsedNames,
+    name: &str,
+    rank_of_star: usize,
+) -> &'static str {
+    if parsed.members.is_empty() {
+        return "async";
+    }
+    let listed = parsed.has_star() || parsed.members.iter().any(|m| m.eq_ignore_ascii_case(name));
+    if !listed {
+        return "async";
+    }
+    if parsed.quorum {
+        return "quorum";
+    }
+    let rank = if parsed.has_star() {
+        rank_of_star
+    } else {
+        parsed
+            .members
+            .iter()
+            .position(|m| m.eq_ignore_ascii_case(name))
+            .unwrap_or(usize::MAX)
+    };
+    if rank < parsed.num {
+        "sync"
+    } else {
+        "potential"
+    }
+}
+
+/// Primary `i`'s `pg_stat_replication`.
+pub fn walsenders(w: &World, i: usize) -> Vec<patrol_agent::postgres::ReplicationRow> {
+    let parsed = patrol_ha::sync::parse_standby_names(&w.nodes[i].pg.ssn).unwrap_or_default();
+    let mut standbys = streaming_from(w, i);
+    standbys.sort_by(|a, b| w.nodes[a.0].name.cmp(&w.nodes[b.0].name));
+    standbys
+        .iter()
+        .enumerate()
+        .map(|(rank, &(j, pos))| patrol_agent::postgres::ReplicationRow {
+            usename: "replicator".into(),
+            application_name: w.nodes[j].name.clone(),
+            state: "streaming".into(),
+            sync_state: sync_state_of(&parsed, &w.nodes[j].name, rank).into(),
+            pid: (w.nodes[j].pg.start_id % 1_000_000) as i32 + 1,
+            write_lsn: Some(pos),
+            flush_lsn: Some(pos),
+            replay_lsn: Some(pos),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The position up to which primary `i` acknowledges commits: its own under asynchronous
+/// replication; with `synchronous_standby_names` naming standbys, the `num`-th highest
+/// position among the listed standbys streaming from it (none: nothing more is acknowledged).
+pub fn ack_position(w: &World, i: usize) -> Option<u64> {
+    let pg = &w.nodes[i].pg;
+    let own = pg.data.as_ref()?.wal.pos;
+    let parsed = patrol_ha::sync::parse_standby_names(&pg.ssn).unwrap_or_default();
+    if parsed.members.is_empty() || parsed.num == 0 {
+        return Some(own);
+    }
+    let mut confirmed: Vec<u64> = streaming_from(w, i)
+        .into_iter()
+        .filter(|&(j, _)| {
+            parsed.has_star()
+                || parsed
+                    .members
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(&w.nodes[j].name))
+        })
+        .map(|(_, pos)| pos)
+        .collect();
+    confirmed.sort_unstable_by(|a, b| b.cmp(a));
+    confirmed.get(parsed.num - 1).map(|&p| p.min(own))
 }

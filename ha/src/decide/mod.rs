@@ -319,6 +319,30 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                     vec![Action::ReleaseLeaderKey],
                 );
             }
+            // Row C-1': the data directory was a standby when PostgreSQL stopped (its host was
+            // lost while it promoted): starting it without recovery would write new WAL on the
+            // old timeline, beside what others may have; it starts read-only and is promoted
+            // next cycle onto a new timeline, as Patroni ("starting as readonly because i had
+            // the session lock").
+            let was_standby = matches!(
+                &o.local.data,
+                DataState::Initialized {
+                    cluster_state: ControlState::ShutDownInRecovery
+                        | ControlState::InArchiveRecovery,
+                    ..
+                }
+            );
+            if was_standby {
+                return decision(
+                    "starting as readonly because i had the session lock",
+                    vec![
+                        Action::RefreshLeaderKey,
+                        Action::Start {
+                            standby_of: Some(None),
+                        },
+                    ],
+                );
+            }
             return decision(
                 "starting PostgreSQL as primary (I hold the leader key)",
                 vec![Action::RefreshLeaderKey, Action::Start { standby_of: None }],

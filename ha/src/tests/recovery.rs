@@ -14,6 +14,30 @@ fn c_1_crashed_leader_restarts_in_place() {
 }
 
 #[test]
+fn c_1_a_leader_whose_data_is_a_standby_starts_read_only_then_promotes() {
+    // Row C-1': the host was lost while it promoted (pg_control says standby): start in
+    // recovery, never as a primary on the old timeline; the next cycle promotes.
+    let data = DataState::Initialized {
+        sysid: SYSID.into(),
+        cluster_state: ControlState::InArchiveRecovery,
+    };
+    let mut o = obs("pg0", leader_pg0(), stopped(data));
+    o.mem.primary_down_since = Some(NOW - std::time::Duration::from_secs(1));
+    check(
+        &o,
+        &[
+            Action::RefreshLeaderKey,
+            Action::Start {
+                standby_of: Some(None),
+            },
+        ],
+    );
+    let mut o = obs("pg0", leader_pg0(), running(true, 100));
+    o.mem.primary_down_since = None;
+    assert!(decide(&o).actions.contains(&Action::Promote));
+}
+
+#[test]
 fn c_2_primary_start_timeout_zero_fails_over_at_once() {
     // Row C-2: primary_start_timeout 0 and a healthy replica: release the key.
     let mut o = obs("pg0", leader_pg0(), stopped(initialized()));
