@@ -44,9 +44,18 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
             // that is when routers and peers most need the live role.
             let mut snap = ctx.shared.snapshot();
             if snap.status.is_some() || snap.node.state == "running" {
-                if let Ok(Ok(fresh)) =
+                if let Ok(Ok(mut fresh)) =
                     tokio::time::timeout(Duration::from_secs(2), ctx.pg.status()).await
                 {
+                    // Without a WAL receiver the SQL view gives a standby the last
+                    // restartpoint's timeline, older than the one it replays after a failover;
+                    // the HA loop read the real one from the WAL files. Peers racing for the
+                    // key compare timelines with the cluster's history.
+                    if let Some(known) = snap.status.as_ref().filter(|s| s.in_recovery) {
+                        if fresh.in_recovery {
+                            fresh.timeline = fresh.timeline.max(known.timeline);
+                        }
+                    }
                     snap.status = Some(fresh);
                 }
             }
