@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg};
-use nix::unistd::getpgid;
+use nix::unistd::{getpgid, Pid};
 use patrol_dcs::SyncState;
 use patrol_tests::{index_of, wait_healthy, wait_until, Cluster, Signal, HEALTHY_TIMEOUT};
 use tokio_postgres::NoTls;
@@ -147,18 +148,41 @@ async fn ids_on(c: &Cluster, i: usize) -> anyhow::Result<BTreeSet<i64>> {
     Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
 }
 
-/// Sends `sig` to node `i`'s whole PostgreSQL: the postmaster's process group (pg_ctl starts
-/// it in its own session), or the postmaster alone if it leads no group.
-fn signal_postgres_all(c: &Cluster, i: usize, sig: Signal) -> anyhow::Result<()> {
+/// Node `i`'s PostgreSQL processes: the postmaster's process group (pg_ctl starts it in its
+/// own session), or the postmaster alone if it leads no group.
+#[derive(Clone, Copy)]
+enum Target {
+    Group(Pid),
+    One(Pid),
+}
+
+fn postgres_of(c: &Cluster, i: usize) -> anyhow::Result<Target> {
     let pid = c
         .postmaster_pid(i)
         .with_context(|| format!("no postmaster for {}", c.name(i)))?;
-    if getpgid(Some(pid)).ok() == Some(pid) {
-        killpg(pid, sig).with_context(|| format!("{sig} to process group {pid}"))?;
+    Ok(if getpgid(Some(pid)).ok() == Some(pid) {
+        Target::Group(pid)
     } else {
-        kill(pid, sig).with_context(|| format!("{sig} to postmaster {pid}"))?;
+        Target::One(pid)
+    })
+}
+
+fn signal(t: Target, sig: Option<Signal>) -> nix::Result<()> {
+    match t {
+        Target::Group(g) => killpg(g, sig),
+        Target::One(p) => kill(p, sig),
     }
-    Ok(())
+}
+
+/// Waits until every process of `t` is gone (reaped, not even a zombie), as after a reboot:
+/// a new postmaster refuses a data dir whose lock file names a live pid.
+async fn wait_gone(t: Target) -> anyhow::Result<()> {
+    wait_until(
+        "the killed PostgreSQL to be gone",
+        Duration::from_secs(30),
+        || async move { Ok((signal(t, None) == Err(Errno::ESRCH)).then_some(())) },
+    )
+    .await
 }
 
 /// Waits until the leader key names a node other than `old` that is a writable primary.
@@ -209,6 +233,16 @@ struct Round {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    // On SIGINT or SIGTERM the run is dropped, and with it the cluster (its processes killed).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = run(args) => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        _ = term.recv() => bail!("terminated"),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let dcs = std::env::var("BENCH_DCS")
         .unwrap_or_else(|_| "{ttl: 10, loop_wait: 1, retry_timeout: 3}".into());
     let mut c = Cluster::new(3)?;
@@ -278,13 +312,14 @@ async fn main() -> anyhow::Result<()> {
 
         let old = leader;
         let fault = if r % 2 == 0 { "kill" } else { "stop" };
+        let pg = postgres_of(&c, old)?;
         let fault_at = Instant::now();
         if fault == "kill" {
             c.kill_node(old);
-            signal_postgres_all(&c, old, Signal::SIGKILL)?;
+            signal(pg, Some(Signal::SIGKILL))?;
         } else {
             c.stop_node(old, Signal::SIGSTOP)?;
-            signal_postgres_all(&c, old, Signal::SIGSTOP)?;
+            signal(pg, Some(Signal::SIGSTOP))?;
         }
         let new = wait_new_leader(&c, old)
             .await
@@ -292,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
         let failover = fault_at.elapsed();
         if fault == "stop" {
             // The frozen primary must never run again: kill it while it is still stopped.
-            signal_postgres_all(&c, old, Signal::SIGKILL)?;
+            signal(pg, Some(Signal::SIGKILL))?;
             c.kill_node(old);
         }
         // Every id acknowledged so far must be on the new leader.
@@ -324,7 +359,8 @@ async fn main() -> anyhow::Result<()> {
         );
         rounds.push(round);
         leader = new;
-        // The lost node comes back (rewound) before the next round.
+        // The lost node comes back (rewound) before the next round, once its processes are gone.
+        wait_gone(pg).await?;
         c.start_node(old)?;
     }
     stop.store(true, Ordering::Relaxed);
