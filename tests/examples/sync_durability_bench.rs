@@ -3,8 +3,9 @@
 //! increasing ids in autocommit on whichever node is the writable primary (reconnecting after a
 //! failover) and records an id only when its COMMIT was acknowledged. The leader's host is then
 //! lost `--rounds` times (default 20), alternately: SIGKILL of its agent and of its whole
-//! PostgreSQL (postmaster and backends); SIGSTOP of both until a new leader is writable (longer
-//! than ttl), then SIGKILL, so the frozen primary never runs again. After each failover every
+//! PostgreSQL (postmaster and every child, frozen first so none escapes); SIGSTOP of all of
+//! them until a new leader is writable (longer than ttl), then SIGKILL, so the frozen primary
+//! never runs again. After each failover every
 //! acknowledged id is looked up on the new leader; then the lost node is restarted (pg_rewind)
 //! and rejoins before the next round. Not a test: figures go to docs/BENCHMARKS.md.
 //!
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nix::errno::Errno;
-use nix::sys::signal::{kill, killpg};
-use nix::unistd::{getpgid, Pid};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 use patrol_dcs::SyncState;
 use patrol_tests::{index_of, wait_healthy, wait_until, Cluster, Signal, HEALTHY_TIMEOUT};
 use tokio_postgres::NoTls;
@@ -148,39 +149,61 @@ async fn ids_on(c: &Cluster, i: usize) -> anyhow::Result<BTreeSet<i64>> {
     Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
 }
 
-/// Node `i`'s PostgreSQL processes: the postmaster's process group (pg_ctl starts it in its
-/// own session), or the postmaster alone if it leads no group.
-#[derive(Clone, Copy)]
-enum Target {
-    Group(Pid),
-    One(Pid),
+/// The children of `parent` (from `/proc/<pid>/stat`, field 4 after the `(comm)`).
+fn children_of(parent: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after = &stat[stat.rfind(')')? + 1..];
+                    after.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent.as_raw())
+        })
+        .map(Pid::from_raw)
+        .collect()
 }
 
-fn postgres_of(c: &Cluster, i: usize) -> anyhow::Result<Target> {
-    let pid = c
+/// Freezes node `i`'s whole PostgreSQL and returns its processes: the postmaster first (so it
+/// forks no more), then every child (each runs in its own process group, so a signal to the
+/// postmaster's group would miss them).
+fn freeze_postgres(c: &Cluster, i: usize) -> anyhow::Result<Vec<Pid>> {
+    let pm = c
         .postmaster_pid(i)
         .with_context(|| format!("no postmaster for {}", c.name(i)))?;
-    Ok(if getpgid(Some(pid)).ok() == Some(pid) {
-        Target::Group(pid)
-    } else {
-        Target::One(pid)
-    })
+    kill(pm, Signal::SIGSTOP).context("SIGSTOP postmaster")?;
+    let mut all = vec![pm];
+    all.extend(children_of(pm));
+    for &p in &all[1..] {
+        let _ = kill(p, Signal::SIGSTOP);
+    }
+    Ok(all)
 }
 
-fn signal(t: Target, sig: Option<Signal>) -> nix::Result<()> {
-    match t {
-        Target::Group(g) => killpg(g, sig),
-        Target::One(p) => kill(p, sig),
+fn kill_all(pids: &[Pid]) {
+    for &p in pids {
+        let _ = kill(p, Signal::SIGKILL);
     }
 }
 
-/// Waits until every process of `t` is gone (reaped, not even a zombie), as after a reboot:
+/// Waits until every process of `pids` is gone (reaped, not even a zombie), as after a reboot:
 /// a new postmaster refuses a data dir whose lock file names a live pid.
-async fn wait_gone(t: Target) -> anyhow::Result<()> {
+async fn wait_gone(pids: &[Pid]) -> anyhow::Result<()> {
     wait_until(
         "the killed PostgreSQL to be gone",
         Duration::from_secs(30),
-        || async move { Ok((signal(t, None) == Err(Errno::ESRCH)).then_some(())) },
+        || async move {
+            Ok(pids
+                .iter()
+                .all(|&p| kill(p, None) == Err(Errno::ESRCH))
+                .then_some(()))
+        },
     )
     .await
 }
@@ -312,14 +335,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
         let old = leader;
         let fault = if r % 2 == 0 { "kill" } else { "stop" };
-        let pg = postgres_of(&c, old)?;
         let fault_at = Instant::now();
+        c.stop_node(old, Signal::SIGSTOP)?;
+        let pg = freeze_postgres(&c, old)?;
         if fault == "kill" {
+            kill_all(&pg);
             c.kill_node(old);
-            signal(pg, Some(Signal::SIGKILL))?;
-        } else {
-            c.stop_node(old, Signal::SIGSTOP)?;
-            signal(pg, Some(Signal::SIGSTOP))?;
         }
         let new = wait_new_leader(&c, old)
             .await
@@ -327,7 +348,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let failover = fault_at.elapsed();
         if fault == "stop" {
             // The frozen primary must never run again: kill it while it is still stopped.
-            signal(pg, Some(Signal::SIGKILL))?;
+            kill_all(&pg);
             c.kill_node(old);
         }
         // Every id acknowledged so far must be on the new leader.
@@ -360,7 +381,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rounds.push(round);
         leader = new;
         // The lost node comes back (rewound) before the next round, once its processes are gone.
-        wait_gone(pg).await?;
+        wait_gone(&pg).await?;
         c.start_node(old)?;
     }
     stop.store(true, Ordering::Relaxed);
