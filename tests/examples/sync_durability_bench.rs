@@ -342,9 +342,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             kill_all(&pg);
             c.kill_node(old);
         }
-        let new = wait_new_leader(&c, old)
-            .await
-            .with_context(|| format!("round {r}: failover"))?;
+        let new = match wait_new_leader(&c, old).await {
+            Ok(new) => new,
+            Err(e) => {
+                eprintln!("sync key: {:?}", c.etcd_get("sync").await);
+                c.dump_logs();
+                return Err(e.context(format!("round {r}: failover")));
+            }
+        };
         let failover = fault_at.elapsed();
         if fault == "stop" {
             // The frozen primary must never run again: kill it while it is still stopped.
