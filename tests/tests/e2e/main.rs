@@ -25,3 +25,4 @@ mod router;
 mod slots;
 mod stats_page;
 mod support;
+mod sync;
