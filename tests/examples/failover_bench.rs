@@ -13,7 +13,8 @@
 //! longest interval between two acknowledged writes in the 30 s after the fault.
 //!
 //! Environment: `BENCH_RUNS` (default 5), `BENCH_DCS` (the bootstrap.dcs flow mapping, default
-//! `{ttl: 10, loop_wait: 1, retry_timeout: 3}`), `BENCH_SCENARIOS` (comma list of
+//! `{ttl: 10, loop_wait: 1, retry_timeout: 3}`; with `synchronous_mode` in it the fault waits
+//! until the sync key names a standby, and a switchover goes to that standby), `BENCH_SCENARIOS` (comma list of
 //! `crash,sigterm,hostloss,switchover`), `BENCH_ROUTER_YAML` (extra router settings, e.g.
 //! `splice: true`).
 
@@ -135,6 +136,9 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
     } else {
         None
     };
+    // In synchronous or quorum mode (`BENCH_DCS`), the fault comes once the sync key names its
+    // standbys: the writes measured are synchronous ones, and a switchover goes to one of them.
+    let sync_standbys = wait_for_sync_standbys(&c).await?;
     let fault_at = Instant::now() + Duration::from_millis(500);
     let w = match &router {
         None => tokio::spawn(writer(ports, fault_at, fault_at + Duration::from_secs(120))),
@@ -157,11 +161,38 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
             c.stop_node(li, Signal::SIGKILL)?;
             c.signal_postgres(li, Signal::SIGKILL)?;
         }
-        "switchover" => c.switchover(li, (li + 1) % 3).await?,
+        "switchover" => {
+            let target = sync_standbys
+                .first()
+                .and_then(|n| patrol_tests::index_of(&c, n))
+                .unwrap_or((li + 1) % 3);
+            c.switchover(li, target).await?
+        }
         other => anyhow::bail!("unknown scenario {other}"),
     }
     let gap = w.await?.context("writes did not resume within 120 s")?;
     Ok(gap)
+}
+
+/// The standbys the `sync` key names once it names any, when the cluster is in synchronous
+/// mode; empty otherwise.
+async fn wait_for_sync_standbys(c: &Cluster) -> anyhow::Result<Vec<String>> {
+    let dcs = std::env::var("BENCH_DCS").unwrap_or_default();
+    if !dcs.contains("synchronous_mode") {
+        return Ok(Vec::new());
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if let Some(v) = c.etcd_get("sync").await? {
+            let s = patrol_dcs::SyncState::parse(&v);
+            if !s.sync_standby.is_empty() {
+                eprintln!("  sync key: {v}");
+                return Ok(s.sync_standby);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the sync key named no standby within 60 s")
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
