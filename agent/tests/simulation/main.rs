@@ -19,8 +19,9 @@
 //! is checked again from its second cycle on. After the faults stop the cluster must converge
 //! within 120 s: one leader, every other node a running replica streaming from it on its branch
 //! of WAL history, and stay so for 10 s. Acknowledged commits the final leader does not have
-//! are counted (`lost_acked_commits`, the price of asynchronous replication; P9 asserts 0 in
-//! synchronous mode).
+//! are counted (`lost_acked_commits`, one per WAL branch whose last acknowledged commit is
+//! missing): the price of asynchronous replication; synchronous and quorum runs assert 0 (the
+//! simulated primary acknowledges a commit only once `synchronous_standby_names` lets it).
 //!
 //! The default seeds are fixed (reproducible in CI); `PATROL_SIM_RANDOM=1` draws new ones.
 //! Each run prints its seed; replay one with `PATROL_SIM_SEED=<seed>`, print every event with
