@@ -154,8 +154,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("watchdog.mode", Local, WatchdogMode(&["automatic", "auto"]), "Patrol does not use a watchdog device; it runs without one, as Patroni does when the device is not usable"),
     // The postgresql section, locally and in the dynamic configuration.
     refuse("postgresql.pre_promote", Both, Set, "this fencing script is not run, so a replica would be promoted without it"),
-    Unsupported { key: "postgresql.callbacks.*", except: &["on_role_change"], scope: Both, effect: Effect::Warn, when: When::Set, reason: "callback scripts are not run (only on_role_change is)" },
-    warn("postgresql.before_stop", Both, Set, "the script is not run before PostgreSQL stops"),
     warn("postgresql.recovery_conf", Both, Set, "these recovery settings (e.g. restore_command) are not written, so replicas cannot restore WAL from an archive"),
     warn("postgresql.create_replica_methods", Both, ListBeyond(&["basebackup"]), "replicas are created with pg_basebackup only; other methods (and their postgresql.<method> sections) are not run"),
     warn("postgresql.custom_conf", Both, Set, "postgresql.conf always includes postgresql.base.conf, not this file"),
@@ -564,7 +562,6 @@ mod tests {
                 ("log.dir", Effect::Warn),
                 ("postgresql.authentication.superuser.sslcrl", Effect::Warn),
                 ("tags.replicatefrom", Effect::Warn),
-                ("postgresql.callbacks.on_start", Effect::Warn),
             ]
         );
     }

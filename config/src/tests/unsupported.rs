@@ -9,8 +9,6 @@ fn unimplemented_local_keys_are_named_in_warnings() {
     );
     let loaded = load_ok(&yaml, &[]);
     for key in [
-        "postgresql.callbacks.on_start: not implemented by Patrol yet, ignored: callback scripts are not run (only on_role_change is)",
-        "postgresql.before_stop: not implemented",
         "postgresql.create_replica_methods: not implemented by Patrol yet, ignored: replicas are created with pg_basebackup only",
         "log.format: not implemented",
         "tags.replicatefrom: not implemented",

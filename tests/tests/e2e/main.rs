@@ -5,6 +5,7 @@
 //! may change process-wide state (environment, current directory, umask, signal handlers).
 
 mod bootstrap;
+mod callbacks;
 mod crate_graph;
 mod dcs_etcd;
 mod dcs_input;

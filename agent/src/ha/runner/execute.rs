@@ -88,6 +88,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         self.dcs.take_leader().await.map_err(dcs_stop)?;
         self.lease_deadline = self.dcs.lease_deadline().await;
         tracing::info!(sysid = %sysid, "initialized a new cluster");
+        self.callbacks.fire("on_start", "primary");
         Ok(Outcome::Bootstrapped)
     }
 
@@ -112,6 +113,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let params = self.pg.cmdline_params(&self.dynamic.parameters());
         let wait = self.pg_ctl_timeout();
         tracing::info!("cloning from {} with pg_basebackup", up.name);
+        let cb = self.callbacks.clone();
         self.spawn(Task::Clone, async move {
             let r = async {
                 pg.basebackup(&conninfo).await?;
@@ -120,6 +122,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 pg.write_config(&files)?;
                 pg.start(&params, wait).await?;
                 pg.reset().await;
+                cb.fire("on_start", "replica");
                 Ok::<_, PgError>(())
             }
             .await;
@@ -158,10 +161,17 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         } else {
             Task::Start
         };
+        let cb = self.callbacks.clone();
+        let role = if task == Task::StartPrimary {
+            "primary"
+        } else {
+            "replica"
+        };
         self.spawn(task, async move {
             pg.write_config(&files).map_err(|e| e.to_string())?;
             pg.start(&params, wait).await.map_err(|e| e.to_string())?;
             pg.reset().await;
+            cb.fire("on_start", role);
             Ok(())
         });
         Ok(Outcome::Streaming(following))
@@ -246,11 +256,15 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             tracing::warn!("aborting {task:?} in progress");
             h.abort();
         }
+        let was_running = self.pg.is_running();
         self.pg
             .stop(StopMode::Immediate, Duration::from_secs(30))
             .await
             .map_err(|e| e.to_string())?;
         self.pg.reset().await;
+        if was_running {
+            self.callbacks.fire("on_stop", "primary");
+        }
         if leader.is_some() {
             return Ok(Outcome::Demoted);
         }
@@ -258,10 +272,12 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let pg = self.pg.clone();
         let params = self.pg.cmdline_params(&self.dynamic.parameters());
         let wait = self.pg_ctl_timeout();
+        let cb = self.callbacks.clone();
         self.spawn(Task::Demote, async move {
             pg.write_config(&files).map_err(|e| e.to_string())?;
             pg.start(&params, wait).await.map_err(|e| e.to_string())?;
             pg.reset().await;
+            cb.fire("on_start", "replica");
             Ok(())
         });
         Ok(Outcome::Demoted)
@@ -274,9 +290,14 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let params = self.pg.cmdline_params(&self.dynamic.parameters());
         let wait = self.pg_ctl_timeout();
         tracing::info!("rewinding from {} (pg_rewind)", up.name);
+        let cb = self.callbacks.clone();
         self.spawn(Task::Rewind, async move {
             let r = async {
-                pg.stop(StopMode::Fast, wait).await?;
+                if pg.is_running() {
+                    cb.before_stop().await;
+                    pg.stop(StopMode::Fast, wait).await?;
+                    cb.fire("on_stop", "replica");
+                }
                 pg.reset().await;
                 let clean = matches!(
                     pg.data_dir_state(),
@@ -291,6 +312,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 pg.write_config(&files)?;
                 pg.start(&params, wait).await?;
                 pg.reset().await;
+                cb.fire("on_start", "replica");
                 Ok::<_, PgError>(())
             }
             .await;
@@ -328,14 +350,17 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let params = self.pg.cmdline_params(&self.dynamic.parameters());
         let wait = self.pg_ctl_timeout();
         tracing::info!("switchover: checkpoint, fast stop, release the leader key");
+        let cb = self.callbacks.clone();
         self.spawn(Task::Demote, async move {
             if let Err(e) = pg.checkpoint().await {
                 tracing::warn!("CHECKPOINT before switchover failed: {e}");
             }
+            cb.before_stop().await;
             pg.stop(StopMode::Fast, wait)
                 .await
                 .map_err(|e| e.to_string())?;
             pg.reset().await;
+            cb.fire("on_stop", "primary");
             shared.set_leader(false, None);
             // A fast shutdown sends the shutdown checkpoint to connected standbys before the
             // postmaster exits, so the candidate has everything once we are stopped.
@@ -346,6 +371,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             pg.write_config(&files).map_err(|e| e.to_string())?;
             pg.start(&params, wait).await.map_err(|e| e.to_string())?;
             pg.reset().await;
+            cb.fire("on_start", "replica");
             Ok(())
         });
         Outcome::Streaming(None)

@@ -8,7 +8,6 @@
 //! leader-key transaction in this cycle; what a failed one means is the core's
 //! ([`after_setback`]), answered in the same cycle.
 
-mod callbacks;
 mod execute;
 mod observe;
 mod publish;
@@ -76,12 +75,13 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     recheck_soon: bool,
     /// Stopping or restarting as a synchronous standby: publish `nosync` (spec 5.7).
     disable_sync: bool,
-    /// The dynamic `postgresql.parameters` or `pg_hba` changed: rewrite and reload.
+    /// The dynamic `postgresql.parameters` or `pg_hba` changed, or the local configuration was
+    /// reloaded while a task ran: rewrite PostgreSQL's configuration and reload it.
     dynamic_params_changed: bool,
     /// The role PostgreSQL ran in at the last cycle that knew it (for `on_role_change`).
     last_role: Option<patrol_dcs::Role>,
-    /// The last callback started (killed if still running when the next one starts).
-    callback: Option<tokio::process::Child>,
+    /// Callback scripts (`postgresql.callbacks`, `before_stop`).
+    callbacks: crate::ha::Callbacks,
 }
 
 /// What ends the loop.
@@ -108,6 +108,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         // read (`apply_dynamic`).
         shared.set_dynamic(dynamic.timing(), dynamic.pause());
         let requests = shared.take_requests();
+        let callbacks = crate::ha::Callbacks::new(&cfg);
         Ha {
             cfg,
             dcs,
@@ -137,7 +138,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             disable_sync: false,
             dynamic_params_changed: false,
             last_role: None,
-            callback: None,
+            callbacks,
         }
     }
 

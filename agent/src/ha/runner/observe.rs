@@ -107,8 +107,16 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 tracing::info!(
                     "the dynamic configuration's PostgreSQL parameters changed: reloading"
                 );
-                if let Err(e) = self.rewrite_config_and_reload(cluster).await {
-                    tracing::warn!("could not apply the changed parameters: {e}");
+                match self.rewrite_config_and_reload(cluster).await {
+                    Ok(()) => self.callbacks.fire(
+                        "on_reload",
+                        if local.in_recovery == Some(false) {
+                            "primary"
+                        } else {
+                            "replica"
+                        },
+                    ),
+                    Err(e) => tracing::warn!("could not apply the changed parameters: {e}"),
                 }
             }
         }

@@ -37,6 +37,18 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
     }
 
+    /// Notes the role PostgreSQL runs in this cycle and runs `on_role_change` when it changed
+    /// since the last cycle that knew it.
+    pub(super) fn observe_role(&mut self, role: Role) {
+        if role == Role::Uninitialized {
+            return;
+        }
+        let before = self.last_role.replace(role.clone());
+        if before.is_some_and(|b| b != role) {
+            self.callbacks.fire("on_role_change", role_name(&role));
+        }
+    }
+
     /// Publishes our member key when its content (or the lease) changed.
     pub(super) async fn publish(
         &mut self,
@@ -259,5 +271,13 @@ fn api_scheme(cfg: &Config) -> &'static str {
         "https"
     } else {
         "http"
+    }
+}
+
+/// The role a callback is told.
+pub(super) fn role_name(role: &Role) -> &'static str {
+    match role {
+        Role::Primary => "primary",
+        _ => "replica",
     }
 }

@@ -156,8 +156,11 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         } else {
             Task::Restart
         };
+        let cb = self.callbacks.clone();
+        let role = if as_primary { "primary" } else { "replica" };
         self.spawn(task, async move {
             let r = async {
+                cb.before_stop().await;
                 pg.stop(StopMode::Fast, wait)
                     .await
                     .map_err(|e| format!("restart failed: {e}"))?;
@@ -181,6 +184,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                     .await
                     .map_err(|e| format!("restart failed: {e}"))?;
                 pg.reset().await;
+                cb.fire("on_restart", role);
                 Ok(())
             }
             .await;
@@ -271,6 +275,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         self.cfg = Arc::new(new);
         self.pg = self.pg.reconfigured(&self.cfg);
+        self.callbacks = self.callbacks.reconfigured(&self.cfg);
         self.last_member_json = None;
         if self.pg.is_running() && self.in_flight.is_none() {
             let primary = self
@@ -297,6 +302,12 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             if let Err(e) = self.pg.reload().await {
                 return (503, format!("reload failed: {e}"));
             }
+            self.callbacks
+                .fire("on_reload", if primary { "primary" } else { "replica" });
+        } else {
+            // A task (start, restart, promotion...) is running: PostgreSQL gets the new
+            // configuration with a reload once it is done.
+            self.dynamic_params_changed = true;
         }
         tracing::info!("reloaded the local configuration");
         (202, "reload scheduled".into())
@@ -317,8 +328,16 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         tracing::info!("shutting down: stopping PostgreSQL");
         let wait = self.pg_ctl_timeout();
-        if let Err(e) = self.pg.stop(StopMode::Fast, wait).await {
-            tracing::error!("could not stop PostgreSQL: {e}");
+        let was_running = self.pg.is_running();
+        if was_running {
+            self.callbacks.before_stop().await;
+        }
+        match self.pg.stop(StopMode::Fast, wait).await {
+            Ok(()) if was_running => self
+                .callbacks
+                .fire("on_stop", if was_leader { "primary" } else { "replica" }),
+            Ok(()) => {}
+            Err(e) => tracing::error!("could not stop PostgreSQL: {e}"),
         }
         if was_leader {
             match self.dcs.delete_leader(checkpoint_lsn(&self.pg)).await {
