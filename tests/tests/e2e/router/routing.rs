@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use patrol_tests::{assert_holds_for, metric, wait_until, Cluster, Router};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{
     events_since, node_of_port, others, read_backends, server_of, ssl_request_reaches_the_backend,
@@ -358,27 +358,15 @@ async fn lagging_replica_leaves_the_read_pool_and_returns_without_flapping() {
 }
 
 /// `read.sync_only: true`: the read port reaches only the replica the `sync` key lists for the
-/// current leader, and the other once the key lists it instead; while none is listed, reads go
-/// to the leader (`read.fallback: leader`). The agents do not manage the `sync` key yet (P9), so
-/// the test writes it, and `synchronous_mode` in the `config` key, as a leader would.
+/// current leader, and the other once the key lists it instead; while none is listed
+/// (asynchronous cluster), reads go to the leader (`read.fallback: leader`). The leader's agent
+/// chooses the synchronous standby; tagging it `nosync` makes it choose the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_only_reads_follow_the_sync_key() {
     let mut c = Cluster::new(3).expect("cluster");
     let leader = start_all(&mut c).await;
     let r = Router::start(&c, "read: {sync_only: true, fallback: leader}\n").expect("router");
-    let mut etcd = c.etcd().client().await.expect("etcd client");
-    let raw = c
-        .etcd_get("config")
-        .await
-        .expect("etcd")
-        .expect("config key");
-    let mut config: Value = serde_json::from_str(&raw).expect("config is JSON");
-    config["synchronous_mode"] = json!(true);
-    etcd.put(format!("{}config", c.prefix()), config.to_string(), None)
-        .await
-        .expect("put config");
-
-    // No sync key: no replica qualifies, and reads fall back to the leader.
+    // Asynchronous cluster: no replica qualifies, and reads fall back to the leader.
     let (r, leader_name) = (&r, c.name(leader));
     wait_until(
         "the router to have a writer and no readers",
@@ -401,12 +389,40 @@ async fn sync_only_reads_follow_the_sync_key() {
         "read.fallback: leader"
     );
 
+    // Synchronous mode: the leader's agent names a synchronous standby in the sync key; then
+    // that standby is tagged nosync (a configuration reload) and the leader names the other.
+    let http = reqwest::Client::new();
+    let resp = http
+        .patch(format!("{}/config", c.api_url(leader)))
+        .body(r#"{"synchronous_mode": true}"#)
+        .send()
+        .await
+        .expect("PATCH /config");
+    assert_eq!(resp.status().as_u16(), 200);
     let reps = others(&c, leader);
-    for (listed, other) in [(reps[0], reps[1]), (reps[1], reps[0])] {
-        let sync = json!({"leader": c.name(leader), "quorum": 0, "sync_standby": c.name(listed)});
-        etcd.put(format!("{}sync", c.prefix()), sync.to_string(), None)
-            .await
-            .expect("put sync");
+    let mut tagged_nosync: Option<usize> = None;
+    for round in 0..2 {
+        let (cl, reps) = (&c, &reps);
+        let listed = wait_until(
+            "the sync key to name one standby",
+            PROPAGATION_TIMEOUT,
+            || async move {
+                let Some(v) = cl.etcd_get("sync").await? else {
+                    return Ok(None);
+                };
+                let k = patrol_dcs::SyncState::parse(&v);
+                Ok(match k.sync_standby.as_slice() {
+                    [one] => reps
+                        .iter()
+                        .copied()
+                        .find(|&i| cl.name(i) == one.as_str() && Some(i) != tagged_nosync),
+                    _ => None,
+                })
+            },
+        )
+        .await
+        .expect("a synchronous standby");
+        let other = if listed == reps[0] { reps[1] } else { reps[0] };
         let want = vec![c.name(listed).to_owned()];
         let want = &want;
         let stats = wait_until(
@@ -462,6 +478,20 @@ async fn sync_only_reads_follow_the_sync_key() {
             (1.0, 1.0),
             "{m}"
         );
+        if round == 0 {
+            // The listed standby is tagged nosync: the leader names the other one.
+            let yaml = c
+                .config_yaml(listed)
+                .replace("tags: {}", "tags: {nosync: true}");
+            std::fs::write(c.config_path(listed), yaml).expect("write config");
+            let resp = http
+                .post(format!("{}/reload", c.api_url(listed)))
+                .send()
+                .await
+                .expect("POST /reload");
+            assert_eq!(resp.status().as_u16(), 202);
+            tagged_nosync = Some(listed);
+        }
     }
     let (_, html) = r.get("/").await.expect("GET /");
     assert!(html.contains("<th>sync</th>"), "{html}");
