@@ -118,19 +118,21 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
         // No failsafe mode in Patrol (P10): answer 502 as Patroni does with `failsafe_mode` off,
         // and log a warning once (a peer posting here believes failsafe mode is on).
         Handler::PostFailsafe => {
-            warn_once(
-                &WARNED_FAILSAFE,
-                "POST /failsafe received: failsafe_mode is not implemented by Patrol; answering 502 as Patroni does with failsafe_mode off",
-            );
+            WARNED_FAILSAFE.call_once(|| {
+                tracing::warn!(
+                    "POST /failsafe received: failsafe_mode is not implemented by Patrol; answering 502 as Patroni does with failsafe_mode off"
+                )
+            });
             Reply::error(502)
         }
         // Citus is not implemented: we are never a coordinator, so the event is acknowledged,
         // and said to be ignored.
         Handler::Mpp => {
-            warn_once(
-                &WARNED_MPP,
-                "POST /citus received: Citus is not implemented by Patrol; the event is acknowledged and ignored",
-            );
+            WARNED_MPP.call_once(|| {
+                tracing::warn!(
+                    "POST /citus received: Citus is not implemented by Patrol; the event is acknowledged and ignored"
+                )
+            });
             with_body(req, true, |_| async { Reply::text(200, "OK") }).await
         }
     }
@@ -141,10 +143,6 @@ static WARNED_MPP: std::sync::Once = std::sync::Once::new();
 
 /// A warning about a request for something Patrol does not implement, once per process (a
 /// peer may repeat it every cycle).
-fn warn_once(once: &std::sync::Once, message: &str) {
-    once.call_once(|| tracing::warn!("{message}"));
-}
-
 /// Reads the JSON object body (spec 2.1): no `Content-Length` → 411 when required (empty
 /// object when optional); over [`MAX_BODY`] → 413; not a JSON object, or an empty object when
 /// required → 400; slower than [`READ_TIMEOUT`] → 408.
