@@ -119,7 +119,8 @@ impl Memory {
             return;
         };
         let leading = cluster.leader_name() == Some(me) && local.is_primary();
-        if !leading {
+        let mode = dynamic.synchronous_mode();
+        if !leading || mode == patrol_dcs::SynchronousMode::Off {
             self.sync_ready = Default::default();
             self.leading_since = None;
             return;
@@ -130,7 +131,7 @@ impl Memory {
             self.sync_ready = Default::default();
         }
         let candidates = crate::sync::sync_candidates(me, cluster, &local.walsenders);
-        let quorum = dynamic.synchronous_mode() == patrol_dcs::SynchronousMode::Quorum;
+        let quorum = mode == patrol_dcs::SynchronousMode::Quorum;
         self.sync_ready.observe(
             names,
             flush,

@@ -39,6 +39,15 @@ impl Callbacks {
         }
     }
 
+    /// The role a callback is told: `primary` or `replica`.
+    pub fn role(primary: bool) -> &'static str {
+        if primary {
+            "primary"
+        } else {
+            "replica"
+        }
+    }
+
     /// Starts `<command> <action> <role> <scope>` if the action has a command.
     pub fn fire(&self, action: &str, role: &str) {
         let Some(cmd) = self.commands.get(action).filter(|c| !c.trim().is_empty()) else {

@@ -45,6 +45,20 @@ pub struct PrimaryView<'a> {
     pub quorum_may_change: bool,
 }
 
+impl PrimaryView<'_> {
+    /// What PostgreSQL's replication says this cycle (Patroni's `current_state`).
+    fn sync_now(&self) -> super::SyncNow {
+        let candidates = sync_candidates(self.me, self.cluster, self.walsenders);
+        current_state(
+            &candidates,
+            self.readiness,
+            self.names_in_effect,
+            self.dynamic,
+            self.flush,
+        )
+    }
+}
+
 /// The leader's steps (Patroni's `process_sync_replication`).
 pub fn leader_sync_actions(v: &PrimaryView) -> SyncPlan {
     let mut plan = SyncPlan::default();
@@ -84,14 +98,7 @@ fn key_voters(v: &PrimaryView) -> Option<(String, Vec<String>, usize)> {
 
 /// Mode `on` (Patroni's `_process_multisync_replication`).
 fn multisync(v: &PrimaryView, plan: &mut SyncPlan) {
-    let candidates = sync_candidates(v.me, v.cluster, v.walsenders);
-    let now = current_state(
-        &candidates,
-        v.readiness,
-        v.names_in_effect,
-        v.dynamic,
-        v.flush,
-    );
+    let now = v.sync_now();
     let picked = now.active.clone();
     let allow_promote = now.confirmed.clone();
     let mut voters = match key_voters(v) {
@@ -168,14 +175,7 @@ fn multisync(v: &PrimaryView, plan: &mut SyncPlan) {
 
 /// Quorum mode (Patroni's `_process_quorum_replication` over the quorum resolver).
 fn quorum(v: &PrimaryView, plan: &mut SyncPlan) {
-    let candidates = sync_candidates(v.me, v.cluster, v.walsenders);
-    let now = current_state(
-        &candidates,
-        v.readiness,
-        v.names_in_effect,
-        v.dynamic,
-        v.flush,
-    );
+    let now = v.sync_now();
     let (leader, voters, quorum) = match key_voters(v) {
         Some(k) => k,
         None => {

@@ -167,13 +167,12 @@ impl Readiness {
         key: Option<&SyncState>,
         quorum: bool,
     ) {
+        let listed = listed(names_in_effect);
         if self.names.as_deref() != Some(names_in_effect) {
             self.names = Some(names_in_effect.to_string());
             self.flush_at_change = flush;
-            let listed = listed(names_in_effect);
             self.ready.retain(|k, _| listed.contains(k));
         }
-        let listed = listed(names_in_effect);
         self.ready.retain(|k, pid| {
             candidates
                 .iter()

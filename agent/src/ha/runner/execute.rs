@@ -162,11 +162,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             Task::Start
         };
         let cb = self.callbacks.clone();
-        let role = if task == Task::StartPrimary {
-            "primary"
-        } else {
-            "replica"
-        };
+        let role = crate::ha::Callbacks::role(task == Task::StartPrimary);
         self.spawn(task, async move {
             pg.write_config(&files).map_err(|e| e.to_string())?;
             pg.start(&params, wait).await.map_err(|e| e.to_string())?;

@@ -549,11 +549,8 @@ fn sync_inputs_changed(b: &Cluster, n: &Cluster) -> bool {
     if mode == patrol_dcs::SynchronousMode::Off {
         return false;
     }
-    let view = |c: &Cluster| -> Vec<(String, String, serde_json::Map<String, serde_json::Value>)> {
-        c.members
-            .iter()
-            .map(|m| (m.name.clone(), m.data.state.clone(), m.data.tags.clone()))
-            .collect()
-    };
-    view(b) != view(n)
+    b.members.len() != n.members.len()
+        || b.members.iter().zip(&n.members).any(|(x, y)| {
+            x.name != y.name || x.data.state != y.data.state || x.data.tags != y.data.tags
+        })
 }

@@ -110,11 +110,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 match self.rewrite_config_and_reload(cluster).await {
                     Ok(()) => self.callbacks.fire(
                         "on_reload",
-                        if local.in_recovery == Some(false) {
-                            "primary"
-                        } else {
-                            "replica"
-                        },
+                        crate::ha::Callbacks::role(local.in_recovery == Some(false)),
                     ),
                     Err(e) => tracing::warn!("could not apply the changed parameters: {e}"),
                 }

@@ -45,7 +45,10 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         let before = self.last_role.replace(role.clone());
         if before.is_some_and(|b| b != role) {
-            self.callbacks.fire("on_role_change", role_name(&role));
+            self.callbacks.fire(
+                "on_role_change",
+                crate::ha::Callbacks::role(role == Role::Primary),
+            );
         }
     }
 
@@ -271,13 +274,5 @@ fn api_scheme(cfg: &Config) -> &'static str {
         "https"
     } else {
         "http"
-    }
-}
-
-/// The role a callback is told.
-pub(super) fn role_name(role: &Role) -> &'static str {
-    match role {
-        Role::Primary => "primary",
-        _ => "replica",
     }
 }

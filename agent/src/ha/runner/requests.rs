@@ -157,7 +157,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             Task::Restart
         };
         let cb = self.callbacks.clone();
-        let role = if as_primary { "primary" } else { "replica" };
+        let role = crate::ha::Callbacks::role(as_primary);
         self.spawn(task, async move {
             let r = async {
                 cb.before_stop().await;
@@ -303,7 +303,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 return (503, format!("reload failed: {e}"));
             }
             self.callbacks
-                .fire("on_reload", if primary { "primary" } else { "replica" });
+                .fire("on_reload", crate::ha::Callbacks::role(primary));
         } else {
             // A task (start, restart, promotion...) is running: PostgreSQL gets the new
             // configuration with a reload once it is done.
@@ -335,7 +335,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         match self.pg.stop(StopMode::Fast, wait).await {
             Ok(()) if was_running => self
                 .callbacks
-                .fire("on_stop", if was_leader { "primary" } else { "replica" }),
+                .fire("on_stop", crate::ha::Callbacks::role(was_leader)),
             Ok(()) => {}
             Err(e) => tracing::error!("could not stop PostgreSQL: {e}"),
         }
