@@ -18,7 +18,8 @@ fn sync_cfg(json: &str) -> ClusterConfig {
     ClusterConfig::from_map(serde_json::from_str(json).unwrap())
 }
 
-/// The leader pg0, replicas pg1 and pg2 (pg2 tagged as asked), the sync key as given.
+/// The leader pg0, replicas pg1 and pg2, the sync key as given; the memory has observed the
+/// replication as the runner does before deciding.
 fn leader_obs(
     mode: &str,
     sync: Option<&str>,
@@ -48,6 +49,14 @@ fn leader_obs(
     o.mem
         .observe_replication("pg0", Some(&c), &local, &dynamic, NOW);
     o
+}
+
+/// Puts a `sync` key into the cluster.
+fn set_sync(c: &mut patrol_dcs::Cluster, json: &str) {
+    c.sync = Some(patrol_dcs::Versioned {
+        version: 3,
+        value: patrol_dcs::SyncState::parse(json),
+    });
 }
 
 fn sync_actions(d: &Decision) -> Vec<Action> {
@@ -97,40 +106,22 @@ fn y1_mode_on_enables_the_key_then_names_the_best_standby_then_confirms_it() {
         .iter()
         .any(|n| n.contains("Enabled synchronous replication")));
     // Cycle 2: PostgreSQL counts pg1 as synchronous and it caught up: the key names it.
-    let mut o = leader_obs(
+    let o = leader_obs(
         r#"{"synchronous_mode":true}"#,
         Some(r#"{"leader":"pg0","sync_standby":null}"#),
         vec![ws("pg1", "sync", 100)],
         "pg1",
     );
-    let mut r = Readiness::default();
-    let c = o.cluster().unwrap().clone();
-    r.observe(
-        "pg1",
-        100,
-        &sync_candidates("pg0", &c, &o.local.walsenders),
-        c.sync.as_ref().map(|s| &s.value),
-        false,
-    );
-    o.mem.sync_ready = r;
     assert_eq!(sync_actions(&decide(&o)), [write(&["pg1"])]);
 }
 
 #[test]
 fn y1_steady_state_writes_nothing() {
-    let mut o = leader_obs(
+    let o = leader_obs(
         r#"{"synchronous_mode":true}"#,
         Some(r#"{"leader":"pg0","sync_standby":"pg1"}"#),
         vec![ws("pg1", "sync", 100), ws("pg2", "async", 100)],
         "pg1",
-    );
-    let c = o.cluster().unwrap().clone();
-    o.mem.sync_ready.observe(
-        "pg1",
-        100,
-        &sync_candidates("pg0", &c, &o.local.walsenders),
-        c.sync.as_ref().map(|s| &s.value),
-        false,
     );
     assert_eq!(sync_actions(&decide(&o)), []);
 }
@@ -261,10 +252,7 @@ fn y2_a_promotion_in_sync_mode_first_names_only_itself() {
 #[test]
 fn y3_only_members_of_the_sync_key_race() {
     let mut c = no_leader();
-    c.sync = Some(patrol_dcs::Versioned {
-        version: 3,
-        value: patrol_dcs::SyncState::parse(r#"{"leader":"pg0","sync_standby":"pg2"}"#),
-    });
+    set_sync(&mut c, r#"{"leader":"pg0","sync_standby":"pg2"}"#);
     let mut o = obs("pg1", c.clone(), running(true, 100));
     o.dynamic = sync_cfg(r#"{"synchronous_mode":true}"#);
     check(&o, &[]);
@@ -290,10 +278,7 @@ fn y3_only_members_of_the_sync_key_race() {
 #[test]
 fn y3_the_former_leader_ahead_does_not_stop_a_synchronous_standby() {
     let mut c = no_leader();
-    c.sync = Some(patrol_dcs::Versioned {
-        version: 3,
-        value: patrol_dcs::SyncState::parse(r#"{"leader":"pg0","sync_standby":"pg1"}"#),
-    });
+    set_sync(&mut c, r#"{"leader":"pg0","sync_standby":"pg1"}"#);
     let mut o = obs("pg1", c, running(true, 90));
     o.dynamic = sync_cfg(r#"{"synchronous_mode":true}"#);
     o.peers = vec![peer("pg0", 100)];
@@ -303,12 +288,10 @@ fn y3_the_former_leader_ahead_does_not_stop_a_synchronous_standby() {
 #[test]
 fn y3_quorum_needs_enough_votes() {
     let mut c = no_leader();
-    c.sync = Some(patrol_dcs::Versioned {
-        version: 3,
-        value: patrol_dcs::SyncState::parse(
-            r#"{"leader":"pg0","sync_standby":"pg1,pg2","quorum":1}"#,
-        ),
-    });
+    set_sync(
+        &mut c,
+        r#"{"leader":"pg0","sync_standby":"pg1,pg2","quorum":1}"#,
+    );
     let mut o = obs("pg1", c, running(true, 100));
     o.dynamic = sync_cfg(r#"{"synchronous_mode":"quorum"}"#);
     // pg2 unreachable: pg1 has its own vote only, the quorum wants one more.
@@ -320,10 +303,7 @@ fn y3_quorum_needs_enough_votes() {
 #[test]
 fn y3_switchover_candidates_must_be_synchronous() {
     let mut c = healthy3();
-    c.sync = Some(patrol_dcs::Versioned {
-        version: 3,
-        value: patrol_dcs::SyncState::parse(r#"{"leader":"pg0","sync_standby":"pg1"}"#),
-    });
+    set_sync(&mut c, r#"{"leader":"pg0","sync_standby":"pg1"}"#);
     let c = with_failover(c, r#"{"leader":"pg0","member":"pg2"}"#);
     let mut o = obs("pg0", c, running(false, 100));
     o.dynamic = sync_cfg(r#"{"synchronous_mode":true}"#);
