@@ -161,7 +161,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     // Dynamic only.
     warn("primary_stop_timeout", Dynamic, Positive, "Patrol does not bound a synchronous primary's shutdown with it: PostgreSQL is stopped fast and waited for"),
     warn("master_stop_timeout", Dynamic, Positive, "Patrol does not bound a synchronous primary's shutdown with it: PostgreSQL is stopped fast and waited for"),
-    warn("failsafe_mode", Dynamic, True, "failsafe mode is not implemented: when etcd is unreachable the primary stops, as with failsafe_mode off"),
     warn("slots", Dynamic, Set, "permanent replication slots are not created or kept"),
     warn("permanent_slots", Dynamic, Set, "permanent replication slots are not created or kept"),
     warn("permanent_replication_slots", Dynamic, Set, "permanent replication slots are not created or kept"),
@@ -613,7 +612,6 @@ mod tests {
             paths(&check_local(&doc)),
             vec![
                 ("bootstrap.dcs.postgresql.recovery_conf", Effect::Warn),
-                ("bootstrap.dcs.failsafe_mode", Effect::Warn),
                 ("bootstrap.dcs.standby_cluster", Effect::Refuse),
                 ("bootstrap.dcs.postgresql.pg_ident", Effect::Warn),
             ]

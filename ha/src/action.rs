@@ -80,6 +80,10 @@ pub enum Action {
     /// Run the next cycle soon (about a second): PostgreSQL is taking up new synchronous
     /// standbys that the `sync` key may name once it counts them.
     RecheckSoon,
+    /// Row D-2F: every member of the `failsafe` key accepted our `POST /failsafe` (sent at the
+    /// observation's `now`): keep leading without the DCS until `ttl` after that call (the
+    /// lease guard's deadline), and ask again within [`crate::failsafe::hold_wait`].
+    HoldAsFailsafe,
     /// Unrecoverable: log and exit non-zero.
     Fatal {
         reason: String,

@@ -10,11 +10,13 @@
 //! - [`after_setback`]: the answer to a [`Setback`] met while executing (rows D-1, D-2).
 //! - [`Memory::observe`] / [`Memory::record`]: the decision memory, updated from the local
 //!   observation and from typed [`Outcome`]s of the actions.
-//! - [`lease_guard`]: the lease guard's rule (row D-3); [`slots`]: member slot retention.
+//! - [`lease_guard`]: the lease guard's rule (row D-3); [`slots`]: member slot retention;
+//!   [`failsafe`]: failsafe mode (rows D-2F, D-2F', U-2F).
 #![forbid(unsafe_code)]
 
 mod action;
 mod decide;
+pub mod failsafe;
 mod lease;
 mod memory;
 mod observation;

@@ -227,6 +227,11 @@ pub struct Observation {
     pub now_epoch_ms: i64,
     /// The agent set `synchronous_standby_names` (else PostgreSQL has the user's own value).
     pub sync_names_managed: bool,
+    /// Row D-2F: what the members of the `failsafe` key answered this cycle (asked only when
+    /// [`crate::failsafe::wants_check`] says so and the DCS did not answer).
+    pub failsafe_check: Option<crate::failsafe::FailsafeCheck>,
+    /// Row D-2F': a leader that called our `POST /failsafe` less than `ttl` ago.
+    pub failsafe_leader: Option<crate::failsafe::FailsafeLeader>,
 }
 
 impl Observation {

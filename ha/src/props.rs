@@ -291,6 +291,8 @@ prop_compose! {
             remove_data_directory_on_diverged_timelines: flags[7],
             now_epoch_ms: now,
             sync_names_managed: false,
+            failsafe_check: None,
+            failsafe_leader: None,
         }
     }
 }

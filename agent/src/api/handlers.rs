@@ -115,16 +115,7 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
         Handler::Failover => with_body(req, true, |b| switchover(ctx, Action::Failover, b)).await,
         Handler::CancelSwitchover => cancel_switchover(ctx).await,
         Handler::Sigterm => Reply::text(202, "shutdown scheduled"),
-        // No failsafe mode in Patrol (P10): answer 502 as Patroni does with `failsafe_mode` off,
-        // and log a warning once (a peer posting here believes failsafe mode is on).
-        Handler::PostFailsafe => {
-            WARNED_FAILSAFE.call_once(|| {
-                tracing::warn!(
-                    "POST /failsafe received: failsafe_mode is not implemented by Patrol; answering 502 as Patroni does with failsafe_mode off"
-                )
-            });
-            Reply::error(502)
-        }
+        Handler::PostFailsafe => with_body(req, true, |b| post_failsafe(ctx, b)).await,
         // Citus is not implemented: we are never a coordinator, so the event is acknowledged,
         // and said to be ignored.
         Handler::Mpp => {
@@ -138,11 +129,8 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
     }
 }
 
-static WARNED_FAILSAFE: std::sync::Once = std::sync::Once::new();
 static WARNED_MPP: std::sync::Once = std::sync::Once::new();
 
-/// A warning about a request for something Patrol does not implement, once per process (a
-/// peer may repeat it every cycle).
 /// Reads the JSON object body (spec 2.1): no `Content-Length` → 411 when required (empty
 /// object when optional); over [`MAX_BODY`] → 413; not a JSON object, or an empty object when
 /// required → 400; slower than [`READ_TIMEOUT`] → 408.
@@ -211,6 +199,49 @@ fn failsafe(ctx: &ApiContext) -> Reply {
     match (&c.failsafe, on) {
         (Some(f), true) => Reply::json(200, Value::Object(f.clone())),
         _ => Reply::error(502),
+    }
+}
+
+/// `POST /failsafe` (row D-2F): a primary that cannot reach the DCS asks whether it may go
+/// on. 502 with failsafe mode off; 500 `Running as a leader` when our PostgreSQL is a primary
+/// (checked live); else the caller is recorded as the leader to follow for `ttl` (row D-2F')
+/// and the answer is 200 `Accepted`, with our received/replayed position in the `lsn` header.
+async fn post_failsafe(ctx: &ApiContext, body: Map<String, Value>) -> Reply {
+    let snap = ctx.shared.snapshot();
+    let on = snap
+        .node
+        .cluster
+        .as_deref()
+        .and_then(|c| c.config.as_ref())
+        .is_some_and(|x| x.value.failsafe_mode());
+    if !on {
+        return Reply::error(502);
+    }
+    let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(name), Some(conn_url), Some(api_url)) =
+        (field("name"), field("conn_url"), field("api_url"))
+    else {
+        return Reply::text(400, "name, conn_url and api_url are required strings");
+    };
+    let live = tokio::time::timeout(Duration::from_secs(2), ctx.pg.status())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let status = live.or(snap.status);
+    if status.as_ref().is_some_and(|s| !s.in_recovery) {
+        return Reply::text(500, "Running as a leader");
+    }
+    ctx.shared
+        .failsafe_called_by(patrol_ha::failsafe::FailsafeLeader {
+            name,
+            conn_url,
+            api_url,
+        });
+    let lsn = status.and_then(|s| s.receive_lsn.max(s.replay_lsn));
+    let reply = Reply::text(200, "Accepted");
+    match lsn {
+        Some(l) => reply.with_owned_header("lsn", l.to_string()),
+        None => reply,
     }
 }
 

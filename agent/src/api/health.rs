@@ -108,6 +108,9 @@ pub fn status_json(cfg: &Config, s: &Snapshot) -> Value {
     if unlocked {
         o.insert("cluster_unlocked".into(), true.into());
     }
+    if s.failsafe_active {
+        o.insert("failsafe_mode_is_active".into(), true.into());
+    }
     if let Some(t) = s.dcs_last_seen {
         if let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) {
             o.insert("dcs_last_seen".into(), d.as_secs().into());

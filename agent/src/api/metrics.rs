@@ -227,7 +227,7 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
         "patroni_failsafe_mode_is_active",
         "gauge",
         "Value is 1 if failsafe mode is active, 0 if inactive.",
-        0,
+        flag(s.failsafe_active),
     );
     out.metric(
         "patroni_postgres_timeline",

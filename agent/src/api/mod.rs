@@ -481,6 +481,14 @@ impl Reply {
         ));
         self
     }
+    /// A header whose value is only known at run time (a value that is not a valid header is
+    /// left out).
+    pub(crate) fn with_owned_header(mut self, name: &'static str, value: String) -> Reply {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            self.headers.push((HeaderName::from_static(name), v));
+        }
+        self
+    }
     pub(crate) fn code(&self) -> u16 {
         self.code.as_u16()
     }

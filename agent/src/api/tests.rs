@@ -646,6 +646,7 @@ fn replica_snapshot() -> Snapshot {
         last_cycle: None,
         cycles: 1,
         timing: patrol_dcs::Timing::default(),
+        failsafe_active: false,
     }
 }
 

@@ -97,6 +97,15 @@ pub trait Peers: Send + Sync + 'static {
         members: Vec<(String, String)>,
         limit: Duration,
     ) -> impl Future<Output = Vec<PeerStatus>> + Send;
+    /// Failsafe mode (row D-2F): `POST /failsafe` with `body` to each `(name, api_url)`, in
+    /// parallel, within `limit`; the names of those that did not answer 200 `Accepted`.
+    fn post_failsafe(
+        &self,
+        cfg: &Arc<Config>,
+        members: Vec<(String, String)>,
+        body: Value,
+        limit: Duration,
+    ) -> impl Future<Output = Vec<String>> + Send;
 }
 
 /// The real local PostgreSQL: its binaries and data directory, and a connection to it.
@@ -219,5 +228,57 @@ impl Peers for HttpPeers {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    async fn post_failsafe(
+        &self,
+        cfg: &Arc<Config>,
+        members: Vec<(String, String)>,
+        body: Value,
+        limit: Duration,
+    ) -> Vec<String> {
+        let client = crate::peer::member_client(cfg, limit);
+        let auth = cfg
+            .ctl
+            .authentication
+            .clone()
+            .or_else(|| cfg.restapi.authentication.clone());
+        // Whoever is not positively accepted counts as refused (a failed task too).
+        let mut refused: std::collections::BTreeSet<String> =
+            members.iter().map(|(n, _)| n.clone()).collect();
+        let mut set = tokio::task::JoinSet::new();
+        for (name, url) in members {
+            let client = client.clone();
+            let body = body.clone();
+            let auth = auth.clone();
+            set.spawn(async move {
+                let accepted = async {
+                    let mut url = reqwest::Url::parse(&url).ok()?;
+                    url.set_path("/failsafe");
+                    let mut req = client.post(url).json(&body);
+                    if let Some(a) = &auth {
+                        req = req.basic_auth(&a.username, Some(&a.password));
+                    }
+                    let resp = req.send().await.ok()?;
+                    let ok = resp.status() == reqwest::StatusCode::OK;
+                    let text = resp.text().await.ok()?;
+                    if !ok || text != "Accepted" {
+                        tracing::warn!("POST /failsafe to {name}: {text:?}");
+                    }
+                    Some(ok && text == "Accepted")
+                }
+                .await;
+                if accepted.is_none() {
+                    tracing::warn!("POST /failsafe to {name} ({url}) failed");
+                }
+                (name, accepted == Some(true))
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok((name, true)) = r {
+                refused.remove(&name);
+            }
+        }
+        refused.into_iter().collect()
     }
 }

@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub cycles: u64,
     /// The timing in effect.
     pub timing: Timing,
+    /// Patroni's `failsafe_mode_is_active` ([`SharedState::failsafe_active`]).
+    pub failsafe_active: bool,
 }
 
 /// The leader lease as the lease guard sees it: until when etcd cannot have expired it, and
@@ -60,7 +62,14 @@ struct Inner {
     timing: Timing,
     /// Maintenance mode, as last applied from the dynamic configuration.
     paused: bool,
+    /// Failsafe mode (row D-2F): as leader, until when every member accepted our last
+    /// `POST /failsafe` round lets us lead without the DCS.
+    failsafe_hold: Option<Instant>,
+    /// As a member: the last leader that called our `POST /failsafe`, and when.
+    failsafe_leader: Option<(FailsafeLeader, Instant)>,
 }
+
+use patrol_ha::failsafe::FailsafeLeader;
 
 /// Operations the REST API asks the HA loop to carry out; the reply is Patroni's (code, text).
 #[derive(Debug)]
@@ -128,6 +137,8 @@ impl Default for SharedState {
                 cycles: 0,
                 timing: Timing::default(),
                 paused: false,
+                failsafe_hold: None,
+                failsafe_leader: None,
             }),
             wakeup: Notify::new(),
             requests_tx: tx,
@@ -172,8 +183,10 @@ impl SharedState {
 
     /// Records whether we hold the leader key and until when its lease is safe. The margin
     /// of the lease guard is the `retry_timeout` in effect now, when the lease was refreshed.
+    /// Ends a failsafe hold: the DCS answered, or we lost the key.
     pub fn set_leader(&self, held: bool, deadline: Option<Instant>) {
         let mut g = self.lock();
+        g.failsafe_hold = None;
         let margin = g.timing.retry_timeout();
         g.leader = deadline
             .filter(|_| held)
@@ -207,12 +220,51 @@ impl SharedState {
     }
 }
 
+/// Failsafe mode (row D-2F, [`patrol_ha::failsafe`]).
+impl SharedState {
+    /// As leader: every member of the `failsafe` key accepted the round sent at `asked`: we
+    /// lead without the DCS until `ttl` after it (the lease guard's deadline and `is_leader`
+    /// follow, with the lease's own margin), or until the lease's deadline if that is later.
+    pub fn hold_as_failsafe(&self, asked: Instant, lease: Option<Instant>) {
+        let mut g = self.lock();
+        let until = asked + Duration::from_secs(g.timing.ttl);
+        let until = lease.map_or(until, |l| l.max(until));
+        let margin = g.timing.retry_timeout();
+        g.leader = Some(LeaderLease { until, margin });
+        g.failsafe_hold = Some(until);
+    }
+
+    /// `POST /failsafe` accepted from `leader` now.
+    pub fn failsafe_called_by(&self, leader: FailsafeLeader) {
+        self.lock().failsafe_leader = Some((leader, Instant::now()));
+    }
+
+    /// The leader that called `POST /failsafe` less than `ttl` ago.
+    pub fn failsafe_leader(&self) -> Option<FailsafeLeader> {
+        let g = self.lock();
+        let ttl = Duration::from_secs(g.timing.ttl);
+        g.failsafe_leader
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < ttl)
+            .map(|(l, _)| l.clone())
+    }
+
+    /// Patroni's `failsafe_mode_is_active`: we lead on a failsafe hold, or a failsafe leader
+    /// called us less than `ttl` ago.
+    pub fn failsafe_active(&self) -> bool {
+        let now = Instant::now();
+        let hold = self.lock().failsafe_hold.is_some_and(|u| u > now);
+        hold || self.failsafe_leader().is_some()
+    }
+}
+
 impl SharedState {
     pub fn dcs_seen(&self) {
         self.lock().dcs_last_seen = Some(SystemTime::now());
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        let failsafe_active = self.failsafe_active();
         let g = self.lock();
         Snapshot {
             node: g.node.clone(),
@@ -222,6 +274,7 @@ impl SharedState {
             last_cycle: g.last_cycle,
             cycles: g.cycles,
             timing: g.timing,
+            failsafe_active,
         }
     }
 }

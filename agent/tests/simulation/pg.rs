@@ -11,6 +11,7 @@ use patrol_agent::config::Config;
 use patrol_agent::ha::{LocalPostgres, Peers, StopMode};
 use patrol_agent::postgres::{ConfigFiles, ControlData, DataDir, LocalStatus, PgError};
 use patrol_dcs::ClusterConfig;
+use patrol_ha::failsafe::FailsafeLeader;
 use patrol_ha::PeerStatus;
 use serde_json::{Map, Value};
 
@@ -508,5 +509,46 @@ impl Peers for SimPeers {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// As the agent's `POST /failsafe` handler: a live member whose PostgreSQL is not a
+    /// primary accepts and records the caller as its leader.
+    async fn post_failsafe(
+        &self,
+        _cfg: &Arc<Config>,
+        members: Vec<(String, String)>,
+        body: Value,
+        _limit: Duration,
+    ) -> Vec<String> {
+        gate(&self.w, self.i, self.epoch).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        gate(&self.w, self.i, self.epoch).await;
+        let w = lock(&self.w);
+        let field = |k: &str| {
+            body.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        members
+            .into_iter()
+            .filter_map(|(name, _)| {
+                let accepted = w.index(&name).is_some_and(|i| {
+                    let n = &w.nodes[i];
+                    let standby = status_of(&w, i).is_ok_and(|s| s.in_recovery);
+                    if n.agent == Agent::Live && standby {
+                        n.shared.failsafe_called_by(FailsafeLeader {
+                            name: field("name"),
+                            conn_url: field("conn_url"),
+                            api_url: field("api_url"),
+                        });
+                        true
+                    } else {
+                        false
+                    }
+                });
+                (!accepted).then_some(name)
+            })
+            .collect()
     }
 }

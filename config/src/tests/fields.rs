@@ -243,7 +243,7 @@ fn bootstrap_section_details() {
             .iter()
             .map(|w| w.split(':').next().unwrap_or_default())
             .collect::<Vec<_>>(),
-        vec!["bootstrap.method", "bootstrap.dcs.failsafe_mode"],
+        vec!["bootstrap.method"],
         "{:#?}",
         loaded.warnings
     );

@@ -33,7 +33,13 @@ impl Deref for Reach<'_> {
 /// The decision for one cycle.
 pub fn decide(o: &Observation) -> Decision {
     match &o.dcs {
-        DcsView::Reachable(cluster) => decide_reachable(&Reach { o, cluster }),
+        DcsView::Reachable(cluster) => match crate::failsafe::with_failsafe_leader(o, cluster) {
+            Some(cluster) => decide_reachable(&Reach {
+                o,
+                cluster: &cluster,
+            }),
+            None => decide_reachable(&Reach { o, cluster }),
+        },
         DcsView::Unreachable => offline(o),
     }
 }
@@ -42,7 +48,12 @@ pub fn decide(o: &Observation) -> Decision {
 /// its lease: it steps down at once, before the lease can expire (spec 5.4, Patroni's
 /// `demote('offline')`), and restarts read-only following nobody; in maintenance mode nothing
 /// is stopped; others wait.
+///
+/// Row D-2F, failsafe mode on: the primary stays primary while every member of the `failsafe`
+/// key accepts its `POST /failsafe` ([`crate::failsafe`]); it demotes as above when one
+/// refuses or does not answer, or when it is not in the key.
 fn offline(o: &Observation) -> Decision {
+    use crate::failsafe::FailsafeCheck;
     if !o.may_be_writable() {
         return decision("DCS is not accessible", vec![]);
     }
@@ -52,8 +63,21 @@ fn offline(o: &Observation) -> Decision {
             vec![],
         );
     }
+    let why = match &o.failsafe_check {
+        Some(FailsafeCheck::Accepted) if o.dynamic.failsafe_mode() => {
+            return decision(
+                "continue to run as a leader because failsafe mode is enabled and all members are accessible",
+                vec![Action::HoldAsFailsafe],
+            );
+        }
+        Some(FailsafeCheck::Refused(names)) => {
+            format!(" (failsafe mode: {} did not accept)", names.join(", "))
+        }
+        Some(FailsafeCheck::NotInKey) => " (failsafe mode: not in the failsafe key)".to_string(),
+        _ => String::new(),
+    };
     decision(
-        "demoted self because DCS is not accessible and I was a leader",
+        format!("demoted self because DCS is not accessible and I was a leader{why}"),
         vec![Action::Demote { leader: None }],
     )
 }
@@ -558,6 +582,10 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                 }) =>
                 {
                     Err("I am not a synchronous standby (not in the sync key)".into())
+                }
+                // Row U-2F: failsafe mode excludes a member the `failsafe` key does not name.
+                None if crate::failsafe::excluded_from_race(o, o.cluster) => {
+                    Err("I am not in the failsafe key".into())
                 }
                 None => healthy_enough(o).and_then(|()| {
                     if o.mem.needs_rewind && failover_possible(o) {

@@ -18,7 +18,8 @@ pub(super) fn member_json(role: &str, port: u16, tags: &str) -> String {
 }
 
 /// A cluster from compact key specs: `leader=pg0`, `initialize=<sysid>`, `member=pg1:replica`,
-/// `member=pg2:replica:clonefrom`, `optime=<n>`, `config=<json>`.
+/// `member=pg2:replica:clonefrom`, `optime=<n>`, `config=<json>`, `sync=<json>`,
+/// `failsafe=<json>`.
 pub(super) fn cluster(specs: &[&str]) -> Cluster {
     let mut kvs = Vec::new();
     let mut port = 5432;
@@ -36,6 +37,7 @@ pub(super) fn cluster(specs: &[&str]) -> Cluster {
             "optime" => kvs.push(kv("status", format!(r#"{{"optime":{v}}}"#))),
             "config" => kvs.push(kv("config", v.into())),
             "sync" => kvs.push(kv("sync", v.into())),
+            "failsafe" => kvs.push(kv("failsafe", v.into())),
             "member" => {
                 let mut parts = v.split(':');
                 let name = parts.next().expect("member name");
@@ -113,6 +115,8 @@ pub(super) fn obs(me: &str, cluster: Cluster, local: LocalPg) -> Observation {
         remove_data_directory_on_diverged_timelines: false,
         now_epoch_ms: 1_700_000_000_000,
         sync_names_managed: false,
+        failsafe_check: None,
+        failsafe_leader: None,
     }
 }
 
@@ -217,6 +221,7 @@ pub(super) fn hline(tl: u64, ts: Option<&str>, who: Option<&str>) -> patrol_dcs:
 }
 
 mod bootstrap;
+mod failsafe;
 mod healthy;
 mod manual;
 mod recovery;

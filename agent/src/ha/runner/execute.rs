@@ -50,6 +50,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             } => self.write_sync(leader, voters, *quorum).await,
             Action::DeleteSync => self.delete_sync().await,
             Action::SetSyncStandbyNames(v) => self.set_sync_names(v.clone(), cluster).await,
+            Action::HoldAsFailsafe => Ok(self.hold_as_failsafe()),
             Action::RecheckSoon => {
                 self.recheck_soon = true;
                 Ok(Outcome::Done)
@@ -194,6 +195,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             Ok((true, lease)) => {
                 self.lease_deadline = Some(lease.deadline);
                 self.shared.set_leader(true, self.lease_deadline);
+                self.write_failsafe_key(cluster).await;
                 if let Err(e) = self.maybe_write_status(cluster).await {
                     return Err(Step::Setback(
                         Setback::DcsUnreachable,

@@ -9,6 +9,7 @@
 //! ([`after_setback`]), answered in the same cycle.
 
 mod execute;
+mod failsafe;
 mod observe;
 mod publish;
 mod requests;
@@ -82,6 +83,14 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     last_role: Option<patrol_dcs::Role>,
     /// Callback scripts (`postgresql.callbacks`, `before_stop`).
     callbacks: crate::ha::Callbacks,
+    /// The `failsafe` key as last read (Patroni's `dcs.failsafe`): whom to ask while the DCS
+    /// is unreachable.
+    last_failsafe: Option<patrol_dcs::Failsafe>,
+    /// When the last `POST /failsafe` round was sent.
+    failsafe_asked: Option<Instant>,
+    /// The last cycle held leadership on failsafe answers: the next one comes within
+    /// `failsafe::hold_wait`.
+    failsafe_holding: bool,
 }
 
 /// What ends the loop.
@@ -139,6 +148,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             dynamic_params_changed: false,
             last_role: None,
             callbacks,
+            last_failsafe: None,
+            failsafe_asked: None,
+            failsafe_holding: false,
         }
     }
 
@@ -178,6 +190,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             }
             let wait = if std::mem::take(&mut self.recheck_soon) {
                 Duration::from_secs(1)
+            } else if std::mem::take(&mut self.failsafe_holding) {
+                patrol_ha::failsafe::hold_wait(self.timing())
             } else {
                 self.timing().loop_wait()
             };
@@ -232,6 +246,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let mut cluster = match self.dcs.get_cluster().await {
             Ok(c) => {
                 self.shared.dcs_seen();
+                self.last_failsafe = c.failsafe.clone();
                 Some(c)
             }
             Err(e) => {
@@ -301,9 +316,12 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 .remove_data_directory_on_diverged_timelines,
             now_epoch_ms: chrono::Utc::now().timestamp_millis(),
             sync_names_managed: self.sync_names.is_some(),
+            failsafe_check: None,
+            failsafe_leader: self.shared.failsafe_leader(),
         };
         let Some(cluster) = cluster else {
             // Row D-2: decided by the core; nothing is published without the DCS.
+            self.check_failsafe(&mut obs).await;
             let dec = decide(&obs);
             self.log_reason(&dec);
             self.run_actions(&obs, &Cluster::default(), &dec).await?;
@@ -424,6 +442,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         let mut o = obs.clone();
         o.mem = self.mem.clone();
+        if setback == Setback::DcsUnreachable {
+            self.check_failsafe(&mut o).await;
+        }
         let dec = after_setback(&o, &setback);
         tracing::warn!("{}", dec.reason);
         for action in &dec.actions {

@@ -238,12 +238,25 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     /// Asks every other member's REST API for its state, in parallel, with a short deadline.
     pub(super) async fn probe_peers(&self, cluster: &Cluster) -> Vec<PeerStatus> {
         let limit = Duration::from_secs(self.timing().retry_timeout.clamp(1, 2));
-        let members = cluster
+        let mut members: Vec<(String, String)> = cluster
             .members
             .iter()
             .filter(|m| m.name != self.cfg.name && !m.data.api_url.is_empty())
             .map(|m| (m.name.clone(), m.data.api_url.clone()))
             .collect();
+        // Row U-2F: in failsafe mode the members of the `failsafe` key are asked too (one gone
+        // from the DCS may still be alive, and a primary).
+        if self.dynamic.failsafe_mode() {
+            for (name, url) in cluster.failsafe.iter().flatten() {
+                let url = url.as_str().unwrap_or_default();
+                if name != &self.cfg.name
+                    && !url.is_empty()
+                    && !members.iter().any(|(n, _)| n == name)
+                {
+                    members.push((name.clone(), url.to_string()));
+                }
+            }
+        }
         self.peers.probe(&self.cfg, members, limit).await
     }
 }

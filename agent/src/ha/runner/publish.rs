@@ -52,6 +52,21 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
     }
 
+    /// Our PostgreSQL's `conn_url` as published in the member key.
+    pub(super) fn conn_url(&self) -> String {
+        let pgc = &self.cfg.postgresql;
+        format!("postgres://{}/{}", pgc.connect_address, pgc.database)
+    }
+
+    /// Our REST API's `api_url` as published in the member key.
+    pub(super) fn api_url(&self) -> String {
+        format!(
+            "{}://{}/patroni",
+            api_scheme(&self.cfg),
+            self.cfg.restapi.connect_address
+        )
+    }
+
     /// Publishes our member key when its content (or the lease) changed.
     pub(super) async fn publish(
         &mut self,
@@ -59,14 +74,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         status: Option<&LocalStatus>,
         state: &str,
     ) -> Result<(), Setback> {
-        let api = &self.cfg.restapi;
         let pgc = &self.cfg.postgresql;
-        let conn_url = format!("postgres://{}/{}", pgc.connect_address, pgc.database);
-        let api_url = format!(
-            "{}://{}/patroni",
-            api_scheme(&self.cfg),
-            api.connect_address
-        );
+        let conn_url = self.conn_url();
+        let api_url = self.api_url();
         let role = match (self.pg.data_dir_state(), status) {
             (DataDir::Initialized(_), Some(s)) if !s.in_recovery => Role::Primary,
             (DataDir::Initialized(_), _) => Role::Replica,

@@ -1,0 +1,68 @@
+//! Failsafe mode (rows D-2F, D-2F', U-2F; the rules are the core's, `patrol_ha::failsafe`):
+//! asking the members of the `failsafe` key while the DCS is unreachable, holding leadership
+//! on their answer, and keeping the key current as leader.
+
+use patrol_dcs::{Cluster, Dcs};
+use patrol_ha::failsafe::{self, FailsafeCheck};
+use patrol_ha::{Observation, Outcome};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::Ha;
+use crate::ha::port::{LocalPostgres, Peers};
+
+impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
+    /// Row D-2F: when the core wants it, asks every other member of the last `failsafe` key
+    /// read whether we may go on as primary, and puts the answer in the observation.
+    pub(super) async fn check_failsafe(&mut self, obs: &mut Observation) {
+        if !failsafe::wants_check(obs) {
+            return;
+        }
+        let Some(members) = failsafe::members_to_ask(self.last_failsafe.as_ref(), &self.cfg.name)
+        else {
+            obs.failsafe_check = Some(FailsafeCheck::NotInKey);
+            return;
+        };
+        let asked = Instant::now();
+        let body = json!({
+            "name": self.cfg.name,
+            "conn_url": self.conn_url(),
+            "api_url": self.api_url(),
+        });
+        let refused = if members.is_empty() {
+            Vec::new()
+        } else {
+            let limit = std::time::Duration::from_secs(2);
+            self.peers
+                .post_failsafe(&self.cfg, members, body, limit)
+                .await
+        };
+        self.failsafe_asked = Some(asked);
+        obs.failsafe_check = Some(if refused.is_empty() {
+            FailsafeCheck::Accepted
+        } else {
+            FailsafeCheck::Refused(refused)
+        });
+    }
+
+    /// `Action::HoldAsFailsafe`: lead without the DCS until `ttl` after the accepted round.
+    pub(super) fn hold_as_failsafe(&mut self) -> Outcome {
+        if let Some(asked) = self.failsafe_asked {
+            self.shared.hold_as_failsafe(asked, self.lease_deadline);
+            self.failsafe_holding = true;
+        }
+        Outcome::Done
+    }
+
+    /// As leader, after a refresh of the key: the `failsafe` key names every member (and us)
+    /// while failsafe mode is on, written when that changed (Patroni's `write_failsafe`).
+    pub(super) async fn write_failsafe_key(&mut self, cluster: &Cluster) {
+        let Some(want) = failsafe::topology(cluster, &self.cfg.name, &self.api_url()) else {
+            return;
+        };
+        let json = serde_json::Value::Object(want).to_string();
+        if let Err(e) = self.dcs.set_failsafe(&json).await {
+            tracing::warn!("could not write the failsafe key: {e}");
+        }
+    }
+}
