@@ -361,7 +361,13 @@ impl EtcdDcs {
 
     /// The leader race: create the leader key on our lease if and only if it does not exist.
     pub async fn attempt_to_acquire_leader(&self) -> Result<bool, DcsError> {
-        self.refresh_lease().await?;
+        match self.refresh_lease().await {
+            // Revoked while we could not keep it alive: the race takes a new one (below).
+            Err(DcsError::LeaseNotFound) => {}
+            other => {
+                other?;
+            }
+        }
         let key = self.key(keys::LEADER);
         self.with_lease(|id| {
             let txn = Txn::new()

@@ -27,6 +27,9 @@ pub struct NodeStatus {
     pub timeline: u64,
     pub tags: Map<String, Value>,
     pub watchdog_failed: bool,
+    /// `failsafe_mode_is_active`: a primary leading on its members' `POST /failsafe` answers
+    /// (or a standby such a primary called).
+    pub failsafe_active: bool,
 }
 
 impl NodeStatus {
@@ -71,6 +74,10 @@ impl NodeStatus {
                 .unwrap_or_default(),
             watchdog_failed: body
                 .get("watchdog_failed")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            failsafe_active: body
+                .get("failsafe_mode_is_active")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
         }

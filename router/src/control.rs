@@ -93,6 +93,7 @@ pub fn probe_from_status(body: &serde_json::Value, at: Instant) -> Probe {
         timeline: s.timeline,
         replay_delay_seconds,
         failures: 0,
+        failsafe_active: s.failsafe_active,
     }
 }
 
@@ -122,8 +123,14 @@ pub async fn run_probes(
                 .filter(|m| !m.data.api_url.is_empty())
                 .map(|m| (m.name.as_str(), m.data.api_url.as_str()))
                 .collect();
+            // The writer stays probed while it is the writer even when its member key is gone
+            // (its lease expired while it was cut off from etcd in failsafe mode: the table
+            // keeps it only on a fresh probe saying its agent holds it).
+            let writer = shared.table.load().writer.as_ref().map(|w| w.name.clone());
+            let is_writer = |name: &str| writer.as_deref() == Some(name);
             tasks.retain(|name, (url, task)| {
-                let keep = wanted.get(name.as_str()) == Some(&url.as_str());
+                let keep = wanted.get(name.as_str()) == Some(&url.as_str())
+                    || (is_writer(name) && !wanted.contains_key(name.as_str()));
                 if !keep {
                     task.abort();
                 }
@@ -146,7 +153,7 @@ pub async fn run_probes(
                 .probes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .retain(|k, _| names.contains(k));
+                .retain(|k, _| names.contains(k) || is_writer(k));
         }
         if cluster_rx.changed().await.is_err() {
             for (_, (_, task)) in tasks {
@@ -232,6 +239,7 @@ async fn probe_member(
                 timeline: 0,
                 replay_delay_seconds: 0.0,
                 failures: 1,
+                failsafe_active: false,
             },
         };
         let changed = {

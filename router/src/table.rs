@@ -47,6 +47,8 @@ pub struct Probe {
     /// The last probe found nothing listening on the agent's port (the agent is gone), as
     /// opposed to no answer in time.
     pub refused: bool,
+    /// `failsafe_mode_is_active` in its `GET /patroni`.
+    pub failsafe_active: bool,
 }
 
 /// Refused probes of the agent's port tolerated before its node counts as down (one can be a
@@ -260,7 +262,21 @@ pub fn build(
                 }
             }
             Some(l) => t.writer_reason = format!("leader {l} is not confirmed primary yet"),
-            None => t.writer_reason = "no leader".into(),
+            // Failsafe mode: the lease of a leader cut off from etcd expired, but every member
+            // accepted its `POST /failsafe`, none may promote, and its agent holds it primary
+            // (until it can renew the key or its hold ends and it demotes): keep it.
+            None => match &prev.writer {
+                Some(w)
+                    if fresh(probes.get(&w.name), now, max_age)
+                        .is_some_and(|p| p.reachable && p.primary && p.failsafe_active) =>
+                {
+                    t.writer = Some(w.clone());
+                    t.writer_reason =
+                        "no leader key: last leader kept while its agent holds it in failsafe mode"
+                            .into();
+                }
+                _ => t.writer_reason = "no leader".into(),
+            },
         }
     } else {
         // etcd unreachable: keep the last writer only while its own API says it is primary

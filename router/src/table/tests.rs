@@ -77,6 +77,7 @@ fn probe(now: Instant, primary: bool, wal: u64, replayed: u64) -> Probe {
         replay_delay_seconds: 0.0,
         failures: 0,
         refused: false,
+        failsafe_active: false,
     }
 }
 
@@ -177,6 +178,38 @@ fn dcs_outage_keeps_the_writer_only_while_it_confirms_primary() {
     p.insert("a".into(), probe(now, false, 1000, 1000));
     let t3 = build(&cfg(), Some(&c), false, &p, &t2, now);
     assert!(t3.writer.is_none());
+}
+
+#[test]
+fn a_leader_key_gone_keeps_the_writer_only_while_its_agent_holds_it_in_failsafe_mode() {
+    let now = Instant::now();
+    let c = cluster(Some("a"), &[("a", "primary"), ("b", "replica")]);
+    let mut p = BTreeMap::new();
+    p.insert("a".into(), probe(now, true, 1000, 0));
+    let t1 = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+    assert_eq!(t1.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
+    // Its lease expired while it was cut off from etcd: without failsafe mode, no writer.
+    let gone = cluster(None, &[("a", "primary"), ("b", "replica")]);
+    let t2 = build(&cfg(), Some(&gone), true, &p, &t1, now);
+    assert!(t2.writer.is_none(), "{}", t2.writer_reason);
+    // Its agent holds it on failsafe answers: kept.
+    p.get_mut("a").expect("probe").failsafe_active = true;
+    let t3 = build(&cfg(), Some(&gone), true, &p, &t1, now);
+    assert_eq!(
+        t3.writer.as_ref().map(|w| w.name.as_str()),
+        Some("a"),
+        "{}",
+        t3.writer_reason
+    );
+    // Never a member that was not the writer, nor one no longer primary.
+    assert!(build(&cfg(), Some(&gone), true, &p, &Table::default(), now)
+        .writer
+        .is_none());
+    p.insert("a".into(), probe(now, false, 1000, 1000));
+    p.get_mut("a").expect("probe").failsafe_active = true;
+    assert!(build(&cfg(), Some(&gone), true, &p, &t3, now)
+        .writer
+        .is_none());
 }
 
 #[test]

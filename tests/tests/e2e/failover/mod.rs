@@ -12,6 +12,7 @@
 //! frozen backend; `outage_and_lag`: etcd frozen past `ttl`, a lagging replica. This file
 //! holds the checks they share.
 
+mod failsafe;
 mod frozen;
 mod leader_faults;
 mod outage_and_lag;

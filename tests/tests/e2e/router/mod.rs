@@ -33,7 +33,7 @@ fn node_of_port(cluster: &Cluster, port: i32) -> Option<usize> {
 }
 
 /// `inet_server_port()` and `pg_is_in_recovery()` of a session.
-async fn server_of(client: &tokio_postgres::Client) -> anyhow::Result<(i32, bool)> {
+pub(crate) async fn server_of(client: &tokio_postgres::Client) -> anyhow::Result<(i32, bool)> {
     let row = client
         .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
         .await
@@ -74,7 +74,7 @@ fn events_since(stats: &Value, since: SystemTime) -> Vec<String> {
 }
 
 /// Waits until the router writes to `leader` and reads from exactly the other nodes.
-async fn wait_routing(router: &Router, cluster: &Cluster, leader: usize) -> Value {
+pub(crate) async fn wait_routing(router: &Router, cluster: &Cluster, leader: usize) -> Value {
     let want_writer = cluster.name(leader).to_owned();
     let mut want_readers: Vec<String> = others(cluster, leader)
         .into_iter()
