@@ -525,6 +525,20 @@ impl EtcdDcs {
         .map(|_| ())
     }
 
+    /// `patronictl scaffold`'s permanent leader: if there is no leader key, writes the member
+    /// key of `member` (`json`) and a leader key naming it, both without a lease (they never
+    /// expire), in one transaction. `Ok(false)`: a leader key exists.
+    pub async fn put_permanent_leader(&self, member: &str, json: &str) -> Result<bool, DcsError> {
+        let key = self.key(keys::LEADER);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(self.key(&format!("{}{member}", keys::MEMBERS)), json, None),
+                TxnOp::put(key, member, None),
+            ]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
     /// Releases the leader key if and only if it holds our name, writing `status` with the
     /// final WAL position in the same transaction when known: a member that no longer holds the
     /// key (its lease expired and another leads) must not overwrite the leader's `status`.
