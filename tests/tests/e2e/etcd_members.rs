@@ -94,6 +94,18 @@ async fn assert_nothing_lost(c: &mut Cluster, leader: usize, r: &Router, fault: 
         .batch_execute("CREATE TABLE em (v int)")
         .await
         .expect("create table");
+    let left = left_e0(c);
+    for i in 0..c.len() {
+        assert!(
+            !c.agent_log(i).contains(&left),
+            "{} left e0 before the fault",
+            c.name(i)
+        );
+    }
+    assert!(
+        !r.log().contains(&left),
+        "the router left e0 before the fault"
+    );
     match fault {
         Fault::Kill => c.etcd_mut().kill(),
         Fault::Freeze => c.etcd().pause().expect("SIGSTOP e0"),
@@ -128,7 +140,6 @@ async fn assert_nothing_lost(c: &mut Cluster, leader: usize, r: &Router, fault: 
             .any(|l| l.contains(name.as_str()) && l.contains("Leader")),
         "patrolctl list shows the leader: {list}"
     );
-    let left = left_e0(c);
     for i in 0..c.len() {
         assert!(
             c.agent_log(i).contains(&left),
