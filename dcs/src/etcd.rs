@@ -1,6 +1,11 @@
 //! The etcd v3 client: one lease per process, leader key by transaction, compare-and-swap writes,
 //! linearizable snapshot reads and a prefix watch that never leaves a stale view.
 //!
+//! Several endpoints (the members of an etcd cluster) are used one at a time ([`members`]): a
+//! call that fails or gets no answer within its share of `retry_timeout` is retried on the next
+//! member within the same `retry_timeout`, and the lease keep-alive and the watch streams follow
+//! to that member, so one failed or frozen member of three costs a leader at most one attempt.
+//!
 //! Dangerous part: leadership. The leader key is created only by `create_revision == 0`, kept
 //! alive only by lease keep-alive, checked by a linearizable transaction (never by a possibly
 //! stale read) and deleted only by `value == me`. The lease deadline is computed from the *send*
@@ -17,6 +22,12 @@ use etcd_client::{
 };
 use tokio::sync::{watch, Mutex};
 use tokio::time::{timeout, Instant};
+
+mod members;
+use members::Members;
+
+/// The least interval between two progress requests on the watch stream.
+const MIN_PROBE: Duration = Duration::from_millis(250);
 
 use crate::model::{keys, Cluster, Kv, Status, Timing};
 use crate::tls::EtcdTls;
@@ -41,9 +52,11 @@ fn classify(e: etcd_client::Error) -> DcsError {
         return DcsError::LeaseNotFound;
     }
     match e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
-            DcsError::Unavailable(text)
-        }
+        // A keep-alive or watch stream whose channel closed: its connection is gone.
+        etcd_client::Error::TransportError(_)
+        | etcd_client::Error::IoError(_)
+        | etcd_client::Error::LeaseKeepAliveError(_)
+        | etcd_client::Error::WatchError(_) => DcsError::Unavailable(text),
         etcd_client::Error::GRpcStatus(s)
             if matches!(
                 s.code(),
@@ -101,10 +114,17 @@ impl EtcdTls {
     }
 }
 
+/// A keep-alive stream, on the member of `generation`.
+struct Keeper {
+    generation: u64,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
 struct LeaseState {
     id: Option<i64>,
     ttl: u64,
-    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    keeper: Option<Keeper>,
     /// When etcd may expire the lease at the earliest, from the send time of the last
     /// acknowledged keep-alive (or grant).
     deadline: Option<Instant>,
@@ -112,7 +132,8 @@ struct LeaseState {
 
 /// The etcd v3 DCS.
 pub struct EtcdDcs {
-    client: Client,
+    /// The etcd members, the one in use and its client (shared with the watch task).
+    members: Arc<Members>,
     prefix: String,
     name: String,
     /// The deadline of every call, shared with the watch task so that a new `retry_timeout`
@@ -129,10 +150,10 @@ pub struct LeaseInfo {
 }
 
 impl EtcdDcs {
-    /// Connects (lazily: etcd may be down at start; calls fail with `Unavailable` until it is up).
-    /// `retry_timeout` is the deadline of every call until [`EtcdDcs::set_timing`] changes it;
-    /// the channel itself has no request timeout of its own, so that only the current value
-    /// counts.
+    /// Connects (lazily: etcd may be down at start; calls fail with `Unavailable` until it is up;
+    /// the first call goes to the first endpoint). `retry_timeout` is the deadline of every call
+    /// until [`EtcdDcs::set_timing`] changes it; the channel itself has no request timeout of its
+    /// own, so that only the current value counts.
     pub async fn connect(
         settings: &EtcdSettings,
         ttl: u64,
@@ -147,15 +168,8 @@ impl EtcdDcs {
         if settings.tls.is_set() || settings.endpoints.iter().any(|e| e.starts_with("https://")) {
             opts = opts.with_tls(settings.tls.options()?);
         }
-        let client = timeout(
-            retry_timeout,
-            Client::connect(settings.endpoints.clone(), Some(opts)),
-        )
-        .await
-        .map_err(|_| DcsError::Unavailable("connect timed out".into()))?
-        .map_err(classify)?;
         Ok(EtcdDcs {
-            client,
+            members: Arc::new(Members::new(settings.endpoints.clone(), opts)?),
             prefix: settings.prefix.clone(),
             name: settings.member_name.clone(),
             retry_timeout: Arc::new(std::sync::Mutex::new(retry_timeout)),
@@ -174,6 +188,11 @@ impl EtcdDcs {
 
     pub fn member_name(&self) -> &str {
         &self.name
+    }
+
+    /// The etcd endpoint calls go to now.
+    pub fn endpoint(&self) -> String {
+        self.members.endpoint()
     }
 
     fn key(&self, rel: &str) -> String {
@@ -198,17 +217,27 @@ impl EtcdDcs {
         }
     }
 
-    async fn call<T, F>(&self, f: F) -> Result<T, DcsError>
+    /// Runs one request within `retry_timeout`: on the member in use, and on the next ones
+    /// while a member fails or does not answer within its share of the deadline.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, DcsError>
     where
-        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        match timeout(self.deadline(), f).await {
-            Ok(r) => r.map_err(classify),
-            Err(_) => Err(DcsError::Unavailable(format!(
-                "no answer within {:?}",
-                self.deadline()
-            ))),
+        let total = self.deadline();
+        let mut retry = self.members.retry(total);
+        let mut last = None;
+        while let Some(limit) = retry.next().await {
+            match self.members.attempt(limit, &f).await {
+                Ok((v, _)) => return Ok(v),
+                Err(e @ DcsError::Unavailable(_)) => {
+                    retry.failed();
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Err(last.unwrap_or_else(|| DcsError::Unavailable(format!("no answer within {total:?}"))))
     }
 
     /// One linearizable prefix read: the whole cluster with the revision it reflects.
@@ -218,13 +247,45 @@ impl EtcdDcs {
     }
 
     async fn read_prefix(&self) -> Result<(i64, Vec<Kv>), DcsError> {
-        let mut c = self.client.clone();
         let resp = self
-            .call(c.get(self.prefix.clone(), Some(GetOptions::new().with_prefix())))
+            .call(|mut c| {
+                let prefix = self.prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let kvs = resp.kvs().iter().filter_map(|kv| self.to_kv(kv)).collect();
         Ok((rev, kvs))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, DcsError> {
+        self.call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        key: String,
+        value: &str,
+        options: Option<PutOptions>,
+    ) -> Result<etcd_client::PutResponse, DcsError> {
+        self.call(|mut c| {
+            let (key, value, options) = (key.clone(), value.to_string(), options.clone());
+            async move { c.put(key, value, options).await }
+        })
+        .await
+    }
+
+    async fn delete(&self, key: String, options: Option<DeleteOptions>) -> Result<(), DcsError> {
+        self.call(|mut c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.delete(key, options).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     fn to_kv(&self, kv: &etcd_client::KeyValue) -> Option<Kv> {
@@ -244,72 +305,91 @@ impl EtcdDcs {
         if let Some(id) = l.id {
             return Ok(id);
         }
-        self.grant(&mut l).await
+        self.grant(&mut l).await.map(|lease| lease.id)
     }
 
-    async fn grant(&self, l: &mut LeaseState) -> Result<i64, DcsError> {
+    async fn grant(&self, l: &mut LeaseState) -> Result<LeaseInfo, DcsError> {
         let sent = Instant::now();
-        let mut c = self.client.clone();
         let ttl = l.ttl as i64;
-        let resp = self.call(c.lease_grant(ttl, None)).await?;
+        let resp = self
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await?;
+        let deadline = sent + Duration::from_secs(resp.ttl().max(0) as u64);
         l.id = Some(resp.id());
         l.keeper = None;
-        l.deadline = Some(sent + Duration::from_secs(resp.ttl().max(0) as u64));
-        Ok(resp.id())
+        l.deadline = Some(deadline);
+        Ok(LeaseInfo {
+            id: resp.id(),
+            deadline,
+        })
     }
 
     /// Keeps the lease alive (granting a new one if it is gone). Returns the lease and the
-    /// deadline before which etcd cannot have expired it.
+    /// deadline before which etcd cannot have expired it. The keep-alive stream lives on the
+    /// member in use: it is reopened on the next member when that one fails or stalls (within
+    /// the same `retry_timeout`, as any call), or when another call or the watch moved on.
     pub async fn refresh_lease(&self) -> Result<LeaseInfo, DcsError> {
         let mut l = self.lease.lock().await;
         let Some(id) = l.id else {
-            let id = self.grant(&mut l).await?;
-            let deadline = l.deadline.expect("grant sets the deadline");
-            return Ok(LeaseInfo { id, deadline });
+            return self.grant(&mut l).await;
         };
-        let sent = Instant::now();
-        let deadline = self.deadline();
-        let result = timeout(deadline, async {
-            if l.keeper.is_none() {
-                let mut c = self.client.clone();
-                l.keeper = Some(c.lease_keep_alive(id).await?);
-            }
-            let (keeper, stream) = l.keeper.as_mut().expect("keeper was just set");
-            keeper.keep_alive().await?;
-            stream.message().await
-        })
-        .await;
-        match result {
-            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                let d = sent + Duration::from_secs(resp.ttl() as u64);
-                l.deadline = Some(d);
-                Ok(LeaseInfo { id, deadline: d })
-            }
-            Ok(Ok(Some(_))) => {
-                // TTL 0: the lease expired; everything on it is gone. Grant a new one.
-                tracing::warn!(lease = id, "lease expired in etcd, granting a new one");
-                l.id = None;
-                l.keeper = None;
-                l.deadline = None;
-                let id = self.grant(&mut l).await?;
-                let deadline = l.deadline.expect("grant sets the deadline");
-                Ok(LeaseInfo { id, deadline })
-            }
-            Ok(Ok(None)) => {
-                l.keeper = None;
-                Err(DcsError::Unavailable("keep-alive stream closed".into()))
-            }
-            Ok(Err(e)) => {
-                l.keeper = None;
-                Err(classify(e))
-            }
-            Err(_) => {
-                l.keeper = None;
-                Err(DcsError::Unavailable(format!(
-                    "keep-alive not acknowledged within {deadline:?}"
-                )))
-            }
+        let total = self.deadline();
+        let mut retry = self.members.retry(total);
+        let mut last = None;
+        while let Some(limit) = retry.next().await {
+            let sent = Instant::now();
+            let mut generation = self.members.generation();
+            let answer = timeout(limit, async {
+                let k = match l.keeper.take() {
+                    Some(k) if k.generation == self.members.generation() => k,
+                    _ => {
+                        let conn = self.members.conn().await?;
+                        generation = conn.generation;
+                        let mut c = conn.client;
+                        let (keeper, stream) = c.lease_keep_alive(id).await.map_err(classify)?;
+                        Keeper {
+                            generation: conn.generation,
+                            keeper,
+                            stream,
+                        }
+                    }
+                };
+                generation = k.generation;
+                let k = l.keeper.insert(k);
+                k.keeper.keep_alive().await.map_err(classify)?;
+                k.stream.message().await.map_err(classify)
+            })
+            .await;
+            let e = match answer {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                    let deadline = sent + Duration::from_secs(resp.ttl() as u64);
+                    l.deadline = Some(deadline);
+                    return Ok(LeaseInfo { id, deadline });
+                }
+                Ok(Ok(Some(_)) | Err(DcsError::LeaseNotFound)) => {
+                    // TTL 0: the lease expired; everything on it is gone. Grant a new one.
+                    tracing::warn!(lease = id, "lease expired in etcd, granting a new one");
+                    l.id = None;
+                    l.keeper = None;
+                    l.deadline = None;
+                    return self.grant(&mut l).await;
+                }
+                Ok(Ok(None)) => DcsError::Unavailable("keep-alive stream closed".into()),
+                Ok(Err(e @ DcsError::Unavailable(_))) => e,
+                Ok(Err(e)) => {
+                    l.keeper = None;
+                    return Err(e);
+                }
+                Err(_) => {
+                    DcsError::Unavailable(format!("keep-alive not acknowledged within {limit:?}"))
+                }
+            };
+            l.keeper = None;
+            self.members.failed(generation, &e);
+            retry.failed();
+            last = Some(e);
         }
+        Err(last.unwrap_or_else(|| DcsError::Unavailable(format!("no answer within {total:?}"))))
     }
 
     /// The deadline of the last acknowledged keep-alive, if any.
@@ -347,19 +427,15 @@ impl EtcdDcs {
     /// Writes our member key on our lease.
     pub async fn touch_member(&self, json: &str) -> Result<(), DcsError> {
         let key = self.key(&format!("{}{}", keys::MEMBERS, self.name));
-        self.with_lease(|id| {
-            let mut c = self.client.clone();
-            let key = key.clone();
-            async move {
-                self.call(c.put(key, json, Some(PutOptions::new().with_lease(id))))
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .await
+        self.with_lease(|id| self.put(key.clone(), json, Some(PutOptions::new().with_lease(id))))
+            .await
+            .map(|_| ())
     }
 
     /// The leader race: create the leader key on our lease if and only if it does not exist.
+    /// A key that already holds our name on our lease counts as won: that is what a retry on
+    /// another member finds when the first member applied the transaction but its answer was
+    /// lost.
     pub async fn attempt_to_acquire_leader(&self) -> Result<bool, DcsError> {
         match self.refresh_lease().await {
             // Revoked while we could not keep it alive: the race takes a new one (below).
@@ -376,9 +452,19 @@ impl EtcdDcs {
                     key.clone(),
                     self.name.clone(),
                     Some(PutOptions::new().with_lease(id)),
-                )]);
-            let mut c = self.client.clone();
-            async move { self.call(c.txn(txn)).await.map(|r| r.succeeded()) }
+                )])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            async move {
+                let r = self.txn(txn).await?;
+                let ours = |kv: &etcd_client::KeyValue| {
+                    kv.value() == self.name.as_bytes() && kv.lease() == id
+                };
+                Ok(r.succeeded()
+                    || r.op_responses().into_iter().any(|op| match op {
+                        TxnOpResponse::Get(g) => g.kvs().iter().any(ours),
+                        _ => false,
+                    }))
+            }
         })
         .await
     }
@@ -412,8 +498,7 @@ impl EtcdDcs {
                     )])
                     .and_then([put()]),
             )]);
-        let mut c = self.client.clone();
-        let resp = self.call(c.txn(txn)).await?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             return Ok((true, lease));
         }
@@ -436,19 +521,28 @@ impl EtcdDcs {
         self.refresh_lease().await?;
         let key = self.key(keys::LEADER);
         self.with_lease(|id| {
-            let mut c = self.client.clone();
-            let key = key.clone();
-            async move {
-                self.call(c.put(
-                    key,
-                    self.name.clone(),
-                    Some(PutOptions::new().with_lease(id)),
-                ))
-                .await
-                .map(|_| ())
-            }
+            self.put(
+                key.clone(),
+                &self.name,
+                Some(PutOptions::new().with_lease(id)),
+            )
         })
         .await
+        .map(|_| ())
+    }
+
+    /// `patronictl scaffold`'s permanent leader: if there is no leader key, writes the member
+    /// key of `member` (`json`) and a leader key naming it, both without a lease (they never
+    /// expire), in one transaction. `Ok(false)`: a leader key exists.
+    pub async fn put_permanent_leader(&self, member: &str, json: &str) -> Result<bool, DcsError> {
+        let key = self.key(keys::LEADER);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(self.key(&format!("{}{member}", keys::MEMBERS)), json, None),
+                TxnOp::put(key, member, None),
+            ]);
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// Releases the leader key if and only if it holds our name, writing `status` with the
@@ -468,8 +562,7 @@ impl EtcdDcs {
         let txn = Txn::new()
             .when([Compare::value(key, CompareOp::Equal, self.name.clone())])
             .and_then(ops);
-        let mut c = self.client.clone();
-        Ok(self.call(c.txn(txn)).await?.succeeded())
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// The `initialize` race (`create_new`: create `""` if absent), or storing the sysid.
@@ -479,8 +572,7 @@ impl EtcdDcs {
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key, sysid, None)]);
-            let mut c = self.client.clone();
-            return Ok(self.call(c.txn(txn)).await?.succeeded());
+            return Ok(self.txn(txn).await?.succeeded());
         }
         self.put_plain(keys::INITIALIZE, sysid).await?;
         Ok(true)
@@ -488,15 +580,11 @@ impl EtcdDcs {
 
     /// Removes `initialize` after a failed bootstrap.
     pub async fn cancel_initialization(&self) -> Result<(), DcsError> {
-        let mut c = self.client.clone();
-        self.call(c.delete(self.key(keys::INITIALIZE), None))
-            .await
-            .map(|_| ())
+        self.delete(self.key(keys::INITIALIZE), None).await
     }
 
     async fn put_plain(&self, rel: &str, value: &str) -> Result<i64, DcsError> {
-        let mut c = self.client.clone();
-        let r = self.call(c.put(self.key(rel), value, None)).await?;
+        let r = self.put(self.key(rel), value, None).await?;
         Ok(r.header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -515,8 +603,7 @@ impl EtcdDcs {
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, v)])
             .and_then([TxnOp::put(key, value, None)]);
-        let mut c = self.client.clone();
-        let r = self.call(c.txn(txn)).await?;
+        let r = self.txn(txn).await?;
         Ok(r.succeeded()
             .then(|| r.header().map(|h| h.revision()).unwrap_or(0)))
     }
@@ -545,8 +632,7 @@ impl EtcdDcs {
             txn = txn.when([Compare::mod_revision(key.clone(), CompareOp::Equal, v)]);
         }
         let txn = txn.and_then([TxnOp::delete(key, None)]);
-        let mut c = self.client.clone();
-        Ok(self.call(c.txn(txn)).await?.succeeded())
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     pub async fn set_history(&self, json: &str) -> Result<(), DcsError> {
@@ -563,13 +649,11 @@ impl EtcdDcs {
 
     /// Deletes the whole cluster prefix (`patronictl remove`).
     pub async fn delete_cluster(&self) -> Result<(), DcsError> {
-        let mut c = self.client.clone();
-        self.call(c.delete(
+        self.delete(
             self.prefix.clone(),
             Some(DeleteOptions::new().with_prefix()),
-        ))
+        )
         .await
-        .map(|_| ())
     }
 
     /// Starts the background watch: one prefix read, a prefix watch from its revision, and on
@@ -582,15 +666,20 @@ impl EtcdDcs {
     /// Like `watch_cluster`, plus a health signal: `true` while the view is current (snapshot
     /// read and watch stream established), `false` from the moment the stream is lost until a
     /// fresh read succeeds.
+    ///
+    /// The stream lives on the member in use and follows it: it is reopened (after a fresh read)
+    /// on the next member when a call moves on, and it checks the member itself with a progress
+    /// request every quarter of `retry_timeout`: a stream silent for three quarters of it is on
+    /// a stalled member, which is then left.
     pub fn watch_with_health(
         &self,
     ) -> (watch::Receiver<Option<Arc<Cluster>>>, watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(None);
         let (htx, hrx) = watch::channel(false);
-        let client = self.client.clone();
+        let members = self.members.clone();
         let prefix = self.prefix.clone();
         let retry = self.retry_timeout.clone();
-        tokio::spawn(run_watch(client, prefix, retry, tx, htx));
+        tokio::spawn(run_watch(members, prefix, retry, tx, htx));
         (rx, hrx)
     }
 }
@@ -601,7 +690,7 @@ fn current(d: &std::sync::Mutex<Duration>) -> Duration {
 }
 
 async fn run_watch(
-    client: Client,
+    members: Arc<Members>,
     prefix: String,
     retry: Arc<std::sync::Mutex<Duration>>,
     tx: watch::Sender<Option<Arc<Cluster>>>,
@@ -613,22 +702,24 @@ async fn run_watch(
             .strip_prefix(prefix.as_str())
             .map(String::from)
     };
+    let mut switched = members.subscribe();
     loop {
         if tx.is_closed() {
             return;
         }
+        let each = members.share(current(&retry));
         // 1. Snapshot.
-        let mut c = client.clone();
-        let snapshot = timeout(
-            current(&retry),
-            c.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-        )
-        .await;
+        let snapshot = members
+            .attempt(each, &|mut c: Client| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await;
         let resp = match snapshot {
-            Ok(Ok(r)) => r,
-            other => {
+            Ok((r, _)) => r,
+            Err(e) => {
                 healthy.send_replace(false);
-                tracing::debug!(?other, "cluster watch: snapshot read failed, retrying");
+                tracing::debug!("cluster watch: snapshot read failed ({e}), retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
@@ -653,28 +744,63 @@ async fn run_watch(
             tx.send_replace(Some(Arc::new(Cluster::from_kvs(rev, &kvs))));
         };
         publish(rev, &map);
-        // 2. Watch from the snapshot's revision.
+        // 2. Watch from the snapshot's revision, on the member in use.
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(rev + 1)
             .with_progress_notify();
-        let mut stream = match timeout(current(&retry), c.watch(prefix.clone(), Some(opts))).await {
-            Ok(Ok(s)) => s,
-            other => {
+        let opened = members
+            .attempt(each, &|mut c: Client| {
+                let (prefix, opts) = (prefix.clone(), opts.clone());
+                async move { c.watch(prefix, Some(opts)).await }
+            })
+            .await;
+        let (mut stream, generation) = match opened {
+            Ok(s) => s,
+            Err(e) => {
                 healthy.send_replace(false);
-                tracing::debug!(?other, "cluster watch: watch failed, re-reading");
+                tracing::debug!("cluster watch: watch failed ({e}), re-reading");
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
         };
+        switched.borrow_and_update();
+        if members.generation() != generation {
+            continue;
+        }
         healthy.send_replace(true);
+        let mut heard = Instant::now();
+        let mut probe = tokio::time::interval((current(&retry) / 4).max(MIN_PROBE));
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // etcd sends progress notifications every ~10 minutes by default; we do not rely on
-            // them, but a dead connection is caught by the gRPC keep-alive on the channel.
             let msg = tokio::select! {
                 m = stream.message() => m,
+                r = switched.changed() => {
+                    if r.is_err() || *switched.borrow_and_update() != generation {
+                        tracing::debug!("cluster watch: the member in use changed, reopening");
+                        break;
+                    }
+                    continue;
+                }
+                _ = probe.tick() => {
+                    let limit = current(&retry) * 3 / 4;
+                    if heard.elapsed() > limit {
+                        let e = DcsError::Unavailable(format!(
+                            "watch stream silent for {limit:?}"
+                        ));
+                        members.failed(generation, &e);
+                        break;
+                    }
+                    // etcd answers a progress request with an empty response on the stream.
+                    if stream.request_progress().await.is_err() {
+                        tracing::debug!("cluster watch: progress request failed, re-reading");
+                        break;
+                    }
+                    continue;
+                }
                 _ = tx.closed() => return,
             };
+            heard = Instant::now();
             let resp = match msg {
                 Ok(Some(r)) => r,
                 Ok(None) | Err(_) => {

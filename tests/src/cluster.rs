@@ -1,4 +1,5 @@
-//! `Cluster`: n `patrol` agents (each managing a real PostgreSQL) sharing one etcd, each node
+//! `Cluster`: n `patrol` agents (each managing a real PostgreSQL) sharing one etcd (a single
+//! member, or several with [`Cluster::with_etcd_members`]), each node
 //! on its own free ports under one temp root dir.
 //!
 //! Dangerous: `Drop` SIGKILLs every process whose working directory or command line lies under
@@ -15,7 +16,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::{getpgrp, Pid};
 
 use crate::bins::bin;
-use crate::etcd::Etcd;
+use crate::etcd::{Etcd, EtcdCluster};
 use crate::ports::free_port;
 use crate::process::Proc;
 use crate::user::{as_agent_user, chown_to_agent, ensure_user, make_agent_dir};
@@ -48,7 +49,7 @@ pub struct Cluster {
     nodes: Vec<Node>,
     scope: String,
     root: tempfile::TempDir,
-    etcd: Etcd,
+    etcd: EtcdCluster,
     /// [`Cluster::connect`] goes through each node's unix socket (in its node dir) instead
     /// of TCP, for clusters whose pg_hba allows TCP only with a client certificate.
     connect_by_socket: bool,
@@ -57,8 +58,14 @@ pub struct Cluster {
 impl Cluster {
     /// Starts etcd and prepares `n` node dirs; starts no agent.
     pub fn new(n: usize) -> anyhow::Result<Cluster> {
+        Self::with_etcd_members(n, 1)
+    }
+
+    /// Like [`Cluster::new`] on an etcd cluster of `etcd_members` members; every agent is
+    /// given all of them (`etcd3.hosts`, in member order).
+    pub fn with_etcd_members(n: usize, etcd_members: usize) -> anyhow::Result<Cluster> {
         ensure_user()?;
-        let etcd = Etcd::start()?;
+        let etcd = EtcdCluster::start(etcd_members)?;
         let root = tempfile::Builder::new()
             .prefix("patrol-test-")
             .tempdir()
@@ -126,11 +133,21 @@ impl Cluster {
         format!("{NAMESPACE}/{}/", self.scope)
     }
 
+    /// The first etcd member (the only one unless [`Cluster::with_etcd_members`]).
     pub fn etcd(&self) -> &Etcd {
-        &self.etcd
+        self.etcd.member(0)
     }
 
     pub fn etcd_mut(&mut self) -> &mut Etcd {
+        self.etcd.member_mut(0)
+    }
+
+    /// All etcd members.
+    pub fn etcd_cluster(&self) -> &EtcdCluster {
+        &self.etcd
+    }
+
+    pub fn etcd_cluster_mut(&mut self) -> &mut EtcdCluster {
         &mut self.etcd
     }
 
@@ -219,7 +236,7 @@ tags: {{}}
             scope = self.scope,
             name = n.name,
             api = n.api_port,
-            etcd = self.etcd.host_port(),
+            etcd = self.etcd.host_ports().join(", "),
             pg = n.pg_port,
         );
         if let Some(f) = &n.config_override {
@@ -479,11 +496,14 @@ tags: {{}}
                 }
             }
         }
-        eprintln!(
-            "===== etcd {} (last {DUMP_LINES} lines) =====\n{}",
-            self.etcd.log_path().display(),
-            self.etcd.log_tail(DUMP_LINES)
-        );
+        for m in self.etcd.members() {
+            eprintln!(
+                "===== etcd {} {} (last {DUMP_LINES} lines) =====\n{}",
+                m.name(),
+                m.log_path().display(),
+                m.log_tail(DUMP_LINES)
+            );
+        }
     }
 }
 
@@ -514,7 +534,7 @@ impl Drop for Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.etcd.kill();
+        self.etcd.kill_all();
         if std::thread::panicking() {
             self.dump_logs();
         }

@@ -1,8 +1,10 @@
-//! `Etcd`: a single-member etcd on free loopback ports with its own temp data dir, killed and
-//! removed on drop. Faults: `pause`/`resume` (SIGSTOP/SIGCONT), `kill`, `restart`.
+//! `Etcd`: an etcd member on free loopback ports with its own temp data dir, killed and removed
+//! on drop; alone (`Etcd::start`) or one of an [`EtcdCluster`] of several. Faults on each
+//! member: `pause`/`resume` (SIGSTOP/SIGCONT), `terminate` (SIGTERM), `kill`, `restart`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -14,7 +16,7 @@ use crate::util::{block_on_thread, random_u64, tail_lines};
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A running single-member etcd (v3 API on `endpoint()`).
+/// A running etcd member (v3 API on `endpoint()`).
 #[derive(Debug)]
 pub struct Etcd {
     // Field order matters: the process dies before its dir is removed.
@@ -24,7 +26,31 @@ pub struct Etcd {
     /// A second client listener with TLS ([`Etcd::start_tls`]).
     tls_port: Option<u16>,
     peer_port: u16,
+    /// Its name and place in its etcd cluster.
+    membership: Membership,
+    /// Stopped by the test ([`Etcd::kill`], [`Etcd::terminate`]) and not restarted since.
+    down: bool,
+    /// Frozen by [`Etcd::pause`] and not resumed since.
+    paused: AtomicBool,
     dir: tempfile::TempDir,
+}
+
+/// A member's `--name`, `--initial-cluster` and `--initial-cluster-token`.
+#[derive(Debug, Clone)]
+struct Membership {
+    name: String,
+    initial_cluster: String,
+    token: String,
+}
+
+impl Membership {
+    fn alone(peer_port: u16) -> Membership {
+        Membership {
+            name: "default".into(),
+            initial_cluster: format!("default=http://127.0.0.1:{peer_port}"),
+            token: format!("t{:016x}", random_u64()),
+        }
+    }
 }
 
 fn etcd_binary() -> PathBuf {
@@ -73,18 +99,25 @@ impl Etcd {
             let client_port = free_port();
             let tls_port = tls.then(free_port);
             let peer_port = free_port();
-            let data = dir.path().join("data");
-            if data.exists() {
-                std::fs::remove_dir_all(&data)
-                    .with_context(|| format!("removing {}", data.display()))?;
-            }
-            let proc = spawn(dir.path(), client_port, tls_port, peer_port, &extra_args)?;
+            remove_data(dir.path())?;
+            let membership = Membership::alone(peer_port);
+            let proc = spawn(
+                dir.path(),
+                client_port,
+                tls_port,
+                peer_port,
+                &membership,
+                &extra_args,
+            )?;
             let mut etcd = Etcd {
                 proc,
                 extra_args: extra_args.clone(),
                 client_port,
                 tls_port,
                 peer_port,
+                membership,
+                down: false,
+                paused: AtomicBool::new(false),
                 dir,
             };
             match etcd.wait_healthy(HEALTH_TIMEOUT) {
@@ -129,32 +162,60 @@ impl Etcd {
         &self.proc
     }
 
+    /// The member's `--name` (`default` when alone, `e0`, `e1`, ... in an [`EtcdCluster`]).
+    pub fn name(&self) -> &str {
+        &self.membership.name
+    }
+
     /// Freezes etcd (SIGSTOP): connections stay open, requests hang.
     pub fn pause(&self) -> anyhow::Result<()> {
-        self.proc.signal(Signal::SIGSTOP)
+        self.proc.signal(Signal::SIGSTOP)?;
+        self.paused.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Thaws etcd after [`Etcd::pause`] (SIGCONT).
     pub fn resume(&self) -> anyhow::Result<()> {
-        self.proc.signal(Signal::SIGCONT)
+        self.proc.signal(Signal::SIGCONT)?;
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Neither stopped nor frozen by the test: the harness's own reads may go to it.
+    pub fn is_serving(&self) -> bool {
+        !self.down && !self.paused.load(Ordering::SeqCst)
     }
 
     /// SIGKILLs etcd; its data dir stays, so [`Etcd::restart`] brings the same data back.
     pub fn kill(&mut self) {
         self.proc.kill();
+        self.down = true;
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops etcd cleanly (SIGTERM, then SIGKILL if it is still there after 10 s).
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        let _ = self.proc.signal(Signal::SIGCONT);
+        self.proc.signal(Signal::SIGTERM)?;
+        let exited = self.proc.wait_exit(Duration::from_secs(10)).is_some();
+        self.kill();
+        anyhow::ensure!(exited, "etcd {} ignored SIGTERM for 10 s", self.name());
+        Ok(())
     }
 
     /// Kills etcd if running and starts it again on the same ports and data, then waits
-    /// until healthy.
+    /// until healthy (for a member of a cluster: until the cluster has a leader).
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.proc.kill();
+        self.kill();
         self.proc = spawn(
             self.dir.path(),
             self.client_port,
             self.tls_port,
             self.peer_port,
+            &self.membership,
             &self.extra_args,
         )?;
+        self.down = false;
         self.wait_healthy(HEALTH_TIMEOUT)
     }
 
@@ -222,11 +283,195 @@ impl Etcd {
     }
 }
 
+/// An etcd cluster of one or more members on loopback, each with its own ports and data dir
+/// (`--initial-cluster` naming them all), as production runs it with three. Each member can be
+/// stopped, frozen and restarted on its own ([`EtcdCluster::member`]).
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members at once and waits (up to 20 s each) until every one reports healthy
+    /// (the cluster has a leader). Retries with new ports if a member exits early.
+    pub fn start(n: usize) -> anyhow::Result<EtcdCluster> {
+        anyhow::ensure!(n > 0, "an etcd cluster has at least one member");
+        if n == 1 {
+            return Ok(EtcdCluster {
+                members: vec![Etcd::start()?],
+            });
+        }
+        let mut last_err = None;
+        for _ in 0..3 {
+            let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+            let initial_cluster = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let token = format!("t{:016x}", random_u64());
+            let mut members = Vec::with_capacity(n);
+            for (i, &(client_port, peer_port)) in ports.iter().enumerate() {
+                let dir = tempfile::Builder::new()
+                    .prefix(&format!("patrol-etcd-e{i}-"))
+                    .tempdir()
+                    .context("creating etcd temp dir")?;
+                let membership = Membership {
+                    name: format!("e{i}"),
+                    initial_cluster: initial_cluster.clone(),
+                    token: token.clone(),
+                };
+                let proc = spawn(dir.path(), client_port, None, peer_port, &membership, &[])?;
+                members.push(Etcd {
+                    proc,
+                    extra_args: Vec::new(),
+                    client_port,
+                    tls_port: None,
+                    peer_port,
+                    membership,
+                    down: false,
+                    paused: AtomicBool::new(false),
+                    dir,
+                });
+            }
+            let mut started = Ok(());
+            for m in &mut members {
+                started = m.wait_healthy(HEALTH_TIMEOUT);
+                if started.is_err() {
+                    break;
+                }
+            }
+            match started {
+                Ok(()) => return Ok(EtcdCluster { members }),
+                Err(e) if members.iter_mut().any(|m| !m.proc.is_running()) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.expect("the loop ran at least once")).context("etcd cluster did not start")
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn member(&self, i: usize) -> &Etcd {
+        &self.members[i]
+    }
+
+    pub fn member_mut(&mut self, i: usize) -> &mut Etcd {
+        &mut self.members[i]
+    }
+
+    pub fn members(&self) -> &[Etcd] {
+        &self.members
+    }
+
+    /// SIGKILLs every member.
+    pub fn kill_all(&mut self) {
+        self.members.iter_mut().for_each(Etcd::kill);
+    }
+
+    /// Every member's `127.0.0.1:<client port>`, in order (Patroni's `etcd3.hosts`).
+    pub fn host_ports(&self) -> Vec<String> {
+        self.members.iter().map(Etcd::host_port).collect()
+    }
+
+    /// Every member's `http://127.0.0.1:<client port>`, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Etcd::endpoint).collect()
+    }
+
+    /// The index of the member etcd's raft has elected leader, as the serving members see it.
+    pub async fn leader_index(&self) -> anyhow::Result<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for m in &self.members {
+            if !m.is_serving() {
+                ids.push(None);
+                continue;
+            }
+            let st = m.client().await?.status().await?;
+            ids.push(st.header().map(|h| h.member_id()));
+            leader = leader.or(Some(st.leader()).filter(|l| *l != 0));
+        }
+        let leader = leader.context("no serving member knows a leader")?;
+        ids.iter()
+            .position(|id| *id == Some(leader))
+            .context("the raft leader is not a serving member")
+    }
+
+    /// Makes member `to` etcd's raft leader (`MoveLeader`, sent to the current leader), and
+    /// waits until every serving member sees it so.
+    pub async fn move_leader(&self, to: usize) -> anyhow::Result<()> {
+        let target = self.members[to]
+            .client()
+            .await?
+            .status()
+            .await?
+            .header()
+            .context("status without a header")?
+            .member_id();
+        let from = self.leader_index().await?;
+        if from != to {
+            self.members[from]
+                .client()
+                .await?
+                .move_leader(target)
+                .await
+                .with_context(|| format!("moving etcd's leader from e{from} to e{to}"))?;
+        }
+        crate::wait_until(
+            &format!("e{to} to be etcd's leader"),
+            Duration::from_secs(20),
+            || async { Ok((self.leader_index().await? == to).then_some(())) },
+        )
+        .await
+    }
+
+    /// A connected client for the harness's own reads and writes: to the members the test has
+    /// neither stopped nor frozen (to all of them when there is none, so the call fails as
+    /// etcd does).
+    pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
+        let serving: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.is_serving())
+            .map(Etcd::endpoint)
+            .collect();
+        let endpoints = if serving.is_empty() {
+            self.endpoints()
+        } else {
+            serving
+        };
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        etcd_client::Client::connect(&endpoints, Some(opts))
+            .await
+            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))
+    }
+}
+
+/// Removes a data dir left by an attempt that failed to start.
+fn remove_data(dir: &Path) -> anyhow::Result<()> {
+    let data = dir.join("data");
+    if data.exists() {
+        std::fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
+    }
+    Ok(())
+}
+
 fn spawn(
     dir: &Path,
     client_port: u16,
     tls_port: Option<u16>,
     peer_port: u16,
+    membership: &Membership,
     extra: &[String],
 ) -> anyhow::Result<Proc> {
     let mut client = format!("http://127.0.0.1:{client_port}");
@@ -241,15 +486,15 @@ fn spawn(
             cmd.env_remove(k);
         }
     }
-    cmd.arg("--name=default")
+    cmd.arg(format!("--name={}", membership.name))
         .arg(format!("--data-dir={}", dir.join("data").display()))
         .arg(format!("--listen-client-urls={client}"))
         .arg(format!("--advertise-client-urls={client}"))
         .arg(format!("--listen-peer-urls={peer}"))
         .arg(format!("--initial-advertise-peer-urls={peer}"))
-        .arg(format!("--initial-cluster=default={peer}"))
+        .arg(format!("--initial-cluster={}", membership.initial_cluster))
         .arg("--initial-cluster-state=new")
-        .arg(format!("--initial-cluster-token=t{:016x}", random_u64()))
+        .arg(format!("--initial-cluster-token={}", membership.token))
         .arg("--logger=zap")
         .arg("--log-outputs=stderr")
         .args(extra)

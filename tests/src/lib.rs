@@ -24,7 +24,7 @@ mod wait;
 
 pub use bins::{bin, workspace_dir};
 pub use cluster::{Cluster, NAMESPACE};
-pub use etcd::{Etcd, TestCerts};
+pub use etcd::{Etcd, EtcdCluster, TestCerts};
 pub use health::{
     index_of, is_streaming_replica, members, start_all, wait_healthy, HEALTHY_TIMEOUT,
 };

@@ -109,7 +109,7 @@ impl Cluster {
         let yaml = format!(
             "scope: {}\nnamespace: {NAMESPACE}/\netcd3:\n  hosts: [{}]\n",
             self.scope(),
-            self.etcd().host_port()
+            self.etcd_cluster().host_ports().join(", ")
         );
         std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)

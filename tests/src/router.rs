@@ -37,7 +37,13 @@ impl Router {
     /// with `RUST_LOG=info,patrol_router=debug` (log next to the config), and waits until its
     /// `/health` answers (any status).
     pub fn start(cluster: &Cluster, extra_yaml: &str) -> anyhow::Result<Router> {
-        let etcd = format!("etcd: {{hosts: ['{}']}}", cluster.etcd().host_port());
+        let hosts: Vec<String> = cluster
+            .etcd_cluster()
+            .host_ports()
+            .iter()
+            .map(|h| format!("'{h}'"))
+            .collect();
+        let etcd = format!("etcd: {{hosts: [{}]}}", hosts.join(", "));
         Self::start_with_etcd(cluster, &etcd, extra_yaml)
     }
 

@@ -2,10 +2,8 @@
 //! (initialize key, a permanent leader) before any agent runs.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
-use patrol_dcs::cluster_prefix;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{ConfigureArgs, ScaffoldArgs};
@@ -140,37 +138,13 @@ pub(crate) async fn scaffold(ctx: &Ctx, a: ScaffoldArgs) -> anyhow::Result<()> {
         "state": "running",
         "role": "primary",
     });
-    let prefix = cluster_prefix(&ctx.target.namespace, name);
     let written: anyhow::Result<bool> = async {
-        let mut opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(10))
-            .with_timeout(Duration::from_secs(10));
-        if let (Some(u), Some(p)) = (&ctx.target.username, &ctx.target.password) {
-            opts = opts.with_user(u.clone(), p.clone());
-        }
-        let mut client =
-            etcd_client::Client::connect(ctx.target.endpoints.clone(), Some(opts)).await?;
-        client
-            .put(
-                format!("{prefix}members/{member}"),
-                json_dumps_compact(&data),
-                None,
-            )
+        let ok = dcs
+            .put_permanent_leader(&member, &json_dumps_compact(&data))
             .await?;
-        let key = format!("{prefix}leader");
-        let txn = etcd_client::Txn::new()
-            .when([etcd_client::Compare::create_revision(
-                key.clone(),
-                etcd_client::CompareOp::Equal,
-                0,
-            )])
-            .and_then([etcd_client::TxnOp::put(key, member.clone(), None)]);
-        let ok = client.txn(txn).await?.succeeded();
         if ok {
             if let Some(c) = &config_json {
-                client
-                    .put(format!("{prefix}config"), c.clone(), None)
-                    .await?;
+                dcs.set_config(c, None).await?;
             }
         }
         Ok(ok)

@@ -3,7 +3,9 @@
 //! name, on our lease, deleted only by its holder), compare-and-swap writes that lose on a stale
 //! revision, a lease etcd dropped, and the cluster watch, which must come back to the current
 //! view with one new watch, and then stay quiet, after the revision it was at was compacted and
-//! after a lost stream (a cut connection, a frozen etcd, a restarted etcd).
+//! after a lost stream (a cut connection, a frozen etcd, a restarted etcd). With three etcd
+//! members: a killed or frozen member, the one in use and etcd's raft leader, is left within
+//! `retry_timeout` by every call, the lease keep-alive and the watch.
 //!
 //! These live in the e2e binary, not in `dcs/tests/`: the harness (etcd on free ports, the TCP
 //! proxy) is here, and a dev-dependency of `patrol-dcs` on `patrol-tests` would link a second
@@ -14,12 +16,16 @@ use std::time::Duration;
 
 use etcd_client::CompactionOptions;
 use patrol_dcs::{Cluster, EtcdDcs, EtcdSettings, EtcdTls};
-use patrol_tests::{assert_holds_for, metric, wait_until, Etcd, TcpProxy};
+use patrol_tests::{assert_holds_for, metric, wait_until, Etcd, EtcdCluster, TcpProxy};
 use tokio::sync::watch;
 
 const PREFIX: &str = "/service/dcs-test/";
 /// Every call's deadline (and the channel's keep-alive timeout) unless a test needs another.
 const RETRY: Duration = Duration::from_secs(3);
+/// A `retry_timeout` that holds an etcd election after its raft leader froze: the others
+/// notice after one to two election timeouts (1 s each by default), and the requests they took
+/// meanwhile wait for the new leader.
+const ELECTION_RETRY: Duration = Duration::from_secs(6);
 /// Watch streams etcd has started (each `EtcdDcs` watch is one).
 const WATCHES: &str = "grpc_server_started_total{grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"}";
 /// Range (read) calls etcd has started.
@@ -471,4 +477,196 @@ async fn the_watch_reads_again_after_etcd_restarted() {
     let seen = wait_current(&view, &reader, "the view after the restart").await;
     assert_eq!(seen.config.expect("config").value.data["ttl"], 20);
     assert_settled(&etcd).await;
+}
+
+/// Member `name` given every member of `etcd`, in order from member `first` on, with `ttl`
+/// 10 s.
+async fn member_of(etcd: &EtcdCluster, first: usize, name: &str, retry: Duration) -> EtcdDcs {
+    let mut endpoints = etcd.endpoints();
+    endpoints.rotate_left(first);
+    let settings = EtcdSettings {
+        endpoints,
+        username: None,
+        password: None,
+        tls: EtcdTls::default(),
+        prefix: PREFIX.to_owned(),
+        member_name: name.to_owned(),
+    };
+    EtcdDcs::connect(&settings, 10, retry)
+        .await
+        .expect("EtcdDcs connects")
+}
+
+/// The value and lease of `<PREFIX><key>`, read through the members the test left serving
+/// (retrying while etcd elects a new leader).
+async fn cluster_get(etcd: &EtcdCluster, key: &str) -> Option<(String, i64)> {
+    let key = format!("{PREFIX}{key}");
+    wait_until(
+        &format!("etcd to read {key}"),
+        Duration::from_secs(30),
+        || async {
+            let mut c = etcd.client().await?;
+            let Ok(r) = c.get(key.as_str(), None).await else {
+                return Ok(None);
+            };
+            let kv = r.kvs().first();
+            Ok(Some(kv.map(|kv| {
+                (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())
+            })))
+        },
+    )
+    .await
+    .expect("etcd get")
+}
+
+async fn cluster_put(etcd: &EtcdCluster, key: &str, value: &str) {
+    let key = format!("{PREFIX}{key}");
+    wait_until(
+        &format!("etcd to take {key}"),
+        Duration::from_secs(30),
+        || async {
+            let mut c = etcd.client().await?;
+            Ok(c.put(key.as_str(), value, None).await.ok().map(|_| ()))
+        },
+    )
+    .await
+    .expect("etcd put")
+}
+
+/// The member a client uses, etcd's raft leader, is killed: its next calls, each within their
+/// own `retry_timeout`, go to the next member (waiting out the election of a new raft leader);
+/// the leader keeps its key on the same lease, and its watch follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_is_left_and_the_leader_keeps_its_key() {
+    let mut etcd = EtcdCluster::start(3).expect("etcd cluster");
+    let first = etcd.leader_index().await.expect("a raft leader");
+    let a = member_of(&etcd, first, "a", RETRY).await;
+    let (view, health) = a.watch_with_health();
+    assert!(a.attempt_to_acquire_leader().await.expect("a races"));
+    let lease = a.refresh_lease().await.expect("lease").id;
+    assert_eq!(
+        a.endpoint(),
+        etcd.member(first).endpoint(),
+        "the first member first"
+    );
+    wait_until("the watch", Duration::from_secs(20), || async {
+        Ok(health.borrow().then_some(()))
+    })
+    .await
+    .expect("watching");
+
+    etcd.member_mut(first).kill();
+    let (held, info) = a
+        .update_leader()
+        .await
+        .expect("update_leader on another member");
+    assert!(held, "the leader lost its key");
+    assert_eq!(
+        info.id, lease,
+        "the same lease, kept alive on another member"
+    );
+    assert_ne!(a.endpoint(), etcd.member(first).endpoint());
+    assert_eq!(
+        cluster_get(&etcd, "leader").await,
+        Some(("a".into(), lease))
+    );
+    a.touch_member(r#"{"role":"primary"}"#)
+        .await
+        .expect("writes go on");
+
+    cluster_put(&etcd, "config", r#"{"ttl":20}"#).await;
+    let view = &view;
+    wait_until(
+        "the watch to follow",
+        Duration::from_secs(20),
+        || async move {
+            let v = view.borrow().clone();
+            Ok(v.and_then(|c| c.config.clone())
+                .filter(|c| c.value.data["ttl"] == 20)
+                .map(|_| ()))
+        },
+    )
+    .await
+    .expect("the watch reopened on a live member");
+}
+
+/// The member a client uses, etcd's raft leader, is frozen (SIGSTOP: connections accepted,
+/// nothing answered): the lease keep-alive, the leader's transaction, reads and writes each
+/// answer within `retry_timeout` from another member (once the others elected a new raft
+/// leader), and the lease never lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_member_is_left_within_retry_timeout() {
+    let etcd = EtcdCluster::start(3).expect("etcd cluster");
+    let first = etcd.leader_index().await.expect("a raft leader");
+    let a = member_of(&etcd, first, "a", ELECTION_RETRY).await;
+    assert!(a.attempt_to_acquire_leader().await.expect("a races"));
+    let lease = a.refresh_lease().await.expect("lease").id;
+
+    etcd.member(first).pause().expect("SIGSTOP the raft leader");
+    let result = async {
+        let (held, info) = a.update_leader().await?;
+        anyhow::ensure!(held, "the leader lost its key");
+        anyhow::ensure!(info.id == lease, "a new lease {} (was {lease})", info.id);
+        a.get_cluster().await?;
+        a.touch_member(r#"{"role":"primary"}"#).await?;
+        // Several rounds: every one lands on a live member, none waits for the frozen one.
+        for _ in 0..5 {
+            anyhow::ensure!(a.update_leader().await?.0, "the leader lost its key");
+        }
+        anyhow::ensure!(
+            a.endpoint() != etcd.member(first).endpoint(),
+            "still on the frozen member"
+        );
+        Ok(())
+    }
+    .await;
+    let key = cluster_get(&etcd, "leader").await;
+    etcd.member(first).resume().expect("SIGCONT");
+    result.expect("calls answered by another member");
+    assert_eq!(key, Some(("a".into(), lease)));
+}
+
+/// A client that only watches (the router) leaves a frozen member by itself: its watch stream
+/// falls silent, the progress requests it sends go unanswered, and it reopens on the next
+/// member, where it sees the changes made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_leaves_a_frozen_member_by_itself() {
+    let etcd = EtcdCluster::start(3).expect("etcd cluster");
+    let watcher = member_of(&etcd, 0, "w", RETRY).await;
+    let (view, health) = watcher.watch_with_health();
+    cluster_put(&etcd, "config", r#"{"ttl":30}"#).await;
+    let (view, health) = (&view, &health);
+    wait_until("the first view", Duration::from_secs(20), || async move {
+        Ok((health.borrow().to_owned() && view.borrow().is_some()).then_some(()))
+    })
+    .await
+    .expect("watching");
+    // A healthy member answers the watch's progress requests: the watch stays on it.
+    let (w, e0) = (&watcher, etcd.member(0).endpoint());
+    let e0 = &e0;
+    assert_holds_for("the watch to stay on e0", RETRY * 2, || async move {
+        anyhow::ensure!(&w.endpoint() == e0, "the watch moved to {}", w.endpoint());
+        anyhow::ensure!(*health.borrow(), "the view is not current");
+        Ok(())
+    })
+    .await
+    .expect("a healthy member is kept");
+
+    etcd.member(0).pause().expect("SIGSTOP member 0");
+    cluster_put(&etcd, "config", r#"{"ttl":20}"#).await;
+    let followed = wait_until(
+        "the view to follow",
+        Duration::from_secs(20),
+        || async move {
+            let v = view.borrow().clone();
+            Ok(v.and_then(|c| c.config.clone())
+                .filter(|c| c.value.data["ttl"] == 20 && *health.borrow())
+                .map(|_| ()))
+        },
+    )
+    .await;
+    let moved_to = watcher.endpoint();
+    etcd.member(0).resume().expect("SIGCONT member 0");
+    followed.expect("the watch left the frozen member");
+    assert_ne!(moved_to, etcd.member(0).endpoint());
 }

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use patrol_tests::{
-    as_agent_user, assert_holds_for, ensure_user, free_port, wait_until, Cluster, Etcd, Proc,
-    Signal, TcpProxy,
+    as_agent_user, assert_holds_for, ensure_user, free_port, wait_until, Cluster, Etcd,
+    EtcdCluster, Proc, Signal, TcpProxy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -66,6 +66,80 @@ async fn etcd_serves_pauses_and_restarts_with_its_data() {
         "{}",
         etcd.log_tail(50)
     );
+}
+
+/// Puts `v`, retrying while etcd elects a new leader (a write in flight when its leader dies
+/// waits out etcd's request timeout).
+async fn put(etcd: &EtcdCluster, v: &str) {
+    wait_until(
+        &format!("etcd to take {v}"),
+        Duration::from_secs(30),
+        || async {
+            let mut c = etcd.client().await?;
+            Ok(c.put("/harness/k", v, None).await.ok().map(|_| ()))
+        },
+    )
+    .await
+    .expect("put");
+}
+
+async fn get_from(m: &Etcd) -> String {
+    let mut c = m.client().await.expect("member client");
+    let r = c.get("/harness/k", None).await.expect("get");
+    r.kvs()[0].value_str().expect("utf8").to_owned()
+}
+
+/// Three members, each on its own ports and data dir: the cluster serves with any one of them
+/// stopped (SIGKILL, SIGTERM) or frozen, and a member restarted catches up on what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_cluster_of_three_serves_with_one_member_down_frozen_or_restarted() {
+    let mut etcd = EtcdCluster::start(3).expect("three members start");
+    assert_eq!(etcd.len(), 3);
+    let mut ports: Vec<u16> = etcd
+        .members()
+        .iter()
+        .flat_map(|m| [m.client_port(), m.peer_port()])
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 6, "every member has its own ports");
+    assert_eq!(etcd.member(1).name(), "e1");
+    assert_eq!(etcd.endpoints().len(), 3);
+
+    put(&etcd, "v1").await;
+    etcd.move_leader(2).await.expect("e2 becomes etcd's leader");
+    etcd.move_leader(0).await.expect("e0 becomes etcd's leader");
+
+    etcd.member_mut(0).kill();
+    assert!(!etcd.member(0).is_serving());
+    put(&etcd, "v2").await;
+    etcd.member_mut(0).restart().expect("member 0 restarts");
+    let m0 = etcd.member(0);
+    wait_until(
+        "member 0 to catch up",
+        Duration::from_secs(20),
+        || async move { Ok((get_from(m0).await == "v2").then_some(())) },
+    )
+    .await
+    .expect("the restarted member has the write it missed");
+
+    etcd.member(1).pause().expect("SIGSTOP member 1");
+    assert!(!etcd.member(1).is_serving());
+    put(&etcd, "v3").await;
+    etcd.member(1).resume().expect("SIGCONT member 1");
+
+    etcd.member_mut(2).terminate().expect("SIGTERM member 2");
+    assert!(!etcd.member(2).is_serving());
+    put(&etcd, "v4").await;
+    etcd.member_mut(2).restart().expect("member 2 restarts");
+    let m2 = etcd.member(2);
+    wait_until(
+        "member 2 to catch up",
+        Duration::from_secs(20),
+        || async move { Ok((get_from(m2).await == "v4").then_some(())) },
+    )
+    .await
+    .expect("the restarted member has the write it missed");
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod dcs_etcd;
 mod dcs_input;
 mod demo;
 mod diagnostics;
+mod etcd_members;
 mod etcd_tls;
 mod failover;
 mod haproxy;
