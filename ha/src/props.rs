@@ -291,6 +291,7 @@ prop_compose! {
             remove_data_directory_on_diverged_timelines: flags[7],
             now_epoch_ms: now,
             sync_names_managed: false,
+            watchdog: Default::default(),
         }
     }
 }

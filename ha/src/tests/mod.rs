@@ -113,6 +113,7 @@ pub(super) fn obs(me: &str, cluster: Cluster, local: LocalPg) -> Observation {
         remove_data_directory_on_diverged_timelines: false,
         now_epoch_ms: 1_700_000_000_000,
         sync_names_managed: false,
+        watchdog: Default::default(),
     }
 }
 
@@ -224,3 +225,4 @@ mod setbacks;
 mod startup;
 mod sync;
 mod unhealthy;
+mod watchdog;
