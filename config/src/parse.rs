@@ -794,6 +794,13 @@ fn parse_watchdog(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Watch
             }
         };
     }
+    if wd.mode == WatchdogMode::Required && wd.driver == WatchdogDriver::Unknown {
+        // Patroni exits: "Configuration requires a watchdog, but watchdog is not supported".
+        return Err(ConfigError::invalid(
+            "watchdog.driver",
+            "watchdog.mode is required, but this driver gives no watchdog (use default or testing)",
+        ));
+    }
     Ok(wd)
 }
 

@@ -195,7 +195,10 @@ fn watchdog_section_is_read_as_patroni_reads_it() {
     assert_eq!(default, Watchdog::default());
     assert_eq!(default.mode, WatchdogMode::Automatic);
     assert_eq!(default.device, std::path::Path::new("/dev/watchdog"));
-    assert_eq!((default.timeout(30), default.timing_slack(30, 10)), (25, 15));
+    assert_eq!(
+        (default.timeout(30), default.timing_slack(30, 10)),
+        (25, 15)
+    );
 
     for (mode, want) in [
         ("required", WatchdogMode::Required),
@@ -225,10 +228,20 @@ fn watchdog_section_is_read_as_patroni_reads_it() {
     let wd = l.config.watchdog;
     assert_eq!(
         (wd.mode, wd.driver, wd.device.to_str()),
-        (WatchdogMode::Required, WatchdogDriver::Testing, Some("/tmp/wd.fifo"))
+        (
+            WatchdogMode::Required,
+            WatchdogDriver::Testing,
+            Some("/tmp/wd.fifo")
+        )
     );
-    assert_eq!((wd.timeout(30), wd.timeout(31), wd.timing_slack(20, 10)), (15, 15, 0));
-    let margin = |m: i64| Watchdog { safety_margin: m, ..Watchdog::default() };
+    assert_eq!(
+        (wd.timeout(30), wd.timeout(31), wd.timing_slack(20, 10)),
+        (15, 15, 0)
+    );
+    let margin = |m: i64| Watchdog {
+        safety_margin: m,
+        ..Watchdog::default()
+    };
     assert_eq!(margin(0).timeout(20), 20);
     assert_eq!(margin(10).timeout(30), 20);
     // ttl shorter than 2 x loop_wait: no slack left.
@@ -237,8 +250,16 @@ fn watchdog_section_is_read_as_patroni_reads_it() {
     let odd = load_ok(&format!("{MINIMAL}watchdog:\n  driver: acme\n"), &[]);
     assert_eq!(odd.config.watchdog.driver, WatchdogDriver::Unknown);
     assert_warning(&odd, "watchdog.driver \"acme\" is not known");
+    let err = load_err(
+        &format!("{MINIMAL}watchdog:\n  mode: required\n  driver: acme\n"),
+        &[],
+    );
+    assert!(err.contains("watchdog.driver"), "{err}");
     for bad in ["-2", "five", "1.5"] {
-        let err = load_err(&format!("{MINIMAL}watchdog:\n  safety_margin: {bad}\n"), &[]);
+        let err = load_err(
+            &format!("{MINIMAL}watchdog:\n  safety_margin: {bad}\n"),
+            &[],
+        );
         assert!(err.contains("watchdog.safety_margin"), "{bad}: {err}");
     }
 }

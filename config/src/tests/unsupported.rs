@@ -90,10 +90,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
         .collect();
     assert_eq!(
         keys,
-        vec![
-            "postgresql.pre_promote",
-            "bootstrap.dcs.standby_cluster",
-        ],
+        vec!["postgresql.pre_promote", "bootstrap.dcs.standby_cluster",],
         "{:#?}",
         loaded.refusals
     );

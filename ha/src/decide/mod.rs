@@ -57,7 +57,9 @@ fn watchdog_duties(o: &Observation, mut d: Decision) -> Decision {
         && has(&d, |a| {
             matches!(
                 a,
-                Action::AcquireLeaderKey | Action::RefreshLeaderKey | Action::FinishBootstrap { .. }
+                Action::AcquireLeaderKey
+                    | Action::RefreshLeaderKey
+                    | Action::FinishBootstrap { .. }
             )
         })
         && !has(&d, |a| {

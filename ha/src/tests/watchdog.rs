@@ -40,7 +40,11 @@ fn w_1_required_watchdog_that_cannot_work_keeps_the_node_out_of_the_race() {
     o.watchdog = wd(true, false);
     o.watchdog.failed = true;
     let d = check(&o, &[]);
-    assert!(d.reason.contains("Watchdog device is not usable"), "{}", d.reason);
+    assert!(
+        d.reason.contains("Watchdog device is not usable"),
+        "{}",
+        d.reason
+    );
     // A usable one: the node races, arms the watchdog once it holds the key, then promotes.
     o.watchdog.failed = false;
     check(

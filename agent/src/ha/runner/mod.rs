@@ -82,6 +82,9 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     last_role: Option<patrol_dcs::Role>,
     /// Callback scripts (`postgresql.callbacks`, `before_stop`).
     callbacks: crate::ha::Callbacks,
+    /// The watchdog device (armed and disarmed as the core decides, fed after every refresh of
+    /// the leader key).
+    watchdog: crate::watchdog::Watchdog,
 }
 
 /// What ends the loop.
@@ -109,6 +112,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         shared.set_dynamic(dynamic.timing(), dynamic.pause());
         let requests = shared.take_requests();
         let callbacks = crate::ha::Callbacks::new(&cfg);
+        let watchdog = crate::watchdog::Watchdog::new(&cfg.watchdog, dynamic.timing());
         Ha {
             cfg,
             dcs,
@@ -139,6 +143,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             dynamic_params_changed: false,
             last_role: None,
             callbacks,
+            watchdog,
         }
     }
 
@@ -268,6 +273,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             }
             _ => Vec::new(),
         };
+        self.watchdog.set_timing(self.timing());
         let mut obs = Observation {
             me: self.cfg.name.clone(),
             dcs: match &cluster {
@@ -301,6 +307,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 .remove_data_directory_on_diverged_timelines,
             now_epoch_ms: chrono::Utc::now().timestamp_millis(),
             sync_names_managed: self.sync_names.is_some(),
+            watchdog: self.watchdog.view(),
         };
         let Some(cluster) = cluster else {
             // Row D-2: decided by the core; nothing is published without the DCS.
@@ -339,6 +346,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             },
             paused: self.dynamic.pause(),
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover(),
+            watchdog: self.watchdog.view(),
         });
         self.was_running = running;
         Ok(())
@@ -400,7 +408,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 Err(Step::Fatal(why)) => return Err(why),
                 Err(Step::Setback(setback, why)) => {
                     tracing::warn!("{why}");
-                    if setback == Setback::KeyNotOurs {
+                    if gives_up_the_key(&setback) {
                         held = Some(false);
                     }
                     self.answer_setback(obs, cluster, setback).await?;
@@ -418,7 +426,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         cluster: &Cluster,
         setback: Setback,
     ) -> Result<(), String> {
-        if setback == Setback::KeyNotOurs {
+        if gives_up_the_key(&setback) {
             self.lease_deadline = None;
             self.shared.set_leader(false, None);
         }
@@ -445,6 +453,12 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     {
         self.in_flight = Some((task, tokio::spawn(f)));
     }
+}
+
+/// The key is not ours (row D-1), or the core gives it up (row W-4): from now on we do not
+/// lead, whatever an earlier action of the cycle established.
+fn gives_up_the_key(setback: &Setback) -> bool {
+    matches!(setback, Setback::KeyNotOurs | Setback::WatchdogUnavailable)
 }
 
 struct AbortOnDrop(JoinHandle<()>);
