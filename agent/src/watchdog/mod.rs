@@ -168,6 +168,8 @@ pub struct Watchdog {
     armed: Option<Armed>,
     /// `automatic` mode: activation failed with this configuration and timing.
     gave_up: bool,
+    /// The last activation got as far as opening the device.
+    device_opened_before_failing: bool,
 }
 
 impl Watchdog {
@@ -178,6 +180,7 @@ impl Watchdog {
             loop_wait: timing.loop_wait,
             armed: None,
             gave_up: false,
+            device_opened_before_failing: false,
         }
     }
 
@@ -252,7 +255,13 @@ impl Watchdog {
                 Err(why)
             }
             Err(why) => {
-                tracing::warn!("not using a watchdog: {why}");
+                // Patroni logs a device it cannot open in automatic mode (the default, also
+                // without a `watchdog` section) at debug level only; anything else is a warning.
+                if self.device_opened_before_failing {
+                    tracing::warn!("not using a watchdog: {why}");
+                } else {
+                    tracing::info!("not using a watchdog: {why}");
+                }
                 self.gave_up = true;
                 Ok(())
             }
@@ -260,6 +269,7 @@ impl Watchdog {
     }
 
     fn try_activate(&mut self) -> Result<(), String> {
+        self.device_opened_before_failing = false;
         let (timeout, slack) = (self.timeout(), self.slack());
         if slack < 0 {
             return Err(format!(
@@ -268,6 +278,7 @@ impl Watchdog {
             ));
         }
         let mut device = Device::open(&self.cfg)?;
+        self.device_opened_before_failing = true;
         let describe = device.describe(&self.cfg);
         let set = if device.options() & WDIOF_SETTIMEOUT != 0 {
             device.set_timeout(timeout)
