@@ -1,5 +1,6 @@
 //! The `patrol` agent: configuration, the HA loop, local PostgreSQL control and the REST API.
-#![forbid(unsafe_code)]
+//! No unsafe code, except the watchdog device's `ioctl`s in `watchdog/linux.rs`.
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod ha;
@@ -7,6 +8,7 @@ pub mod logging;
 pub mod peer;
 pub mod postgres;
 mod run;
+pub mod watchdog;
 
 #[cfg(test)]
 mod compatibility_doc;

@@ -253,6 +253,8 @@ pub struct Config {
     /// tags (`nofailover: "yes"`) become booleans and digit strings in the priority tags become
     /// integers, as PyYAML would have read them unquoted.
     pub tags: Map<String, Value>,
+    /// The `watchdog` section (Patroni's defaults when absent: `automatic`, `/dev/watchdog`).
+    pub watchdog: Watchdog,
     /// The merged document (file(s) + environment). Holds secrets: print [`Config::redacted_raw`].
     pub raw: Value,
     /// [`ALLOW_VAR`] is set: keys asking for guarantees Patrol does not give were let through,
@@ -332,6 +334,7 @@ impl fmt::Debug for Config {
             .field("bootstrap", &self.bootstrap)
             .field("postgresql", &self.postgresql)
             .field("tags", &self.tags)
+            .field("watchdog", &self.watchdog)
             .field("raw", &self.redacted_raw())
             .field("allow_unsupported", &self.allow_unsupported)
             .finish()
@@ -478,6 +481,92 @@ impl fmt::Debug for Etcd {
             .field("cert", &self.cert)
             .field("key", &self.key)
             .finish()
+    }
+}
+
+/// `watchdog.mode`, as Patroni's `parse_mode` reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogMode {
+    /// `off` (also `false`, `disable`, `disabled`, and anything not recognized, with a warning).
+    Off,
+    /// `automatic` (also `auto`; the default): used when it can be activated.
+    Automatic,
+    /// `required` (also `require`): no leader key without an armed watchdog.
+    Required,
+}
+
+impl WatchdogMode {
+    /// Patroni's `parse_mode`: `false` is off; any other value is read as lower-case text;
+    /// `None` when it is none of the known words (Patroni then warns and turns it off).
+    pub fn parse(value: &Value) -> Option<WatchdogMode> {
+        let text = match value {
+            Value::Bool(false) => return Some(WatchdogMode::Off),
+            // Python's str(True) is "True", which is no mode.
+            Value::Bool(true) => "true".to_string(),
+            Value::String(s) => s.trim().to_ascii_lowercase(),
+            other => other.to_string().to_ascii_lowercase(),
+        };
+        match text.as_str() {
+            "require" | "required" => Some(WatchdogMode::Required),
+            "auto" | "automatic" => Some(WatchdogMode::Automatic),
+            "off" | "disable" | "disabled" => Some(WatchdogMode::Off),
+            _ => None,
+        }
+    }
+}
+
+/// `watchdog.driver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogDriver {
+    /// `default`: the Linux watchdog device (`ioctl`s on `device`).
+    Default,
+    /// `testing`: Patroni's test driver, plain writes to a file or FIFO (`1` keepalive, `V`
+    /// magic close, `Ctimeout=N\n` set the timeout).
+    Testing,
+    /// Any other name: no watchdog can be used (as Patroni's `NullWatchdog`).
+    Unknown,
+}
+
+/// The `watchdog` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watchdog {
+    pub mode: WatchdogMode,
+    /// `device`, default `/dev/watchdog`.
+    pub device: PathBuf,
+    /// Seconds before the leader key expires that the watchdog fires; `-1`: at half the ttl.
+    /// Default 5.
+    pub safety_margin: i64,
+    pub driver: WatchdogDriver,
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog {
+            mode: WatchdogMode::Automatic,
+            device: PathBuf::from("/dev/watchdog"),
+            safety_margin: 5,
+            driver: WatchdogDriver::Default,
+        }
+    }
+}
+
+impl Watchdog {
+    /// The watchdog timeout for a leader `ttl` (Patroni's `WatchdogConfig.timeout`):
+    /// `ttl - safety_margin`, or `ttl / 2` with a safety margin of `-1`.
+    pub fn timeout(&self, ttl: u64) -> i64 {
+        let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
+        if self.safety_margin == -1 {
+            ttl / 2
+        } else {
+            ttl.saturating_sub(self.safety_margin)
+        }
+    }
+
+    /// How much later than one `loop_wait` the keepalive may come before the watchdog fires
+    /// (Patroni's `timing_slack`); negative: the watchdog cannot be used safely.
+    pub fn timing_slack(&self, ttl: u64, loop_wait: u64) -> i64 {
+        self.timeout(ttl)
+            .saturating_sub(i64::try_from(loop_wait).unwrap_or(i64::MAX))
     }
 }
 

@@ -14,7 +14,7 @@ use super::error::ConfigError;
 use super::source::describe;
 use super::{
     Authentication, Bootstrap, Config, Credentials, Ctl, Etcd, HostPort, PgUser, Postgresql,
-    RestApi,
+    RestApi, Watchdog, WatchdogDriver, WatchdogMode,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -727,27 +727,7 @@ pub(crate) fn build(doc: &Map<String, Value>, home: &str) -> Result<(Config, Vec
     if get(doc, "citus").is_some() {
         w.push("citus is not supported by Patrol; the citus section is ignored".to_string());
     }
-    if let Some(wd) = opt_map(doc, "", "watchdog")? {
-        warn_unknown(wd, "watchdog", WATCHDOG_KEYS, &[], &mut w);
-        // `required` and `automatic` are in the `unsupported` table; Patroni turns anything
-        // else it does not know into `off`, with a warning.
-        if let Some(mode) = get(wd, "mode") {
-            let known = match mode {
-                Value::Bool(false) => true,
-                Value::String(s) => matches!(
-                    s.trim().to_ascii_lowercase().as_str(),
-                    "off" | "disable" | "disabled" | "auto" | "automatic" | "require" | "required"
-                ),
-                _ => false,
-            };
-            if !known {
-                w.push(format!(
-                    "watchdog.mode {} is not recognized: the watchdog is off (as in Patroni)",
-                    describe(mode)
-                ));
-            }
-        }
-    }
+    let watchdog = parse_watchdog(doc, &mut w)?;
     if let Some(log) = opt_map(doc, "", "log")? {
         warn_unknown(log, "log", LOG_KEYS, &[], &mut w);
     }
@@ -762,10 +742,66 @@ pub(crate) fn build(doc: &Map<String, Value>, home: &str) -> Result<(Config, Vec
         bootstrap,
         postgresql,
         tags,
+        watchdog,
         raw: Value::Object(doc.clone()),
         allow_unsupported: false,
     };
     Ok((config, w))
+}
+
+/// The `watchdog` section, read as Patroni's `WatchdogConfig`: a mode it does not know is
+/// `off` with a warning, an unknown driver means no watchdog can be used.
+fn parse_watchdog(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Watchdog> {
+    const P: &str = "watchdog";
+    let mut wd = Watchdog::default();
+    // Patroni reads a null or empty section as `{mode: automatic}`.
+    let Some(section) = opt_map(doc, "", P)? else {
+        return Ok(wd);
+    };
+    warn_unknown(section, P, WATCHDOG_KEYS, &[], w);
+    if let Some(mode) = get(section, "mode") {
+        wd.mode = WatchdogMode::parse(mode).unwrap_or_else(|| {
+            w.push(format!(
+                "watchdog.mode {} is not recognized: the watchdog is off (as in Patroni)",
+                describe(mode)
+            ));
+            WatchdogMode::Off
+        });
+    }
+    if let Some(device) = opt_path(section, P, "device")? {
+        wd.device = device;
+    }
+    if let Some(v) = get(section, "safety_margin") {
+        wd.safety_margin = value_as_int(v).filter(|m| *m >= -1).ok_or_else(|| {
+            ConfigError::invalid(
+                "watchdog.safety_margin",
+                format!(
+                    "expected an integer of at least -1 (seconds; -1: half the ttl), found {}",
+                    describe(v)
+                ),
+            )
+        })?;
+    }
+    if let Some(driver) = opt_str(section, P, "driver")? {
+        wd.driver = match driver.as_str() {
+            "default" => WatchdogDriver::Default,
+            "testing" => WatchdogDriver::Testing,
+            other => {
+                w.push(format!(
+                    "watchdog.driver {other:?} is not known (default, testing): no watchdog can be used"
+                ));
+                WatchdogDriver::Unknown
+            }
+        };
+    }
+    if wd.mode == WatchdogMode::Required && wd.driver == WatchdogDriver::Unknown {
+        // Patroni exits: "Configuration requires a watchdog, but watchdog is not supported".
+        return Err(ConfigError::invalid(
+            "watchdog.driver",
+            "watchdog.mode is required, but this driver gives no watchdog (use default or testing)",
+        ));
+    }
+    Ok(wd)
 }
 
 fn parse_restapi(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<RestApi> {

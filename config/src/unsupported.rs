@@ -6,8 +6,7 @@
 //! rows leave the table (and the document's "not yet" with them).
 //!
 //! Most keys are named in a warning and ignored. A key that asks for a guarantee Patrol does
-//! not give ([`Effect::Refuse`]: synchronous replication, a required watchdog, a fencing
-//! script, a standby cluster) stops the agent from starting, and the REST API from writing it
+//! not give ([`Effect::Refuse`]: a fencing script, a standby cluster) stops the agent from starting, and the REST API from writing it
 //! into the dynamic configuration, unless [`ALLOW_VAR`] (or `patrol --allow-unsupported`) is
 //! set. In the dynamic configuration of a running cluster nothing can be refused: the HA loop
 //! logs it at ERROR ([`DynamicNotice`]) whenever the set of such keys changes.
@@ -64,8 +63,6 @@ pub enum When {
     ListBeyond(&'static [&'static str]),
     /// `standby_cluster` with a non-empty `host`, `port` or `restore_command`.
     StandbyCluster,
-    /// `watchdog.mode` is one of these (lower case; `automatic` when the section has no mode).
-    WatchdogMode(&'static [&'static str]),
     /// `bootstrap.method` names a custom method whose section has a `command`.
     CustomBootstrap,
     /// Set, while the agent reaches its PostgreSQL over TCP (`postgresql.use_unix_socket` off):
@@ -126,9 +123,7 @@ const fn warn_others(
 }
 
 use Scope::{Both, Dynamic, Local};
-use When::{
-    CustomBootstrap, ListBeyond, NotOneOf, Positive, Set, StandbyCluster, True, WatchdogMode,
-};
+use When::{CustomBootstrap, ListBeyond, NotOneOf, Positive, Set, StandbyCluster, True};
 
 const NO_LOG_FILES: &str = "no log files are written (see log.dir)";
 
@@ -150,8 +145,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     Unsupported { key: "postgresql.authentication.superuser.*", except: &["username", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"], scope: Local, effect: Effect::Warn, when: When::SetOverTcp, reason: "the agent's own TCP connection to PostgreSQL uses sslmode, sslrootcert, sslcert and sslkey only (no revocation lists, encrypted keys, GSSAPI or channel binding settings)" },
     warn("tags.replicatefrom", Local, Set, "cascading replication is not implemented: this member replicates from the leader"),
     warn("tags.nostream", Local, True, "this member still streams from the leader (the leader only skips its replication slot)"),
-    refuse("watchdog.mode", Local, WatchdogMode(&["required", "require"]), "Patrol has no watchdog support, so a hung primary would not be reset before its leader key expires"),
-    warn("watchdog.mode", Local, WatchdogMode(&["automatic", "auto"]), "Patrol does not use a watchdog device; it runs without one, as Patroni does when the device is not usable"),
     // The postgresql section, locally and in the dynamic configuration.
     refuse("postgresql.pre_promote", Both, Set, "this fencing script is not run, so a replica would be promoted without it"),
     warn("postgresql.recovery_conf", Both, Set, "these recovery settings (e.g. restore_command) are not written, so replicas cannot restore WAL from an archive"),
@@ -423,15 +416,6 @@ fn asks(
                 .any(|k| is_set(s.get(*k))),
             _ => false,
         },
-        When::WatchdogMode(modes) => {
-            let mode = match value {
-                None | Some(Value::Null) => "automatic".to_string(),
-                Some(Value::Bool(false)) => "off".to_string(),
-                Some(Value::String(s)) => s.trim().to_ascii_lowercase(),
-                Some(other) => other.to_string().to_ascii_lowercase(),
-            };
-            modes.contains(&mode.as_str())
-        }
         When::SetOverTcp => {
             let unix = root
                 .get("postgresql")
@@ -450,7 +434,6 @@ fn asks(
 
 fn shown(when: When, value: Option<&Value>) -> String {
     let text = match (when, value) {
-        (When::WatchdogMode(_), None | Some(Value::Null)) => "automatic (the default)".to_string(),
         (_, Some(Value::String(s))) => s.clone(),
         (_, Some(v)) => v.to_string(),
         (_, None) => "null".to_string(),
@@ -575,28 +558,6 @@ mod tests {
             "bootstrap": {"method": "initdb", "dcs": {"synchronous_mode": "off", "synchronous_mode_strict": false, "failsafe_mode": false, "primary_stop_timeout": 0, "slots": {}, "standby_cluster": {"primary_slot_name": "x"}}},
         }));
         assert_eq!(check_local(&doc), vec![]);
-    }
-
-    #[test]
-    fn watchdog_required_refuses_automatic_warns() {
-        for (section, want) in [
-            (json!({"mode": "required"}), Some(Effect::Refuse)),
-            (json!({"mode": "Require"}), Some(Effect::Refuse)),
-            (json!({"mode": "automatic"}), Some(Effect::Warn)),
-            (json!({"device": "/dev/watchdog"}), Some(Effect::Warn)),
-            (json!({"mode": false}), None),
-            (json!({"mode": "off"}), None),
-            (json!({"mode": "disabled"}), None),
-        ] {
-            let doc = map(json!({ "watchdog": section.clone() }));
-            let got = check_local(&doc);
-            assert_eq!(got.first().map(|f| f.effect), want, "{section}: {got:#?}");
-            if let Some(f) = got.first() {
-                assert_eq!(f.path, "watchdog.mode");
-            }
-        }
-        // No section: Patroni would try /dev/watchdog; documented, not warned about.
-        assert_eq!(check_local(&Map::new()), vec![]);
     }
 
     #[test]

@@ -77,6 +77,12 @@ pub enum Action {
     /// Set `synchronous_standby_names` (rewrite the configuration and reload); `None` gives
     /// the user's own value back.
     SetSyncStandbyNames(Option<String>),
+    /// Open the watchdog and set its timeout (rows W-2, W-4): from now on it must be fed (after
+    /// every refresh of the leader key) or it resets the host. In `required` mode a failure is
+    /// [`Setback::WatchdogUnavailable`]; in `automatic` mode it is a warning.
+    ArmWatchdog,
+    /// Close the watchdog cleanly (magic close) (row W-3).
+    DisarmWatchdog,
     /// Run the next cycle soon (about a second): PostgreSQL is taking up new synchronous
     /// standbys that the `sync` key may name once it counts them.
     RecheckSoon,
@@ -108,6 +114,8 @@ pub enum Setback {
     /// etcd did not answer a call the leader needs (keep-alive, refresh, status write) within
     /// `retry_timeout` (row D-2).
     DcsUnreachable,
+    /// `watchdog.mode: required` and the watchdog could not be armed (row W-4).
+    WatchdogUnavailable,
 }
 
 pub(crate) fn decision(reason: impl Into<String>, actions: Vec<Action>) -> Decision {

@@ -31,6 +31,7 @@ pub use lease::{lease_guard, Guard};
 pub use memory::{Memory, Outcome};
 pub use observation::{
     ControlState, DataState, DcsView, LocalPg, Observation, PeerStatus, Task, TaskResult, Upstream,
+    WatchdogView,
 };
 
 #[cfg(test)]

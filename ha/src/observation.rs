@@ -193,6 +193,23 @@ pub enum TaskResult {
     Failed(Task, String),
 }
 
+/// The watchdog as the runner holds it (Patroni's `watchdog`; rows W-1..W-4). The default is
+/// no watchdog at all (`watchdog.mode: off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WatchdogView {
+    /// There is a watchdog to arm: the mode is not `off`, and in `automatic` mode the device
+    /// has not failed to activate since the configuration last changed (Patroni retries only
+    /// then).
+    pub enabled: bool,
+    /// `watchdog.mode: required`: never take or keep the leader key without it armed.
+    pub required: bool,
+    /// Open with its timeout set: it resets the host unless fed before the timeout.
+    pub armed: bool,
+    /// Required, but it cannot work: the device is missing or not writable, or `ttl` minus the
+    /// safety margin is shorter than `loop_wait` (Patroni's `watchdog_failed`).
+    pub failed: bool,
+}
+
 /// Everything `decide` may look at.
 #[derive(Debug, Clone)]
 pub struct Observation {
@@ -232,6 +249,8 @@ pub struct Observation {
     pub failsafe_check: Option<crate::failsafe::FailsafeCheck>,
     /// Row D-2F': a leader that called our `POST /failsafe` less than `ttl` ago.
     pub failsafe_leader: Option<crate::failsafe::FailsafeLeader>,
+    /// The watchdog (default: none).
+    pub watchdog: WatchdogView,
 }
 
 impl Observation {

@@ -293,6 +293,7 @@ prop_compose! {
             sync_names_managed: false,
             failsafe_check: None,
             failsafe_leader: None,
+            watchdog: Default::default(),
         }
     }
 }

@@ -130,6 +130,10 @@ pub fn status_json(cfg: &Config, s: &Snapshot) -> Value {
         "patroni".into(),
         json!({"version": PATRONI_VERSION, "scope": cfg.scope, "name": cfg.name}),
     );
+    // Row W-1: a required watchdog that cannot work (peers then leave us out of the race).
+    if s.node.watchdog.failed {
+        o.insert("watchdog_failed".into(), true.into());
+    }
     Value::Object(o)
 }
 

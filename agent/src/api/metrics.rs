@@ -256,6 +256,18 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
         "Value is 1 if auto failover is disabled, 0 otherwise.",
         flag(s.node.paused),
     );
+    out.metric(
+        "patrol_watchdog_armed",
+        "gauge",
+        "Value is 1 if the watchdog is armed (this node leads and feeds it), 0 otherwise.",
+        flag(s.node.watchdog.armed),
+    );
+    out.metric(
+        "patrol_watchdog_failed",
+        "gauge",
+        "Value is 1 if watchdog.mode is required but the watchdog cannot work (watchdog_failed in GET /patroni), 0 otherwise.",
+        flag(s.node.watchdog.failed),
+    );
     let values: Vec<String> = POSTGRES_STATES
         .iter()
         .enumerate()

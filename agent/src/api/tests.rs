@@ -639,6 +639,7 @@ fn replica_snapshot() -> Snapshot {
             sysid: None,
             paused: false,
             maximum_lag_on_failover: 1 << 20,
+            watchdog: Default::default(),
         },
         status: Some(status),
         is_leader: false,
@@ -678,6 +679,8 @@ fn metrics_render_every_patroni_metric_with_help_type_and_labels() {
         "patroni_dcs_last_seen",
         "patroni_pending_restart",
         "patroni_is_paused",
+        "patrol_watchdog_armed",
+        "patrol_watchdog_failed",
         "patroni_postgres_state",
     ];
     assert_eq!(names, want);
@@ -728,6 +731,36 @@ fn metrics_without_postgres() {
     assert!(body.contains("patroni_cluster_unlocked{scope=\"demo\",name=\"pg1\"} 1\n"));
     assert!(body.contains("patroni_postmaster_start_time{scope=\"demo\",name=\"pg1\"} 0\n"));
     assert_eq!(metrics::state_code("unknown"), -1);
+}
+
+/// Row W-1: Patroni's `watchdog_failed: true` (only when it failed) and the watchdog gauges.
+#[test]
+fn watchdog_state_in_status_and_metrics() {
+    let cfg = test_config("");
+    let mut s = replica_snapshot();
+    let status = super::health::status_json(&cfg, &s);
+    assert!(status.get("watchdog_failed").is_none(), "{status}");
+    let body = metrics::render(&cfg, &s);
+    assert!(body.contains("patrol_watchdog_armed{scope=\"demo\",name=\"pg1\"} 0\n"));
+    assert!(body.contains("patrol_watchdog_failed{scope=\"demo\",name=\"pg1\"} 0\n"));
+
+    s.node.watchdog.required = true;
+    s.node.watchdog.failed = true;
+    let status = super::health::status_json(&cfg, &s);
+    assert_eq!(status["watchdog_failed"], json!(true));
+    let body = metrics::render(&cfg, &s);
+    assert!(body.contains("patrol_watchdog_failed{scope=\"demo\",name=\"pg1\"} 1\n"));
+    // What peers read from it: left out of the leader race.
+    assert!(patrol_ha::PeerStatus::from_status("pg1", &status).watchdog_failed);
+
+    s.node.watchdog = patrol_ha::WatchdogView {
+        enabled: true,
+        required: true,
+        armed: true,
+        failed: false,
+    };
+    let body = metrics::render(&cfg, &s);
+    assert!(body.contains("patrol_watchdog_armed{scope=\"demo\",name=\"pg1\"} 1\n"));
 }
 
 // ---- access control ----

@@ -20,6 +20,8 @@ pub struct NodeState {
     pub sysid: Option<String>,
     pub paused: bool,
     pub maximum_lag_on_failover: i64,
+    /// The watchdog as the last cycle left it.
+    pub watchdog: patrol_ha::WatchdogView,
 }
 
 /// A consistent copy for one request.
@@ -130,6 +132,7 @@ impl Default for SharedState {
                     sysid: None,
                     paused: false,
                     maximum_lag_on_failover: 1_048_576,
+                    watchdog: Default::default(),
                 },
                 leader: None,
                 dcs_last_seen: None,

@@ -54,6 +54,9 @@ postgresql:
   authentication:
     superuser: {{username: postgres, password: sim}}
     replication: {{username: replicator, password: sim}}
+# The simulated leaders must never open the host's /dev/watchdog (Patroni's default).
+watchdog:
+  mode: off
 "#
     );
     let env = BTreeMap::from([("PATRONI_CONFIGURATION".to_string(), yaml)]);

@@ -12,8 +12,8 @@
 //! (its tasks die with it; fresh memory, new lease), frozen agents (PostgreSQL still serving),
 //! partitions of one node from etcd, and lease expiry through time passing. Every 10 ms of
 //! simulated time the world checks (`world.rs`): (a) at most one writable primary among the
-//! nodes whose agent runs (a frozen or dead agent cannot fence its PostgreSQL; P10's watchdog
-//! will bring them in), (b) it holds the leader key unless it is cut off from etcd or the
+//! nodes whose agent runs (a frozen or dead agent cannot fence its PostgreSQL; the watchdog,
+//! which the simulation does not model, resets such a host), (b) it holds the leader key unless it is cut off from etcd or the
 //! cluster is bootstrapping, (c) the `history` timeline never decreases, (d) `initialize`
 //! never changes once it holds a sysid. A node whose agent just came back (thawed, restarted)
 //! is checked again from its second cycle on. After the faults stop the cluster must converge

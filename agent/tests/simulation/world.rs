@@ -451,8 +451,8 @@ impl World {
             }
         }
         // (a) At most one writable primary among the nodes whose agent runs. A frozen or dead
-        // agent cannot fence its PostgreSQL: there only the lease deadline protects, until
-        // P10's watchdog.
+        // agent cannot fence its PostgreSQL: there only the lease deadline protects (in
+        // production the watchdog resets its host; the simulation has none).
         let primaries: Vec<&str> = watched
             .iter()
             .filter(|&&i| self.nodes[i].pg.writable())

@@ -172,10 +172,8 @@ fn known_unsupported_sections_are_accepted() {
     );
     assert!(!has_warning(&loaded, "log.level"), "{:#?}", loaded.warnings);
     assert!(!has_warning(&loaded, "thread_pool_size"));
-    assert_eq!(loaded.refusals.len(), 1, "{:#?}", loaded.refusals);
-    assert!(
-        loaded.refusals[0].starts_with("watchdog.mode = required: Patrol has no watchdog support")
-    );
+    assert!(loaded.refusals.is_empty(), "{:#?}", loaded.refusals);
+    assert_eq!(loaded.config.watchdog.mode, WatchdogMode::Required);
 
     let off = load_ok(&format!("{MINIMAL}watchdog:\n  mode: off\n"), &[]);
     assert!(off.warnings.is_empty(), "{:#?}", off.warnings);
@@ -187,4 +185,81 @@ fn known_unsupported_sections_are_accepted() {
     assert_warning(&unknown, "unknown configuration key watchdog.typo ignored");
     assert_warning(&unknown, "unknown configuration key log.levle ignored");
     assert!(unknown.refusals.is_empty());
+    assert_eq!(unknown.config.watchdog.mode, WatchdogMode::Off);
+}
+
+/// Patroni's `parse_mode`, `WatchdogConfig.timeout` and `timing_slack`.
+#[test]
+fn watchdog_section_is_read_as_patroni_reads_it() {
+    let default = load_ok(MINIMAL, &[]).config.watchdog;
+    assert_eq!(default, Watchdog::default());
+    assert_eq!(default.mode, WatchdogMode::Automatic);
+    assert_eq!(default.device, std::path::Path::new("/dev/watchdog"));
+    assert_eq!(
+        (default.timeout(30), default.timing_slack(30, 10)),
+        (25, 15)
+    );
+
+    for (mode, want) in [
+        ("required", WatchdogMode::Required),
+        ("Require", WatchdogMode::Required),
+        ("auto", WatchdogMode::Automatic),
+        ("AUTOMATIC", WatchdogMode::Automatic),
+        ("off", WatchdogMode::Off),
+        ("disabled", WatchdogMode::Off),
+        ("disable", WatchdogMode::Off),
+        ("false", WatchdogMode::Off),
+        ("true", WatchdogMode::Off),
+    ] {
+        let l = load_ok(&format!("{MINIMAL}watchdog:\n  mode: {mode}\n"), &[]);
+        assert_eq!(l.config.watchdog.mode, want, "{mode}");
+    }
+    // `true` is no mode in Patroni either (str(True) is "True"): off, with a warning.
+    let t = load_ok(&format!("{MINIMAL}watchdog:\n  mode: true\n"), &[]);
+    assert_warning(&t, "watchdog.mode the boolean true is not recognized");
+    // An empty section is Patroni's `{mode: automatic}`.
+    let empty = load_ok(&format!("{MINIMAL}watchdog:\n"), &[]);
+    assert_eq!(empty.config.watchdog, Watchdog::default());
+
+    let l = load_ok(
+        &format!("{MINIMAL}watchdog:\n  mode: required\n  device: /tmp/wd.fifo\n  safety_margin: -1\n  driver: testing\n"),
+        &[],
+    );
+    let wd = l.config.watchdog;
+    assert_eq!(
+        (wd.mode, wd.driver, wd.device.to_str()),
+        (
+            WatchdogMode::Required,
+            WatchdogDriver::Testing,
+            Some("/tmp/wd.fifo")
+        )
+    );
+    assert_eq!(
+        (wd.timeout(30), wd.timeout(31), wd.timing_slack(20, 10)),
+        (15, 15, 0)
+    );
+    let margin = |m: i64| Watchdog {
+        safety_margin: m,
+        ..Watchdog::default()
+    };
+    assert_eq!(margin(0).timeout(20), 20);
+    assert_eq!(margin(10).timeout(30), 20);
+    // ttl shorter than 2 x loop_wait: no slack left.
+    assert!(margin(5).timing_slack(10, 10) < 0);
+
+    let odd = load_ok(&format!("{MINIMAL}watchdog:\n  driver: acme\n"), &[]);
+    assert_eq!(odd.config.watchdog.driver, WatchdogDriver::Unknown);
+    assert_warning(&odd, "watchdog.driver \"acme\" is not known");
+    let err = load_err(
+        &format!("{MINIMAL}watchdog:\n  mode: required\n  driver: acme\n"),
+        &[],
+    );
+    assert!(err.contains("watchdog.driver"), "{err}");
+    for bad in ["-2", "five", "1.5"] {
+        let err = load_err(
+            &format!("{MINIMAL}watchdog:\n  safety_margin: {bad}\n"),
+            &[],
+        );
+        assert!(err.contains("watchdog.safety_margin"), "{bad}: {err}");
+    }
 }

@@ -80,7 +80,7 @@ fn unimplemented_keys_from_the_environment_say_so() {
 #[test]
 fn keys_asking_for_guarantees_are_refused_unless_allowed() {
     let yaml = format!(
-        "{MINIMAL}  pre_promote: /bin/fence.sh\nwatchdog:\n  mode: required\nbootstrap:\n  dcs:\n    synchronous_mode: on\n    synchronous_mode_strict: true\n    standby_cluster:\n      host: 10.0.0.1\n      port: 5432\n"
+        "{MINIMAL}  pre_promote: /bin/fence.sh\nbootstrap:\n  dcs:\n    synchronous_mode: on\n    synchronous_mode_strict: true\n    standby_cluster:\n      host: 10.0.0.1\n      port: 5432\n"
     );
     let loaded = load_ok(&yaml, &[]);
     let keys: Vec<&str> = loaded
@@ -90,11 +90,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
         .collect();
     assert_eq!(
         keys,
-        vec![
-            "watchdog.mode",
-            "postgresql.pre_promote",
-            "bootstrap.dcs.standby_cluster",
-        ],
+        vec!["postgresql.pre_promote", "bootstrap.dcs.standby_cluster",],
         "{:#?}",
         loaded.refusals
     );
@@ -105,14 +101,14 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
         );
     }
     assert_eq!(
-        loaded.refusals[2],
+        loaded.refusals[1],
         "bootstrap.dcs.standby_cluster = {\"host\":\"10.0.0.1\",\"port\":5432}: standby clusters are not implemented: the cluster would run its own writable primary instead of following the remote one; Patrol does not give this guarantee yet, so it refuses to start (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 starts it anyway; see docs/patroni-compatibility.md)"
     );
     // What a reload sees: an error naming every key.
     let err = loaded.clone().usable().expect_err("refused");
     assert!(matches!(err, ConfigError::Unsupported { .. }));
     assert!(
-        err.to_string().contains("watchdog.mode = required: ")
+        err.to_string().contains("postgresql.pre_promote = ")
             && err.to_string().contains("bootstrap.dcs.standby_cluster = ")
     );
 
@@ -123,7 +119,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
         assert!(allowed.config.allow_unsupported);
         assert_warning(
             &allowed,
-            "watchdog.mode = required: Patrol has no watchdog support",
+            "postgresql.pre_promote = /bin/fence.sh: this fencing script is not run",
         );
         assert_warning(
             &allowed,
@@ -133,7 +129,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
     }
     for no in ["0", "false", "", "maybe"] {
         let refused = load_ok(&yaml, &[("PATROL_ALLOW_UNSUPPORTED", no)]);
-        assert_eq!(refused.refusals.len(), 3, "{no}");
+        assert_eq!(refused.refusals.len(), 2, "{no}");
         assert!(!refused.config.allow_unsupported);
     }
     // Off values ask for nothing.

@@ -32,7 +32,7 @@ impl Deref for Reach<'_> {
 
 /// The decision for one cycle.
 pub fn decide(o: &Observation) -> Decision {
-    match &o.dcs {
+    let d = match &o.dcs {
         DcsView::Reachable(cluster) => match crate::failsafe::with_failsafe_leader(o, cluster) {
             Some(cluster) => decide_reachable(&Reach {
                 o,
@@ -41,7 +41,66 @@ pub fn decide(o: &Observation) -> Decision {
             None => decide_reachable(&Reach { o, cluster }),
         },
         DcsView::Unreachable => offline(o),
+    };
+    watchdog_duties(o, d)
+}
+
+/// Rows W-2 and W-3: the watchdog is armed exactly while this node leads outside maintenance
+/// mode, i.e. while the decision takes or keeps the leader key (or finishes a bootstrap, which
+/// takes it) and gives up neither the key nor PostgreSQL. It is armed right after the key is
+/// taken or refreshed and before a promotion (before the key is taken at the end of a
+/// bootstrap), and disarmed after the steps that end the leadership (the demotion has stopped
+/// PostgreSQL, the key is released), as Patroni disables it once PostgreSQL is stopped. A node
+/// that exits disarms first. A planned switchover keeps it until the key is released. A failsafe
+/// hold (row D-2F) leads without the DCS: the watchdog stays armed and is fed.
+fn watchdog_duties(o: &Observation, mut d: Decision) -> Decision {
+    let wd = o.watchdog;
+    let has = |d: &Decision, f: fn(&Action) -> bool| d.actions.iter().any(f);
+    let exits = has(&d, |a| {
+        matches!(a, Action::Fatal { .. } | Action::AbortBootstrap { .. })
+    });
+    let leads = !o.dynamic.pause()
+        && !exits
+        && has(&d, |a| {
+            matches!(
+                a,
+                Action::AcquireLeaderKey
+                    | Action::RefreshLeaderKey
+                    | Action::HoldAsFailsafe
+                    | Action::FinishBootstrap { .. }
+            )
+        })
+        && !has(&d, |a| {
+            matches!(a, Action::ReleaseLeaderKey | Action::Demote { .. })
+        });
+    if leads && wd.enabled && !wd.armed && o.in_flight != Some(Task::Demote) {
+        let at = d
+            .actions
+            .iter()
+            .position(|a| matches!(a, Action::FinishBootstrap { .. }))
+            .or_else(|| {
+                d.actions
+                    .iter()
+                    .position(|a| {
+                        matches!(
+                            a,
+                            Action::AcquireLeaderKey
+                                | Action::RefreshLeaderKey
+                                | Action::HoldAsFailsafe
+                        )
+                    })
+                    .map(|i| i + 1)
+            })
+            .unwrap_or(0);
+        d.actions.insert(at, Action::ArmWatchdog);
+    } else if !leads && wd.armed {
+        if exits {
+            d.actions.insert(0, Action::DisarmWatchdog);
+        } else {
+            d.actions.push(Action::DisarmWatchdog);
+        }
     }
+    d
 }
 
 /// Row D-2: the DCS is unreachable. A PostgreSQL that may be a writable primary cannot prove
@@ -88,8 +147,26 @@ fn offline(o: &Observation) -> Decision {
 ///   next cycle knows whom to follow), except in maintenance mode, as Patroni.
 /// - Row D-2: etcd did not answer a call the leader needs: as [`decide`] with the DCS
 ///   unreachable.
+/// - Row W-4: `watchdog.mode: required` and the watchdog could not be armed: the node does not
+///   lead without it (Patroni's "watchdog could not be activated"): a bootstrap is aborted, a
+///   PostgreSQL that may be a writable primary stops at once and the key is released, a
+///   replica about to be promoted releases the key.
 pub fn after_setback(o: &Observation, s: &Setback) -> Decision {
-    match s {
+    let d = match s {
+        Setback::WatchdogUnavailable if o.mem.bootstrapping => decision(
+            "Cancelling bootstrap because watchdog activation failed",
+            vec![Action::AbortBootstrap {
+                reason: "watchdog activation failed".into(),
+            }],
+        ),
+        Setback::WatchdogUnavailable if o.may_be_writable() => decision(
+            "Demoting self because watchdog could not be activated",
+            vec![Action::Demote { leader: None }, Action::ReleaseLeaderKey],
+        ),
+        Setback::WatchdogUnavailable => decision(
+            "Not promoting self because watchdog could not be activated",
+            vec![Action::ReleaseLeaderKey],
+        ),
         Setback::DcsUnreachable => offline(o),
         Setback::KeyNotOurs if !o.may_be_writable() => decision("lost the leader key", vec![]),
         Setback::KeyNotOurs if o.dynamic.pause() => decision(
@@ -105,7 +182,8 @@ pub fn after_setback(o: &Observation, s: &Setback) -> Decision {
                     .map(Upstream::of),
             }],
         ),
-    }
+    };
+    watchdog_duties(o, d)
 }
 
 fn decide_reachable(o: &Reach) -> Decision {

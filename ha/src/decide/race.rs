@@ -14,6 +14,10 @@ pub(super) fn healthy_enough(o: &Reach) -> Result<(), String> {
     if !o.local.running {
         return Err("PostgreSQL is not running".into());
     }
+    // Row W-1: with `watchdog.mode: required` a node whose watchdog cannot work does not race.
+    if o.watchdog.failed {
+        return Err("Watchdog device is not usable".into());
+    }
     // Row U-3 (Patroni's guard against a stale primary, its PR #2787): a running primary, or a
     // former primary that still needs a rewind, whose timeline is behind the cluster's history
     // missed a promotion while it was away (frozen, partitioned). Taking the key would serve

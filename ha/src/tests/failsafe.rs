@@ -40,6 +40,19 @@ fn d_2f_every_member_accepted_the_primary_holds() {
 }
 
 #[test]
+fn d_2f_a_hold_keeps_the_watchdog_armed() {
+    let mut o = offline_primary(ON, Some(FailsafeCheck::Accepted));
+    o.watchdog.enabled = true;
+    o.watchdog.armed = true;
+    check(&o, &[Action::HoldAsFailsafe]);
+    o.failsafe_check = Some(FailsafeCheck::NotInKey);
+    check(
+        &o,
+        &[Action::Demote { leader: None }, Action::DisarmWatchdog],
+    );
+}
+
+#[test]
 fn d_2f_a_refusal_a_silent_member_or_no_place_in_the_key_demotes() {
     for c in [
         FailsafeCheck::Refused(vec!["pg1".into()]),

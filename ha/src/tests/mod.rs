@@ -117,6 +117,7 @@ pub(super) fn obs(me: &str, cluster: Cluster, local: LocalPg) -> Observation {
         sync_names_managed: false,
         failsafe_check: None,
         failsafe_leader: None,
+        watchdog: Default::default(),
     }
 }
 
@@ -229,3 +230,4 @@ mod setbacks;
 mod startup;
 mod sync;
 mod unhealthy;
+mod watchdog;

@@ -51,6 +51,14 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             Action::DeleteSync => self.delete_sync().await,
             Action::SetSyncStandbyNames(v) => self.set_sync_names(v.clone(), cluster).await,
             Action::HoldAsFailsafe => Ok(self.hold_as_failsafe()),
+            Action::ArmWatchdog => match self.watchdog.activate() {
+                Ok(()) => Ok(Outcome::Done),
+                Err(why) => Err(Step::Setback(Setback::WatchdogUnavailable, why)),
+            },
+            Action::DisarmWatchdog => {
+                self.watchdog.disable();
+                Ok(Outcome::Done)
+            }
             Action::RecheckSoon => {
                 self.recheck_soon = true;
                 Ok(Outcome::Done)
@@ -189,13 +197,15 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         Ok(Outcome::LeaderKey(true))
     }
 
-    /// Row H-2.1/1.1: the lease keep-alive and the leader-key transaction, then `status`.
+    /// Row H-2.1/1.1: the lease keep-alive and the leader-key transaction, then `status`. The
+    /// watchdog is fed as soon as the key is confirmed ours (Patroni's `update_lock`).
     async fn refresh_leader_key(&mut self, cluster: &Cluster) -> Done {
         match self.dcs.update_leader().await {
             Ok((true, lease)) => {
                 self.lease_deadline = Some(lease.deadline);
                 self.shared.set_leader(true, self.lease_deadline);
                 self.write_failsafe_key(cluster).await;
+                self.watchdog.keepalive();
                 if let Err(e) = self.maybe_write_status(cluster).await {
                     return Err(Step::Setback(
                         Setback::DcsUnreachable,

@@ -50,6 +50,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         if let Some(asked) = self.failsafe_asked {
             self.shared.hold_as_failsafe(asked, self.lease_deadline);
             self.failsafe_holding = true;
+            // As Patroni: a failsafe leader keeps feeding its watchdog.
+            self.watchdog.keepalive();
         }
         Outcome::Done
     }

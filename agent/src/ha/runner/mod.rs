@@ -91,6 +91,9 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     /// The last cycle held leadership on failsafe answers: the next one comes within
     /// `failsafe::hold_wait`.
     failsafe_holding: bool,
+    /// The watchdog device (armed and disarmed as the core decides, fed after every refresh of
+    /// the leader key).
+    watchdog: crate::watchdog::Watchdog,
 }
 
 /// What ends the loop.
@@ -118,6 +121,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         shared.set_dynamic(dynamic.timing(), dynamic.pause());
         let requests = shared.take_requests();
         let callbacks = crate::ha::Callbacks::new(&cfg);
+        let watchdog = crate::watchdog::Watchdog::new(&cfg.watchdog, dynamic.timing());
         Ha {
             cfg,
             dcs,
@@ -151,6 +155,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             last_failsafe: None,
             failsafe_asked: None,
             failsafe_holding: false,
+            watchdog,
         }
     }
 
@@ -283,6 +288,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             }
             _ => Vec::new(),
         };
+        self.watchdog.set_timing(self.timing());
         let mut obs = Observation {
             me: self.cfg.name.clone(),
             dcs: match &cluster {
@@ -318,6 +324,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             sync_names_managed: self.sync_names.is_some(),
             failsafe_check: None,
             failsafe_leader: self.shared.failsafe_leader(),
+            watchdog: self.watchdog.view(),
         };
         let Some(cluster) = cluster else {
             // Row D-2: decided by the core; nothing is published without the DCS.
@@ -357,6 +364,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             },
             paused: self.dynamic.pause(),
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover(),
+            watchdog: self.watchdog.view(),
         });
         self.was_running = running;
         Ok(())
@@ -418,7 +426,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 Err(Step::Fatal(why)) => return Err(why),
                 Err(Step::Setback(setback, why)) => {
                     tracing::warn!("{why}");
-                    if setback == Setback::KeyNotOurs {
+                    if gives_up_the_key(&setback) {
                         held = Some(false);
                     }
                     self.answer_setback(obs, cluster, setback).await?;
@@ -436,7 +444,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         cluster: &Cluster,
         setback: Setback,
     ) -> Result<(), String> {
-        if setback == Setback::KeyNotOurs {
+        if gives_up_the_key(&setback) {
             self.lease_deadline = None;
             self.shared.set_leader(false, None);
         }
@@ -466,6 +474,12 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     {
         self.in_flight = Some((task, tokio::spawn(f)));
     }
+}
+
+/// The key is not ours (row D-1), or the core gives it up (row W-4): from now on we do not
+/// lead, whatever an earlier action of the cycle established.
+fn gives_up_the_key(setback: &Setback) -> bool {
+    matches!(setback, Setback::KeyNotOurs | Setback::WatchdogUnavailable)
 }
 
 struct AbortOnDrop(JoinHandle<()>);

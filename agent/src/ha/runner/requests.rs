@@ -274,6 +274,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             );
         }
         self.cfg = Arc::new(new);
+        self.watchdog.reload(&self.cfg.watchdog);
         self.pg = self.pg.reconfigured(&self.cfg);
         self.callbacks = self.callbacks.reconfigured(&self.cfg);
         self.last_member_json = None;
@@ -320,6 +321,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         if self.dynamic.pause() {
             tracing::info!("paused: leaving PostgreSQL and the leader key alone");
+            self.watchdog.disable();
             return;
         }
         let was_leader = self.shared.snapshot().is_leader;
@@ -332,12 +334,24 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         if was_running {
             self.callbacks.before_stop().await;
         }
+        // Row W-3: the watchdog is disarmed once PostgreSQL is stopped; if it could not be
+        // stopped, the watchdog is left running (it resets the host).
         match self.pg.stop(StopMode::Fast, wait).await {
-            Ok(()) if was_running => self
-                .callbacks
-                .fire("on_stop", crate::ha::Callbacks::role(was_leader)),
-            Ok(()) => {}
-            Err(e) => tracing::error!("could not stop PostgreSQL: {e}"),
+            Ok(()) => {
+                self.watchdog.disable();
+                if was_running {
+                    self.callbacks
+                        .fire("on_stop", crate::ha::Callbacks::role(was_leader));
+                }
+            }
+            Err(e) => {
+                let left = if self.watchdog.view().armed {
+                    " Leaving watchdog running."
+                } else {
+                    ""
+                };
+                tracing::error!("could not stop PostgreSQL: {e}.{left}");
+            }
         }
         if was_leader {
             match self.dcs.delete_leader(checkpoint_lsn(&self.pg)).await {

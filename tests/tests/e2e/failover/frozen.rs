@@ -19,8 +19,10 @@ use crate::support::{in_recovery, start_all, HEALTHY_TIMEOUT, PROPAGATION_TIMEOU
 
 /// Rows D-1 and R-2: the leader's agent is frozen (SIGSTOP) longer than ttl; a replica takes
 /// over; once thawed the old node demotes at once, is rewound and follows, and never takes the
-/// key back. Its PostgreSQL stays writable while the agent is frozen (fencing is the router's
-/// job), so only the writer's view is checked: writes never return to the old node.
+/// key back. The agents here have no watchdog (their default, `/dev/watchdog`, is absent or not
+/// theirs to open), so its PostgreSQL stays writable while the agent is frozen and only the writer's view is checked: writes
+/// never return to the old node. With a watchdog the window is closed: the frozen leader's
+/// host is reset before its key expires (`watchdog::frozen_leader_agent_is_reset_by_the_watchdog_before_its_key_expires`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_leader_agent_is_demoted_after_waking() {
     let mut c = Cluster::new(3).expect("cluster");
@@ -122,7 +124,7 @@ async fn frozen_leader_agent_is_demoted_after_waking() {
     assert_key_never_back(&changes, &c, old, t0);
     assert_no_return(&log, t0);
     // Writes the frozen old primary acknowledged after the replica took over are lost (known
-    // limitation without fencing); what it acknowledged before the takeover (give or take the
+    // limitation without a watchdog to reset its host, see `watchdog.rs`); what it acknowledged before the takeover (give or take the
     // streaming delay) must survive.
     let taken_at = taken.expect("the key moved").at;
     assert_few_acked_writes_lost(

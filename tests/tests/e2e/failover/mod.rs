@@ -9,13 +9,15 @@
 //!
 //! `leader_faults`: the leader's PostgreSQL crashes, its host is lost, its agent gets SIGTERM;
 //! `frozen`: a frozen agent, a stale primary woken after a failover, a restart held up by a
-//! frozen backend; `outage_and_lag`: etcd frozen past `ttl`, a lagging replica. This file
-//! holds the checks they share.
+//! frozen backend; `outage_and_lag`: etcd frozen past `ttl`, a lagging replica; `watchdog`: a
+//! frozen leader's watchdog fires before its key expires, and it follows ttl, pause and stop.
+//! This file holds the checks they share.
 
 mod failsafe;
 mod frozen;
 mod leader_faults;
 mod outage_and_lag;
+mod watchdog;
 
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod slow;
+pub mod watchdog;
 pub mod workload;
 
 use std::time::Duration;
