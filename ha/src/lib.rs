@@ -10,7 +10,8 @@
 //! - [`after_setback`]: the answer to a [`Setback`] met while executing (rows D-1, D-2).
 //! - [`Memory::observe`] / [`Memory::record`]: the decision memory, updated from the local
 //!   observation and from typed [`Outcome`]s of the actions.
-//! - [`lease_guard`]: the lease guard's rule (row D-3); [`slots`]: member slot retention.
+//! - [`lease_guard`]: the lease guard's rule (row D-3); [`slots`]: member slot retention;
+//!   [`permanent_slots`]: permanent slots and `ignore_slots`.
 #![forbid(unsafe_code)]
 
 mod action;
@@ -18,6 +19,7 @@ mod decide;
 mod lease;
 mod memory;
 mod observation;
+pub mod permanent_slots;
 pub mod quorum;
 pub mod slots;
 pub mod sync;
