@@ -12,9 +12,7 @@ use patrol_ha::PeerStatus;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::postgres::{
-    ConfigFiles, DataDir, LocalStatus, PgClient, PgError, Postgres, SlotState,
-};
+use crate::postgres::{ConfigFiles, DataDir, LocalStatus, PgClient, PgError, Postgres, SlotState};
 use patrol_ha::permanent_slots::ExistingSlot;
 
 /// How PostgreSQL is stopped (`pg_ctl stop -m`).
@@ -235,12 +233,19 @@ impl LocalPostgres for Local {
         name: &str,
         plugin: &str,
     ) -> Result<(), PgError> {
-        self.client.create_logical_slot(database, name, plugin).await
+        self.client
+            .create_logical_slot(database, name, plugin)
+            .await
     }
     async fn advance_physical_slot(&self, name: &str, lsn: u64) -> Result<(), PgError> {
         self.client.advance_physical_slot(name, lsn).await
     }
-    async fn advance_logical_slot(&self, database: &str, name: &str, lsn: u64) -> Result<(), PgError> {
+    async fn advance_logical_slot(
+        &self,
+        database: &str,
+        name: &str,
+        lsn: u64,
+    ) -> Result<(), PgError> {
         self.client.advance_logical_slot(database, name, lsn).await
     }
     async fn read_member_slots(

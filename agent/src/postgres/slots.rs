@@ -205,7 +205,11 @@ mod tests {
         install_slot_state(d.path(), "cdc", b"new").expect("install");
         let state = d.path().join("pg_replslot/cdc/state");
         assert_eq!(std::fs::read(&state).expect("read"), b"new");
-        let mode = std::fs::metadata(&state).expect("meta").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&state)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         assert!(!d.path().join("pg_replslot/cdc.tmp").exists());
     }
