@@ -74,6 +74,12 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             }
             self.slot_work.problems = all.problems.clone();
         }
+        if follows {
+            // Not only after a `Follow`: a former leader started again as a standby still has
+            // the members' slots, whose xmin (fed back with hot_standby_feedback) would hold
+            // the primary's horizon back.
+            self.drop_member_slots_as_replica(cluster).await;
+        }
         let published = ps::published_positions(&cluster.status.slots);
         self.apply_slot_plan(cluster, s, primary, &published, true)
             .await;
