@@ -154,9 +154,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     // Dynamic only.
     warn("primary_stop_timeout", Dynamic, Positive, "Patrol does not bound a synchronous primary's shutdown with it: PostgreSQL is stopped fast and waited for"),
     warn("master_stop_timeout", Dynamic, Positive, "Patrol does not bound a synchronous primary's shutdown with it: PostgreSQL is stopped fast and waited for"),
-    warn("slots", Dynamic, Set, "permanent replication slots are not created or kept"),
-    warn("permanent_slots", Dynamic, Set, "permanent replication slots are not created or kept"),
-    warn("permanent_replication_slots", Dynamic, Set, "permanent replication slots are not created or kept"),
     refuse("standby_cluster", Dynamic, StandbyCluster, "standby clusters are not implemented: the cluster would run its own writable primary instead of following the remote one"),
     warn_others(
         "postgresql.*",
@@ -703,7 +700,11 @@ mod tests {
         let more = map(
             json!({"standby_cluster": {"host": "10.0.0.1"}, "slots": {"s": {"type": "logical"}}}),
         );
-        assert_eq!(n.changed(&more).map(|f| f.len()), Some(2));
+        assert_eq!(
+            n.changed(&more).map(|f| f.len()),
+            None,
+            "permanent slots are implemented"
+        );
         assert_eq!(n.changed(&Map::new()), Some(vec![]));
     }
 

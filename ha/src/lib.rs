@@ -11,7 +11,8 @@
 //! - [`Memory::observe`] / [`Memory::record`]: the decision memory, updated from the local
 //!   observation and from typed [`Outcome`]s of the actions.
 //! - [`lease_guard`]: the lease guard's rule (row D-3); [`slots`]: member slot retention;
-//!   [`failsafe`]: failsafe mode (rows D-2F, D-2F', U-2F).
+//!   [`failsafe`]: failsafe mode (rows D-2F, D-2F', U-2F);
+//!   [`permanent_slots`]: permanent slots and `ignore_slots`.
 #![forbid(unsafe_code)]
 
 mod action;
@@ -20,6 +21,7 @@ pub mod failsafe;
 mod lease;
 mod memory;
 mod observation;
+pub mod permanent_slots;
 pub mod quorum;
 pub mod slots;
 pub mod sync;

@@ -12,7 +12,8 @@ use patrol_ha::PeerStatus;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::postgres::{ConfigFiles, DataDir, LocalStatus, PgClient, PgError, Postgres};
+use crate::postgres::{ConfigFiles, DataDir, LocalStatus, PgClient, PgError, Postgres, SlotState};
+use patrol_ha::permanent_slots::ExistingSlot;
 
 /// How PostgreSQL is stopped (`pg_ctl stop -m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,36 @@ pub trait LocalPostgres: Clone + Send + Sync + 'static {
     fn create_physical_slot(&self, name: &str) -> impl Future<Output = Result<(), PgError>> + Send;
     /// `false` when it did not exist.
     fn drop_physical_slot(&self, name: &str) -> impl Future<Output = Result<bool, PgError>> + Send;
+    /// Every (non-temporary) replication slot, physical and logical.
+    fn replication_slots(&self) -> impl Future<Output = Result<Vec<ExistingSlot>, PgError>> + Send;
+    /// Drops a slot of any type unless it is in use; `false` when it was not dropped.
+    fn drop_slot(&self, name: &str) -> impl Future<Output = Result<bool, PgError>> + Send;
+    fn create_logical_slot(
+        &self,
+        database: &str,
+        name: &str,
+        plugin: &str,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    fn advance_physical_slot(
+        &self,
+        name: &str,
+        lsn: u64,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    fn advance_logical_slot(
+        &self,
+        database: &str,
+        name: &str,
+        lsn: u64,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// The state files of the logical slots `names` on the primary at `host:port`.
+    fn read_member_slots(
+        &self,
+        host: &str,
+        port: u16,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<SlotState>, PgError>> + Send;
+    /// Puts a slot's state file in the (stopped) data directory.
+    fn install_slot_state(&self, name: &str, data: &[u8]) -> Result<(), PgError>;
 }
 
 /// The other members' REST APIs, asked during the leader race.
@@ -198,6 +229,44 @@ impl LocalPostgres for Local {
     }
     async fn drop_physical_slot(&self, name: &str) -> Result<bool, PgError> {
         self.client.drop_physical_slot(name).await
+    }
+    async fn replication_slots(&self) -> Result<Vec<ExistingSlot>, PgError> {
+        self.client.replication_slots().await
+    }
+    async fn drop_slot(&self, name: &str) -> Result<bool, PgError> {
+        self.client.drop_slot(name).await
+    }
+    async fn create_logical_slot(
+        &self,
+        database: &str,
+        name: &str,
+        plugin: &str,
+    ) -> Result<(), PgError> {
+        self.client
+            .create_logical_slot(database, name, plugin)
+            .await
+    }
+    async fn advance_physical_slot(&self, name: &str, lsn: u64) -> Result<(), PgError> {
+        self.client.advance_physical_slot(name, lsn).await
+    }
+    async fn advance_logical_slot(
+        &self,
+        database: &str,
+        name: &str,
+        lsn: u64,
+    ) -> Result<(), PgError> {
+        self.client.advance_logical_slot(database, name, lsn).await
+    }
+    async fn read_member_slots(
+        &self,
+        host: &str,
+        port: u16,
+        names: &[String],
+    ) -> Result<Vec<SlotState>, PgError> {
+        crate::postgres::read_slot_states(&self.pg.member_conn_config(host, port), names).await
+    }
+    fn install_slot_state(&self, name: &str, data: &[u8]) -> Result<(), PgError> {
+        crate::postgres::install_slot_state(&self.pg.data_dir, name, data).map_err(PgError::Io)
     }
 }
 

@@ -20,6 +20,16 @@ pub enum PgError {
     Io(std::io::Error),
 }
 
+impl PgError {
+    /// The server's SQLSTATE, when the server answered with an error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            PgError::Query(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
 /// tokio-postgres prints only "db error"; include the server's message.
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

@@ -9,6 +9,7 @@ pub mod bootstrap;
 mod conf;
 mod error;
 mod query;
+mod slots;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ pub use conf::{
 };
 pub use error::PgError;
 pub use query::{quote_ident, quote_literal, LocalConn, LocalStatus, PgClient, ReplicationRow};
+pub use slots::{install_slot_state, read_slot_states, SlotState};
 pub use tls::{client_tls, ClientTls};
 
 use crate::config::Config;
@@ -631,6 +633,31 @@ impl Postgres {
             .application_name("Patrol")
             .connect_timeout(Duration::from_secs(3));
         if let Some(pw) = &su.password {
+            c.password(pw.as_bytes());
+        }
+        LocalConn { config: c, tls }
+    }
+
+    /// A connection to another member's PostgreSQL at `host:port` as the rewind user (else the
+    /// superuser), the user Patroni reads the leader's files with; TLS from that user's options.
+    pub fn member_conn_config(&self, host: &str, port: u16) -> LocalConn {
+        let auth = &self.cfg.authentication;
+        let (user, key) = match &auth.rewind {
+            Some(r) => (r, "rewind"),
+            None => (&auth.superuser, "superuser"),
+        };
+        let mut c = tokio_postgres::Config::new();
+        let tls = client_tls(user).map_err(|e| format!("postgresql.authentication.{key}.{e}"));
+        if let Ok(t) = &tls {
+            c.ssl_mode(t.mode);
+        }
+        c.host(host)
+            .port(port)
+            .user(&user.username)
+            .dbname(&self.cfg.database)
+            .application_name("Patrol")
+            .connect_timeout(Duration::from_secs(3));
+        if let Some(pw) = &user.password {
             c.password(pw.as_bytes());
         }
         LocalConn { config: c, tls }

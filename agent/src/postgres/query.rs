@@ -71,7 +71,7 @@ pub struct LocalConn {
 
 /// A lazily (re)connected client.
 pub struct PgClient {
-    conn: LocalConn,
+    pub(super) conn: LocalConn,
     client: Mutex<Option<Client>>,
 }
 
@@ -107,38 +107,15 @@ impl PgClient {
         }
     }
 
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, PgError> {
+    pub(super) async fn client(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, PgError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_some_and(|c| c.is_closed()) {
             *guard = None;
         }
         if guard.is_none() {
-            let tls = self
-                .conn
-                .tls
-                .as_ref()
-                .map_err(|e| PgError::Tls(e.clone()))?;
-            let client = match &tls.connector {
-                Some(connector) => {
-                    let (client, conn) = self.conn.config.connect(connector.clone()).await?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!("local PostgreSQL connection ended: {e}");
-                        }
-                    });
-                    client
-                }
-                None => {
-                    let (client, conn) = self.conn.config.connect(NoTls).await?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!("local PostgreSQL connection ended: {e}");
-                        }
-                    });
-                    client
-                }
-            };
-            *guard = Some(client);
+            *guard = Some(connect(&self.conn).await?);
         }
         Ok(guard)
     }
@@ -269,7 +246,6 @@ impl PgClient {
         r
     }
 
-    /// Names of the physical replication slots that exist.
     /// The physical replication slots that exist, each with whether something streams from it.
     pub async fn physical_slots(&self) -> Result<Vec<(String, bool)>, PgError> {
         let guard = self.client().await?;
@@ -297,11 +273,13 @@ impl PgClient {
         Ok(!rows.is_empty())
     }
 
+    /// Creates a physical slot that reserves WAL at once (as Patroni does: a slot without a
+    /// `restart_lsn` could not be advanced).
     pub async fn create_physical_slot(&self, name: &str) -> Result<(), PgError> {
         let guard = self.client().await?;
         let c = guard.as_ref().expect("client() fills the slot");
         c.execute(
-            "SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
             &[&name],
         )
         .await?;
@@ -320,6 +298,32 @@ impl PgClient {
     pub async fn checkpoint(&self) -> Result<(), PgError> {
         self.execute("CHECKPOINT").await
     }
+}
+
+/// A new connection with `conn`'s settings (its connection task spawned).
+pub(super) async fn connect(conn: &LocalConn) -> Result<Client, PgError> {
+    let tls = conn.tls.as_ref().map_err(|e| PgError::Tls(e.clone()))?;
+    let client = match &tls.connector {
+        Some(connector) => {
+            let (client, c) = conn.config.connect(connector.clone()).await?;
+            tokio::spawn(async move {
+                if let Err(e) = c.await {
+                    tracing::debug!("PostgreSQL connection ended: {e}");
+                }
+            });
+            client
+        }
+        None => {
+            let (client, c) = conn.config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = c.await {
+                    tracing::debug!("PostgreSQL connection ended: {e}");
+                }
+            });
+            client
+        }
+    };
+    Ok(client)
 }
 
 /// Quotes an identifier for SQL.

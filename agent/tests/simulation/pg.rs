@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use patrol_agent::config::Config;
 use patrol_agent::ha::{LocalPostgres, Peers, StopMode};
-use patrol_agent::postgres::{ConfigFiles, ControlData, DataDir, LocalStatus, PgError};
+use patrol_agent::postgres::{ConfigFiles, ControlData, DataDir, LocalStatus, PgError, SlotState};
 use patrol_dcs::ClusterConfig;
 use patrol_ha::failsafe::FailsafeLeader;
+use patrol_ha::permanent_slots::ExistingSlot;
 use patrol_ha::PeerStatus;
 use serde_json::{Map, Value};
 
@@ -437,6 +438,51 @@ impl LocalPostgres for SimPostgres {
         let name = name.to_string();
         self.op(1, 5, move |w, i| Ok(w.nodes[i].pg.slots.remove(&name)))
             .await
+    }
+
+    // Permanent slots are not simulated (the e2e suite runs them on real servers): the
+    // simulated servers have member slots only.
+    async fn replication_slots(&self) -> Result<Vec<ExistingSlot>, PgError> {
+        Ok(self
+            .physical_slots()
+            .await?
+            .into_iter()
+            .map(|(name, active)| ExistingSlot {
+                name,
+                active,
+                restart_lsn: Some(1),
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    async fn drop_slot(&self, name: &str) -> Result<bool, PgError> {
+        self.drop_physical_slot(name).await
+    }
+
+    async fn create_logical_slot(&self, _: &str, _: &str, _: &str) -> Result<(), PgError> {
+        Ok(())
+    }
+
+    async fn advance_physical_slot(&self, _: &str, _: u64) -> Result<(), PgError> {
+        Ok(())
+    }
+
+    async fn advance_logical_slot(&self, _: &str, _: &str, _: u64) -> Result<(), PgError> {
+        Ok(())
+    }
+
+    async fn read_member_slots(
+        &self,
+        _: &str,
+        _: u16,
+        _: &[String],
+    ) -> Result<Vec<SlotState>, PgError> {
+        Ok(Vec::new())
+    }
+
+    fn install_slot_state(&self, _: &str, _: &[u8]) -> Result<(), PgError> {
+        Ok(())
     }
 }
 

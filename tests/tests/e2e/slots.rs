@@ -148,3 +148,187 @@ async fn a_gone_member_s_slot_is_dropped_after_member_slots_ttl() {
     .await
     .expect("slot on the new leader");
 }
+
+/// A slot's position on node `i`: `restart_lsn` (physical) or `confirmed_flush_lsn`
+/// (logical), as bytes; `None` if the slot is not there (or not of that type).
+async fn slot_position(
+    c: &Cluster,
+    i: usize,
+    name: &str,
+    logical: bool,
+) -> anyhow::Result<Option<i64>> {
+    let client = c.connect(i).await?;
+    let row = client
+        .query_opt(
+            "SELECT (CASE WHEN slot_type = 'logical' THEN confirmed_flush_lsn ELSE restart_lsn END
+                     - '0/0'::pg_lsn)::bigint
+             FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = $2",
+            &[&name, &if logical { "logical" } else { "physical" }],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+/// The ids inserted into `t` that the logical slot `cdc` on node `i` gives now (consumed).
+async fn read_changes(c: &Cluster, i: usize) -> anyhow::Result<Vec<i64>> {
+    let client = c.connect(i).await?;
+    let rows = client
+        .query(
+            "SELECT data FROM pg_logical_slot_get_changes('cdc', NULL, NULL)",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let data: String = r.get(0);
+            data.strip_prefix("table public.t: INSERT: id[integer]:")
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .collect())
+}
+
+async fn insert(c: &Cluster, i: usize, ids: std::ops::RangeInclusive<i64>) {
+    let client = c.connect(i).await.expect("connect");
+    client
+        .execute(
+            "INSERT INTO t SELECT generate_series($1::bigint, $2::bigint)",
+            &[ids.start(), ids.end()],
+        )
+        .await
+        .expect("insert");
+}
+
+/// Rows H-1.5p and H-1.2p: permanent slots from the dynamic `slots`. The leader creates a
+/// physical and a logical (`test_decoding`) slot; the replicas keep copies advanced to the
+/// positions the leader publishes in `status.slots`; after the leader dies, a logical decoding
+/// consumer on the new leader reads every change made before and after the failover exactly
+/// once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_slots_follow_the_leader_and_survive_a_failover() {
+    let mut c = Cluster::new(3).expect("cluster");
+    for i in 0..3 {
+        c.set_config_override(i, |yaml| {
+            let before = yaml.clone();
+            *yaml = yaml.replacen(
+                "parameters: {wal_keep_size: 128MB}}}",
+                "parameters: {wal_keep_size: 128MB, wal_level: logical}}, \
+                 slots: {arch: null, cdc: {type: logical, database: postgres, plugin: test_decoding}}}",
+                1,
+            );
+            assert_ne!(*yaml, before, "the harness's dcs section changed");
+        });
+    }
+    let leader = start_all(&mut c).await;
+    let replicas: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let cl = &c;
+    wait_until(
+        "both slots on the leader",
+        PROPAGATION_TIMEOUT,
+        || async move {
+            Ok((slot_position(cl, leader, "arch", false).await?.is_some()
+                && slot_position(cl, leader, "cdc", true).await?.is_some())
+            .then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.agent_log(leader)));
+
+    // Changes before the failover: some read, some not yet.
+    let client = c.connect(leader).await.expect("connect");
+    client
+        .batch_execute("CREATE TABLE t (id integer PRIMARY KEY)")
+        .await
+        .expect("create table");
+    insert(&c, leader, 1..=10).await;
+    assert_eq!(
+        read_changes(&c, leader).await.expect("read"),
+        (1..=10).collect::<Vec<_>>()
+    );
+    insert(&c, leader, 11..=20).await;
+    // Something consumed the physical slot up to here.
+    let moved: i64 = client
+        .query_one(
+            "SELECT ((pg_replication_slot_advance('arch', pg_current_wal_lsn())).end_lsn
+                     - '0/0'::pg_lsn)::bigint",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .expect("advance arch");
+    let confirmed = slot_position(&c, leader, "cdc", true)
+        .await
+        .expect("query")
+        .expect("cdc on the leader");
+
+    for &r in &replicas {
+        let cl = &c;
+        wait_until(
+            "the replica's copies at the leader's positions",
+            Duration::from_secs(90),
+            || async move {
+                let arch = slot_position(cl, r, "arch", false).await?;
+                let cdc = slot_position(cl, r, "cdc", true).await?;
+                let rows: i64 = cl
+                    .connect(r)
+                    .await?
+                    .query_one("SELECT count(*) FROM t", &[])
+                    .await?
+                    .get(0);
+                Ok(
+                    (arch.is_some_and(|a| a >= moved) && cdc == Some(confirmed) && rows == 20)
+                        .then_some(()),
+                )
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nreplica log:\n{}", c.agent_log(r)));
+        let log = c.agent_log(r);
+        assert!(log.contains("copied logical slots [\"cdc\"]"), "{log}");
+    }
+
+    // The leader dies (agent and PostgreSQL).
+    c.kill_node(leader);
+    c.signal_postgres(leader, Signal::SIGKILL)
+        .expect("SIGKILL the postmaster");
+    let cl = &c;
+    let old = c.name(leader).to_string();
+    let new_name = wait_until("a new leader", Duration::from_secs(90), || {
+        let old = old.clone();
+        async move {
+            Ok(cl
+                .leader()
+                .await?
+                .filter(|l| *l != old)
+                .map(|l| l.to_string()))
+        }
+    })
+    .await
+    .expect("failover");
+    let new = patrol_tests::index_of(&c, &new_name).expect("index");
+    let cl = &c;
+    wait_until(
+        "the new leader takes writes",
+        Duration::from_secs(60),
+        || async move {
+            Ok(crate::support::in_recovery(cl, new)
+                .await
+                .ok()
+                .filter(|r| !r)
+                .map(|_| ()))
+        },
+    )
+    .await
+    .expect("promoted");
+    insert(&c, new, 21..=30).await;
+    assert_eq!(
+        read_changes(&c, new).await.expect("read on the new leader"),
+        (11..=30).collect::<Vec<_>>(),
+        "every change after the last read, exactly once, in order\n{}",
+        c.agent_log(new)
+    );
+    assert!(slot_position(&c, new, "arch", false)
+        .await
+        .expect("query")
+        .is_some());
+}

@@ -538,6 +538,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 serde_json::Value::String(names.clone()),
             );
         }
+        if standby_of.is_some() && self.needs_hot_standby_feedback() {
+            parameters.insert("hot_standby_feedback".into(), "on".into());
+        }
         let recovery = standby_of.map(|up| Recovery {
             primary_conninfo: up.as_ref().and_then(|u| self.upstream_conninfo(u).ok()),
             primary_slot_name: (self.dynamic.use_slots() && up.is_some())

@@ -13,6 +13,7 @@ mod failsafe;
 mod observe;
 mod publish;
 mod requests;
+mod slots;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,10 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     /// last computed for `status.retain_slots`.
     slot_retention: patrol_ha::slots::SlotRetention,
     retain_slots: Option<Vec<String>>,
+    /// As leader: what `status.slots` should say (permanent slots' positions, see `slots.rs`).
+    published_slots: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Permanent slots: the standby's advances in flight and what they found.
+    slot_work: slots::SlotWork,
     /// What the dynamic configuration asked for that Patrol does not do, last time it was logged.
     unsupported: crate::config::DynamicNotice,
     /// The revision of the DCS `config` key last refused as invalid (logged once per revision;
@@ -142,6 +147,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             reload: None,
             slot_retention: Default::default(),
             retain_slots: None,
+            published_slots: None,
+            slot_work: Default::default(),
             unsupported: Default::default(),
             refused_config: None,
             unusable_members: Default::default(),
@@ -343,6 +350,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         } else if cluster.leader_name() != Some(self.cfg.name.as_str()) {
             self.shared.set_leader(false, None);
         }
+        self.sync_permanent_slots(&cluster, status.as_ref()).await;
         let running = self.pg.is_running();
         let state = self.member_state(running);
         if let Err(setback) = self.publish(&cluster, status.as_ref(), &state).await {

@@ -61,6 +61,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let old = self.timing();
         if self.dynamic.parameters() != cfg.value.parameters()
             || self.dynamic.pg_hba() != cfg.value.pg_hba()
+            || has_logical_slots(&self.dynamic) != has_logical_slots(&cfg.value)
         {
             self.dynamic_params_changed = true;
         }
@@ -211,6 +212,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             // Slot retention is the leader's: a later leadership starts again from the DCS.
             self.slot_retention = Default::default();
             self.retain_slots = None;
+            self.published_slots = None;
         }
         let mut local = local;
         if let Some(s) = &status {
@@ -259,4 +261,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         self.peers.probe(&self.cfg, members, limit).await
     }
+}
+
+/// Permanent logical slots are configured (standbys then run with `hot_standby_feedback`).
+fn has_logical_slots(dynamic: &patrol_dcs::ClusterConfig) -> bool {
+    patrol_ha::permanent_slots::permanent_slots(dynamic).has_logical()
 }

@@ -247,7 +247,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         self.retain_slots = Some(out.retain);
     }
 
-    /// The leader writes `status` (its WAL position) when it changed.
+    /// The leader writes `status` (its WAL position, the positions of the slots it keeps)
+    /// when it changed.
     /// Returns an error when etcd did not take the write (the caller, the leader, must then
     /// treat etcd as unreachable rather than go on with more calls that each wait).
     pub(super) async fn maybe_write_status(&self, cluster: &Cluster) -> Result<(), DcsError> {
@@ -264,13 +265,20 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             .retain_slots
             .clone()
             .unwrap_or_else(|| cluster.status.retain_slots.clone());
-        if cluster.status.optime == Some(pos) && cluster.status.retain_slots == retain {
+        let slots = self
+            .published_slots
+            .clone()
+            .unwrap_or_else(|| cluster.status.slots.clone());
+        if cluster.status.optime == Some(pos)
+            && cluster.status.retain_slots == retain
+            && cluster.status.slots == slots
+        {
             return Ok(());
         }
         let status = Status {
             optime: Some(pos),
             retain_slots: retain,
-            ..cluster.status.clone()
+            slots,
         };
         self.dcs.set_status(&status.to_json()).await.map_err(|e| {
             tracing::warn!("could not write status: {e}");
