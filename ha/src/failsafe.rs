@@ -38,6 +38,9 @@ pub struct FailsafeLeader {
     pub name: String,
     pub conn_url: String,
     pub api_url: String,
+    /// The positions of its slots (`slots` of the call): a standby advances its copies of the
+    /// permanent slots to them while the DCS is away.
+    pub slots: std::collections::BTreeMap<String, u64>,
 }
 
 /// Whether this cycle (DCS unreachable, or the leader's refresh failed) must ask the members

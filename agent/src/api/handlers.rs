@@ -231,11 +231,23 @@ async fn post_failsafe(ctx: &ApiContext, body: Map<String, Value>) -> Reply {
     if status.as_ref().is_some_and(|s| !s.in_recovery) {
         return Reply::text(500, "Running as a leader");
     }
+    // Slot positions as Patroni sends them: name -> LSN as an integer; anything else is
+    // left out.
+    let slots = body
+        .get("slots")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
     ctx.shared
         .failsafe_called_by(patrol_ha::failsafe::FailsafeLeader {
             name,
             conn_url,
             api_url,
+            slots,
         });
     let lsn = status.and_then(|s| s.receive_lsn.max(s.replay_lsn));
     let reply = Reply::text(200, "Accepted");

@@ -587,6 +587,7 @@ impl Peers for SimPeers {
                             name: field("name"),
                             conn_url: field("conn_url"),
                             api_url: field("api_url"),
+                            slots: Default::default(),
                         });
                         true
                     } else {

@@ -152,6 +152,7 @@ fn d_2f_prime_a_member_a_failsafe_leader_called_keeps_following() {
         name: "pg0".into(),
         conn_url: "postgres://127.0.0.1:5433/postgres".into(),
         api_url: "http://127.0.0.1:6433/patroni".into(),
+        slots: Default::default(),
     });
     let d = decide(&o);
     assert!(

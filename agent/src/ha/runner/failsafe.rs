@@ -23,11 +23,18 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             obs.failsafe_check = Some(FailsafeCheck::NotInKey);
             return;
         };
+        // The permanent slots' positions, fresh: the standbys advance their copies to them
+        // while etcd is away (Patroni sends its `slots` the same way).
+        let last = self.shared.snapshot().node.cluster;
+        if let (Some(c), Ok(s)) = (last.as_deref(), self.pg.status().await) {
+            self.sync_permanent_slots(c, Some(&s)).await;
+        }
         let asked = Instant::now();
         let body = json!({
             "name": self.cfg.name,
             "conn_url": self.conn_url(),
             "api_url": self.api_url(),
+            "slots": self.published_slots.clone().unwrap_or_default(),
         });
         let refused = if members.is_empty() {
             Vec::new()
@@ -43,6 +50,18 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         } else {
             FailsafeCheck::Refused(refused)
         });
+    }
+
+    /// A standby while etcd is away: a failsafe leader that called less than `ttl` ago sent the
+    /// positions of its slots; advance our copies of the permanent slots to them.
+    pub(super) async fn follow_failsafe_slots(&mut self) {
+        let Some(l) = self.shared.failsafe_leader() else {
+            return;
+        };
+        let last = self.shared.snapshot().node.cluster;
+        if let (Some(c), false) = (last.as_deref(), l.slots.is_empty()) {
+            self.advance_slots_to(c, &l.slots).await;
+        }
     }
 
     /// `Action::HoldAsFailsafe`: lead without the DCS until `ttl` after the accepted round.

@@ -336,6 +336,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let Some(cluster) = cluster else {
             // Row D-2: decided by the core; nothing is published without the DCS.
             self.check_failsafe(&mut obs).await;
+            self.follow_failsafe_slots().await;
             let dec = decide(&obs);
             self.log_reason(&dec);
             self.run_actions(&obs, &Cluster::default(), &dec).await?;

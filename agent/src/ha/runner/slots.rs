@@ -87,7 +87,6 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
 
     /// For failsafe mode, while etcd is away: the leader sent the positions of its slots;
     /// advance this standby's copies of the permanent slots to them (nothing is copied).
-    #[allow(dead_code)]
     pub(super) async fn advance_slots_to(
         &mut self,
         cluster: &Cluster,
