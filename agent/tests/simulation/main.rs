@@ -27,6 +27,7 @@
 //! Each run prints its seed; replay one with `PATROL_SIM_SEED=<seed>`, print every event with
 //! `PATROL_SIM_TRACE=1`, run more seeds with `PATROL_SIM_RUNS=<n>`:
 //! `PATROL_SIM_SEED=<seed> PATROL_SIM_TRACE=1 cargo test -p patrol-agent --test simulation -- --nocapture`.
+//! `PATROL_SIM_LOG=info` prints the agents' log lines too.
 //! `PATROL_SIM_LENIENT=1` tolerates replicas stuck on WAL that diverged from the leader's.
 
 mod driver;
@@ -52,6 +53,13 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Runs one seed: `secs` of faults, then quiet until the cluster converges.
 fn run(seed: u64, nodes: usize, secs: u64, mode: &str) -> Stats {
+    if std::env::var_os("PATROL_SIM_LOG").is_some() {
+        // The agents' own log lines (their cycle span names the member), e.g. `info`.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("PATROL_SIM_LOG"))
+            .with_test_writer()
+            .try_init();
+    }
     eprintln!("simulation: {nodes} nodes, synchronous_mode {mode}, {secs} s of faults, seed {seed} (replay: PATROL_SIM_SEED={seed})");
     runtime().block_on(async {
         let mut sim = Sim::with_mode(seed, nodes, mode);

@@ -198,6 +198,7 @@ fn quorum(v: &PrimaryView, plan: &mut SyncPlan) {
     };
     let out = crate::quorum::resolve(&input);
     plan.notes.extend(out.warnings);
+    let key_before = key_voters(v);
     for t in out.transitions {
         match t {
             crate::quorum::Transition::Quorum {
@@ -205,6 +206,21 @@ fn quorum(v: &PrimaryView, plan: &mut SyncPlan) {
                 quorum,
                 voters,
             } => {
+                // Row Y-1q': a key that lets fewer standbys decide (a voter dropped, a lower
+                // quorum) waits until every standby it keeps has flushed what the primary had
+                // when `synchronous_standby_names` last changed: commits acknowledged by a
+                // standby the names no longer list are then on them too.
+                if let Some(behind) =
+                    weakening_waits(v, key_before.as_ref(), &leader, &voters, quorum)
+                {
+                    plan.notes.push(format!(
+                        "Not yet setting quorum to {quorum} of {} ({}): waiting for {behind} to flush what the dropped standbys acknowledged",
+                        voters.len(),
+                        sorted(&voters).join(", ")
+                    ));
+                    plan.actions.push(Action::RecheckSoon);
+                    break;
+                }
                 plan.notes.push(format!(
                     "Setting leader to {leader}, quorum to {quorum} of {} ({})",
                     voters.len(),
@@ -228,6 +244,15 @@ fn quorum(v: &PrimaryView, plan: &mut SyncPlan) {
                 }
                 let value = standby_names(&names, Some(num), true);
                 plan.set_names(value, v.names_in_effect, v.managed);
+                // Row Y-1q': the names drop a standby: what the remaining ones must have
+                // flushed is the primary's position once this change is in effect, seen next
+                // cycle; no later step of this plan may lean on them before that.
+                let lower = |n: &String| n.to_lowercase();
+                let kept: Vec<String> = names.iter().map(lower).collect();
+                if now.sync.iter().any(|n| !kept.contains(&lower(n))) {
+                    plan.actions.push(Action::RecheckSoon);
+                    break;
+                }
             }
             crate::quorum::Transition::Restart => {
                 plan.actions.push(Action::RecheckSoon);
@@ -245,6 +270,35 @@ fn quorum(v: &PrimaryView, plan: &mut SyncPlan) {
             v.managed,
         );
     }
+}
+
+/// Row Y-1q': for a key write that weakens the key in effect (same leader, and a voter dropped
+/// or the quorum lowered), the first voter kept whose walsender has not flushed the primary's
+/// position at the last change of `synchronous_standby_names`; `None` when it may be written.
+fn weakening_waits(
+    v: &PrimaryView,
+    before: Option<&(String, Vec<String>, usize)>,
+    leader: &str,
+    voters: &[String],
+    quorum: usize,
+) -> Option<String> {
+    let (old_leader, old_voters, old_quorum) = before?;
+    let same = |a: &String, b: &String| a.eq_ignore_ascii_case(b);
+    let dropped = old_voters
+        .iter()
+        .any(|o| !voters.iter().any(|n| same(o, n)));
+    if !old_leader.eq_ignore_ascii_case(leader) || (!dropped && quorum >= *old_quorum) {
+        return None;
+    }
+    let reference = v.readiness.flush_at_change;
+    voters
+        .iter()
+        .find(|n| {
+            !v.walsenders.iter().any(|w| {
+                w.application_name.eq_ignore_ascii_case(n) && w.lsn.is_some_and(|l| l >= reference)
+            })
+        })
+        .cloned()
 }
 
 fn sorted(names: &[String]) -> Vec<String> {
