@@ -333,3 +333,32 @@ fn readiness_needs_the_position_of_the_change_and_postgresqls_word() {
     assert_eq!(now.sync, ["pg1"]);
     assert_eq!(now.numsync, 1);
 }
+
+#[test]
+fn y1q_prime_a_voter_is_dropped_only_once_the_kept_ones_caught_up() {
+    let quorum = r#"{"synchronous_mode":"quorum"}"#;
+    let key = r#"{"leader":"pg0","sync_standby":"pg1,pg2","quorum":1}"#;
+    let both = crate::sync::standby_names(&["pg1".into(), "pg2".into()], Some(1), true);
+    let only_pg1 = crate::sync::standby_names(&["pg1".into()], Some(1), true);
+    let drops_pg2 = |d: &Decision| {
+        d.actions.iter().any(|a| {
+            matches!(a, Action::WriteSync { voters, .. } if !voters.iter().any(|v| v == "pg2"))
+        })
+    };
+    // pg2 is gone; pg1 lags behind commits pg2 alone acknowledged (the primary is at 100).
+    let o = leader_obs(quorum, Some(key), vec![ws("pg1", "quorum", 90)], &both);
+    let d = decide(&o);
+    assert!(
+        d.actions.contains(&names(&only_pg1)) && d.actions.contains(&Action::RecheckSoon),
+        "the names drop pg2 first, then the plan stops: {d:?}"
+    );
+    assert!(!drops_pg2(&d), "the key keeps pg2 in the same cycle: {d:?}");
+    // Next cycle: the names drop pg2; pg1 has not flushed 100 yet: the key waits.
+    let o = leader_obs(quorum, Some(key), vec![ws("pg1", "quorum", 90)], &only_pg1);
+    let d = decide(&o);
+    assert!(!drops_pg2(&d), "not before pg1 flushed 100: {d:?}");
+    // pg1 caught up: the key may drop pg2.
+    let o = leader_obs(quorum, Some(key), vec![ws("pg1", "quorum", 100)], &only_pg1);
+    let d = decide(&o);
+    assert!(drops_pg2(&d), "{d:?}");
+}
