@@ -14,6 +14,7 @@
 pub mod compatibility_doc;
 mod env;
 mod error;
+mod methods;
 mod parse;
 mod source;
 pub mod unsupported;
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 pub use error::ConfigError;
+pub use methods::{CustomBootstrap, ReplicaMethod};
 #[cfg(test)]
 pub(crate) use parse::known_keys;
 pub use unsupported::{DynamicNotice, ALLOW_VAR};
@@ -579,8 +581,8 @@ pub struct Bootstrap {
     /// `initdb` (default), or the name of a custom method whose section has a `command`
     /// (a custom method without `command` falls back to `initdb` with a warning, as in Patroni).
     pub method: String,
-    /// The `bootstrap.<method>` section when `method` is a custom method.
-    pub custom: Option<Map<String, Value>>,
+    /// The custom method `method` names, when it is not `initdb`.
+    pub custom: Option<CustomBootstrap>,
     /// initdb arguments: `--flag` / `--opt=value`.
     pub initdb: Vec<String>,
     pub pg_hba: Vec<String>,
@@ -620,10 +622,11 @@ pub struct Postgresql {
     pub pg_ident: Option<Vec<String>>,
     /// pg_basebackup arguments `--flag` / `--opt=value` (disallowed ones dropped with a warning).
     pub basebackup: Vec<String>,
-    /// Default `["basebackup"]`.
+    /// `create_replica_methods` (or `create_replica_method`), in order; default `["basebackup"]`.
     pub create_replica_methods: Vec<String>,
-    /// `postgresql.<method>` sections of the non-basebackup methods that have a `command`.
-    pub replica_methods: Map<String, Value>,
+    /// The methods of `create_replica_methods` other than `basebackup`, by name, from their
+    /// `postgresql.<method>` sections.
+    pub replica_methods: BTreeMap<String, ReplicaMethod>,
     pub use_unix_socket: bool,
     pub use_unix_socket_repl: bool,
     /// Seconds, default 60.
@@ -634,6 +637,8 @@ pub struct Postgresql {
     pub remove_data_directory_on_diverged_timelines: bool,
     /// `on_start`, `on_stop`, `on_restart`, `on_reload`, `on_role_change` -> command.
     pub callbacks: BTreeMap<String, String>,
+    /// Recovery settings of a standby (`restore_command`, `archive_cleanup_command`,
+    /// `recovery_min_apply_delay`, ...).
     pub recovery_conf: Map<String, Value>,
     pub custom_conf: Option<PathBuf>,
     pub pre_promote: Option<String>,

@@ -180,6 +180,7 @@ pub(crate) const POSTGRESQL_KEYS: &[&str] = &[
     "pg_ident",
     "callbacks",
     "create_replica_methods",
+    "create_replica_method",
     "basebackup",
     "recovery_conf",
     "custom_conf",
@@ -1152,8 +1153,11 @@ fn parse_bootstrap(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Boot
     if configured != "initdb" {
         match opt_map(b, P, &configured)? {
             Some(section) if get(section, "command").is_some() => {
-                opt_str(section, &join(P, &configured), "command")?;
-                custom = Some(section.clone());
+                let path = join(P, &configured);
+                custom = Some(
+                    crate::CustomBootstrap::parse(&configured, section)
+                        .map_err(|e| ConfigError::invalid(path, e))?,
+                );
             }
             _ => {
                 w.push(format!(
@@ -1223,8 +1227,13 @@ fn parse_postgresql(
     const P: &str = "postgresql";
     let pg = opt_map(doc, "", P)?.ok_or_else(|| ConfigError::missing(P))?;
 
-    let create_replica_methods = opt_str_list(pg, P, "create_replica_methods")?
-        .unwrap_or_else(|| vec!["basebackup".to_string()]);
+    // Patroni reads the old singular name too.
+    let create_replica_methods = match opt_str_list(pg, P, "create_replica_methods")? {
+        Some(m) if !m.is_empty() => m,
+        _ => opt_str_list(pg, P, "create_replica_method")?
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| vec!["basebackup".to_string()]),
+    };
     warn_unknown(pg, P, POSTGRESQL_KEYS, &create_replica_methods, w);
     if get(pg, "use_slots").is_some() {
         w.push("postgresql.use_slots is a dynamic configuration setting: set it in bootstrap.dcs.postgresql; the local value is ignored".to_string());
@@ -1305,29 +1314,52 @@ fn parse_postgresql(
         }
     }
 
-    let basebackup = format_options(
+    let mut basebackup = format_options(
         get(pg, "basebackup"),
         "postgresql.basebackup",
         "pg_basebackup",
-        &["pgdata", "format", "wal-method", "xlog-method"],
+        &[
+            "pgdata",
+            "format",
+            "wal-method",
+            "xlog-method",
+            "gzip",
+            "version",
+            "dbname",
+            "host",
+            "port",
+            "username",
+            "password",
+        ],
         Disallowed::Skip,
         w,
     )?;
+    // As Patroni on PostgreSQL 15+: only server-side compression (a plain-format backup
+    // cannot be compressed by the client).
+    basebackup.retain(|o| {
+        let client_side = o.starts_with("--compress") && !o.starts_with("--compress=server");
+        if client_side {
+            w.push(format!(
+                "postgresql.basebackup: {o}: only server-side compression (server-gzip, server-lz4, server-zstd) is allowed; ignored"
+            ));
+        }
+        !client_side
+    });
 
-    let mut replica_methods = Map::new();
+    let mut replica_methods = BTreeMap::new();
     for method in &create_replica_methods {
         if method == "basebackup" {
             continue;
         }
-        match opt_map(pg, P, method)? {
-            Some(section) if get(section, "command").is_some() => {
-                opt_str(section, &join(P, method), "command")?;
-                replica_methods.insert(method.clone(), Value::Object(section.clone()));
-            }
-            _ => w.push(format!(
-                "postgresql.create_replica_methods lists '{method}' but postgresql.{method}.command is not set: the method will be skipped"
-            )),
+        let section = opt_map(pg, P, method)?;
+        if section.and_then(|s| get(s, "command")).is_none() {
+            w.push(format!(
+                "postgresql.create_replica_methods lists '{method}' but postgresql.{method}.command is not set: '{method}' itself is run as the command"
+            ));
         }
+        let m = crate::ReplicaMethod::parse(method, section)
+            .map_err(|e| ConfigError::invalid(join(P, method), e))?;
+        replica_methods.insert(method.clone(), m);
     }
 
     let callbacks = str_map(pg, P, "callbacks")?;

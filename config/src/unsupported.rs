@@ -59,12 +59,8 @@ pub enum When {
     Positive,
     /// Set to something other than one of these strings.
     NotOneOf(&'static [&'static str]),
-    /// A list with an item other than these.
-    ListBeyond(&'static [&'static str]),
     /// `standby_cluster` with a non-empty `host`, `port` or `restore_command`.
     StandbyCluster,
-    /// `bootstrap.method` names a custom method whose section has a `command`.
-    CustomBootstrap,
     /// Set, while the agent reaches its PostgreSQL over TCP (`postgresql.use_unix_socket` off):
     /// TLS options mean nothing on a unix socket.
     SetOverTcp,
@@ -123,7 +119,7 @@ const fn warn_others(
 }
 
 use Scope::{Both, Dynamic, Local};
-use When::{CustomBootstrap, ListBeyond, NotOneOf, Positive, Set, StandbyCluster, True};
+use When::{NotOneOf, Positive, Set, StandbyCluster, True};
 
 const NO_LOG_FILES: &str = "no log files are written (see log.dir)";
 
@@ -141,14 +137,11 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("log.file_num", Local, Set, NO_LOG_FILES),
     warn("log.file_size", Local, Set, NO_LOG_FILES),
     warn("log.loggers", Local, Set, "per-module log levels are set with RUST_LOG (e.g. RUST_LOG=info,patrol_agent=debug)"),
-    warn("bootstrap.method", Local, CustomBootstrap, "custom bootstrap methods are not run: a new cluster cannot be bootstrapped with it (joining an existing cluster is not affected)"),
     Unsupported { key: "postgresql.authentication.superuser.*", except: &["username", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"], scope: Local, effect: Effect::Warn, when: When::SetOverTcp, reason: "the agent's own TCP connection to PostgreSQL uses sslmode, sslrootcert, sslcert and sslkey only (no revocation lists, encrypted keys, GSSAPI or channel binding settings)" },
     warn("tags.replicatefrom", Local, Set, "cascading replication is not implemented: this member replicates from the leader"),
     warn("tags.nostream", Local, True, "this member still streams from the leader (the leader only skips its replication slot)"),
     // The postgresql section, locally and in the dynamic configuration.
     refuse("postgresql.pre_promote", Both, Set, "this fencing script is not run, so a replica would be promoted without it"),
-    warn("postgresql.recovery_conf", Both, Set, "these recovery settings (e.g. restore_command) are not written, so replicas cannot restore WAL from an archive"),
-    warn("postgresql.create_replica_methods", Both, ListBeyond(&["basebackup"]), "replicas are created with pg_basebackup only; other methods (and their postgresql.<method> sections) are not run"),
     warn("postgresql.custom_conf", Both, Set, "postgresql.conf always includes postgresql.base.conf, not this file"),
     warn("postgresql.config_base_name", Both, NotOneOf(&["postgresql"]), "the generated file is always postgresql.conf"),
     // Dynamic only.
@@ -162,6 +155,7 @@ pub const UNSUPPORTED: &[Unsupported] = &[
             "pg_hba",
             "use_slots",
             "use_pg_rewind",
+            "recovery_conf",
             // Local only in Patroni too: it drops them from the dynamic section.
             "connect_address",
             "proxy_address",
@@ -172,7 +166,7 @@ pub const UNSUPPORTED: &[Unsupported] = &[
             "authentication",
         ],
         Dynamic,
-        "from the dynamic postgresql section Patrol applies only parameters, pg_hba, use_slots and use_pg_rewind; set it in each member's local configuration",
+        "from the dynamic postgresql section Patrol applies only parameters, pg_hba, use_slots, use_pg_rewind and recovery_conf; set it in each member's local configuration",
     ),
 ];
 
@@ -385,7 +379,7 @@ fn bool_ish(value: Option<&Value>) -> Option<bool> {
 fn asks(
     when: When,
     value: Option<&Value>,
-    parent: &Map<String, Value>,
+    _parent: &Map<String, Value>,
     root: &Map<String, Value>,
 ) -> bool {
     match when {
@@ -400,13 +394,6 @@ fn asks(
             Some(Value::String(s)) => !s.trim().is_empty() && !ok.contains(&s.trim()),
             v => is_set(v),
         },
-        When::ListBeyond(ok) => match value {
-            Some(Value::Array(items)) => items
-                .iter()
-                .any(|i| !i.as_str().is_some_and(|s| ok.contains(&s))),
-            Some(Value::String(s)) => !s.trim().is_empty() && !ok.contains(&s.trim()),
-            _ => false,
-        },
         When::StandbyCluster => match value {
             Some(Value::Object(s)) => ["host", "port", "restore_command"]
                 .iter()
@@ -419,13 +406,6 @@ fn asks(
                 .and_then(|pg| pg.get("use_unix_socket"));
             is_set(value) && bool_ish(unix) != Some(true)
         }
-        When::CustomBootstrap => match value {
-            Some(Value::String(m)) if m != "initdb" => parent
-                .get(m.as_str())
-                .and_then(|s| s.get("command"))
-                .is_some_and(|c| is_set(Some(c))),
-            _ => false,
-        },
     }
 }
 
@@ -569,7 +549,6 @@ mod tests {
         assert_eq!(
             paths(&check_local(&doc)),
             vec![
-                ("bootstrap.dcs.postgresql.recovery_conf", Effect::Warn),
                 ("bootstrap.dcs.standby_cluster", Effect::Refuse),
                 ("bootstrap.dcs.postgresql.pg_ident", Effect::Warn),
             ]
@@ -630,29 +609,17 @@ mod tests {
     }
 
     #[test]
-    fn custom_bootstrap_only_when_the_method_has_a_command() {
-        let with =
-            map(json!({"bootstrap": {"method": "restore", "restore": {"command": "/bin/r"}}}));
-        assert_eq!(
-            paths(&check_local(&with)),
-            vec![("bootstrap.method", Effect::Warn)]
-        );
-        // Without a command Patroni (and Patrol) fall back to initdb.
-        let without = map(json!({"bootstrap": {"method": "restore"}}));
-        assert_eq!(check_local(&without), vec![]);
-    }
-
-    #[test]
-    fn create_replica_methods_beyond_basebackup() {
-        for (methods, warned) in [
-            (json!(["basebackup"]), false),
-            (json!(["wal_e", "basebackup"]), true),
-            (json!(["pgbackrest"]), true),
-            (json!([]), false),
-        ] {
-            let doc = map(json!({"postgresql": {"create_replica_methods": methods.clone()}}));
-            assert_eq!(!check_local(&doc).is_empty(), warned, "{methods}");
-        }
+    fn custom_methods_and_recovery_conf_are_implemented() {
+        let doc = map(json!({
+            "bootstrap": {"method": "restore", "restore": {"command": "/bin/r"},
+                          "dcs": {"postgresql": {"recovery_conf": {"restore_command": "cp"}}}},
+            "postgresql": {
+                "create_replica_methods": ["pgbackrest", "basebackup"],
+                "pgbackrest": {"command": "/bin/restore", "no_leader": true},
+                "recovery_conf": {"restore_command": "cp /a/%f %p"},
+            },
+        }));
+        assert_eq!(check_local(&doc), vec![]);
     }
 
     #[test]

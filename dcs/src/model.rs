@@ -953,6 +953,15 @@ impl ClusterConfig {
             .unwrap_or_default()
     }
 
+    /// `postgresql.recovery_conf` from the dynamic config.
+    pub fn recovery_conf(&self) -> Map<String, Value> {
+        self.pg()
+            .and_then(|p| p.get("recovery_conf"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn pg_hba(&self) -> Option<Vec<String>> {
         let a = self.pg()?.get("pg_hba")?.as_array()?;
         Some(a.iter().filter_map(|v| lenient_str(Some(v))).collect())

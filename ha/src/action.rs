@@ -23,8 +23,13 @@ pub enum Action {
     AbortBootstrap {
         reason: String,
     },
-    /// pg_basebackup from this member (long operation).
-    CloneFrom(Upstream),
+    /// Create the data directory with `create_replica_methods` (long operation), then start
+    /// as a standby: from `from`, or without a leader (`None`: only the methods marked
+    /// `no_leader`); `basebackup_only` after `POST /reinitialize` with `from_leader`.
+    CreateReplica {
+        from: Option<Upstream>,
+        basebackup_only: bool,
+    },
     /// Adopt an existing data directory as the cluster's (no `initialize` key yet).
     WriteInitialize {
         sysid: String,

@@ -47,8 +47,8 @@ pub enum Outcome {
     /// PostgreSQL is (being) configured to stream from this member (`None`: from nobody, or
     /// as a primary).
     Streaming(Option<String>),
-    /// A clone from this member started.
-    Cloning(String),
+    /// A replica creation from this member (`None`: without a leader) started.
+    Cloning(Option<String>),
     /// PostgreSQL was stopped at once as a primary: the data directory may have diverged.
     Demoted,
     /// The data directory was removed: the next cycle clones it again.
@@ -149,7 +149,7 @@ impl Memory {
             Outcome::Bootstrapped => self.bootstrapping = false,
             Outcome::Streaming(from) => self.following = from.clone(),
             Outcome::Cloning(from) => {
-                self.following = Some(from.clone());
+                self.following = from.clone();
                 self.clone_from_leader = false;
             }
             Outcome::Demoted => {

@@ -229,6 +229,9 @@ pub struct Observation {
     pub now: Duration,
     /// Local config has a `bootstrap` section.
     pub can_bootstrap: bool,
+    /// A replica creation method marked `no_leader` can make our data directory while the
+    /// cluster has no leader (row B-2.3).
+    pub replica_without_leader: bool,
     /// Our own tags say `nofailover` (or `failover_priority: 0`).
     pub nofailover: bool,
     /// Our `failover_priority` (default 1).

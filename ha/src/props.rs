@@ -283,6 +283,7 @@ prop_compose! {
             },
             now: Duration::from_secs(1_000),
             can_bootstrap: flags[1],
+            replica_without_leader: flags[0],
             nofailover: flags[2],
             failover_priority,
             peers: peers.iter().map(|(n, v)| PeerStatus::from_status(n, v)).collect(),

@@ -26,7 +26,8 @@ use crate::util::{random_u64, tail_lines};
 pub const NAMESPACE: &str = "/service";
 
 /// PostgreSQL binaries the agents are configured with.
-const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+/// Where the PostgreSQL 15 binaries are.
+pub const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 
 /// Lines of each log printed when a test panics.
 const DUMP_LINES: usize = 200;

@@ -23,7 +23,7 @@ mod util;
 mod wait;
 
 pub use bins::{bin, workspace_dir};
-pub use cluster::{Cluster, NAMESPACE};
+pub use cluster::{Cluster, NAMESPACE, PG_BIN_DIR};
 pub use etcd::{Etcd, EtcdCluster, TestCerts};
 pub use health::{
     index_of, is_streaming_replica, members, start_all, wait_healthy, HEALTHY_TIMEOUT,

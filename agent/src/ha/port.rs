@@ -64,12 +64,20 @@ pub trait LocalPostgres: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), PgError>> + Send;
     fn reload(&self) -> impl Future<Output = Result<(), PgError>> + Send;
     fn promote(&self, wait: Duration) -> impl Future<Output = Result<(), PgError>> + Send;
-    fn basebackup(&self, conninfo: &str) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Creates the data directory of a replica with `create_replica_methods` from `conninfo`
+    /// (`None`: without a leader, the `no_leader` methods only; `basebackup_only`: as
+    /// `POST /reinitialize` with `from_leader`); the name of the method that worked.
+    fn create_replica(
+        &self,
+        conninfo: Option<&str>,
+        basebackup_only: bool,
+    ) -> impl Future<Output = Result<String, PgError>> + Send;
     /// Crash recovery in single-user mode (before `pg_rewind` of an unclean directory).
     fn single_user_recovery(&self) -> impl Future<Output = Result<(), PgError>> + Send;
     /// `pg_rewind` from `conninfo`; its output.
     fn rewind(&self, conninfo: &str) -> impl Future<Output = Result<String, PgError>> + Send;
-    /// Flow ② 1.5: initdb, pg_hba, configuration, start as primary, roles, `post_bootstrap`.
+    /// Flow ② 1.5: initdb (or the custom bootstrap method), pg_hba, configuration, start as
+    /// primary, roles, `post_bootstrap`.
     fn bootstrap(
         &self,
         cfg: Arc<Config>,
@@ -197,8 +205,12 @@ impl LocalPostgres for Local {
     async fn promote(&self, wait: Duration) -> Result<(), PgError> {
         self.pg.promote(wait).await
     }
-    async fn basebackup(&self, conninfo: &str) -> Result<(), PgError> {
-        self.pg.basebackup(conninfo).await
+    async fn create_replica(
+        &self,
+        conninfo: Option<&str>,
+        basebackup_only: bool,
+    ) -> Result<String, PgError> {
+        self.pg.create_replica(conninfo, basebackup_only).await
     }
     async fn single_user_recovery(&self) -> Result<(), PgError> {
         self.pg.single_user_recovery().await

@@ -8,12 +8,79 @@ use serde_json::{Map, Value};
 
 use crate::config::Postgresql;
 
-/// Recovery settings for a replica (PostgreSQL 12+: in postgresql.conf plus `standby.signal`).
+/// Recovery settings (PostgreSQL 12+: in postgresql.conf plus a signal file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
     /// `None` = no upstream yet (a read-only node waiting for a leader).
     pub primary_conninfo: Option<String>,
     pub primary_slot_name: Option<String>,
+    /// The other settings, in order: a standby's from `postgresql.recovery_conf`
+    /// ([`standby_settings`]), a custom bootstrap's from its `recovery_conf`.
+    pub settings: Vec<(String, String)>,
+    /// `standby.signal`, and every recovery target cleared: a standby, whose recovery never
+    /// ends on its own. `false`: `recovery.signal` and the targets as `settings` give them, an
+    /// archive recovery that ends in a promotion (a custom bootstrap).
+    pub standby: bool,
+}
+
+impl Recovery {
+    /// A standby of `primary_conninfo` (or of nobody) with the user's `recovery_conf`.
+    pub fn standby(
+        primary_conninfo: Option<String>,
+        primary_slot_name: Option<String>,
+        recovery_conf: &Map<String, Value>,
+    ) -> Recovery {
+        Recovery {
+            primary_conninfo,
+            primary_slot_name,
+            settings: standby_settings(recovery_conf),
+            standby: true,
+        }
+    }
+
+    /// The archive recovery after a custom bootstrap: `recovery_conf` as given (Patroni's
+    /// `pause_at_recovery_target` becomes `recovery_target_action`), with `recovery.signal`.
+    pub fn archive(recovery_conf: &Map<String, Value>) -> Recovery {
+        let mut settings: Vec<(String, String)> = Vec::new();
+        let mut pause = None;
+        for (k, v) in recovery_conf {
+            let k = k.to_ascii_lowercase();
+            match k.as_str() {
+                "standby_mode" => {}
+                "pause_at_recovery_target" => {
+                    pause = value_text(v).map(|t| {
+                        matches!(t.to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1")
+                    })
+                }
+                _ if is_valid_guc_name(&k) => settings.extend(value_text(v).map(|t| (k, t))),
+                _ => {}
+            }
+        }
+        if let Some(pause) = pause {
+            if !settings.iter().any(|(k, _)| k == "recovery_target_action") {
+                let action = if pause { "pause" } else { "promote" };
+                settings.push(("recovery_target_action".into(), action.into()));
+            }
+        }
+        Recovery {
+            primary_conninfo: None,
+            primary_slot_name: None,
+            settings,
+            standby: false,
+        }
+    }
+}
+
+/// A standby's settings from `postgresql.recovery_conf`, as Patroni's `build_recovery_params`:
+/// without `primary_conninfo`, `primary_slot_name` and the recovery targets (the agent sets
+/// them), `standby_mode` (a signal file now) and names that cannot be a setting.
+pub fn standby_settings(recovery_conf: &Map<String, Value>) -> Vec<(String, String)> {
+    recovery_conf
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .filter(|(k, _)| !is_recovery_param(k) && k != "standby_mode" && is_valid_guc_name(k))
+        .filter_map(|(k, v)| value_text(v).map(|t| (k, t)))
+        .collect()
 }
 
 /// Everything written before PostgreSQL starts or reloads.
@@ -24,8 +91,12 @@ pub struct ConfigFiles {
     /// Full pg_hba.conf content when managed (`postgresql.pg_hba`), else left alone.
     pub pg_hba: Option<Vec<String>>,
     pub pg_ident: Option<Vec<String>>,
-    /// `Some` = start as a standby.
+    /// `Some` = start in recovery (a standby, or a custom bootstrap's archive recovery).
     pub recovery: Option<Recovery>,
+    /// Leave the recovery settings and signal files a custom bootstrap's tool wrote alone
+    /// (`keep_existing_recovery_conf`): no signal file is created or removed and
+    /// `postgresql.auto.conf` keeps its recovery settings.
+    pub keep_recovery: bool,
 }
 
 /// Parameters always passed on the command line, with Patroni's defaults and minimums.
@@ -337,8 +408,14 @@ impl ConfigFiles {
         params.sort_by(|a, b| a.0.cmp(b.0));
         let mut has_hba = false;
         let mut has_ident = false;
+        let in_recovery = |k: &str| {
+            self.recovery
+                .as_ref()
+                .is_some_and(|r| r.settings.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)))
+        };
         for (k, v) in params {
-            if is_cmdline_param(k) || is_recovery_param(k) {
+            // A recovery setting given in `recovery_conf` wins over the same parameter.
+            if is_cmdline_param(k) || is_recovery_param(k) || in_recovery(k) {
                 continue;
             }
             has_hba |= k == "hba_file";
@@ -367,15 +444,21 @@ impl ConfigFiles {
             if let Some(slot) = &r.primary_slot_name {
                 s.push_str(&format!("primary_slot_name = {}\n", conf_quote(slot)));
             }
-            s.push_str("recovery_target_timeline = 'latest'\n");
-            for k in [
-                "recovery_target",
-                "recovery_target_lsn",
-                "recovery_target_name",
-                "recovery_target_time",
-                "recovery_target_xid",
-            ] {
-                s.push_str(&format!("{k} = ''\n"));
+            for (k, v) in &r.settings {
+                s.push_str(&format!("{k} = {}\n", conf_quote(v)));
+            }
+            if r.standby {
+                // Nothing included elsewhere may pause, promote or stop a standby.
+                s.push_str("recovery_target_timeline = 'latest'\n");
+                for k in [
+                    "recovery_target",
+                    "recovery_target_lsn",
+                    "recovery_target_name",
+                    "recovery_target_time",
+                    "recovery_target_xid",
+                ] {
+                    s.push_str(&format!("{k} = ''\n"));
+                }
             }
         }
         s
@@ -408,16 +491,62 @@ impl ConfigFiles {
         if !ident.exists() {
             std::fs::write(&ident, "")?;
         }
-        let signal = data_dir.join("standby.signal");
-        if self.recovery.is_some() {
-            if !signal.exists() {
-                std::fs::write(&signal, "")?;
-            }
-        } else if signal.exists() {
-            std::fs::remove_file(&signal)?;
+        if self.keep_recovery {
+            return Ok(());
         }
-        Ok(())
+        let wanted = self.recovery.as_ref().map(|r| {
+            if r.standby {
+                "standby.signal"
+            } else {
+                "recovery.signal"
+            }
+        });
+        for name in ["standby.signal", "recovery.signal"] {
+            let path = data_dir.join(name);
+            if Some(name) == wanted {
+                if !path.exists() {
+                    std::fs::write(&path, "")?;
+                }
+            } else if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        sanitize_auto_conf(data_dir)
     }
+}
+
+/// Removes recovery settings from `postgresql.auto.conf` (a restored backup's tool, or `ALTER
+/// SYSTEM`, may have put them there), so that the agent's own win, as Patroni does.
+fn sanitize_auto_conf(data_dir: &Path) -> std::io::Result<()> {
+    let path = data_dir.join("postgresql.auto.conf");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let name = l.trim_start().split(['=', ' ', '\t']).next().unwrap_or("");
+            !is_recovery_setting(&name.to_ascii_lowercase())
+        })
+        .collect();
+    if kept.len() == text.lines().count() {
+        return Ok(());
+    }
+    write_atomic(&path, &(kept.join("\n") + "\n"))
+}
+
+/// PostgreSQL's recovery settings (those `recovery.conf` held before 12).
+fn is_recovery_setting(k: &str) -> bool {
+    is_recovery_param(k)
+        || matches!(
+            k,
+            "restore_command"
+                | "archive_cleanup_command"
+                | "recovery_end_command"
+                | "recovery_min_apply_delay"
+                | "promote_trigger_file"
+                | "standby_mode"
+        )
 }
 
 fn is_recovery_param(k: &str) -> bool {
@@ -540,10 +669,12 @@ mod tests {
             parameters: p,
             pg_hba: None,
             pg_ident: None,
-            recovery: Some(Recovery {
-                primary_conninfo: Some("host='a\nb'".into()),
-                primary_slot_name: None,
-            }),
+            recovery: Some(Recovery::standby(
+                Some("host='a\nb'".into()),
+                None,
+                &Map::new(),
+            )),
+            keep_recovery: false,
         };
         let s = f.render_postgresql_conf(Path::new("/d"));
         assert!(
@@ -565,10 +696,12 @@ mod tests {
             parameters: p,
             pg_hba: None,
             pg_ident: None,
-            recovery: Some(Recovery {
-                primary_conninfo: Some("host=a".into()),
-                primary_slot_name: Some("pg1".into()),
-            }),
+            recovery: Some(Recovery::standby(
+                Some("host=a".into()),
+                Some("pg1".into()),
+                &Map::new(),
+            )),
+            keep_recovery: false,
         };
         let s = f.render_postgresql_conf(Path::new("/d"));
         assert!(!s.contains("max_connections"));
@@ -577,6 +710,93 @@ mod tests {
         assert!(s.contains("primary_conninfo = 'host=a'\n"));
         assert!(s.contains("primary_slot_name = 'pg1'\n"));
         assert!(s.contains("hba_file = '/d/pg_hba.conf'\n"));
+    }
+
+    #[test]
+    fn a_standby_gets_recovery_conf_without_the_agent_s_own_settings() {
+        let rc = map(&[
+            ("restore_command", "cp /a/%f %p".into()),
+            ("recovery_min_apply_delay", 0.into()),
+            ("primary_conninfo", "host=evil".into()),
+            ("recovery_target_time", "2020-01-01".into()),
+            ("standby_mode", "on".into()),
+        ]);
+        let mut p = map(&[("restore_command", "cp /old/%f %p".into())]);
+        p.insert("work_mem".into(), "4MB".into());
+        let f = ConfigFiles {
+            parameters: p,
+            pg_hba: None,
+            pg_ident: None,
+            recovery: Some(Recovery::standby(Some("host=a".into()), None, &rc)),
+            keep_recovery: false,
+        };
+        let s = f.render_postgresql_conf(Path::new("/d"));
+        assert!(s.contains("restore_command = 'cp /a/%f %p'\n"), "{s}");
+        assert!(!s.contains("/old/"), "{s}");
+        assert!(s.contains("recovery_min_apply_delay = '0'\n"), "{s}");
+        assert!(!s.contains("evil") && !s.contains("2020") && !s.contains("standby_mode"));
+        assert!(s.contains("recovery_target_time = ''\n"), "{s}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("postgresql.auto.conf"),
+            "# Do not edit\nwork_mem = '8MB'\nrestore_command = 'pgbackrest archive-get %f \"%p\"'\nrecovery_target = 'immediate'\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("recovery.signal"), "").expect("write");
+        f.write(dir.path(), dir.path()).expect("write");
+        assert!(dir.path().join("standby.signal").exists());
+        assert!(!dir.path().join("recovery.signal").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("postgresql.auto.conf")).expect("read"),
+            "# Do not edit\nwork_mem = '8MB'\n"
+        );
+    }
+
+    #[test]
+    fn a_custom_bootstrap_recovers_from_the_archive_then_promotes() {
+        let rc = map(&[
+            ("restore_command", "cp /a/%f %p".into()),
+            ("recovery_target_action", "promote".into()),
+            ("recovery_target_timeline", "latest".into()),
+        ]);
+        let f = ConfigFiles {
+            parameters: Map::new(),
+            pg_hba: None,
+            pg_ident: None,
+            recovery: Some(Recovery::archive(&rc)),
+            keep_recovery: false,
+        };
+        let s = f.render_postgresql_conf(Path::new("/d"));
+        assert!(s.contains("recovery_target_action = 'promote'\n"), "{s}");
+        assert!(!s.contains("recovery_target = ''"), "{s}");
+        assert!(!s.contains("primary_conninfo"), "{s}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("standby.signal"), "").expect("write");
+        f.write(dir.path(), dir.path()).expect("write");
+        assert!(dir.path().join("recovery.signal").exists());
+        assert!(!dir.path().join("standby.signal").exists());
+        // Patroni's old spelling.
+        let r = Recovery::archive(&map(&[("pause_at_recovery_target", false.into())]));
+        assert_eq!(
+            r.settings,
+            vec![("recovery_target_action".to_string(), "promote".to_string())]
+        );
+        // keep_existing_recovery_conf: the tool's files stay.
+        let keep = ConfigFiles {
+            recovery: None,
+            keep_recovery: true,
+            ..f
+        };
+        keep.write(dir.path(), dir.path()).expect("write");
+        assert!(dir.path().join("recovery.signal").exists());
+        // A primary has neither.
+        let primary = ConfigFiles {
+            keep_recovery: false,
+            ..keep
+        };
+        primary.write(dir.path(), dir.path()).expect("write");
+        assert!(!dir.path().join("recovery.signal").exists());
     }
 
     fn map(pairs: &[(&str, Value)]) -> Map<String, Value> {

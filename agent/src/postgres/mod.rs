@@ -1,14 +1,16 @@
 //! Everything that touches the local PostgreSQL: initdb, configuration files, pg_ctl,
-//! pg_basebackup, pg_controldata and the monitoring query.
+//! pg_basebackup and the other replica creation methods, pg_controldata and the monitoring
+//! query.
 //!
-//! Dangerous part: the data directory. Only `initdb`/`pg_basebackup` create it and only a failed
-//! bootstrap or clone removes it; nothing here runs as root, and passwords go through a passfile
+//! Dangerous part: the data directory. Only `initdb`, `pg_basebackup` and the user's bootstrap
+//! and replica creation commands create it, and only a failed bootstrap or clone removes it; nothing here runs as root, and passwords go through a passfile
 //! or stdin-less pwfile, never a command line.
 
 pub mod bootstrap;
 mod conf;
 mod error;
 mod query;
+mod replica;
 mod slots;
 mod tls;
 
@@ -20,7 +22,8 @@ use std::time::Duration;
 use tokio::process::Command;
 
 pub use conf::{
-    append_pg_hba, is_valid_guc_name, libpq_quote, primary_conninfo, ConfigFiles, Recovery,
+    append_pg_hba, is_valid_guc_name, libpq_quote, primary_conninfo, standby_settings, ConfigFiles,
+    Recovery,
 };
 pub use error::PgError;
 pub use query::{quote_ident, quote_literal, LocalConn, LocalStatus, PgClient, ReplicationRow};
@@ -125,6 +128,11 @@ impl Postgres {
 
     pub fn settings(&self) -> &crate::config::Postgresql {
         &self.cfg
+    }
+
+    /// The cluster's name (`scope`).
+    pub fn scope(&self) -> &str {
+        &self.scope
     }
 
     /// Where the postmaster's own output goes (the server log unless `logging_collector` is on).

@@ -313,8 +313,18 @@ impl LocalPostgres for SimPostgres {
         .await
     }
 
-    async fn basebackup(&self, conninfo: &str) -> Result<(), PgError> {
-        let conninfo = conninfo.to_string();
+    async fn create_replica(
+        &self,
+        conninfo: Option<&str>,
+        _basebackup_only: bool,
+    ) -> Result<String, PgError> {
+        // The simulated members have pg_basebackup only, which needs a source.
+        let Some(conninfo) = conninfo.map(str::to_string) else {
+            return Err(failed(
+                "replica creation",
+                "no method works without a leader",
+            ));
+        };
         self.op(1_000, 5_000, move |w, i| {
             let src = target(w, &conninfo).map(|s| &w.nodes[s].pg);
             let copy = src.filter(|s| s.running).and_then(|s| s.data.clone());
@@ -329,7 +339,7 @@ impl LocalPostgres for SimPostgres {
             pg.running = false;
             w.stats.clones += 1;
             Self::log(w, i, "cloned");
-            Ok(())
+            Ok("basebackup".to_string())
         })
         .await
     }

@@ -116,11 +116,8 @@ fn postgres0_style_config_loads() {
         Value::Object(c.tags.clone()),
         json!({"nofailover": false, "noloadbalance": false, "clonefrom": false, "nosync": false})
     );
-    // Patroni's own example restores WAL from an archive, which Patrol does not do yet.
-    assert_eq!(
-        loaded.warnings,
-        vec!["bootstrap.dcs.postgresql.recovery_conf: not implemented by Patrol yet, ignored: these recovery settings (e.g. restore_command) are not written, so replicas cannot restore WAL from an archive".to_string()]
-    );
+    // Patroni's own example restores WAL from an archive (`recovery_conf`): implemented.
+    assert_eq!(loaded.warnings, Vec::<String>::new());
     assert!(loaded.refusals.is_empty());
 }
 

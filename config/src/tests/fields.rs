@@ -196,12 +196,20 @@ fn option_lists_are_formatted() {
     );
 
     let yaml = format!(
-        "{MINIMAL}  basebackup:\n    max-rate: 100M\n    checkpoint: fast\n    compress: 9\n"
+        "{MINIMAL}  basebackup:\n    max-rate: 100M\n    checkpoint: fast\n    compress: 9\n    dbname: x\n"
     );
-    let c = load_ok(&yaml, &[]).config;
+    let loaded = load_ok(&yaml, &[]);
     assert_eq!(
-        c.postgresql.basebackup,
-        vec!["--max-rate=100M", "--checkpoint=fast", "--compress=9"]
+        loaded.config.postgresql.basebackup,
+        vec!["--max-rate=100M", "--checkpoint=fast"]
+    );
+    // Client-side compression and the connection are Patrol's (Patroni's rules on 15+).
+    assert_warning(&loaded, "--compress=9: only server-side compression");
+    assert_warning(&loaded, "option 'dbname' is not allowed");
+    let yaml = format!("{MINIMAL}  basebackup:\n    compress: server-gzip:5\n");
+    assert_eq!(
+        load_ok(&yaml, &[]).config.postgresql.basebackup,
+        vec!["--compress=server-gzip:5"]
     );
 
     let yaml = format!(
@@ -229,8 +237,8 @@ fn bootstrap_section_details() {
     assert!(b.present);
     assert_eq!(b.method, "restore");
     assert_eq!(
-        b.custom.as_ref().map(|m| m["command"].clone()),
-        Some(json!("/bin/restore.sh"))
+        b.custom.as_ref().map(|m| m.command.clone()),
+        Some(vec!["/bin/restore.sh".to_string()])
     );
     assert_eq!(b.post_bootstrap.as_deref(), Some("/bin/post.sh"));
     // YAML 1.1 boolean words become booleans, as PyYAML would have read them.
@@ -243,7 +251,7 @@ fn bootstrap_section_details() {
             .iter()
             .map(|w| w.split(':').next().unwrap_or_default())
             .collect::<Vec<_>>(),
-        vec!["bootstrap.method"],
+        Vec::<&str>::new(),
         "{:#?}",
         loaded.warnings
     );
@@ -291,12 +299,17 @@ fn custom_replica_methods() {
         pg.create_replica_methods,
         vec!["wal_e", "basebackup", "missing"]
     );
-    assert_eq!(
-        pg.replica_methods["wal_e"]["command"],
-        json!("/bin/wale_restore")
-    );
-    assert!(pg.replica_methods.get("missing").is_none());
+    assert_eq!(pg.replica_methods["wal_e"].command, ["/bin/wale_restore"]);
+    assert!(pg.replica_methods["wal_e"].no_leader);
+    // A method without a section runs its own name, as in Patroni.
+    assert_eq!(pg.replica_methods["missing"].command, ["missing"]);
+    assert!(!pg.replica_methods.contains_key("basebackup"));
     assert_warning(&loaded, "postgresql.missing.command is not set");
+    // The old singular name.
+    let yaml = format!("{MINIMAL}  create_replica_method: [wal_e]\n  wal_e:\n    command: w\n");
+    let loaded = load_ok(&yaml, &[]);
+    assert_eq!(loaded.config.postgresql.create_replica_methods, ["wal_e"]);
+    assert!(!has_warning(&loaded, "unknown configuration key"));
     assert!(!has_warning(
         &loaded,
         "unknown configuration key postgresql.wal_e"

@@ -9,12 +9,16 @@ fn unimplemented_local_keys_are_named_in_warnings() {
     );
     let loaded = load_ok(&yaml, &[]);
     for key in [
-        "postgresql.create_replica_methods: not implemented by Patrol yet, ignored: replicas are created with pg_basebackup only",
         "log.format: not implemented",
         "tags.replicatefrom: not implemented",
     ] {
         assert_warning(&loaded, key);
     }
+    assert!(
+        !has_warning(&loaded, "create_replica_methods"),
+        "custom replica methods are implemented: {:#?}",
+        loaded.warnings
+    );
     assert!(
         !has_warning(&loaded, "unknown configuration key"),
         "{:#?}",

@@ -229,12 +229,15 @@ fn decide_reachable(o: &Reach) -> Decision {
         // Row S-2.5: empty data directory -> bootstrap flow ②.
         DataState::Empty => {
             if let Some(l) = leader_member.filter(|_| !i_am_leader) {
-                // Row B-2.1: the cluster has a leader: clone from a member (1.1) with
-                // pg_basebackup (1.2).
+                // Row B-2.1: the cluster has a leader: clone from a member (1.1) with the
+                // replica creation methods (1.2).
                 let src = clone_source(o, l);
                 return decision(
                     format!("cloning from {}", src.name),
-                    vec![Action::CloneFrom(Upstream::of(src))],
+                    vec![Action::CreateReplica {
+                        from: Some(Upstream::of(src)),
+                        basebackup_only: o.mem.clone_from_leader,
+                    }],
                 );
             }
             if i_am_leader {
@@ -253,11 +256,22 @@ fn decide_reachable(o: &Reach) -> Decision {
                     "trying to bootstrap a new cluster",
                     vec![Action::RaceInitialize, Action::Bootstrap],
                 ),
+                // Row B-2.2/1.3: a bootstrap is under way: wait for the leader key.
+                Some(i) if i.is_empty() => decision("waiting for leader to bootstrap", vec![]),
+                // Row B-2.3: no leader, but a `no_leader` method can create the replica (from
+                // a backup).
+                _ if o.replica_without_leader => decision(
+                    "bootstrap (without leader)",
+                    vec![Action::CreateReplica {
+                        from: None,
+                        basebackup_only: false,
+                    }],
+                ),
                 None => decision(
                     "waiting for leader to bootstrap (this node may not bootstrap)",
                     vec![],
                 ),
-                // Row B-2.2/1.3: someone is bootstrapping or did: wait for the leader key.
+                // Row B-2.2/1.3: the cluster was bootstrapped: wait for the leader key.
                 Some(_) => decision("waiting for leader to bootstrap", vec![]),
             }
         }

@@ -15,7 +15,13 @@ fn b_2_1_cluster_with_leader_clones_from_leader() {
         ]),
         stopped(DataState::Empty),
     );
-    check(&o, &[Action::CloneFrom(up("pg0", 5433))]);
+    check(
+        &o,
+        &[Action::CreateReplica {
+            from: Some(up("pg0", 5433)),
+            basebackup_only: false,
+        }],
+    );
 }
 
 #[test]
@@ -31,7 +37,13 @@ fn b_2_1_clonefrom_member_is_preferred() {
         ]),
         stopped(DataState::Empty),
     );
-    check(&o, &[Action::CloneFrom(up("pg1", 5434))]);
+    check(
+        &o,
+        &[Action::CreateReplica {
+            from: Some(up("pg1", 5434)),
+            basebackup_only: false,
+        }],
+    );
 }
 
 #[test]
@@ -45,6 +57,64 @@ fn b_2_2_initialize_taken_waits_for_leader() {
         stopped(DataState::Empty),
     );
     check(&o, &[]);
+}
+
+#[test]
+fn b_2_3_no_leader_method_creates_a_replica_without_a_leader() {
+    let without_leader = [Action::CreateReplica {
+        from: None,
+        basebackup_only: false,
+    }];
+    // The cluster was bootstrapped and has no leader now.
+    let mut o = obs(
+        "pg1",
+        cluster(&[&format!("initialize={SYSID}"), "member=pg0:replica"]),
+        stopped(DataState::Empty),
+    );
+    o.replica_without_leader = true;
+    check(&o, &without_leader);
+    // No `initialize` key and this member may not bootstrap.
+    let mut o = obs("pg1", cluster(&[]), stopped(DataState::Empty));
+    o.replica_without_leader = true;
+    o.nofailover = true;
+    check(&o, &without_leader);
+}
+
+#[test]
+fn b_2_3_no_replica_without_a_leader_while_bootstrapping_or_racing() {
+    // A bootstrap is under way (`initialize` is ""): wait for its leader.
+    let mut o = obs("pg1", cluster(&["initialize="]), stopped(DataState::Empty));
+    o.replica_without_leader = true;
+    check(&o, &[]);
+    // Nobody bootstrapped and this member may: it races instead.
+    let mut o = obs("pg1", cluster(&[]), stopped(DataState::Empty));
+    o.replica_without_leader = true;
+    check(&o, &[Action::RaceInitialize, Action::Bootstrap]);
+    // Without a `no_leader` method: wait.
+    let o = obs(
+        "pg1",
+        cluster(&[&format!("initialize={SYSID}")]),
+        stopped(DataState::Empty),
+    );
+    check(&o, &[]);
+    // A leader exists: clone from it, whatever the methods.
+    let mut o = obs(
+        "pg1",
+        cluster(&[
+            &format!("initialize={SYSID}"),
+            "leader=pg0",
+            "member=pg0:primary",
+        ]),
+        stopped(DataState::Empty),
+    );
+    o.replica_without_leader = true;
+    check(
+        &o,
+        &[Action::CreateReplica {
+            from: Some(up("pg0", 5433)),
+            basebackup_only: false,
+        }],
+    );
 }
 
 #[test]

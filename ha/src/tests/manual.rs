@@ -182,7 +182,13 @@ fn reinit_from_leader_ignores_clonefrom() {
         stopped(DataState::Empty),
     );
     o.mem.clone_from_leader = true;
-    check(&o, &[Action::CloneFrom(up("pg0", 5433))]);
+    check(
+        &o,
+        &[Action::CreateReplica {
+            from: Some(up("pg0", 5433)),
+            basebackup_only: true,
+        }],
+    );
 }
 
 #[test]

@@ -107,6 +107,7 @@ pub(super) fn obs(me: &str, cluster: Cluster, local: LocalPg) -> Observation {
         mem: Memory::default(),
         now: NOW,
         can_bootstrap: true,
+        replica_without_leader: false,
         nofailover: false,
         failover_priority: 1,
         peers: Vec::new(),

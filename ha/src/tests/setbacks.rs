@@ -188,7 +188,7 @@ fn memory_learns_from_outcomes() {
     assert!(!m.rewind_failed && !m.needs_rewind);
     m.record(&Outcome::Reinitialized { from_leader: true });
     assert!(m.clone_from_leader);
-    m.record(&Outcome::Cloning("pg2".into()));
+    m.record(&Outcome::Cloning(Some("pg2".into())));
     assert!(!m.clone_from_leader);
     assert_eq!(m.following.as_deref(), Some("pg2"));
     m.needs_rewind = true;

@@ -16,6 +16,7 @@ mod etcd_tls;
 mod failover;
 mod haproxy;
 mod harness;
+mod methods;
 mod observability;
 mod patrolctl;
 mod patroni_configs;

@@ -28,7 +28,10 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             Action::Bootstrap => Ok(self.start_bootstrap()),
             Action::FinishBootstrap { sysid } => self.finish_bootstrap(sysid).await,
             Action::AbortBootstrap { reason } => self.abort_bootstrap(reason).await,
-            Action::CloneFrom(up) => self.clone_from(up),
+            Action::CreateReplica {
+                from,
+                basebackup_only,
+            } => self.create_replica(from.as_ref(), *basebackup_only),
             Action::WriteInitialize { sysid } => self.write_initialize(sysid).await,
             Action::Start { standby_of } => self.start(standby_of),
             Action::AcquireLeaderKey => self.acquire_leader_key().await,
@@ -115,35 +118,42 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         Err(Step::Fatal(format!("bootstrap failed: {reason}")))
     }
 
-    fn clone_from(&mut self, up: &Upstream) -> Done {
-        let conninfo = self.upstream_conninfo(up).map_err(Step::Stop)?;
+    /// Rows B-2.1/1.2 and B-2.3: create the data directory with the replica creation
+    /// methods, then start as a standby of the source (or of nobody).
+    fn create_replica(&mut self, from: Option<&Upstream>, basebackup_only: bool) -> Done {
+        let conninfo = from
+            .map(|up| self.upstream_conninfo(up))
+            .transpose()
+            .map_err(Step::Stop)?;
         let pg = self.pg.clone();
-        let files = self.config_files(Some(Some(up.clone())));
+        let files = self.config_files(Some(from.cloned()));
         let params = self.pg.cmdline_params(&self.dynamic.parameters());
         let wait = self.pg_ctl_timeout();
-        tracing::info!("cloning from {} with pg_basebackup", up.name);
+        match from {
+            Some(up) => tracing::info!("creating a replica from {}", up.name),
+            None => tracing::info!("creating a replica without a leader (no_leader methods)"),
+        }
         let cb = self.callbacks.clone();
         self.spawn(Task::Clone, async move {
-            let r = async {
-                pg.basebackup(&conninfo).await?;
-                // pg_basebackup copies the source's server log too; it is not ours.
-                pg.remove_copied_log();
-                pg.write_config(&files)?;
-                pg.start(&params, wait).await?;
-                pg.reset().await;
-                cb.fire("on_start", "replica");
-                Ok::<_, PgError>(())
-            }
-            .await;
-            if let Err(e) = &r {
-                // A half-copied directory is useless: remove it so the next cycle clones again.
-                let _ = pg.stop(StopMode::Immediate, Duration::from_secs(10)).await;
+            if let Err(e) = pg
+                .create_replica(conninfo.as_deref(), basebackup_only)
+                .await
+            {
+                // A half-made directory is useless: remove it so the next cycle tries again.
                 let _ = pg.remove_data_dir();
                 return Err(e.to_string());
             }
+            // pg_basebackup copies the source's server log too; it is not ours.
+            pg.remove_copied_log();
+            // A start that fails or takes long (a long archive recovery) keeps the data: the
+            // next cycle starts it again or waits for it, as Patroni.
+            pg.write_config(&files).map_err(|e| e.to_string())?;
+            pg.start(&params, wait).await.map_err(|e| e.to_string())?;
+            pg.reset().await;
+            cb.fire("on_start", "replica");
             Ok(())
         });
-        Ok(Outcome::Cloning(up.name.clone()))
+        Ok(Outcome::Cloning(from.map(|u| u.name.clone())))
     }
 
     async fn write_initialize(&mut self, sysid: &str) -> Done {
@@ -541,10 +551,13 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         if standby_of.is_some() && self.needs_hot_standby_feedback() {
             parameters.insert("hot_standby_feedback".into(), "on".into());
         }
-        let recovery = standby_of.map(|up| Recovery {
-            primary_conninfo: up.as_ref().and_then(|u| self.upstream_conninfo(u).ok()),
-            primary_slot_name: (self.dynamic.use_slots() && up.is_some())
-                .then(|| patrol_dcs::slot_name_from_member_name(&self.cfg.name)),
+        let recovery = standby_of.map(|up| {
+            Recovery::standby(
+                up.as_ref().and_then(|u| self.upstream_conninfo(u).ok()),
+                (self.dynamic.use_slots() && up.is_some())
+                    .then(|| patrol_dcs::slot_name_from_member_name(&self.cfg.name)),
+                &self.recovery_conf(),
+            )
         });
         ConfigFiles {
             parameters,
@@ -556,7 +569,17 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 .or_else(|| self.dynamic.pg_hba()),
             pg_ident: self.cfg.postgresql.pg_ident.clone(),
             recovery,
+            keep_recovery: false,
         }
+    }
+
+    /// `postgresql.recovery_conf`: the dynamic one, each setting of the local one winning.
+    fn recovery_conf(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut rc = self.dynamic.recovery_conf();
+        for (k, v) in &self.cfg.postgresql.recovery_conf {
+            rc.insert(k.clone(), v.clone());
+        }
+        rc
     }
 }
 

@@ -310,6 +310,13 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             mem: self.mem.clone(),
             now,
             can_bootstrap: self.cfg.bootstrap.present,
+            replica_without_leader: self
+                .cfg
+                .postgresql
+                .create_replica_methods
+                .iter()
+                .filter_map(|m| self.cfg.postgresql.replica_methods.get(m))
+                .any(|m| m.no_leader),
             nofailover: patrol_dcs::tags_nofailover(&self.cfg.tags),
             failover_priority: patrol_dcs::tags_failover_priority(&self.cfg.tags),
             peers,
