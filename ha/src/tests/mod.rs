@@ -225,6 +225,7 @@ mod bootstrap;
 mod failsafe;
 mod healthy;
 mod manual;
+mod pre_promote;
 mod recovery;
 mod setbacks;
 mod startup;
