@@ -17,7 +17,7 @@ struct Args {
     #[arg(long)]
     validate_config: bool,
     /// Start even if the configuration asks for a guarantee Patrol does not give yet
-    /// (a pre_promote fencing script, a standby cluster, ...: see docs/patroni-compatibility.md).
+    /// (a standby cluster, ...: see docs/patroni-compatibility.md).
     /// Same as PATROL_ALLOW_UNSUPPORTED=1.
     #[arg(long)]
     allow_unsupported: bool,

@@ -141,7 +141,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("tags.replicatefrom", Local, Set, "cascading replication is not implemented: this member replicates from the leader"),
     warn("tags.nostream", Local, True, "this member still streams from the leader (the leader only skips its replication slot)"),
     // The postgresql section, locally and in the dynamic configuration.
-    refuse("postgresql.pre_promote", Both, Set, "this fencing script is not run, so a replica would be promoted without it"),
     warn("postgresql.custom_conf", Both, Set, "postgresql.conf always includes postgresql.base.conf, not this file"),
     warn("postgresql.config_base_name", Both, NotOneOf(&["postgresql"]), "the generated file is always postgresql.conf"),
     // Dynamic only.
@@ -629,13 +628,15 @@ mod tests {
         let after =
             map(json!({"standby_cluster": sc("10.0.0.2"), "ttl": 30, "failsafe_mode": true}));
         assert_eq!(newly_refused(&before, &after), vec![]);
-        let after = map(
-            json!({"standby_cluster": sc("10.0.0.1"), "postgresql": {"pre_promote": "/bin/f"}}),
-        );
+        let after = map(json!({"standby_cluster": sc("10.0.0.1"), "ttl": 30}));
         assert_eq!(
-            paths(&newly_refused(&before, &after)),
-            vec![("postgresql.pre_promote", Effect::Refuse)]
+            paths(&newly_refused(&map(json!({"ttl": 30})), &after)),
+            vec![("standby_cluster", Effect::Refuse)]
         );
+        // `pre_promote` is implemented: a local setting, warned about (not refused) in the
+        // dynamic configuration, as every other dynamic postgresql key Patrol does not apply.
+        let fence = map(json!({"postgresql": {"pre_promote": "/bin/f"}}));
+        assert_eq!(newly_refused(&before, &fence), vec![]);
         let rejected = &newly_refused(&Map::new(), &before)[0];
         assert_eq!(
             rejected.rejection(),

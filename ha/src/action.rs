@@ -95,6 +95,9 @@ pub enum Action {
     /// observation's `now`): keep leading without the DCS until `ttl` after that call (the
     /// lease guard's deadline), and ask again within [`crate::failsafe::hold_wait`].
     HoldAsFailsafe,
+    /// Row PP-1: do not take part in a leader race before `until` (monotonic, as the
+    /// observation's `now`), after giving up the key because the pre-promote script failed.
+    SkipRacesUntil(std::time::Duration),
     /// Unrecoverable: log and exit non-zero.
     Fatal {
         reason: String,

@@ -31,6 +31,9 @@ pub struct Memory {
     /// Since when (monotonic) we lead with a primary (quorum mode waits `loop_wait` after the
     /// first cycle before changing the quorum).
     pub leading_since: Option<Duration>,
+    /// Row PP-1: no leader race before this (monotonic) time: the pre-promote script failed and
+    /// the key was given up (Patroni's `_released_leader_key_timestamp` + `ttl`).
+    pub no_race_until: Option<Duration>,
 }
 
 /// What an executed action changed that the memory keeps. Actions that change nothing it keeps
@@ -59,6 +62,8 @@ pub enum Outcome {
     },
     /// A long operation ended.
     TaskFinished(TaskResult),
+    /// Row PP-1: no leader race before this (monotonic) time.
+    SkipRacesUntil(Duration),
 }
 
 impl Memory {
@@ -176,6 +181,7 @@ impl Memory {
                 self.rewind_failed = true;
             }
             Outcome::TaskFinished(_) => {}
+            Outcome::SkipRacesUntil(until) => self.no_race_until = Some(*until),
         }
     }
 }

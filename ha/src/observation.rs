@@ -191,6 +191,9 @@ pub enum Task {
 pub enum TaskResult {
     Succeeded(Task),
     Failed(Task, String),
+    /// Row PP-1: the promotion was not attempted because `postgresql.pre_promote` failed (its
+    /// exit status, or why it could not run): PostgreSQL is still a standby.
+    PrePromoteFailed(String),
 }
 
 /// The watchdog as the runner holds it (Patroni's `watchdog`; rows W-1..W-4). The default is

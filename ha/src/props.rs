@@ -273,7 +273,11 @@ prop_compose! {
             timing: dynamic.timing(),
             dynamic,
             in_flight,
-            last_result: last.map(|(t, ok)| if ok { TaskResult::Succeeded(t) } else { TaskResult::Failed(t, "x".into()) }),
+            last_result: last.map(|(t, ok)| match (ok, t) {
+                (true, t) => TaskResult::Succeeded(t),
+                (false, Task::Promote) if flags[0] => TaskResult::PrePromoteFailed("x".into()),
+                (false, t) => TaskResult::Failed(t, "x".into()),
+            }),
             mem: Memory {
                 bootstrapping,
                 needs_rewind: flags[3],

@@ -94,7 +94,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
         .collect();
     assert_eq!(
         keys,
-        vec!["postgresql.pre_promote", "bootstrap.dcs.standby_cluster",],
+        vec!["bootstrap.dcs.standby_cluster"],
         "{:#?}",
         loaded.refusals
     );
@@ -105,15 +105,15 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
         );
     }
     assert_eq!(
-        loaded.refusals[1],
+        loaded.refusals[0],
         "bootstrap.dcs.standby_cluster = {\"host\":\"10.0.0.1\",\"port\":5432}: standby clusters are not implemented: the cluster would run its own writable primary instead of following the remote one; Patrol does not give this guarantee yet, so it refuses to start (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 starts it anyway; see docs/patroni-compatibility.md)"
     );
     // What a reload sees: an error naming every key.
     let err = loaded.clone().usable().expect_err("refused");
     assert!(matches!(err, ConfigError::Unsupported { .. }));
     assert!(
-        err.to_string().contains("postgresql.pre_promote = ")
-            && err.to_string().contains("bootstrap.dcs.standby_cluster = ")
+        err.to_string().contains("bootstrap.dcs.standby_cluster = ")
+            && !err.to_string().contains("pre_promote"),
     );
 
     // The override: the same keys become warnings, and the config says so.
@@ -123,7 +123,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
         assert!(allowed.config.allow_unsupported);
         assert_warning(
             &allowed,
-            "postgresql.pre_promote = /bin/fence.sh: this fencing script is not run",
+            "bootstrap.dcs.standby_cluster = {\"host\":\"10.0.0.1\",\"port\":5432}: standby clusters are not implemented",
         );
         assert_warning(
             &allowed,
@@ -133,7 +133,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
     }
     for no in ["0", "false", "", "maybe"] {
         let refused = load_ok(&yaml, &[("PATROL_ALLOW_UNSUPPORTED", no)]);
-        assert_eq!(refused.refusals.len(), 2, "{no}");
+        assert_eq!(refused.refusals.len(), 1, "{no}");
         assert!(!refused.config.allow_unsupported);
     }
     // Off values ask for nothing.

@@ -201,6 +201,23 @@ fn decide_reachable(o: &Reach) -> Decision {
         );
     }
 
+    // Row PP-1: the pre-promote script failed, so PostgreSQL was not promoted: the lock holder
+    // gives the key up and stays out of leader races for `ttl`, as Patroni ("Releasing the
+    // leader key voluntarily because the pre-promote script failed"). A PostgreSQL that may be
+    // writable anyway (promoted by hand meanwhile) keeps the key: releasing it would let a
+    // second primary appear beside it.
+    if let Some(TaskResult::PrePromoteFailed(why)) = &o.last_result {
+        if i_am_leader && !o.may_be_writable() {
+            return decision(
+                format!("Promotion cancelled because the pre-promote script failed ({why})"),
+                vec![
+                    Action::SkipRacesUntil(o.now + Duration::from_secs(o.timing.ttl)),
+                    Action::ReleaseLeaderKey,
+                ],
+            );
+        }
+    }
+
     // Row S-2.2: a long operation is running; the lock holder keeps its key alive.
     if let Some(task) = o.in_flight {
         // Row S-2.2': a promotion (or a start as primary) must not finish once we lost the
@@ -591,6 +608,14 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                     vec![],
                 ),
             }
+        }
+        // Row PP-1: for `ttl` after giving the key up because the pre-promote script failed,
+        // a standby does not race (Patroni's "backoff" in `is_healthiest_node`).
+        None if in_recovery && o.mem.no_race_until.is_some_and(|until| o.now < until) => {
+            decision(
+                "no leader, not racing: backoff: skip leader race after pre_promote script failure and releasing the lock voluntarily",
+                vec![],
+            )
         }
         // Flow ④ unhealthy cluster: no leader.
         None => {

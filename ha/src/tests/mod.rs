@@ -226,6 +226,7 @@ mod bootstrap;
 mod failsafe;
 mod healthy;
 mod manual;
+mod pre_promote;
 mod recovery;
 mod setbacks;
 mod startup;

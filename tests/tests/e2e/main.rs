@@ -21,6 +21,7 @@ mod observability;
 mod patrolctl;
 mod patroni_configs;
 mod patronictl_compat;
+mod pre_promote;
 mod refusals;
 mod reload;
 mod rest_api;

@@ -272,11 +272,6 @@ async fn unsupported_guarantees_refuse_to_start() {
     let good = cluster.config_yaml(0);
     let dir = cluster.node_dir(0).to_path_buf();
     assert!(good.contains("\n  dcs: {ttl: 10,"), "{good}");
-    let fence = good.replace(
-        "postgresql: {use_pg_rewind: true,",
-        "postgresql: {pre_promote: /bin/fence, use_pg_rewind: true,",
-    );
-    assert_ne!(fence, good);
     let standby = good.replace(
         "\n  dcs: {ttl: 10,",
         "\n  dcs: {standby_cluster: {host: 10.0.0.1, port: 5432}, ttl: 10,",
@@ -284,18 +279,11 @@ async fn unsupported_guarantees_refuse_to_start() {
     assert_ne!(standby, good);
 
     // (file name, content, the key and value the message must name)
-    let cases = [
-        (
-            "standby.yml",
-            standby.as_str(),
-            "bootstrap.dcs.standby_cluster = {\"host\":\"10.0.0.1\",\"port\":5432}: ",
-        ),
-        (
-            "fence.yml",
-            fence.as_str(),
-            "bootstrap.dcs.postgresql.pre_promote = /bin/fence: ",
-        ),
-    ];
+    let cases = [(
+        "standby.yml",
+        standby.as_str(),
+        "bootstrap.dcs.standby_cluster = {\"host\":\"10.0.0.1\",\"port\":5432}: ",
+    )];
     for (file, content, want) in cases {
         let path = dir.join(file);
         std::fs::write(&path, content).expect("write config");

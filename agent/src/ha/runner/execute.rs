@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use patrol_dcs::{Cluster, Dcs, DcsError, History};
-use patrol_ha::{Action, Outcome, Setback, Task, Upstream};
+use patrol_ha::{Action, Outcome, Setback, Task, TaskResult, Upstream};
 
 use super::{Ha, Step};
 use crate::ha::port::{LocalPostgres, Peers, StopMode};
@@ -62,6 +62,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 self.watchdog.disable();
                 Ok(Outcome::Done)
             }
+            Action::SkipRacesUntil(until) => Ok(Outcome::SkipRacesUntil(*until)),
             Action::RecheckSoon => {
                 self.recheck_soon = true;
                 Ok(Outcome::Done)
@@ -241,24 +242,37 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         Ok(Outcome::LeaderKey(false))
     }
 
+    /// The promotion task: `pre_promote` first (row PP-1: a failure ends the task with
+    /// `PrePromoteFailed` and PostgreSQL untouched), then `pg_ctl promote`.
     fn promote(&mut self) -> Outcome {
         let pg = self.pg.clone();
         let wait = self.pg_ctl_timeout();
         let files = self.config_files(None);
+        let cb = self.callbacks.clone();
         tracing::info!("promoting PostgreSQL");
-        self.spawn(Task::Promote, async move {
-            // A paused standby would end recovery without replaying what it received.
-            if let Err(e) = pg.resume_replay().await {
-                tracing::warn!("could not resume WAL replay before promoting: {e}");
+        self.spawn_task(Task::Promote, async move {
+            if let Err(why) = cb.pre_promote().await {
+                return TaskResult::PrePromoteFailed(why);
             }
-            pg.promote(wait).await.map_err(|e| e.to_string())?;
-            pg.write_config(&files).map_err(|e| e.to_string())?;
-            pg.reset().await;
-            // Update pg_control with the new timeline so peers can pg_rewind from us.
-            if let Err(e) = pg.checkpoint().await {
-                tracing::warn!("CHECKPOINT after promote failed: {e}");
+            let r = async {
+                // A paused standby would end recovery without replaying what it received.
+                if let Err(e) = pg.resume_replay().await {
+                    tracing::warn!("could not resume WAL replay before promoting: {e}");
+                }
+                pg.promote(wait).await.map_err(|e| e.to_string())?;
+                pg.write_config(&files).map_err(|e| e.to_string())?;
+                pg.reset().await;
+                // Update pg_control with the new timeline so peers can pg_rewind from us.
+                if let Err(e) = pg.checkpoint().await {
+                    tracing::warn!("CHECKPOINT after promote failed: {e}");
+                }
+                Ok::<_, String>(())
             }
-            Ok(())
+            .await;
+            match r {
+                Ok(()) => TaskResult::Succeeded(Task::Promote),
+                Err(e) => TaskResult::Failed(Task::Promote, e),
+            }
         });
         Outcome::Streaming(None)
     }

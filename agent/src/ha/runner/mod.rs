@@ -43,7 +43,7 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     shared: Arc<SharedState>,
     /// The origin of the monotonic `now` the core's clocks use.
     started: Instant,
-    in_flight: Option<(Task, JoinHandle<Result<(), String>>)>,
+    in_flight: Option<(Task, JoinHandle<TaskResult>)>,
     last_result: Option<TaskResult>,
     /// The decision memory (pure data, the core's).
     mem: Memory,
@@ -404,13 +404,15 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         // A restarted synchronous standby may be chosen again.
         self.disable_sync = false;
         let r = match handle.await {
-            Ok(Ok(())) => TaskResult::Succeeded(task),
-            Ok(Err(e)) => TaskResult::Failed(task, e),
+            Ok(r) => r,
             Err(e) => TaskResult::Failed(task, format!("task panicked: {e}")),
         };
         match &r {
             TaskResult::Succeeded(t) => tracing::info!("{t:?} finished"),
             TaskResult::Failed(t, e) => tracing::error!("{t:?} failed: {e}"),
+            TaskResult::PrePromoteFailed(why) => {
+                tracing::warn!("pre_promote script failed ({why}): PostgreSQL was not promoted")
+            }
         }
         self.pg.reset().await;
         Some(r)
@@ -488,6 +490,19 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     where
         F: std::future::Future<Output = Result<(), String>> + Send + 'static,
     {
+        self.spawn_task(task, async move {
+            match f.await {
+                Ok(()) => TaskResult::Succeeded(task),
+                Err(e) => TaskResult::Failed(task, e),
+            }
+        });
+    }
+
+    /// As [`Self::spawn`], for a task that reports more than success or failure.
+    fn spawn_task<F>(&mut self, task: Task, f: F)
+    where
+        F: std::future::Future<Output = TaskResult> + Send + 'static,
+    {
         self.in_flight = Some((task, tokio::spawn(f)));
     }
 }
@@ -563,7 +578,7 @@ fn task_name(t: Task) -> &'static str {
     }
 }
 
-async fn wait_task(t: &mut Option<(Task, JoinHandle<Result<(), String>>)>) {
+async fn wait_task(t: &mut Option<(Task, JoinHandle<TaskResult>)>) {
     match t {
         Some((_, h)) => {
             while !h.is_finished() {

@@ -317,14 +317,15 @@ async fn views_config_and_bad_input() {
         lport,
         "PATCH",
         "/config",
-        Some(r#"{"postgresql":{"pre_promote":"/bin/fence"},"failsafe_mode":true}"#),
+        Some(r#"{"standby_cluster":{"host":"10.0.0.9"},"failsafe_mode":true}"#),
         &[],
     )
     .await;
     assert_eq!(r.code, 400, "{}", r.body);
     assert!(
-        r.body
-            .starts_with("postgresql.pre_promote = /bin/fence: this fencing script is not run"),
+        r.body.starts_with(
+            r#"standby_cluster = {"host":"10.0.0.9"}: standby clusters are not implemented"#
+        ),
         "{}",
         r.body
     );
@@ -339,7 +340,7 @@ async fn views_config_and_bad_input() {
         "nothing was written"
     );
     let mut fenced = before.clone();
-    fenced["postgresql"]["pre_promote"] = json!("/bin/fence");
+    fenced["standby_cluster"] = json!({"host": "10.0.0.9"});
     etcd.put(
         format!("{}config", cluster.prefix()),
         serde_json::to_string(&fenced).expect("json"),
@@ -347,7 +348,7 @@ async fn views_config_and_bad_input() {
     )
     .await
     .expect("direct put");
-    let logged = "ERROR: dynamic configuration: postgresql.pre_promote = /bin/fence: this fencing script is not run";
+    let logged = r#"ERROR: dynamic configuration: standby_cluster = {"host":"10.0.0.9"}: standby clusters are not implemented"#;
     let cl = &cluster;
     wait_until(
         "every agent to log the ERROR",
@@ -370,7 +371,7 @@ async fn views_config_and_bad_input() {
         lport,
         "PATCH",
         "/config",
-        Some(r#"{"postgresql":{"pre_promote":null}}"#),
+        Some(r#"{"standby_cluster":null}"#),
         &[],
     )
     .await;
