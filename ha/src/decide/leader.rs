@@ -36,6 +36,7 @@ pub(super) fn wanted_slots(o: &Reach) -> Vec<String> {
         leader: true,
         nofailover: false,
         published: &Default::default(),
+        replicatefrom: crate::slots::CASCADING_STREAMING,
     })
     .into_keys()
     .collect()

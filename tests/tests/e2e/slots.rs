@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::{start_all, PROPAGATION_TIMEOUT};
-use patrol_tests::{wait_healthy, wait_until, Cluster, Signal, HEALTHY_TIMEOUT};
+use patrol_tests::{wait_until, Cluster, Signal};
 
 async fn slots_on(c: &Cluster, i: usize) -> anyhow::Result<Vec<String>> {
     let client = c.connect(i).await?;
@@ -126,15 +126,20 @@ async fn a_gone_member_s_slot_is_dropped_after_member_slots_ttl() {
             let stays_slot = stays_slot.clone();
             async move {
                 let s = physical_slot(cl, leader, &stays_slot).await?;
-                Ok(s.filter(|s| !s.active && !s.has_xmin && s.restart_lsn.is_some())
-                    .map(|_| ()))
+                Ok(
+                    s.filter(|s| !s.active && !s.has_xmin && s.restart_lsn.is_some())
+                        .map(|_| ()),
+                )
             }
         },
     )
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", c.agent_log(leader)));
     assert!(
-        !slots_on(&c, leader).await.expect("slots").contains(&goes_slot),
+        !slots_on(&c, leader)
+            .await
+            .expect("slots")
+            .contains(&goes_slot),
         "the expired member's slot came back on a replica"
     );
     // And the new leader has one for it, which it streams from.
@@ -179,89 +184,64 @@ async fn physical_slot(c: &Cluster, i: usize, name: &str) -> anyhow::Result<Opti
     }))
 }
 
-/// Rows H-1.2m, H-1.2c, H-1.5: with member slot retention (the default `member_slots_ttl`),
-/// every replica that may become leader keeps a slot for each other member, inactive, without
-/// an xmin, advanced to the position the leader publishes; a replica another member cascades
-/// from (`replicatefrom`) keeps that member's slot, which it streams from; the leader advances
-/// the cascading member's slot from the position that member publishes. After the leader dies,
-/// the new leader already has the slots the others stream from.
+/// Rows H-1.2m, H-1.5: with member slot retention (the default `member_slots_ttl`), every
+/// replica that may become leader keeps a slot for each other member, inactive, without an
+/// xmin, advanced to the position the leader publishes. After the leader dies, the new leader
+/// already has the slot the other replica streams from, and keeps the dead leader's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_keep_the_members_slots_and_a_cascading_replica_s_upstream_has_its_slot() {
+async fn replicas_keep_the_members_slots_so_a_new_leader_has_them() {
     let mut c = Cluster::new(3).expect("cluster");
-    let upstream = c.name(1).to_string();
-    c.set_config_override(2, move |yaml| {
-        let before = yaml.clone();
-        *yaml = yaml.replacen("tags: {}", &format!("tags: {{replicatefrom: {upstream}}}"), 1);
-        assert_ne!(*yaml, before, "the harness config has empty tags");
-    });
-    c.start_node(0).expect("start");
-    wait_healthy(&c, &[0], HEALTHY_TIMEOUT)
-        .await
-        .expect("node 0 leads");
-    c.start_node(1).expect("start");
-    c.start_node(2).expect("start");
-    wait_healthy(&c, &[0, 1, 2], HEALTHY_TIMEOUT)
-        .await
-        .expect("healthy");
+    let leader = start_all(&mut c).await;
     let names: Vec<String> = (0..3).map(|i| c.name(i).to_string()).collect();
-    let client = c.connect(0).await.expect("connect");
+    let client = c.connect(leader).await.expect("connect");
     client
         .batch_execute("CREATE TABLE t (id integer); INSERT INTO t SELECT generate_series(1, 1000)")
         .await
         .expect("write");
-    let lsn_now = |client: tokio_postgres::Client| async move {
-        let r = client
-            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
-            .await
-            .expect("lsn");
-        r.get::<_, i64>(0)
-    };
-    let after_write = lsn_now(client).await;
-    let cl = &c;
-    // (node, slot, expected active): replicas' slots for the others; node 2 streams from node
-    // 1's slot; the leader's slot for node 2 is not streamed from.
-    let expected = [
-        (1, 0, false),
-        (1, 2, true),
-        (2, 0, false),
-        (2, 1, false),
-        (0, 1, true),
-        (0, 2, false),
-    ];
-    for (node, slot, active) in expected {
-        let name = names[slot].clone();
-        wait_until(
-            &format!("slot {name} on {} (active: {active})", names[node]),
-            PROPAGATION_TIMEOUT,
-            || {
-                let name = name.clone();
-                async move {
-                    let s = physical_slot(cl, node, &name).await?;
-                    Ok(s.filter(|s| {
-                        s.active == active
-                            && (active || !s.has_xmin && s.restart_lsn >= Some(after_write))
-                    })
-                    .map(|_| ()))
-                }
-            },
-        )
+    let after_write: i64 = client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
         .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.agent_log(node)));
-    }
-    // No replica keeps a slot for itself.
-    for i in 1..3 {
+        .expect("lsn")
+        .get(0);
+    let cl = &c;
+    for node in 0..3 {
+        for slot in (0..3).filter(|&s| s != node) {
+            // The leader's slots are streamed from; a replica's are not.
+            let active = node == leader;
+            let name = names[slot].clone();
+            wait_until(
+                &format!("slot {name} on {} (active: {active})", names[node]),
+                PROPAGATION_TIMEOUT,
+                || {
+                    let name = name.clone();
+                    async move {
+                        let s = physical_slot(cl, node, &name).await?;
+                        Ok(s.filter(|s| {
+                            s.active == active
+                                && (active || !s.has_xmin && s.restart_lsn >= Some(after_write))
+                        })
+                        .map(|_| ()))
+                    }
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", c.agent_log(node)));
+        }
         assert!(
-            physical_slot(&c, i, &names[i]).await.expect("query").is_none(),
+            physical_slot(&c, node, &names[node])
+                .await
+                .expect("query")
+                .is_none(),
             "{} has a slot of its own name",
-            names[i]
+            names[node]
         );
     }
 
-    // The leader dies: the new one already had the slot the other streams from.
-    c.kill_node(0);
+    // The leader dies: the new one already had the slot the other replica streams from.
+    c.kill_node(leader);
     let cl = &c;
     let new_leader = wait_until("a new leader", Duration::from_secs(90), || async move {
-        for i in 1..3 {
+        for i in (0..3).filter(|&i| i != leader) {
             if !crate::support::in_recovery(cl, i).await.unwrap_or(true) {
                 return Ok(Some(i));
             }
@@ -270,7 +250,9 @@ async fn replicas_keep_the_members_slots_and_a_cascading_replica_s_upstream_has_
     })
     .await
     .expect("failover");
-    let other = 3 - new_leader;
+    let other = (0..3)
+        .find(|&i| i != leader && i != new_leader)
+        .expect("3 nodes");
     let other_name = names[other].clone();
     wait_until(
         "the remaining replica streams from its slot on the new leader",
@@ -287,13 +269,12 @@ async fn replicas_keep_the_members_slots_and_a_cascading_replica_s_upstream_has_
     )
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", c.agent_log(new_leader)));
-    // The dead leader's slot is kept on the new leader for member_slots_ttl.
     assert!(
-        physical_slot(&c, new_leader, &names[0])
+        physical_slot(&c, new_leader, &names[leader])
             .await
             .expect("query")
             .is_some(),
-        "the former leader's slot on the new leader"
+        "the dead leader's slot is kept on the new leader for member_slots_ttl"
     );
 }
 

@@ -123,6 +123,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             leader: primary,
             nofailover: patrol_dcs::tags_nofailover(&self.cfg.tags),
             published,
+            replicatefrom: patrol_ha::slots::CASCADING_STREAMING,
         });
         // The leader drops only the slots of members with a key that it does not keep (gone
         // members' are `member_slots_ttl`'s business); a standby also those of names seen
