@@ -27,6 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use patrol_dcs::{lenient_i64, ClusterConfig};
 use serde_json::{Map, Value};
 
+use crate::slots::MemberSlot;
+
 /// What a slot is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotKind {
@@ -282,6 +284,12 @@ pub struct SlotInput<'a> {
     pub drop_stray_logical: bool,
     /// A leader exists and it is not us (a standby's slot that got an `xmin` is then dropped).
     pub leader_elsewhere: bool,
+    /// The members' slots this node keeps ([`crate::slots::member_slots`]). On the leader the
+    /// missing ones are created by `EnsureSlots` (row H-1.5), not here.
+    pub members: &'a BTreeMap<String, MemberSlot>,
+    /// Slot names known as member slots (members' names, `status.retain_slots`, names seen
+    /// before): one of them that is not in `members`, not permanent and not in use is dropped.
+    pub member_names: &'a BTreeSet<String>,
 }
 
 /// What to do with the local slots this cycle, in this order: drop, create, advance, copy.
@@ -307,7 +315,9 @@ pub fn plan(i: &SlotInput) -> SlotPlan {
         i.existing.iter().map(|e| (e.name.as_str(), e)).collect();
     let permanent: BTreeSet<&str> = i.permanent.iter().map(|s| s.name.as_str()).collect();
     for s in i.permanent {
-        if i.primary && s.kind == SlotKind::Physical && i.member_slots.contains(&s.name) {
+        if s.kind == SlotKind::Physical
+            && (i.members.contains_key(&s.name) || i.primary && i.member_slots.contains(&s.name))
+        {
             continue;
         }
         let published = i.published.get(&s.name).copied();
@@ -343,25 +353,7 @@ pub fn plan(i: &SlotInput) -> SlotPlan {
         }
         match &s.kind {
             SlotKind::Physical => {
-                if e.active {
-                    continue;
-                }
-                if e.has_xmin && i.leader_elsewhere {
-                    // Nothing consumes it here, so its xmin would hold the horizon back forever.
-                    p.drop
-                        .push((s.name.clone(), "it is inactive and holds an xmin".into()));
-                    continue;
-                }
-                let Some(restart) = e.restart_lsn else {
-                    p.drop.push((
-                        s.name.clone(),
-                        "it has no restart_lsn (it was not created reserving WAL), so it cannot be advanced".into(),
-                    ));
-                    continue;
-                };
-                if let Some(lsn) = published.filter(|l| *l > restart) {
-                    p.advance_physical.push((s.name.clone(), lsn));
-                }
+                keep_physical(&mut p, e, published, Some(false), i.leader_elsewhere)
             }
             SlotKind::Logical { database, .. } => {
                 let (Some(lsn), Some(replay)) = (published, i.replay_lsn) else {
@@ -372,6 +364,39 @@ pub fn plan(i: &SlotInput) -> SlotPlan {
                     p.advance_logical
                         .push((database.clone(), s.name.clone(), target));
                 }
+            }
+        }
+    }
+    for (name, m) in i.members {
+        match existing.get(name.as_str()) {
+            // On the leader `EnsureSlots` creates them.
+            None if !i.primary => p.create_physical.push(name.clone()),
+            None => {}
+            Some(e) if e.logical.is_some() => p.drop.push((
+                name.clone(),
+                "a member's slot must be physical, this one is logical".into(),
+            )),
+            Some(e) => keep_physical(
+                &mut p,
+                e,
+                m.lsn,
+                m.expected_active,
+                i.primary || i.leader_elsewhere,
+            ),
+        }
+    }
+    if !i.paused {
+        for e in i.existing {
+            if e.logical.is_none()
+                && !e.active
+                && i.member_names.contains(&e.name)
+                && !i.members.contains_key(&e.name)
+                && !permanent.contains(e.name.as_str())
+            {
+                p.drop.push((
+                    e.name.clone(),
+                    "it is a member's slot this node does not keep".into(),
+                ));
             }
         }
     }
@@ -391,6 +416,42 @@ pub fn plan(i: &SlotInput) -> SlotPlan {
         }
     }
     p
+}
+
+/// An existing physical slot this node keeps, as Patroni's `_ensure_physical_slots`: one in
+/// use is left alone; one nothing is expected to stream from (`expected_active` false) that got
+/// an `xmin` is dropped when `clean_xmin` (its xmin would never move); one that may be advanced
+/// (not expected active, no xmin) is dropped without a `restart_lsn` (it cannot be advanced) or
+/// advanced to `lsn` when that is ahead.
+fn keep_physical(
+    p: &mut SlotPlan,
+    e: &ExistingSlot,
+    lsn: Option<u64>,
+    expected_active: Option<bool>,
+    clean_xmin: bool,
+) {
+    if e.active {
+        return;
+    }
+    if e.has_xmin && clean_xmin && expected_active == Some(false) {
+        p.drop
+            .push((e.name.clone(), "it is inactive and holds an xmin".into()));
+        return;
+    }
+    if expected_active == Some(true) || e.has_xmin {
+        return;
+    }
+    let Some(restart) = e.restart_lsn else {
+        p.drop.push((
+            e.name.clone(),
+            "it has no restart_lsn (it was not created reserving WAL), so it cannot be advanced"
+                .into(),
+        ));
+        return;
+    };
+    if let Some(lsn) = lsn.filter(|l| *l > restart) {
+        p.advance_physical.push((e.name.clone(), lsn));
+    }
 }
 
 /// What the leader publishes in `status.slots`: the position of each permanent slot it has
@@ -478,6 +539,8 @@ mod tests {
         published: Vec<(&'static str, u64)>,
         replay: Option<u64>,
         paused: bool,
+        members: Vec<(&'static str, Option<u64>, Option<bool>)>,
+        member_names: Vec<&'static str>,
     }
 
     impl Default for Case {
@@ -489,6 +552,8 @@ mod tests {
                 published: vec![],
                 replay: Some(1000),
                 paused: false,
+                members: vec![],
+                member_names: vec![],
             }
         }
     }
@@ -515,6 +580,20 @@ mod tests {
             paused: c.paused,
             drop_stray_logical: true,
             leader_elsewhere: true,
+            members: &c
+                .members
+                .iter()
+                .map(|(n, lsn, expected_active)| {
+                    (
+                        n.to_string(),
+                        MemberSlot {
+                            lsn: *lsn,
+                            expected_active: *expected_active,
+                        },
+                    )
+                })
+                .collect(),
+            member_names: &c.member_names.iter().map(|s| s.to_string()).collect(),
         })
     }
 
@@ -542,6 +621,66 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(p, SlotPlan::default(), "the leader never advances its own");
+    }
+
+    #[test]
+    fn member_slots_are_created_advanced_and_dropped_like_patroni_s() {
+        let mut with_xmin = phys_slot("pg2", 100);
+        with_xmin.has_xmin = true;
+        let mut active = phys_slot("pg3", 100);
+        active.active = true;
+        let case = Case {
+            permanent: vec![physical("pg1")],
+            existing: vec![
+                phys_slot("pg1", 100),
+                with_xmin.clone(),
+                active.clone(),
+                phys_slot("pg4", 100),
+                phys_slot("handmade", 1),
+            ],
+            members: vec![
+                ("pg0", Some(500), Some(false)),
+                ("pg1", Some(700), Some(false)),
+                ("pg2", Some(500), Some(false)),
+                ("pg3", Some(500), Some(true)),
+            ],
+            member_names: vec!["pg0", "pg1", "pg2", "pg3", "pg4", "pg5"],
+            ..Default::default()
+        };
+        let p = run(&case);
+        assert_eq!(p.create_physical, vec!["pg0"], "{p:?}");
+        assert_eq!(
+            p.advance_physical,
+            vec![("pg1".into(), 700)],
+            "a member slot with a permanent slot's name is advanced once, to the member's position"
+        );
+        assert_eq!(
+            p.drop.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            vec!["pg2", "pg4"],
+            "pg2 holds an xmin; pg4 is a member slot not kept here; never one in use (pg3) or one that is not a member slot"
+        );
+        // The leader: creation is EnsureSlots'; only a slot nothing streams from is advanced.
+        let p = run(&Case {
+            primary: true,
+            permanent: vec![],
+            ..case
+        });
+        assert!(p.create_physical.is_empty(), "{p:?}");
+        assert_eq!(p.advance_physical, vec![("pg1".into(), 700)]);
+        assert_eq!(
+            p.drop.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            vec!["pg2", "pg4"]
+        );
+        // A retained name (expected_active unknown) with an xmin is left alone; paused, nothing
+        // is dropped.
+        let p = run(&Case {
+            existing: vec![with_xmin, phys_slot("pg4", 100)],
+            members: vec![("pg2", Some(500), None)],
+            member_names: vec!["pg4"],
+            paused: true,
+            ..Default::default()
+        });
+        assert!(p.drop.is_empty() && p.advance_physical.is_empty(), "{p:?}");
     }
 
     #[test]

@@ -15,7 +15,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use patrol_dcs::{seconds_with_unit, ClusterConfig};
+use patrol_dcs::{
+    lenient_bool, seconds_with_unit, slot_name_from_member_name, Cluster, ClusterConfig,
+};
 use serde_json::Value;
 
 /// Patroni's default `member_slots_ttl`: 30 minutes.
@@ -107,6 +109,121 @@ impl SlotRetention {
     }
 }
 
+/// A member's physical slot this node keeps (Patroni's `Cluster._get_members_slots`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberSlot {
+    /// Where to advance it: the position the leader publishes in `status.slots` or, for a
+    /// member that streams from another standby (`replicatefrom`), the later of that and the
+    /// member's own `xlog_location`.
+    pub lsn: Option<u64>,
+    /// `Some(true)`: the member streams from this node, so the slot is left to it. `Some(false)`:
+    /// nothing streams from it here, so it is advanced to `lsn` and dropped when it gets an
+    /// `xmin` (that xmin would never move and hold the horizon back). `None` (a name kept only
+    /// from `status.retain_slots`): advanced when a position is known, never dropped for an xmin.
+    pub expected_active: Option<bool>,
+}
+
+/// What [`member_slots`] works from.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberSlotsInput<'a> {
+    pub cluster: &'a Cluster,
+    pub dynamic: &'a ClusterConfig,
+    /// This member's name.
+    pub me: &'a str,
+    /// This member runs the primary with the leader key.
+    pub leader: bool,
+    /// This member's `nofailover`.
+    pub nofailover: bool,
+    /// `status.slots` ([`crate::permanent_slots::published_positions`]), or in failsafe mode
+    /// what the leader sent.
+    pub published: &'a BTreeMap<String, u64>,
+    /// Whether members stream from the member their `replicatefrom` names. Patrol does not
+    /// implement cascading streaming yet (every member streams from the leader, see
+    /// `config/src/unsupported.rs`), so the agent passes [`CASCADING_STREAMING`]: with `false`
+    /// the tag is read as absent, and the slots match where members really stream from.
+    pub replicatefrom: bool,
+}
+
+/// Whether Patrol members stream from their `replicatefrom` member (not yet: from the leader).
+pub const CASCADING_STREAMING: bool = false;
+
+fn nostream(m: &patrol_dcs::Member) -> bool {
+    lenient_bool(m.data.tags.get("nostream")).unwrap_or(false)
+}
+
+/// The members' physical slots this node keeps, by slot name (rows H-1.5, H-1.2m, H-1.2c):
+///
+/// - Never one for itself, nor for a member tagged `nostream` (it does not stream).
+/// - With member slot retention (`member_slots_ttl` > 0, Patroni 4's default): one for every
+///   other member, on the leader and on every member that may become leader, so that after a
+///   failover the new leader already holds the WAL each member needs. A `nofailover` replica
+///   keeps only the slots of the members that stream from it (`replicatefrom` names it). On a
+///   replica (and, on the leader, for a member that streams from another standby) nothing
+///   streams from the slot: it is advanced to the published position.
+/// - Without it (`member_slots_ttl: 0`): the leader keeps the slots of the members that stream
+///   from it (no `replicatefrom`, or naming itself or a member that is gone), a replica those of
+///   the members whose `replicatefrom` names it (cascading replication).
+/// - With retention, a replica that may become leader also keeps the names of `status.retain_slots` (the slots
+///   of members gone less than `member_slots_ttl` ago); on the leader, [`SlotRetention`] does.
+///
+/// One difference from Patroni: its `nofailover` rule applies on the leader too (a leader
+/// tagged `nofailover` would drop its replicas' slots); here the leader keeps them.
+pub fn member_slots(i: &MemberSlotsInput) -> BTreeMap<String, MemberSlot> {
+    let mut out = BTreeMap::new();
+    if !i.dynamic.use_slots() {
+        return out;
+    }
+    let c = i.cluster;
+    let leader_name = c.leader_name();
+    let upstream = |m: &patrol_dcs::Member| m.data.replicatefrom().filter(|_| i.replicatefrom);
+    let streams_here = |m: &patrol_dcs::Member| match upstream(m) {
+        _ if !i.leader => {
+            upstream(m).as_deref() == Some(i.me) && Some(m.name.as_str()) != leader_name
+        }
+        None => true,
+        Some(up) => up == i.me || c.member(&up).is_none(),
+    };
+    let retention = member_slots_ttl_ms(i.dynamic) > 0;
+    for m in c.members.iter().filter(|m| m.name != i.me && !nostream(m)) {
+        let active = streams_here(m);
+        let wanted = if retention {
+            i.leader || !i.nofailover || upstream(m).as_deref() == Some(i.me)
+        } else {
+            active
+        };
+        if !wanted {
+            continue;
+        }
+        let name = slot_name_from_member_name(&m.name);
+        let mut lsn = i.published.get(&name).copied().unwrap_or(0);
+        if upstream(m).is_some() {
+            lsn = lsn.max(m.data.xlog_location.unwrap_or(0));
+        }
+        out.insert(
+            name,
+            MemberSlot {
+                lsn: (lsn > 0).then_some(lsn),
+                expected_active: Some(active),
+            },
+        );
+    }
+    if retention && !i.leader && !i.nofailover {
+        let mine = slot_name_from_member_name(i.me);
+        for name in &c.status.retain_slots {
+            if *name != mine && !out.contains_key(name) {
+                out.insert(
+                    name.clone(),
+                    MemberSlot {
+                        lsn: i.published.get(name).copied(),
+                        expected_active: None,
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +233,172 @@ mod tests {
     }
 
     const MIN: i64 = 60_000;
+
+    /// A cluster led by pg0: `members` are (name, tags JSON, xlog_location); `status` the
+    /// status key's JSON.
+    fn cluster(members: &[(&str, &str, u64)], status: &str) -> Cluster {
+        let kv = |key: String, value: String| patrol_dcs::Kv {
+            key,
+            value,
+            mod_revision: 1,
+            lease: 0,
+        };
+        let mut kvs = vec![
+            kv("leader".into(), "pg0".into()),
+            kv("status".into(), status.into()),
+        ];
+        for (name, tags, lsn) in members {
+            kvs.push(kv(
+                format!("members/{name}"),
+                format!(
+                    r#"{{"conn_url":"postgres://h/postgres","api_url":"http://h/patroni","state":"running","role":"replica","xlog_location":{lsn},"tags":{tags}}}"#
+                ),
+            ));
+        }
+        Cluster::from_kvs(10, &kvs)
+    }
+
+    fn wanted(
+        c: &Cluster,
+        replicatefrom: bool,
+        dynamic: &serde_json::Value,
+        me: &str,
+        leader: bool,
+        nofailover: bool,
+    ) -> Vec<(String, Option<u64>, Option<bool>)> {
+        let dynamic = ClusterConfig::from_map(dynamic.as_object().expect("object").clone());
+        let published = crate::permanent_slots::published_positions(&c.status.slots);
+        member_slots(&MemberSlotsInput {
+            cluster: c,
+            dynamic: &dynamic,
+            me,
+            leader,
+            nofailover,
+            published: &published,
+            replicatefrom,
+        })
+        .into_iter()
+        .map(|(n, m)| (n, m.lsn, m.expected_active))
+        .collect()
+    }
+
+    fn w(
+        name: &str,
+        lsn: Option<u64>,
+        active: Option<bool>,
+    ) -> (String, Option<u64>, Option<bool>) {
+        (name.to_string(), lsn, active)
+    }
+
+    /// Rows H-1.5, H-1.2m, H-1.2c: which members' slots each node keeps.
+    #[test]
+    fn member_slots_follow_patroni_s_rules() {
+        // pg3 streams from pg2; pg4 does not stream.
+        let c = cluster(
+            &[
+                ("pg0", "{}", 900),
+                ("pg1", "{}", 800),
+                ("pg2", "{}", 800),
+                ("pg3", r#"{"replicatefrom":"pg2"}"#, 600),
+                ("pg4", r#"{"nostream":true}"#, 0),
+            ],
+            r#"{"optime":900,"slots":{"pg0":900,"pg1":700,"pg2":700,"pg3":500,"gone":300},"retain_slots":["pg0","pg1","pg2","pg3","gone"]}"#,
+        );
+        let retain = serde_json::json!({});
+        // The leader: every member; pg3 streams from pg2, so its slot is advanced to pg3's own
+        // position.
+        assert_eq!(
+            wanted(&c, true, &retain, "pg0", true, false),
+            vec![
+                w("pg1", Some(700), Some(true)),
+                w("pg2", Some(700), Some(true)),
+                w("pg3", Some(600), Some(false)),
+            ]
+        );
+        // A replica that may become leader: every other member (the leader's at its WAL
+        // position), and the retained names; nothing streams from them but pg3 from pg2.
+        assert_eq!(
+            wanted(&c, true, &retain, "pg1", false, false),
+            vec![
+                w("gone", Some(300), None),
+                w("pg0", Some(900), Some(false)),
+                w("pg2", Some(700), Some(false)),
+                w("pg3", Some(600), Some(false)),
+            ]
+        );
+        assert_eq!(
+            wanted(&c, true, &retain, "pg2", false, false),
+            vec![
+                w("gone", Some(300), None),
+                w("pg0", Some(900), Some(false)),
+                w("pg1", Some(700), Some(false)),
+                w("pg3", Some(600), Some(true)),
+            ]
+        );
+        // nofailover: only the members that stream from it.
+        assert_eq!(
+            wanted(&c, true, &retain, "pg2", false, true),
+            vec![w("pg3", Some(600), Some(true))]
+        );
+        assert!(wanted(&c, true, &retain, "pg1", false, true).is_empty());
+        // member_slots_ttl: 0: the leader's for those that stream from it, a replica's for
+        // those that cascade from it.
+        let no_retain = serde_json::json!({"member_slots_ttl": 0});
+        assert_eq!(
+            wanted(&c, true, &no_retain, "pg0", true, false),
+            vec![
+                w("pg1", Some(700), Some(true)),
+                w("pg2", Some(700), Some(true))
+            ]
+        );
+        assert!(wanted(&c, true, &no_retain, "pg1", false, false).is_empty());
+        assert_eq!(
+            wanted(&c, true, &no_retain, "pg2", false, false),
+            vec![w("pg3", Some(600), Some(true))]
+        );
+        // While Patrol streams every member from the leader, replicatefrom is read as absent.
+        assert_eq!(
+            wanted(&c, false, &no_retain, "pg0", true, false),
+            vec![
+                w("pg1", Some(700), Some(true)),
+                w("pg2", Some(700), Some(true)),
+                w("pg3", Some(500), Some(true)),
+            ]
+        );
+        assert!(wanted(&c, false, &no_retain, "pg2", false, false).is_empty());
+        // use_slots off: none.
+        let off = serde_json::json!({"postgresql": {"use_slots": false}});
+        assert!(wanted(&c, true, &off, "pg0", true, false).is_empty());
+        assert!(wanted(&c, true, &off, "pg2", false, false).is_empty());
+    }
+
+    #[test]
+    fn a_cascading_member_whose_upstream_is_gone_streams_from_the_leader() {
+        let c = cluster(
+            &[
+                ("pg0", "{}", 900),
+                ("pg1", r#"{"replicatefrom":"pgx"}"#, 100),
+            ],
+            r#"{"optime":900}"#,
+        );
+        let no_retain = serde_json::json!({"member_slots_ttl": 0});
+        assert_eq!(
+            wanted(&c, true, &no_retain, "pg0", true, false),
+            vec![w("pg1", Some(100), Some(true))]
+        );
+        // A member naming the leader does not cascade from a replica's point of view.
+        let c = cluster(
+            &[
+                ("pg0", "{}", 900),
+                ("pg1", r#"{"replicatefrom":"pg0"}"#, 100),
+            ],
+            r#"{"optime":900}"#,
+        );
+        assert_eq!(
+            wanted(&c, true, &no_retain, "pg0", true, false),
+            vec![w("pg1", Some(100), Some(true))]
+        );
+    }
 
     #[test]
     fn a_gone_member_s_slot_is_kept_for_the_ttl_then_dropped() {

@@ -26,22 +26,20 @@ pub(super) fn clone_source<'a>(o: &'a Reach<'a>, leader: &'a Member) -> &'a Memb
         .unwrap_or(leader)
 }
 
-/// Slots the leader keeps: one per other member (spec 5.12).
+/// Slots the leader keeps (spec 5.12, [`crate::slots::member_slots`]): one per other member
+/// that streams (with `member_slots_ttl: 0` only those that stream from the leader).
 pub(super) fn wanted_slots(o: &Reach) -> Vec<String> {
-    if !o.dynamic.use_slots() {
-        return Vec::new();
-    }
-    let mut names: Vec<String> = o
-        .cluster
-        .members
-        .iter()
-        .filter(|m| m.name != o.me)
-        .filter(|m| !patrol_dcs::lenient_bool(m.data.tags.get("nostream")).unwrap_or(false))
-        .map(|m| patrol_dcs::slot_name_from_member_name(&m.name))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
+    crate::slots::member_slots(&crate::slots::MemberSlotsInput {
+        cluster: o.cluster,
+        dynamic: &o.dynamic,
+        me: &o.me,
+        leader: true,
+        nofailover: false,
+        published: &Default::default(),
+        replicatefrom: crate::slots::CASCADING_STREAMING,
+    })
+    .into_keys()
+    .collect()
 }
 
 /// The history to publish when ours is newer than the DCS's, keeping the timestamps and

@@ -113,40 +113,169 @@ async fn a_gone_member_s_slot_is_dropped_after_member_slots_ttl() {
         .get(0);
     assert!(active);
 
-    // After a switchover the former leader is a replica: it does not keep the members' slots,
-    // whose frozen restart_lsn would retain WAL there until its disk is full.
+    // After a switchover the former leader is a replica that may become leader again: it keeps
+    // a slot for the new leader (as Patroni 4 does with member_slots_ttl > 0), inactive and
+    // without an xmin, advanced to the position the new leader publishes.
     c.switchover(leader, stays).await.expect("switchover");
     let cl = &c;
     let leader_name = c.name(leader).to_string();
     wait_until(
-        "the former leader to drop its member slots",
+        "the former leader to keep the new leader's slot, advanced",
         PROPAGATION_TIMEOUT,
         || {
             let stays_slot = stays_slot.clone();
             async move {
-                let s = slots_on(cl, leader).await?;
-                Ok((!s.contains(&stays_slot)).then_some(()))
+                let s = physical_slot(cl, leader, &stays_slot).await?;
+                Ok(
+                    s.filter(|s| !s.active && !s.has_xmin && s.restart_lsn.is_some())
+                        .map(|_| ()),
+                )
             }
         },
     )
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", c.agent_log(leader)));
-    // And the new leader has one for it.
+    assert!(
+        !slots_on(&c, leader)
+            .await
+            .expect("slots")
+            .contains(&goes_slot),
+        "the expired member's slot came back on a replica"
+    );
+    // And the new leader has one for it, which it streams from.
     wait_until(
-        "a slot for the former leader on the new one",
+        "the former leader streams from its slot on the new one",
         PROPAGATION_TIMEOUT,
         || {
             let leader_name = leader_name.clone();
             async move {
-                Ok(slots_on(cl, stays)
+                Ok(physical_slot(cl, stays, &leader_name)
                     .await?
-                    .contains(&leader_name)
-                    .then_some(()))
+                    .filter(|s| s.active)
+                    .map(|_| ()))
             }
         },
     )
     .await
     .expect("slot on the new leader");
+}
+
+/// A physical slot on node `i`, if there.
+#[derive(Debug, Clone)]
+struct Physical {
+    active: bool,
+    has_xmin: bool,
+    restart_lsn: Option<i64>,
+}
+
+async fn physical_slot(c: &Cluster, i: usize, name: &str) -> anyhow::Result<Option<Physical>> {
+    let client = c.connect(i).await?;
+    let row = client
+        .query_opt(
+            "SELECT active, xmin IS NOT NULL, (restart_lsn - '0/0'::pg_lsn)::bigint
+             FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'physical'",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| Physical {
+        active: r.get(0),
+        has_xmin: r.get(1),
+        restart_lsn: r.get(2),
+    }))
+}
+
+/// Rows H-1.2m, H-1.5: with member slot retention (the default `member_slots_ttl`), every
+/// replica that may become leader keeps a slot for each other member, inactive, without an
+/// xmin, advanced to the position the leader publishes. After the leader dies, the new leader
+/// already has the slot the other replica streams from, and keeps the dead leader's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_keep_the_members_slots_so_a_new_leader_has_them() {
+    let mut c = Cluster::new(3).expect("cluster");
+    let leader = start_all(&mut c).await;
+    let names: Vec<String> = (0..3).map(|i| c.name(i).to_string()).collect();
+    let client = c.connect(leader).await.expect("connect");
+    client
+        .batch_execute("CREATE TABLE t (id integer); INSERT INTO t SELECT generate_series(1, 1000)")
+        .await
+        .expect("write");
+    let after_write: i64 = client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+        .await
+        .expect("lsn")
+        .get(0);
+    let cl = &c;
+    for node in 0..3 {
+        for slot in (0..3).filter(|&s| s != node) {
+            // The leader's slots are streamed from; a replica's are not.
+            let active = node == leader;
+            let name = names[slot].clone();
+            wait_until(
+                &format!("slot {name} on {} (active: {active})", names[node]),
+                PROPAGATION_TIMEOUT,
+                || {
+                    let name = name.clone();
+                    async move {
+                        let s = physical_slot(cl, node, &name).await?;
+                        Ok(s.filter(|s| {
+                            s.active == active
+                                && (active || !s.has_xmin && s.restart_lsn >= Some(after_write))
+                        })
+                        .map(|_| ()))
+                    }
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", c.agent_log(node)));
+        }
+        assert!(
+            physical_slot(&c, node, &names[node])
+                .await
+                .expect("query")
+                .is_none(),
+            "{} has a slot of its own name",
+            names[node]
+        );
+    }
+
+    // The leader dies: the new one already had the slot the other replica streams from.
+    c.kill_node(leader);
+    let cl = &c;
+    let new_leader = wait_until("a new leader", Duration::from_secs(90), || async move {
+        for i in (0..3).filter(|&i| i != leader) {
+            if !crate::support::in_recovery(cl, i).await.unwrap_or(true) {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .expect("failover");
+    let other = (0..3)
+        .find(|&i| i != leader && i != new_leader)
+        .expect("3 nodes");
+    let other_name = names[other].clone();
+    wait_until(
+        "the remaining replica streams from its slot on the new leader",
+        Duration::from_secs(90),
+        || {
+            let other_name = other_name.clone();
+            async move {
+                Ok(physical_slot(cl, new_leader, &other_name)
+                    .await?
+                    .filter(|s| s.active)
+                    .map(|_| ()))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.agent_log(new_leader)));
+    assert!(
+        physical_slot(&c, new_leader, &names[leader])
+            .await
+            .expect("query")
+            .is_some(),
+        "the dead leader's slot is kept on the new leader for member_slots_ttl"
+    );
 }
 
 /// A slot's position on node `i`: `restart_lsn` (physical) or `confirmed_flush_lsn`

@@ -44,7 +44,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             Action::WriteHistory(h) => self.write_history(h).await,
             Action::GracefulDemote => Ok(self.graceful_demote()),
             Action::ClearFailover { version } => Ok(self.clear_failover(*version).await),
-            Action::Follow(up) => self.follow(up, cluster).await,
+            Action::Follow(up) => self.follow(up).await,
             Action::EnsureSlots { names } => Ok(self.ensure_slots(names, cluster).await),
             Action::WriteSync {
                 leader,
@@ -494,7 +494,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     }
 
     /// Row H-1.2: point the standby at the leader (rewrite its configuration and reload).
-    async fn follow(&mut self, up: &Upstream, cluster: &Cluster) -> Done {
+    async fn follow(&mut self, up: &Upstream) -> Done {
         // A leader whose conn_url cannot be used is not followed (the error naming it is
         // logged by `report_unusable_members`): PostgreSQL keeps what it has.
         self.upstream_conninfo(up).map_err(Step::Stop)?;
@@ -502,7 +502,6 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let files = self.config_files(Some(Some(up.clone())));
         self.pg.write_config(&files).map_err(pg_stop)?;
         self.pg.reload().await.map_err(pg_stop)?;
-        self.drop_member_slots_as_replica(cluster).await;
         Ok(Outcome::Streaming(Some(up.name.clone())))
     }
 

@@ -177,36 +177,6 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         Outcome::Done
     }
 
-    /// A replica (a demoted former leader above all) drops the members' slots it still has:
-    /// nothing streams from them here and their frozen `restart_lsn` would retain WAL on this
-    /// node until its disk is full (Patroni drops the slots it does not expect on replicas).
-    /// Only member slots (a member's name, or in `status.retain_slots`), never a permanent or
-    /// any other slot, and never one in use.
-    pub(super) async fn drop_member_slots_as_replica(&mut self, cluster: &Cluster) {
-        let Ok(existing) = self.pg.physical_slots().await else {
-            return;
-        };
-        let permanent = patrol_ha::slots::permanent_slot_names(&self.dynamic);
-        let member_slots: std::collections::BTreeSet<String> = cluster
-            .members
-            .iter()
-            .map(|m| patrol_dcs::slot_name_from_member_name(&m.name))
-            .chain(cluster.status.retain_slots.iter().cloned())
-            .collect();
-        for (name, active) in existing {
-            if active || permanent.contains(&name) || !member_slots.contains(&name) {
-                continue;
-            }
-            match self.pg.drop_physical_slot(&name).await {
-                Ok(true) => tracing::info!(
-                    "dropped replication slot {name}: a replica does not keep the members' slots"
-                ),
-                Ok(false) => {}
-                Err(e) => tracing::warn!("could not drop replication slot {name}: {e}"),
-            }
-        }
-    }
-
     /// `member_slots_ttl` (spec 5.12): drops the slots of members gone longer than the ttl
     /// (never one something streams from) and remembers what `status.retain_slots` should say.
     async fn retire_member_slots(&mut self, cluster: &Cluster, existing: &[(String, bool)]) {

@@ -26,6 +26,9 @@ pub(super) struct SlotWork {
     recopy: BTreeSet<String>,
     /// The problems of the `slots` configuration last logged.
     problems: Vec<String>,
+    /// Every member slot name seen while a standby (members, `status.retain_slots`): a slot of
+    /// one of them that is no longer kept is dropped, even once its name left the cluster.
+    member_names: BTreeSet<String>,
 }
 
 impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
@@ -74,12 +77,6 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             }
             self.slot_work.problems = all.problems.clone();
         }
-        if follows {
-            // Not only after a `Follow`: a former leader started again as a standby still has
-            // the members' slots, whose xmin (fed back with hot_standby_feedback) would hold
-            // the primary's horizon back.
-            self.drop_member_slots_as_replica(cluster).await;
-        }
         let published = ps::published_positions(&cluster.status.slots);
         self.apply_slot_plan(cluster, s, primary, &published, true)
             .await;
@@ -119,6 +116,28 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let mine = self.my_permanent_slots(cluster);
         let members = member_slot_names(cluster);
         let ignore = ps::ignore_rules(&self.dynamic);
+        let wanted = patrol_ha::slots::member_slots(&patrol_ha::slots::MemberSlotsInput {
+            cluster,
+            dynamic: &self.dynamic,
+            me: &self.cfg.name,
+            leader: primary,
+            nofailover: patrol_dcs::tags_nofailover(&self.cfg.tags),
+            published,
+            replicatefrom: patrol_ha::slots::CASCADING_STREAMING,
+        });
+        // The leader drops only the slots of members with a key that it does not keep (gone
+        // members' are `member_slots_ttl`'s business); a standby also those of names seen
+        // before (a demoted leader's, a member's that expired).
+        let member_names: BTreeSet<String> = if primary {
+            cluster
+                .members
+                .iter()
+                .map(|m| patrol_dcs::slot_name_from_member_name(&m.name))
+                .collect()
+        } else {
+            self.slot_work.member_names.extend(members.iter().cloned());
+            self.slot_work.member_names.clone()
+        };
         let mut plan = ps::plan(&SlotInput {
             primary,
             permanent: &mine,
@@ -130,6 +149,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             paused: self.dynamic.pause(),
             drop_stray_logical: s.server_version < 160_000,
             leader_elsewhere: !primary,
+            members: &wanted,
+            member_names: &member_names,
         });
         if primary {
             self.published_slots = Some(ps::to_publish(
@@ -177,7 +198,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         for name in &plan.create_physical {
             match self.pg.create_physical_slot(name).await {
-                Ok(()) => tracing::info!("created permanent physical replication slot {name}"),
+                Ok(()) => tracing::info!("created physical replication slot {name}"),
                 Err(e) => tracing::error!("could not create physical replication slot {name}: {e}"),
             }
         }
