@@ -141,9 +141,15 @@ pub(crate) fn with_failsafe_leader(o: &Observation, cluster: &Cluster) -> Option
 /// not take the leader key (the members that held the cluster through an outage know nothing
 /// of us).
 pub(crate) fn excluded_from_race(o: &Observation, cluster: &Cluster) -> bool {
+    excluded(o, cluster, &o.me)
+}
+
+/// Row U-2F for any member: failsafe mode on and a non-empty `failsafe` key that does not name
+/// `name` (such a member can take over from nobody).
+pub(crate) fn excluded(o: &Observation, cluster: &Cluster, name: &str) -> bool {
     o.dynamic.failsafe_mode()
         && cluster
             .failsafe
             .as_ref()
-            .is_some_and(|f| !f.is_empty() && !f.contains_key(&o.me))
+            .is_some_and(|f| !f.is_empty() && !f.contains_key(name))
 }

@@ -26,6 +26,9 @@ pub struct LocalPg {
     pub walsenders: Vec<crate::sync::Walsender>,
     /// `synchronous_standby_names` in effect, when the status query answered.
     pub standby_names: Option<String>,
+    /// A stopped data directory's end of WAL from pg_control, as (timeline, LSN): a standby's
+    /// minimum recovery point, else the latest checkpoint. `None` while running.
+    pub stopped_at: Option<(u64, u64)>,
 }
 
 impl LocalPg {

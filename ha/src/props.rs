@@ -217,6 +217,7 @@ fn local() -> impl Strategy<Value = LocalPg> {
                 history: None,
                 walsenders: Vec::new(),
                 standby_names: None,
+                stopped_at: None,
             },
         )
 }

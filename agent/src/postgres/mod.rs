@@ -65,6 +65,22 @@ impl ControlData {
             fields,
         }
     }
+
+    /// Where a stopped data directory's WAL ends, as (timeline, LSN): a standby's minimum
+    /// recovery point (when set) on its timeline, else the latest checkpoint (a primary's
+    /// shutdown checkpoint) on its timeline. What a start as a standby of a newer timeline
+    /// must not have gone past (Patroni's `_get_local_timeline_lsn_from_controldata`).
+    pub fn stopped_position(&self) -> Option<(u64, u64)> {
+        let lsn = |k: &str| self.fields.get(k).and_then(|v| patrol_dcs::parse_lsn(v));
+        let num = |k: &str| self.fields.get(k).and_then(|v| v.parse::<u64>().ok());
+        match (
+            lsn("Minimum recovery ending location").filter(|l| *l > 0),
+            num("Min recovery ending loc's timeline").filter(|t| *t > 0),
+        ) {
+            (Some(l), Some(t)) => Some((t, l)),
+            _ => Some((self.timeline, lsn("Latest checkpoint location")?)).filter(|(t, _)| *t > 0),
+        }
+    }
 }
 
 /// The state of the data directory.

@@ -481,7 +481,14 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                 vec![Action::RefreshLeaderKey, Action::Start { standby_of: None }],
             );
         }
-        if o.mem.needs_rewind {
+        // Row R-1': a stopped data directory whose WAL went past the end of its timeline in the
+        // cluster's history (a demoted primary, or a standby that received from one) cannot
+        // start as a standby of the new timeline: rewind it first.
+        let past_fork = o
+            .local
+            .stopped_at
+            .is_some_and(|(tl, pos)| went_past_its_fork(o, tl, pos));
+        if o.mem.needs_rewind || past_fork {
             // Row R-1: a former primary rejoins through pg_rewind (or a re-clone).
             match (&rewind_source, leader) {
                 (Some(src), _) => return rewind_or_reclone(src.clone()),

@@ -195,6 +195,8 @@ pub(super) fn failover_possible(o: &Reach) -> bool {
 /// cluster's history has left behind (Row U-3 would keep it from racing), and the named
 /// candidate if there is one.
 ///
+/// Row U-2F: a member missing from a non-empty `failsafe` key (failsafe mode) does not count.
+///
 /// Row Y-3: with synchronous replication active only the `sync` key's members count, except for
 /// a failover (a `failover` key without a leader); in quorum mode, unless a candidate is named,
 /// `quorum + 1` of them must be possible.
@@ -210,6 +212,7 @@ pub(super) fn switchover_target_exists(o: &Reach, candidate: Option<&str>) -> bo
     let possible = o.cluster.members.iter().filter(|m| {
         (key.is_none() || plain_failover || key.is_some_and(|k| k.matches(&m.name)))
             && m.name != o.me
+            && !crate::failsafe::excluded(o, o.cluster, &m.name)
             && candidate.is_none_or(|c| c == m.name)
             && m.data.state == "running"
             && m.data.role == Role::Replica

@@ -206,3 +206,25 @@ fn a_hold_is_renewed_before_the_guard_margin() {
     // Never below a second.
     assert_eq!(failsafe::hold_wait(Timing::adjusted(10, 1, 4)).as_secs(), 1);
 }
+
+#[test]
+fn u_2f_a_former_primary_does_not_wait_for_a_member_the_failsafe_key_excludes() {
+    // The former leader restarts read-only after a clean stop (it needs a rewind, so it would
+    // yield to a replica that can take over); the only replica is not in the failsafe key and
+    // may not race: the former leader races.
+    let key = r#"{"pg0":"http://127.0.0.1:6433/patroni"}"#;
+    let c = cluster(&[
+        &format!("config={ON}"),
+        &format!("initialize={SYSID}"),
+        "member=pg0",
+        "member=pg1",
+        &format!("failsafe={key}"),
+    ]);
+    let mut o = obs("pg0", c, running(true, 100));
+    o.dynamic = ClusterConfig::parse(ON).expect("valid");
+    o.mem.needs_rewind = true;
+    assert!(decide(&o).actions.contains(&Action::AcquireLeaderKey));
+    // Without failsafe mode pg1 could take over, and pg0 yields.
+    o.dynamic = ClusterConfig::default();
+    assert!(!decide(&o).actions.contains(&Action::AcquireLeaderKey));
+}

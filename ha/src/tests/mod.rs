@@ -77,6 +77,7 @@ pub(super) fn running(in_recovery: bool, pos: u64) -> LocalPg {
         history: None,
         walsenders: Vec::new(),
         standby_names: None,
+        stopped_at: None,
     }
 }
 
@@ -92,6 +93,7 @@ pub(super) fn stopped(data: DataState) -> LocalPg {
         history: None,
         walsenders: Vec::new(),
         standby_names: None,
+        stopped_at: None,
     }
 }
 

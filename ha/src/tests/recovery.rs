@@ -86,6 +86,29 @@ fn r_1_former_primary_rewinds_before_following() {
 }
 
 #[test]
+fn r_1_prime_a_stopped_standby_past_its_fork_rewinds_before_following() {
+    // Row R-1': a demoted primary (or a standby that received from it) stopped on timeline 2
+    // past the point where the cluster's history says timeline 2 ended (2000); this process
+    // knows nothing of it (restarted), only pg_control does.
+    let mut c = leader_pg0();
+    c.history = Some(History {
+        lines: vec![hline(1, None, None), hline(2, None, Some("pg0"))],
+    });
+    let mut local = stopped(initialized());
+    local.stopped_at = Some((2, 2500));
+    let o = obs("pg1", c.clone(), local.clone());
+    check(&o, &[Action::Rewind(up("pg0", 5433))]);
+    // At or before the fork it starts as a standby.
+    local.stopped_at = Some((2, 2000));
+    let o = obs("pg1", c, local);
+    let d = decide(&o);
+    assert!(
+        matches!(d.actions.as_slice(), [Action::Start { .. }]),
+        "{d:?}"
+    );
+}
+
+#[test]
 fn r_1_waits_while_the_leader_is_still_promoting() {
     let mut o = obs(
         "pg1",

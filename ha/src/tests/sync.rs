@@ -341,9 +341,9 @@ fn y1q_prime_a_voter_is_dropped_only_once_the_kept_ones_caught_up() {
     let both = crate::sync::standby_names(&["pg1".into(), "pg2".into()], Some(1), true);
     let only_pg1 = crate::sync::standby_names(&["pg1".into()], Some(1), true);
     let drops_pg2 = |d: &Decision| {
-        d.actions.iter().any(|a| {
-            matches!(a, Action::WriteSync { voters, .. } if !voters.iter().any(|v| v == "pg2"))
-        })
+        d.actions.iter().any(
+            |a| matches!(a, Action::WriteSync { voters, .. } if !voters.iter().any(|v| v == "pg2")),
+        )
     };
     // pg2 is gone; pg1 lags behind commits pg2 alone acknowledged (the primary is at 100).
     let o = leader_obs(quorum, Some(key), vec![ws("pg1", "quorum", 90)], &both);

@@ -144,15 +144,20 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         &mut self,
         cluster: Option<&Cluster>,
     ) -> (LocalPg, Option<LocalStatus>) {
+        let mut stopped_at = None;
         let data = match self.pg.data_dir_state() {
             DataDir::Empty => DataState::Empty,
             DataDir::Invalid(why) => DataState::Invalid(why),
-            DataDir::Initialized(cd) => DataState::Initialized {
-                sysid: cd.sysid,
-                cluster_state: cd.state.as_str().into(),
-            },
+            DataDir::Initialized(cd) => {
+                stopped_at = cd.stopped_position();
+                DataState::Initialized {
+                    sysid: cd.sysid,
+                    cluster_state: cd.state.as_str().into(),
+                }
+            }
         };
         let running = self.pg.is_running();
+        let stopped_at = stopped_at.filter(|_| !running);
         let status = if running && self.in_flight.is_none() {
             match self.pg.status().await {
                 Ok(mut s) => {
@@ -204,6 +209,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 })
                 .unwrap_or_default(),
             standby_names: status.as_ref().map(|s| s.synchronous_standby_names.clone()),
+            stopped_at,
         };
         let Some(cluster) = cluster else {
             return (local, status);
