@@ -256,6 +256,14 @@ pub fn build(
                     .map(|addr| Backend {
                         name: l.clone(),
                         addr,
+                    })
+                    // Its member key is not back yet (a leader that re-took its key after
+                    // its lease expired writes it next): the writer it was stays.
+                    .or_else(|| {
+                        c.member(l)
+                            .is_none()
+                            .then(|| prev.writer.clone().filter(|w| &w.name == l))
+                            .flatten()
                     });
                 if t.writer.is_none() {
                     t.writer_reason = format!("leader {l} has no usable conn_url");

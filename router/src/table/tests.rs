@@ -201,6 +201,15 @@ fn a_leader_key_gone_keeps_the_writer_only_while_its_agent_holds_it_in_failsafe_
         "{}",
         t3.writer_reason
     );
+    // It takes its key back before its member key: still the writer.
+    let back = cluster(Some("a"), &[("b", "replica")]);
+    let t4 = build(&cfg(), Some(&back), true, &p, &t3, now);
+    assert_eq!(
+        t4.writer.as_ref().map(|w| w.name.as_str()),
+        Some("a"),
+        "{}",
+        t4.writer_reason
+    );
     // Never a member that was not the writer, nor one no longer primary.
     assert!(build(&cfg(), Some(&gone), true, &p, &Table::default(), now)
         .writer

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context;
-use patrol_dcs::{to_compact, MemberData, Role};
+use patrol_dcs::{slot_name_from_member_name, to_compact, MemberData, Role};
 use patrol_tests::{wait_until, Cluster};
 use serde_json::Value;
 
@@ -129,15 +129,42 @@ async fn three_nodes_bootstrap_one_leader_two_streaming_replicas() {
     .await
     .expect("replication slots");
 
-    // Replicas have no slots of their own (the leader holds them).
+    // Each replica keeps, as Patroni 4 does with `member_slots_ttl` > 0 (row H-1.2m), an
+    // inactive physical slot for every other member, so that it has them if it is promoted;
+    // none of its own name.
     for &r in &replicas {
-        let client = cluster.connect(r).await.expect("connect replica");
-        let n: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
-            .await
-            .expect("slots on replica")
-            .get(0);
-        assert_eq!(n, 0, "slots on replica {}", cluster.name(r));
+        let cl = &cluster;
+        let want: BTreeSet<String> = (0..cluster.len())
+            .filter(|&i| i != r)
+            .map(|i| slot_name_from_member_name(cluster.name(i)))
+            .collect();
+        let want = &want;
+        wait_until(
+            &format!("the member slots on replica {}", cluster.name(r)),
+            PROPAGATION_TIMEOUT,
+            || async move {
+                let client = cl.connect(r).await?;
+                let rows = client
+                    .query(
+                        "SELECT slot_name::text, slot_type, active FROM pg_replication_slots",
+                        &[],
+                    )
+                    .await?;
+                let got: BTreeSet<String> = rows
+                    .iter()
+                    .filter(|row| row.get::<_, String>(1) == "physical" && !row.get::<_, bool>(2))
+                    .map(|row| row.get(0))
+                    .collect();
+                anyhow::ensure!(
+                    got == *want && rows.len() == want.len(),
+                    "slots {got:?} ({} in all), want {want:?} inactive",
+                    rows.len()
+                );
+                Ok(Some(()))
+            },
+        )
+        .await
+        .expect("member slots on replicas");
     }
 }
 

@@ -25,7 +25,19 @@ const ETCD_MEMBERS: usize = 3;
 /// A healthy cluster on three etcd members, etcd's raft leader moved off `e0`, and a router
 /// routing writes to the leader. Returns the leader's index.
 async fn setup() -> (Cluster, usize, Router) {
+    setup_with(false).await
+}
+
+/// [`setup`], with `failsafe_mode` in `bootstrap.dcs` when asked.
+async fn setup_with(failsafe: bool) -> (Cluster, usize, Router) {
     let mut c = Cluster::with_etcd_members(NODES, ETCD_MEMBERS).expect("cluster");
+    if failsafe {
+        for i in 0..c.len() {
+            c.set_config_override(i, |y| {
+                *y = y.replace("dcs: {ttl: 10,", "dcs: {failsafe_mode: true, ttl: 10,");
+            });
+        }
+    }
     let leader = start_all(&mut c).await;
     c.etcd_cluster()
         .move_leader(2)
@@ -222,4 +234,68 @@ async fn losing_two_of_three_etcd_members_demotes_the_leader() {
     )
     .await
     .expect("a leader after quorum is back");
+}
+
+/// Two members of three killed with failsafe mode on (rows D-2F): every member answers the
+/// leader's `POST /failsafe`, so it stays primary and a session through the router keeps
+/// writing for 3 × ttl; nobody else promotes. With the members back it still leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_two_of_three_etcd_members_with_failsafe_mode_keeps_the_primary() {
+    let (mut c, leader, r) = setup_with(true).await;
+    let name = c.name(leader).to_owned();
+    let cl = &c;
+    wait_until("the failsafe key", PROPAGATION_TIMEOUT, || async move {
+        let key = cl.etcd_get("failsafe").await?.unwrap_or_default();
+        Ok((0..cl.len())
+            .all(|i| key.contains(&format!("\"{}\"", cl.name(i))))
+            .then_some(()))
+    })
+    .await
+    .expect("the leader writes the failsafe key");
+    let session = r.connect_write().await.expect("write session");
+    session
+        .batch_execute("CREATE TABLE fs (n int)")
+        .await
+        .expect("create");
+    c.etcd_cluster_mut().member_mut(1).kill();
+    c.etcd_cluster_mut().member_mut(2).kill();
+    let cl = &c;
+    let session = &session;
+    let held = assert_holds_for(
+        "the leader to stay primary and the routed session to keep writing",
+        TTL * 3,
+        || async move {
+            anyhow::ensure!(!in_recovery(cl, leader).await?, "the leader is in recovery");
+            for i in (0..cl.len()).filter(|&i| i != leader) {
+                anyhow::ensure!(in_recovery(cl, i).await?, "{} is a primary", cl.name(i));
+            }
+            session.execute("INSERT INTO fs VALUES (1)", &[]).await?;
+            Ok(())
+        },
+    )
+    .await;
+    c.etcd_cluster_mut()
+        .member_mut(1)
+        .restart()
+        .expect("e1 restarts");
+    c.etcd_cluster_mut()
+        .member_mut(2)
+        .restart()
+        .expect("e2 restarts");
+    if let Err(e) = held {
+        c.dump_logs();
+        panic!("{e:#}");
+    }
+    let cl = &c;
+    let name = &name;
+    wait_until("the leader key again", PROPAGATION_TIMEOUT, || async move {
+        Ok((cl.leader().await?.as_deref() == Some(name.as_str())).then_some(()))
+    })
+    .await
+    .expect("the same leader once quorum is back");
+    assert!(
+        c.agent_log(leader)
+            .contains("continue to run as a leader because failsafe mode is enabled"),
+        "the leader held on its members' answers"
+    );
 }
