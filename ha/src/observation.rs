@@ -29,6 +29,9 @@ pub struct LocalPg {
     /// A stopped data directory's end of WAL from pg_control, as (timeline, LSN): a standby's
     /// minimum recovery point, else the latest checkpoint. `None` while running.
     pub stopped_at: Option<(u64, u64)>,
+    /// A standby's own timeline history (its `<timeline>.history` file) as (timeline, the LSN
+    /// where it ended), read while the cluster has a history to compare it with.
+    pub switches: Vec<(u64, u64)>,
 }
 
 impl LocalPg {

@@ -218,6 +218,7 @@ fn local() -> impl Strategy<Value = LocalPg> {
                 walsenders: Vec::new(),
                 standby_names: None,
                 stopped_at: None,
+                switches: Vec::new(),
             },
         )
 }

@@ -107,16 +107,27 @@ pub(super) fn healthiest(o: &Reach) -> Result<(), String> {
         if went_past_its_fork(o, p.timeline, p.effective_position()) {
             continue;
         }
+        // Row U-tl: across timelines positions do not compare. A peer on a newer timeline holds
+        // WAL of a promotion we never saw (commits its standbys may have acknowledged): it is
+        // ahead whatever its position; one on an older timeline is not, its WAL past our fork
+        // being abandoned.
+        let my_tl = o.local.timeline.unwrap_or(0);
+        let newer = my_tl > 0 && p.timeline > my_tl;
+        let older = p.timeline > 0 && my_tl > p.timeline;
         let pos = p.effective_position();
-        if pos > my_pos {
+        if newer || (pos > my_pos && !older) {
             ahead += 1;
             if key.is_some() && former_leader(&p.name) {
                 continue; // the former leader may still be reachable and ahead of us
             }
-            return Err(format!(
-                "Wal position of {} is ahead of my wal position",
-                p.name
-            ));
+            return Err(if newer {
+                format!(
+                    "Timeline {} of {} is ahead of my timeline {my_tl}",
+                    p.timeline, p.name
+                )
+            } else {
+                format!("Wal position of {} is ahead of my wal position", p.name)
+            });
         }
         if pos == 0 {
             continue; // only a running PostgreSQL votes
@@ -179,10 +190,19 @@ pub(super) fn diverged_from_history(o: &Reach) -> bool {
     if o.local.in_recovery != Some(true) {
         return false;
     }
-    h.lines
-        .iter()
-        .find(|l| l.timeline == tl)
-        .is_some_and(|l| pos > l.lsn)
+    // Row R-2': our own history forked from the cluster's at another point (we followed a
+    // primary whose timeline the cluster abandoned, and a later leader reused its number).
+    let forked = o.local.switches.iter().any(|&(stl, slsn)| {
+        h.lines
+            .iter()
+            .find(|l| l.timeline == stl)
+            .is_some_and(|l| l.lsn != slsn && pos > l.lsn.min(slsn))
+    });
+    forked
+        || h.lines
+            .iter()
+            .find(|l| l.timeline == tl)
+            .is_some_and(|l| pos > l.lsn)
 }
 
 /// Another member could take over (Patroni's `is_failover_possible`, from member keys).

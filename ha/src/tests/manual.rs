@@ -318,11 +318,36 @@ fn u_3_a_peer_on_an_abandoned_branch_does_not_outrank_the_new_timeline() {
     stale.timeline = 1;
     o.peers = vec![stale.clone()];
     check(&o, &[Action::AcquireLeaderKey, Action::Promote]);
-    // A replica of timeline 1 that stopped before the fork is an ordinary peer.
+    // Row U-tl: a replica of timeline 1 that stopped before the fork has nothing we lack,
+    // whatever the bytes say; a peer of our own timeline further on does outrank us.
     stale.wal_position = 950;
     stale.replay_position = 950;
-    o.peers = vec![stale];
+    o.peers = vec![stale.clone()];
+    check(&o, &[Action::AcquireLeaderKey, Action::Promote]);
+    let mut same = peer("pg2", 950);
+    same.timeline = 2;
+    o.peers = vec![stale, same];
     check(&o, &[]);
+}
+
+#[test]
+fn u_tl_a_peer_on_a_newer_timeline_outranks_a_longer_older_one() {
+    // A stale primary (timeline 1, 5000 bytes) came back while the cluster's history does not
+    // know timeline 2 yet (its leader died before writing it): a replica that streamed from
+    // timeline 2 holds commits acknowledged there, and it leads, not the longer timeline 1.
+    let mut local = running(true, 5000);
+    local.timeline = Some(1);
+    let c = cluster(&[
+        &format!("initialize={SYSID}"),
+        "member=pg0:replica",
+        "member=pg1:replica",
+    ]);
+    let mut o = obs("pg0", c, local);
+    let mut newer = peer("pg1", 4000);
+    newer.timeline = 2;
+    o.peers = vec![newer];
+    let d = check(&o, &[]);
+    assert!(d.reason.contains("Timeline 2 of pg1"), "{}", d.reason);
 }
 
 #[test]

@@ -78,6 +78,7 @@ pub(super) fn running(in_recovery: bool, pos: u64) -> LocalPg {
         walsenders: Vec::new(),
         standby_names: None,
         stopped_at: None,
+        switches: Vec::new(),
     }
 }
 
@@ -94,6 +95,7 @@ pub(super) fn stopped(data: DataState) -> LocalPg {
         walsenders: Vec::new(),
         standby_names: None,
         stopped_at: None,
+        switches: Vec::new(),
     }
 }
 

@@ -90,3 +90,57 @@ async fn callbacks_and_before_stop_run_with_patronis_arguments() -> anyhow::Resu
     );
     Ok(())
 }
+
+/// `on_role_change` across a switchover and a failover, on both nodes, in order: each node's
+/// script records `<node> <action> <role> <scope>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_role_change_follows_a_switchover_and_a_failover() -> anyhow::Result<()> {
+    let mut c = Cluster::new(2)?;
+    let calls = c.root().join("calls.log");
+    std::fs::write(&calls, "")?;
+    std::fs::set_permissions(&calls, std::fs::Permissions::from_mode(0o666))?;
+    for i in 0..c.len() {
+        let script = c.node_dir(i).join("callback.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"{} $*\" >> {}\n",
+                c.name(i),
+                calls.display()
+            ),
+        )?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        chown_to_agent(&script)?;
+        let cb = script.display().to_string();
+        c.set_config_override(i, move |y| {
+            *y = y.replace(
+                "\n  bin_dir:",
+                &format!("\n  callbacks: {{on_role_change: {cb}}}\n  bin_dir:"),
+            )
+        });
+    }
+    let first = crate::support::start_all(&mut c).await;
+    let second = 1 - first;
+    let scope = c.scope().to_string();
+    let (a, b) = (c.name(first).to_string(), c.name(second).to_string());
+
+    c.switchover(first, second).await?;
+    wait_for_line(&calls, format!("{b} on_role_change primary {scope}")).await?;
+    wait_for_line(&calls, format!("{a} on_role_change replica {scope}")).await?;
+    wait_healthy(&c, &[0, 1], HEALTHY_TIMEOUT).await?;
+
+    // Failover: the new leader's host is lost (agent and postmaster killed).
+    c.stop_node(second, Signal::SIGKILL)?;
+    c.signal_postgres(second, Signal::SIGKILL)?;
+    let promoted = format!("{a} on_role_change primary {scope}");
+    wait_for_line(&calls, promoted.clone()).await?;
+
+    let text = std::fs::read_to_string(&calls)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let pos = |l: &str| lines.iter().position(|x| *x == l);
+    let b_up = pos(&format!("{b} on_role_change primary {scope}")).expect("b promoted");
+    let a_down = pos(&format!("{a} on_role_change replica {scope}")).expect("a demoted");
+    let a_up = pos(&promoted).expect("a promoted again");
+    assert!(b_up < a_up && a_down < a_up, "{lines:?}");
+    Ok(())
+}

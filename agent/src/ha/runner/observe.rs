@@ -210,6 +210,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 .unwrap_or_default(),
             standby_names: status.as_ref().map(|s| s.synchronous_standby_names.clone()),
             stopped_at,
+            switches: Vec::new(),
         };
         let Some(cluster) = cluster else {
             return (local, status);
@@ -225,6 +226,15 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             let i_lead = cluster.leader_name() == Some(self.cfg.name.as_str());
             if i_lead && !s.in_recovery && s.timeline > 1 && cluster.timeline() < s.timeline {
                 local.history = self.read_history(s.timeline);
+            }
+            // Row R-2': a standby's own history, to compare with the cluster's.
+            if s.in_recovery && s.timeline > 1 && cluster.history.is_some() {
+                if let Some((text, _)) = self.pg.timeline_history(s.timeline) {
+                    local.switches = patrol_dcs::History::from_timeline_file(&text)
+                        .iter()
+                        .map(|l| (l.timeline, l.lsn))
+                        .collect();
+                }
             }
         }
         (local, status)
