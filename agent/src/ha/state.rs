@@ -237,6 +237,13 @@ impl SharedState {
         g.failsafe_hold = Some(until);
     }
 
+    /// As leader: a failsafe hold is in effect now (every member accepted a round less than
+    /// `ttl` ago, so none of them may take the key meanwhile).
+    pub fn failsafe_hold_in_effect(&self) -> bool {
+        let now = Instant::now();
+        self.lock().failsafe_hold.is_some_and(|u| u > now)
+    }
+
     /// `POST /failsafe` accepted from `leader` now.
     pub fn failsafe_called_by(&self, leader: FailsafeLeader) {
         self.lock().failsafe_leader = Some((leader, Instant::now()));

@@ -540,7 +540,8 @@ async fn cluster_put(etcd: &EtcdCluster, key: &str, value: &str) {
 async fn a_killed_member_is_left_and_the_leader_keeps_its_key() {
     let mut etcd = EtcdCluster::start(3).expect("etcd cluster");
     let first = etcd.leader_index().await.expect("a raft leader");
-    let a = member_of(&etcd, first, "a", RETRY).await;
+    // The raft leader dies: the calls wait out an election (1-2 s, longer on a loaded machine).
+    let a = member_of(&etcd, first, "a", ELECTION_RETRY).await;
     let (view, health) = a.watch_with_health();
     assert!(a.attempt_to_acquire_leader().await.expect("a races"));
     let lease = a.refresh_lease().await.expect("lease").id;

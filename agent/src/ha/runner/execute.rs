@@ -225,6 +225,16 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 }
                 Ok(Outcome::LeaderKey(true))
             }
+            // Row D-2F'': the key vanished with a lease that expired while etcd was away, but
+            // every member accepted our failsafe round less than `ttl` ago, so none of them may
+            // have taken it: race for it again at once instead of demoting (the next cycle
+            // sees who holds it; the hold and the lease guard still bound how long we stay).
+            Ok((false, _)) if self.shared.failsafe_hold_in_effect() => {
+                self.recheck_soon = true;
+                Err(Step::Stop(
+                    "the leader key expired during the failsafe hold: racing for it again".into(),
+                ))
+            }
             Ok((false, _)) => Err(Step::Setback(
                 Setback::KeyNotOurs,
                 "lost the leader key".into(),
