@@ -215,7 +215,7 @@ impl Builder {
 
     fn parse_yaml_value(&mut self, var: &str, raw: &str, text: &str, what: &str) -> Option<Value> {
         match parse_yaml(text, var) {
-            Ok(v) if is_truthy(&v) => Some(v),
+            Ok(v) if patrol_dcs::python_truthy(&v) => Some(v),
             Ok(_) => None,
             Err(_) => {
                 self.warn_ignored(var, raw, what);
@@ -252,18 +252,6 @@ fn has_percent_placeholder(value: &str) -> bool {
         i += 1;
     }
     false
-}
-
-/// Python truthiness of a parsed YAML value.
-fn is_truthy(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
 }
 
 /// Build the configuration document from the `PATRONI_*` variables of `env`.

@@ -1443,17 +1443,6 @@ fn python_repr(v: &Value) -> String {
     }
 }
 
-fn python_truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
-}
-
 fn parse_tags(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Map<String, Value>> {
     const P: &str = "tags";
     let mut tags = opt_map(doc, "", P)?.cloned().unwrap_or_default();
@@ -1505,7 +1494,7 @@ fn parse_tags(doc: &Map<String, Value>, w: &mut Vec<String>) -> Result<Map<Strin
         }) else {
             continue;
         };
-        let set = python_truthy(flag_value);
+        let set = patrol_dcs::python_truthy(flag_value);
         if (set && prio > 0) || (!set && prio == 0) {
             let shown = python_repr(flag_value);
             w.push(format!(

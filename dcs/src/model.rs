@@ -56,6 +56,19 @@ pub fn lenient_bool(v: Option<&Value>) -> Option<bool> {
     }
 }
 
+/// Python's truthiness of a parsed JSON/YAML value (`if value:` in Patroni): `null`, `false`,
+/// `0`, `""`, `[]` and `{}` are false, everything else true.
+pub fn python_truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
 fn lenient_str(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),

@@ -67,17 +67,6 @@ pub fn valid_slot_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
-}
-
 fn text(o: &Map<String, Value>, key: &str) -> Option<String> {
     match o.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -92,7 +81,7 @@ pub fn permanent_slots(dynamic: &ClusterConfig) -> PermanentSlots {
     let source = ["permanent_replication_slots", "permanent_slots", "slots"]
         .iter()
         .filter_map(|k| dynamic.data.get(*k))
-        .find(|v| truthy(v));
+        .find(|v| patrol_dcs::python_truthy(v));
     let Some(Value::Object(map)) = source else {
         return PermanentSlots::default();
     };
@@ -107,7 +96,7 @@ pub fn permanent_slots(dynamic: &ClusterConfig) -> PermanentSlots {
         }
         let obj = match value {
             Value::Object(o) => o.clone(),
-            v if !truthy(v) => Map::new(),
+            v if !patrol_dcs::python_truthy(v) => Map::new(),
             v => {
                 out.problems
                     .push(format!("bad value for permanent slot '{name}': {v}"));

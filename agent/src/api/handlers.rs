@@ -116,8 +116,7 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
         Handler::CancelSwitchover => cancel_switchover(ctx).await,
         Handler::Sigterm => Reply::text(202, "shutdown scheduled"),
         Handler::PostFailsafe => with_body(req, true, |b| post_failsafe(ctx, b)).await,
-        // Citus is not implemented: we are never a coordinator, so the event is acknowledged,
-        // and said to be ignored.
+        // Citus: we are never a coordinator; the event is acknowledged, with the warning below.
         Handler::Mpp => {
             WARNED_MPP.call_once(|| {
                 tracing::warn!(

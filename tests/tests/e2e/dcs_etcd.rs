@@ -35,8 +35,13 @@ const SLOW_WATCHERS: &str = "etcd_debugging_mvcc_slow_watcher_total";
 
 /// Member `name` of the cluster under [`PREFIX`] through `endpoint`, with `ttl` 10 s.
 async fn member(endpoint: String, name: &str, retry: Duration) -> EtcdDcs {
+    member_through(vec![endpoint], name, retry).await
+}
+
+/// Member `name` of the cluster under [`PREFIX`] through `endpoints`, in order, with `ttl` 10 s.
+async fn member_through(endpoints: Vec<String>, name: &str, retry: Duration) -> EtcdDcs {
     let settings = EtcdSettings {
-        endpoints: vec![endpoint],
+        endpoints,
         username: None,
         password: None,
         tls: EtcdTls::default(),
@@ -484,17 +489,7 @@ async fn the_watch_reads_again_after_etcd_restarted() {
 async fn member_of(etcd: &EtcdCluster, first: usize, name: &str, retry: Duration) -> EtcdDcs {
     let mut endpoints = etcd.endpoints();
     endpoints.rotate_left(first);
-    let settings = EtcdSettings {
-        endpoints,
-        username: None,
-        password: None,
-        tls: EtcdTls::default(),
-        prefix: PREFIX.to_owned(),
-        member_name: name.to_owned(),
-    };
-    EtcdDcs::connect(&settings, 10, retry)
-        .await
-        .expect("EtcdDcs connects")
+    member_through(endpoints, name, retry).await
 }
 
 /// The value and lease of `<PREFIX><key>`, read through the members the test left serving

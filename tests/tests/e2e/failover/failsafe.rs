@@ -48,11 +48,18 @@ async fn failsafe_cluster() -> (Cluster, usize) {
     (c, leader)
 }
 
-/// `GET /patroni` of node `i` says `failsafe_mode_is_active`.
-async fn failsafe_active(c: &Cluster, i: usize) -> anyhow::Result<bool> {
-    let (_, body) = c.api_get(i, "/patroni").await?;
-    let v: serde_json::Value = serde_json::from_str(&body)?;
-    Ok(v["failsafe_mode_is_active"] == serde_json::Value::Bool(true))
+/// Waits (up to ttl) until `GET /patroni` of node `i` says `failsafe_mode_is_active`.
+async fn wait_failsafe_active(c: &Cluster, i: usize) -> anyhow::Result<()> {
+    wait_until(
+        "the leader to report failsafe mode active",
+        TTL,
+        || async move {
+            let (_, body) = c.api_get(i, "/patroni").await?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            Ok((v["failsafe_mode_is_active"] == serde_json::Value::Bool(true)).then_some(()))
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,13 +83,7 @@ async fn failsafe_primary_stays_writable_through_an_etcd_outage() {
 
     let pause_at = Instant::now();
     c.etcd().pause().expect("pause etcd");
-    let cl = &c;
-    let active = wait_until(
-        "the leader to report failsafe mode active",
-        TTL,
-        || async move { Ok(failsafe_active(cl, leader).await?.then_some(())) },
-    )
-    .await;
+    let active = wait_failsafe_active(&c, leader).await;
     let outage = async {
         active?;
         // Three ttl of outage: the leader must renew its hold several times.
@@ -169,13 +170,8 @@ async fn failsafe_primary_demotes_when_a_member_does_not_answer() {
     let prober = Prober::start(&c);
 
     c.etcd().pause().expect("pause etcd");
+    let active = wait_failsafe_active(&c, leader).await;
     let cl = &c;
-    let active = wait_until(
-        "the leader to report failsafe mode active",
-        TTL,
-        || async move { Ok(failsafe_active(cl, leader).await?.then_some(())) },
-    )
-    .await;
     c.stop_node(replica, Signal::SIGSTOP)
         .expect("SIGSTOP a replica's agent");
     let frozen_at = Instant::now();
