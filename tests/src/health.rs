@@ -39,8 +39,9 @@ pub fn is_streaming_replica(m: &MemberData) -> bool {
 }
 
 /// Waits until the leader key names one of `nodes`, whose member key says primary/running, and
-/// every other node of `nodes` publishes a running, streaming replica. Returns the leader's
-/// index.
+/// every other node of `nodes` publishes a running, streaming replica on the leader's timeline
+/// (a replica still on the old one after a failover is not yet a switchover candidate). Returns
+/// the leader's index.
 pub async fn wait_healthy(
     cluster: &Cluster,
     nodes: &[usize],
@@ -58,15 +59,18 @@ pub async fn wait_healthy(
             return Ok(None);
         };
         let members = members(cluster).await?;
-        let leader_ok = members
+        let Some(lm) = members
             .get(&leader)
-            .is_some_and(|m| m.role == Role::Primary && m.state == "running");
+            .filter(|m| m.role == Role::Primary && m.state == "running")
+        else {
+            return Ok(None);
+        };
         let replicas_ok = nodes.iter().filter(|&&i| i != li).all(|&i| {
-            members
-                .get(cluster.name(i))
-                .is_some_and(is_streaming_replica)
+            members.get(cluster.name(i)).is_some_and(|m| {
+                is_streaming_replica(m) && (lm.timeline.is_none() || m.timeline == lm.timeline)
+            })
         });
-        Ok((leader_ok && replicas_ok).then_some(li))
+        Ok(replicas_ok.then_some(li))
     })
     .await
 }
