@@ -725,9 +725,6 @@ pub(crate) fn build(doc: &Map<String, Value>, home: &str) -> Result<(Config, Vec
     let postgresql = parse_postgresql(doc, home, &mut w)?;
     let tags = parse_tags(doc, &mut w)?;
 
-    if get(doc, "citus").is_some() {
-        w.push("citus is not supported by Patrol; the citus section is ignored".to_string());
-    }
     let watchdog = parse_watchdog(doc, &mut w)?;
     if let Some(log) = opt_map(doc, "", "log")? {
         warn_unknown(log, "log", LOG_KEYS, &[], &mut w);

@@ -59,8 +59,6 @@ pub enum When {
     Positive,
     /// Set to something other than one of these strings.
     NotOneOf(&'static [&'static str]),
-    /// `standby_cluster` with a non-empty `host`, `port` or `restore_command`.
-    StandbyCluster,
     /// Set, while the agent reaches its PostgreSQL over TCP (`postgresql.use_unix_socket` off):
     /// TLS options mean nothing on a unix socket.
     SetOverTcp,
@@ -119,7 +117,7 @@ const fn warn_others(
 }
 
 use Scope::{Both, Dynamic, Local};
-use When::{NotOneOf, Positive, Set, StandbyCluster, True};
+use When::{NotOneOf, Positive, Set, True};
 
 const NO_LOG_FILES: &str = "no log files are written (see log.dir)";
 
@@ -138,6 +136,7 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("log.file_size", Local, Set, NO_LOG_FILES),
     warn("log.loggers", Local, Set, "per-module log levels are set with RUST_LOG (e.g. RUST_LOG=info,patrol_agent=debug)"),
     Unsupported { key: "postgresql.authentication.superuser.*", except: &["username", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"], scope: Local, effect: Effect::Warn, when: When::SetOverTcp, reason: "the agent's own TCP connection to PostgreSQL uses sslmode, sslrootcert, sslcert and sslkey only (no revocation lists, encrypted keys, GSSAPI or channel binding settings)" },
+    refuse("citus", Local, Set, "Citus clusters (a coordinator and worker groups registered with each other) are not managed: the node would run as a plain PostgreSQL cluster"),
     warn("tags.replicatefrom", Local, Set, "cascading replication is not implemented: this member replicates from the leader"),
     warn("tags.nostream", Local, True, "this member still streams from the leader (the leader only skips its replication slot)"),
     // The postgresql section, locally and in the dynamic configuration.
@@ -146,7 +145,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     // Dynamic only.
     warn("primary_stop_timeout", Dynamic, Positive, "Patrol does not bound a synchronous primary's shutdown with it: PostgreSQL is stopped fast and waited for"),
     warn("master_stop_timeout", Dynamic, Positive, "Patrol does not bound a synchronous primary's shutdown with it: PostgreSQL is stopped fast and waited for"),
-    refuse("standby_cluster", Dynamic, StandbyCluster, "standby clusters are not implemented: the cluster would run its own writable primary instead of following the remote one"),
     warn_others(
         "postgresql.*",
         &[
@@ -181,6 +179,17 @@ pub struct Finding {
     /// The key came from a `PATRONI_*` variable.
     pub from_env: bool,
 }
+
+/// Entries that exercise what no real one does today (a refused dynamic key) in the tests.
+#[cfg(test)]
+const TEST_ENTRIES: &[Unsupported] = &[refuse(
+    "test_guarantee",
+    Dynamic,
+    Set,
+    "a guarantee Patrol does not give",
+)];
+#[cfg(not(test))]
+const TEST_ENTRIES: &[Unsupported] = &[];
 
 const OVERRIDE: &str = "--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1";
 
@@ -281,7 +290,11 @@ pub fn newly_refused(before: &Map<String, Value>, after: &Map<String, Value>) ->
 
 fn check(root: &Map<String, Value>, scopes: &[Scope], prefix: &str) -> Vec<Finding> {
     let mut out: Vec<Finding> = Vec::new();
-    for entry in UNSUPPORTED.iter().filter(|e| scopes.contains(&e.scope)) {
+    for entry in UNSUPPORTED
+        .iter()
+        .chain(TEST_ENTRIES)
+        .filter(|e| scopes.contains(&e.scope))
+    {
         let segments: Vec<&str> = entry.key.split('.').collect();
         let mut found = Vec::new();
         resolve(root, &segments, entry.except, String::new(), &mut found);
@@ -392,12 +405,6 @@ fn asks(
         When::NotOneOf(ok) => match value {
             Some(Value::String(s)) => !s.trim().is_empty() && !ok.contains(&s.trim()),
             v => is_set(v),
-        },
-        When::StandbyCluster => match value {
-            Some(Value::Object(s)) => ["host", "port", "restore_command"]
-                .iter()
-                .any(|k| is_set(s.get(*k))),
-            _ => false,
         },
         When::SetOverTcp => {
             let unix = root
@@ -531,7 +538,7 @@ mod tests {
             "postgresql": {"create_replica_methods": ["basebackup"], "use_unix_socket": "off", "recovery_conf": {}},
             "watchdog": {"mode": "off", "device": "/dev/watchdog"},
             "tags": {"nostream": "false", "clonefrom": true},
-            "bootstrap": {"method": "initdb", "dcs": {"synchronous_mode": "off", "synchronous_mode_strict": false, "failsafe_mode": false, "primary_stop_timeout": 0, "slots": {}, "standby_cluster": {"primary_slot_name": "x"}}},
+            "bootstrap": {"method": "initdb", "dcs": {"synchronous_mode": "off", "synchronous_mode_strict": false, "failsafe_mode": false, "primary_stop_timeout": 0, "slots": {}, "standby_cluster": {"host": "10.0.0.1", "primary_slot_name": "x"}}},
         }));
         assert_eq!(check_local(&doc), vec![]);
     }
@@ -543,13 +550,14 @@ mod tests {
             "synchronous_mode_strict": true,
             "failsafe_mode": "yes",
             "standby_cluster": {"host": "10.0.0.1", "port": 5432},
+            "test_guarantee": true,
             "postgresql": {"use_slots": true, "pg_ident": ["a b c"], "recovery_conf": {"restore_command": "cp"}},
         }}}));
         assert_eq!(
             paths(&check_local(&doc)),
             vec![
-                ("bootstrap.dcs.standby_cluster", Effect::Refuse),
                 ("bootstrap.dcs.postgresql.pg_ident", Effect::Warn),
+                ("bootstrap.dcs.test_guarantee", Effect::Refuse),
             ]
         );
         for mode in [
@@ -623,15 +631,14 @@ mod tests {
 
     #[test]
     fn newly_refused_ignores_what_was_already_there() {
-        let sc = |host: &str| json!({"host": host, "port": 5432});
-        let before = map(json!({"standby_cluster": sc("10.0.0.1"), "ttl": 30}));
-        let after =
-            map(json!({"standby_cluster": sc("10.0.0.2"), "ttl": 30, "failsafe_mode": true}));
+        let sc = |v: &str| json!({"level": v});
+        let before = map(json!({"test_guarantee": sc("a"), "ttl": 30}));
+        let after = map(json!({"test_guarantee": sc("b"), "ttl": 30, "failsafe_mode": true}));
         assert_eq!(newly_refused(&before, &after), vec![]);
-        let after = map(json!({"standby_cluster": sc("10.0.0.1"), "ttl": 30}));
+        let after = map(json!({"test_guarantee": sc("a"), "ttl": 30}));
         assert_eq!(
             paths(&newly_refused(&map(json!({"ttl": 30})), &after)),
-            vec![("standby_cluster", Effect::Refuse)]
+            vec![("test_guarantee", Effect::Refuse)]
         );
         // `pre_promote` is implemented: a local setting, warned about (not refused) in the
         // dynamic configuration, as every other dynamic postgresql key Patrol does not apply.
@@ -640,8 +647,11 @@ mod tests {
         let rejected = &newly_refused(&Map::new(), &before)[0];
         assert_eq!(
             rejected.rejection(),
-            r#"standby_cluster = {"host":"10.0.0.1","port":5432}: standby clusters are not implemented: the cluster would run its own writable primary instead of following the remote one; Patrol does not implement it yet, so it is not written (see docs/patroni-compatibility.md)"#
+            r#"test_guarantee = {"level":"a"}: a guarantee Patrol does not give; Patrol does not implement it yet, so it is not written (see docs/patroni-compatibility.md)"#
         );
+        // Standby clusters are implemented.
+        let standby = map(json!({"standby_cluster": {"host": "10.0.0.1", "port": 5432}}));
+        assert_eq!(newly_refused(&Map::new(), &standby), vec![]);
         // Synchronous replication is implemented: nothing is refused.
         let sync = map(json!({"synchronous_mode": "quorum", "synchronous_mode_strict": true}));
         assert_eq!(newly_refused(&Map::new(), &sync), vec![]);
@@ -652,21 +662,21 @@ mod tests {
         let mut n = DynamicNotice::default();
         assert_eq!(n.changed(&Map::new()), Some(vec![]));
         assert_eq!(n.changed(&map(json!({"ttl": 30}))), None);
-        let sc = map(json!({"standby_cluster": {"host": "10.0.0.1"}, "ttl": 30}));
+        let sc = map(json!({"test_guarantee": {"host": "10.0.0.1"}, "ttl": 30}));
         let got = n.changed(&sc).expect("changed");
-        assert_eq!(paths(&got), vec![("standby_cluster", Effect::Refuse)]);
+        assert_eq!(paths(&got), vec![("test_guarantee", Effect::Refuse)]);
         assert!(got[0].dynamic_message().ends_with(
             "Patrol does not give this guarantee yet and runs without it: set it back (patrolctl edit-config)"
         ));
         assert_eq!(n.changed(&sc), None);
         assert_eq!(
             n.changed(&map(
-                json!({"ttl": 40, "standby_cluster": {"host": "10.0.0.1"}})
+                json!({"ttl": 40, "test_guarantee": {"host": "10.0.0.1"}})
             )),
             None
         );
         let more = map(
-            json!({"standby_cluster": {"host": "10.0.0.1"}, "slots": {"s": {"type": "logical"}}}),
+            json!({"test_guarantee": {"host": "10.0.0.1"}, "slots": {"s": {"type": "logical"}}}),
         );
         assert_eq!(
             n.changed(&more).map(|f| f.len()),

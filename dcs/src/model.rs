@@ -982,14 +982,67 @@ impl ClusterConfig {
 
     /// Whether `standby_cluster` describes a standby cluster (host, port or restore_command set).
     pub fn is_standby_cluster(&self) -> bool {
+        self.standby_cluster().is_some()
+    }
+
+    /// The remote source of a standby cluster (spec 5.9): `Some` when `standby_cluster` sets
+    /// `host`, `port` or `restore_command`.
+    pub fn standby_cluster(&self) -> Option<StandbySource> {
         let Some(Value::Object(s)) = self.data.get("standby_cluster") else {
-            return false;
+            return None;
         };
-        ["host", "port", "restore_command"].iter().any(|k| {
-            s.get(*k)
-                .map(|v| !v.is_null() && v.as_str() != Some(""))
-                .unwrap_or(false)
-        })
+        let text = |k: &str| lenient_str(s.get(k)).filter(|t| !t.trim().is_empty());
+        let source = StandbySource {
+            host: text("host"),
+            port: text("port").and_then(|p| p.trim().parse().ok()),
+            primary_slot_name: text("primary_slot_name"),
+            restore_command: text("restore_command"),
+            archive_cleanup_command: text("archive_cleanup_command"),
+            recovery_min_apply_delay: text("recovery_min_apply_delay"),
+            create_replica_methods: s
+                .get("create_replica_methods")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| lenient_str(Some(v))).collect()),
+        };
+        (source.host.is_some() || source.port.is_some() || source.restore_command.is_some())
+            .then_some(source)
+    }
+}
+
+/// Where the leader of a standby cluster (the *standby leader*) takes its WAL from: a remote
+/// primary (`host`, `port`, through `primary_slot_name` when set) and/or an archive
+/// (`restore_command`), as the dynamic `standby_cluster` section gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StandbySource {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub primary_slot_name: Option<String>,
+    pub restore_command: Option<String>,
+    pub archive_cleanup_command: Option<String>,
+    pub recovery_min_apply_delay: Option<String>,
+    /// The methods that create the standby leader's data directory (default `basebackup`).
+    pub create_replica_methods: Option<Vec<String>>,
+}
+
+impl StandbySource {
+    /// What the standby leader follows, for logs and to notice a change: the remote host and
+    /// port (5432 when only the host is set), or the archive alone.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.host.is_some() || self.port.is_some() {
+            parts.push(format!(
+                "the remote primary {}:{}",
+                self.host.as_deref().unwrap_or("localhost"),
+                self.port.unwrap_or(5432)
+            ));
+        }
+        if let Some(slot) = &self.primary_slot_name {
+            parts.push(format!("slot {slot}"));
+        }
+        if self.restore_command.is_some() {
+            parts.push("the archive (restore_command)".into());
+        }
+        parts.join(", ")
     }
 }
 

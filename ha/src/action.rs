@@ -60,6 +60,14 @@ pub enum Action {
     /// Planned switchover on the leader: CHECKPOINT, fast stop, release the key once stopped
     /// (replicas have the shutdown checkpoint), restart as a standby (long operation).
     GracefulDemote,
+    /// Row SC-2: the leader's primary becomes the standby leader of a standby cluster: fast
+    /// stop keeping the key, archive the WAL segment of the shutdown checkpoint when archiving
+    /// is on (so that a primary promoted from that archive needs no rewind of this node), then
+    /// start as a standby of the remote source (long operation).
+    DemoteCluster(Upstream),
+    /// Row H-1.6: write the dynamic configuration in effect as the `config` key, which is
+    /// missing (an adopted data directory, a wiped DCS).
+    WriteConfig,
     /// Reset the `failover` key to `{}` (compare-and-swap on the revision observed).
     ClearFailover {
         version: i64,

@@ -293,11 +293,14 @@ impl Observation {
     }
 }
 
-/// Where a standby should stream from.
+/// Where a standby should stream from: a member, or (the leader of a standby cluster) the
+/// remote source of the `standby_cluster` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub name: String,
     pub conn_url: String,
+    /// Row SC-1: the standby cluster's remote source (its `name` describes it).
+    pub remote: Option<patrol_dcs::StandbySource>,
 }
 
 impl Upstream {
@@ -305,6 +308,25 @@ impl Upstream {
         Upstream {
             name: m.name.clone(),
             conn_url: m.data.conn_url.clone(),
+            remote: None,
+        }
+    }
+
+    /// The remote source of a standby cluster.
+    pub fn remote(source: &patrol_dcs::StandbySource) -> Upstream {
+        Upstream {
+            name: source.describe(),
+            conn_url: String::new(),
+            remote: Some(source.clone()),
+        }
+    }
+
+    /// What [`crate::Memory::following`] holds for it: the member's name, or every setting of
+    /// the remote source (a changed `restore_command` is a new upstream to follow).
+    pub fn key(&self) -> String {
+        match &self.remote {
+            Some(r) => format!("standby_cluster {r:?}"),
+            None => self.name.clone(),
         }
     }
 }

@@ -271,6 +271,9 @@ pub struct SlotInput<'a> {
     pub paused: bool,
     /// Standby: drop logical slots that are neither permanent nor ignored (PostgreSQL < 16).
     pub drop_stray_logical: bool,
+    /// The standby leader of a standby cluster (row SC-1): a leader whose PostgreSQL is a
+    /// standby, so stray logical slots are dropped as on any standby.
+    pub standby_leader: bool,
     /// A leader exists and it is not us (a standby's slot that got an `xmin` is then dropped).
     pub leader_elsewhere: bool,
     /// The members' slots this node keeps ([`crate::slots::member_slots`]). On the leader the
@@ -389,7 +392,7 @@ pub fn plan(i: &SlotInput) -> SlotPlan {
             }
         }
     }
-    if !i.primary && i.drop_stray_logical && !i.paused {
+    if (!i.primary || i.standby_leader) && i.drop_stray_logical && !i.paused {
         for e in i.existing {
             if e.logical.is_some()
                 && !permanent.contains(e.name.as_str())
@@ -568,6 +571,7 @@ mod tests {
             ignore: &ignore,
             paused: c.paused,
             drop_stray_logical: true,
+            standby_leader: false,
             leader_elsewhere: true,
             members: &c
                 .members

@@ -17,9 +17,13 @@ fn code(ok: bool) -> StatusCode {
     }
 }
 
-/// The role reported: from `pg_is_in_recovery` when the query answered, else the agent's.
+/// The role reported: from `pg_is_in_recovery` when the query answered, else the agent's; the
+/// standby leader of a standby cluster reports `standby_leader`.
 pub(crate) fn role(s: &Snapshot) -> String {
     match &s.status {
+        Some(st) if st.in_recovery && s.node.role == Role::StandbyLeader => {
+            Role::StandbyLeader.as_str().into()
+        }
         Some(st) if st.in_recovery => "replica".into(),
         Some(_) => "primary".into(),
         None => s.node.role.as_str().to_string(),

@@ -64,13 +64,20 @@ pub trait LocalPostgres: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), PgError>> + Send;
     fn reload(&self) -> impl Future<Output = Result<(), PgError>> + Send;
     fn promote(&self, wait: Duration) -> impl Future<Output = Result<(), PgError>> + Send;
-    /// Creates the data directory of a replica with `create_replica_methods` from `conninfo`
-    /// (`None`: without a leader, the `no_leader` methods only; `basebackup_only`: as
-    /// `POST /reinitialize` with `from_leader`); the name of the method that worked.
+    /// Creates the data directory of a replica with `create_replica_methods` (or `methods`
+    /// instead: `basebackup` alone for `POST /reinitialize` with `from_leader`, a standby
+    /// cluster's own list) from `conninfo` (`None`: without a leader, the `no_leader` methods
+    /// only); the name of the method that worked.
     fn create_replica(
         &self,
         conninfo: Option<&str>,
-        basebackup_only: bool,
+        methods: Option<Vec<String>>,
+    ) -> impl Future<Output = Result<String, PgError>> + Send;
+    /// Runs `archive_command` for the WAL segment of the stopped data directory's last
+    /// checkpoint (row SC-2); the segment's name.
+    fn archive_shutdown_checkpoint_wal(
+        &self,
+        archive_command: &str,
     ) -> impl Future<Output = Result<String, PgError>> + Send;
     /// Crash recovery in single-user mode (before `pg_rewind` of an unclean directory).
     fn single_user_recovery(&self) -> impl Future<Output = Result<(), PgError>> + Send;
@@ -208,9 +215,17 @@ impl LocalPostgres for Local {
     async fn create_replica(
         &self,
         conninfo: Option<&str>,
-        basebackup_only: bool,
+        methods: Option<Vec<String>>,
     ) -> Result<String, PgError> {
-        self.pg.create_replica(conninfo, basebackup_only).await
+        self.pg.create_replica(conninfo, methods).await
+    }
+    async fn archive_shutdown_checkpoint_wal(
+        &self,
+        archive_command: &str,
+    ) -> Result<String, PgError> {
+        self.pg
+            .archive_shutdown_checkpoint_wal(archive_command)
+            .await
     }
     async fn single_user_recovery(&self) -> Result<(), PgError> {
         self.pg.single_user_recovery().await

@@ -38,6 +38,14 @@ impl Recovery {
         }
     }
 
+    /// Sets each of `settings`, replacing the value it had.
+    pub fn set_all(&mut self, settings: Vec<(String, String)>) {
+        for (k, v) in settings {
+            self.settings.retain(|(n, _)| !n.eq_ignore_ascii_case(&k));
+            self.settings.push((k, v));
+        }
+    }
+
     /// The archive recovery after a custom bootstrap: `recovery_conf` as given (Patroni's
     /// `pause_at_recovery_target` becomes `recovery_target_action`), with `recovery.signal`.
     pub fn archive(recovery_conf: &Map<String, Value>) -> Recovery {
@@ -130,6 +138,16 @@ fn value_text(v: &Value) -> Option<String> {
         Value::Bool(b) => Some(if *b { "on".into() } else { "off".into() }),
         _ => None,
     }
+}
+
+/// `archive_command` when `parameters` turn archiving on (`archive_mode` on or always), as
+/// Patroni's `get_archive_command`.
+pub fn archive_command(parameters: &Map<String, Value>) -> Option<String> {
+    let mode = parameters.get("archive_mode").and_then(value_text)?;
+    let command = parameters.get("archive_command").and_then(value_text)?;
+    (matches!(mode.trim().to_ascii_lowercase().as_str(), "on" | "always")
+        && !command.trim().is_empty())
+    .then_some(command)
 }
 
 /// The controlled parameters: listen address and port from the local config, `cluster_name` =

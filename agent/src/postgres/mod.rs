@@ -6,6 +6,7 @@
 //! and replica creation commands create it, and only a failed bootstrap or clone removes it; nothing here runs as root, and passwords go through a passfile
 //! or stdin-less pwfile, never a command line.
 
+mod archive;
 pub mod bootstrap;
 mod conf;
 mod error;
@@ -22,8 +23,8 @@ use std::time::Duration;
 use tokio::process::Command;
 
 pub use conf::{
-    append_pg_hba, is_valid_guc_name, libpq_quote, primary_conninfo, standby_settings, ConfigFiles,
-    Recovery,
+    append_pg_hba, archive_command, is_valid_guc_name, libpq_quote, primary_conninfo,
+    standby_settings, ConfigFiles, Recovery,
 };
 pub use error::PgError;
 pub use query::{quote_ident, quote_literal, LocalConn, LocalStatus, PgClient, ReplicationRow};

@@ -29,13 +29,9 @@ impl Postgres {
     pub async fn create_replica(
         &self,
         conninfo: Option<&str>,
-        basebackup_only: bool,
+        methods: Option<Vec<String>>,
     ) -> Result<String, PgError> {
-        let configured = if basebackup_only {
-            vec!["basebackup".to_string()]
-        } else {
-            self.cfg.create_replica_methods.clone()
-        };
+        let configured = methods.unwrap_or_else(|| self.cfg.create_replica_methods.clone());
         let methods: Vec<String> = configured
             .into_iter()
             .filter(|m| conninfo.is_some() || self.replica_method(m).is_some_and(|r| r.no_leader))

@@ -95,7 +95,9 @@ impl SimEtcd {
     fn cas(&self, key: &str, json: &str, version: Option<i64>) -> bool {
         let mut w = lock(&self.w);
         if let Some(v) = version {
-            if w.etcd.keys.get(key).map(|e| e.mod_revision) != Some(v) {
+            // Revision 0 compares with an absent key, as etcd's mod_revision does.
+            let now = w.etcd.keys.get(key).map(|e| e.mod_revision).unwrap_or(0);
+            if now != v {
                 return false;
             }
         }

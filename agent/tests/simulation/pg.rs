@@ -316,7 +316,7 @@ impl LocalPostgres for SimPostgres {
     async fn create_replica(
         &self,
         conninfo: Option<&str>,
-        _basebackup_only: bool,
+        _methods: Option<Vec<String>>,
     ) -> Result<String, PgError> {
         // The simulated members have pg_basebackup only, which needs a source.
         let Some(conninfo) = conninfo.map(str::to_string) else {
@@ -342,6 +342,11 @@ impl LocalPostgres for SimPostgres {
             Ok("basebackup".to_string())
         })
         .await
+    }
+
+    async fn archive_shutdown_checkpoint_wal(&self, _command: &str) -> Result<String, PgError> {
+        // The simulation runs no standby cluster.
+        Err(failed("archive_command", "not simulated"))
     }
 
     async fn single_user_recovery(&self) -> Result<(), PgError> {

@@ -157,11 +157,10 @@ fn unknown_keys_produce_warnings_naming_them() {
 #[test]
 fn known_unsupported_sections_are_accepted() {
     let yaml = format!(
-        "{MINIMAL}log:\n  level: DEBUG\n  dir: /var/log\nconsul:\n  host: x:8500\ncitus:\n  group: 0\n  database: citus\nwatchdog:\n  mode: required\n  device: /dev/watchdog\nthread_pool_size: 5\nttl: 40\n"
+        "{MINIMAL}log:\n  level: DEBUG\n  dir: /var/log\nconsul:\n  host: x:8500\nwatchdog:\n  mode: required\n  device: /dev/watchdog\nthread_pool_size: 5\nttl: 40\n"
     );
     let loaded = load_ok(&yaml, &[]);
     assert_warning(&loaded, "the consul section is ignored");
-    assert_warning(&loaded, "citus is not supported");
     assert_warning(&loaded, "ttl is a dynamic configuration setting");
     assert_warning(
         &loaded,

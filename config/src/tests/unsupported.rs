@@ -84,7 +84,7 @@ fn unimplemented_keys_from_the_environment_say_so() {
 #[test]
 fn keys_asking_for_guarantees_are_refused_unless_allowed() {
     let yaml = format!(
-        "{MINIMAL}  pre_promote: /bin/fence.sh\nbootstrap:\n  dcs:\n    synchronous_mode: on\n    synchronous_mode_strict: true\n    standby_cluster:\n      host: 10.0.0.1\n      port: 5432\n"
+        "{MINIMAL}  pre_promote: /bin/fence.sh\ncitus:\n  group: 0\n  database: citus\nbootstrap:\n  dcs:\n    synchronous_mode: on\n    synchronous_mode_strict: true\n    standby_cluster:\n      host: 10.0.0.1\n      port: 5432\n"
     );
     let loaded = load_ok(&yaml, &[]);
     let keys: Vec<&str> = loaded
@@ -92,12 +92,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
         .iter()
         .map(|r| r.split(" = ").next().unwrap_or_default())
         .collect();
-    assert_eq!(
-        keys,
-        vec!["bootstrap.dcs.standby_cluster"],
-        "{:#?}",
-        loaded.refusals
-    );
+    assert_eq!(keys, vec!["citus"], "{:#?}", loaded.refusals);
     for r in &loaded.refusals {
         assert!(
             r.contains("so it refuses to start (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 starts it anyway"),
@@ -106,15 +101,12 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
     }
     assert_eq!(
         loaded.refusals[0],
-        "bootstrap.dcs.standby_cluster = {\"host\":\"10.0.0.1\",\"port\":5432}: standby clusters are not implemented: the cluster would run its own writable primary instead of following the remote one; Patrol does not give this guarantee yet, so it refuses to start (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 starts it anyway; see docs/patroni-compatibility.md)"
+        "citus = {\"group\":0,\"database\":\"citus\"}: Citus clusters (a coordinator and worker groups registered with each other) are not managed: the node would run as a plain PostgreSQL cluster; Patrol does not give this guarantee yet, so it refuses to start (--allow-unsupported or PATROL_ALLOW_UNSUPPORTED=1 starts it anyway; see docs/patroni-compatibility.md)"
     );
     // What a reload sees: an error naming every key.
     let err = loaded.clone().usable().expect_err("refused");
     assert!(matches!(err, ConfigError::Unsupported { .. }));
-    assert!(
-        err.to_string().contains("bootstrap.dcs.standby_cluster = ")
-            && !err.to_string().contains("pre_promote"),
-    );
+    assert!(err.to_string().contains("citus = ") && !err.to_string().contains("pre_promote"),);
 
     // The override: the same keys become warnings, and the config says so.
     for yes in ["1", "true", "on", "yes"] {
@@ -123,7 +115,7 @@ fn keys_asking_for_guarantees_are_refused_unless_allowed() {
         assert!(allowed.config.allow_unsupported);
         assert_warning(
             &allowed,
-            "bootstrap.dcs.standby_cluster = {\"host\":\"10.0.0.1\",\"port\":5432}: standby clusters are not implemented",
+            "citus = {\"group\":0,\"database\":\"citus\"}: Citus clusters",
         );
         assert_warning(
             &allowed,

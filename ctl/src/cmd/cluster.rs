@@ -156,7 +156,7 @@ async fn change_cluster_role(
         if Instant::now() >= deadline {
             print_members(&cluster, name);
             return fail(format!(
-                "the leader did not become a running {target_role} within {timeout} s (note: Patrol agents do not implement standby clusters yet)"
+                "the leader did not become a running {target_role} within {timeout} s"
             ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

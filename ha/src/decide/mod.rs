@@ -33,13 +33,16 @@ impl Deref for Reach<'_> {
 /// The decision for one cycle.
 pub fn decide(o: &Observation) -> Decision {
     let d = match &o.dcs {
-        DcsView::Reachable(cluster) => match crate::failsafe::with_failsafe_leader(o, cluster) {
-            Some(cluster) => decide_reachable(&Reach {
-                o,
-                cluster: &cluster,
-            }),
-            None => decide_reachable(&Reach { o, cluster }),
-        },
+        DcsView::Reachable(cluster) => {
+            let d = match crate::failsafe::with_failsafe_leader(o, cluster) {
+                Some(cluster) => decide_reachable(&Reach {
+                    o,
+                    cluster: &cluster,
+                }),
+                None => decide_reachable(&Reach { o, cluster }),
+            };
+            config_duty(cluster, d)
+        }
         DcsView::Unreachable => offline(o),
     };
     watchdog_duties(o, d)
@@ -52,7 +55,8 @@ pub fn decide(o: &Observation) -> Decision {
 /// bootstrap), and disarmed after the steps that end the leadership (the demotion has stopped
 /// PostgreSQL, the key is released), as Patroni disables it once PostgreSQL is stopped. A node
 /// that exits disarms first. A planned switchover keeps it until the key is released. A failsafe
-/// hold (row D-2F) leads without the DCS: the watchdog stays armed and is fed.
+/// hold (row D-2F) leads without the DCS: the watchdog stays armed and is fed. The standby
+/// leader of a standby cluster (row SC-1) runs no primary: no watchdog, as Patroni.
 fn watchdog_duties(o: &Observation, mut d: Decision) -> Decision {
     let wd = o.watchdog;
     let has = |d: &Decision, f: fn(&Action) -> bool| d.actions.iter().any(f);
@@ -60,6 +64,7 @@ fn watchdog_duties(o: &Observation, mut d: Decision) -> Decision {
         matches!(a, Action::Fatal { .. } | Action::AbortBootstrap { .. })
     });
     let leads = !o.dynamic.pause()
+        && !o.dynamic.is_standby_cluster()
         && !exits
         && has(&d, |a| {
             matches!(
@@ -99,6 +104,28 @@ fn watchdog_duties(o: &Observation, mut d: Decision) -> Decision {
         } else {
             d.actions.push(Action::DisarmWatchdog);
         }
+    }
+    d
+}
+
+/// Row H-1.6: a leader that finds no `config` key (it adopted an existing data directory, or
+/// the DCS was wiped) writes the dynamic configuration in effect, right after taking or
+/// refreshing the key, as Patroni does. Not while the key holds something unreadable (that is
+/// reported, not overwritten).
+fn config_duty(cluster: &Cluster, mut d: Decision) -> Decision {
+    if cluster.config.is_some() || cluster.config_unreadable.is_some() {
+        return d;
+    }
+    let at = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::AcquireLeaderKey | Action::RefreshLeaderKey));
+    let gives_up = d
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::ReleaseLeaderKey | Action::Demote { .. }));
+    if let (Some(at), false) = (at, gives_up) {
+        d.actions.insert(at + 1, Action::WriteConfig);
     }
     d
 }
@@ -201,6 +228,18 @@ fn decide_reachable(o: &Reach) -> Decision {
         );
     }
 
+    // Row SC-B: the clone that was to make a standby cluster's first member failed.
+    if let Some(TaskResult::Failed(Task::Clone, why)) = &o.last_result {
+        if o.mem.bootstrapping {
+            return decision(
+                format!("bootstrap of the standby leader failed: {why}"),
+                vec![Action::AbortBootstrap {
+                    reason: why.clone(),
+                }],
+            );
+        }
+    }
+
     // Row PP-1: the pre-promote script failed, so PostgreSQL was not promoted: the lock holder
     // gives the key up and stays out of leader races for `ttl`, as Patroni ("Releasing the
     // leader key voluntarily because the pre-promote script failed"). A PostgreSQL that may be
@@ -267,14 +306,32 @@ fn decide_reachable(o: &Reach) -> Decision {
             if leader.is_some() {
                 return decision("waiting for the leader's member key", vec![]);
             }
+            let waiting = if o.dynamic.is_standby_cluster() {
+                "waiting for standby_leader to bootstrap"
+            } else {
+                "waiting for leader to bootstrap"
+            };
             match &o.cluster.initialize {
+                // Row SC-B: the first member of a standby cluster clones the remote source
+                // (with `standby_cluster.create_replica_methods`) and becomes its standby
+                // leader.
+                None if o.can_bootstrap && !o.nofailover && remote_source(o).is_some() => decision(
+                    "trying to bootstrap a new standby leader",
+                    vec![
+                        Action::RaceInitialize,
+                        Action::CreateReplica {
+                            from: remote_source(o),
+                            basebackup_only: false,
+                        },
+                    ],
+                ),
                 // Row B-2.2/1.4: nobody initialized the cluster: race for `initialize`.
                 None if o.can_bootstrap && !o.nofailover => decision(
                     "trying to bootstrap a new cluster",
                     vec![Action::RaceInitialize, Action::Bootstrap],
                 ),
                 // Row B-2.2/1.3: a bootstrap is under way: wait for the leader key.
-                Some(i) if i.is_empty() => decision("waiting for leader to bootstrap", vec![]),
+                Some(i) if i.is_empty() => decision(waiting, vec![]),
                 // Row B-2.3: no leader, but a `no_leader` method can create the replica (from
                 // a backup).
                 _ if o.replica_without_leader => decision(
@@ -289,7 +346,7 @@ fn decide_reachable(o: &Reach) -> Decision {
                     vec![],
                 ),
                 // Row B-2.2/1.3: the cluster was bootstrapped: wait for the leader key.
-                Some(_) => decision("waiting for leader to bootstrap", vec![]),
+                Some(_) => decision(waiting, vec![]),
             }
         }
         DataState::Invalid(why) => decision(
@@ -311,7 +368,13 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
 
     // Row B-1.7/1.9: bootstrap finished in this process: publish it.
     if o.mem.bootstrapping {
-        if o.local.running && o.local.in_recovery == Some(false) {
+        // Row SC-B: the standby leader's clone runs as a standby of the remote source.
+        let ready = if o.dynamic.is_standby_cluster() {
+            Some(true)
+        } else {
+            Some(false)
+        };
+        if o.local.running && o.local.in_recovery == ready {
             return decision(
                 "bootstrap finished: initializing the cluster in the DCS",
                 vec![Action::FinishBootstrap {
@@ -325,10 +388,15 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                 vec![],
             );
         }
+        let wanted = if ready == Some(true) {
+            "a standby of the remote source"
+        } else {
+            "primary"
+        };
         return decision(
-            "bootstrap finished but PostgreSQL is not running as primary",
+            format!("bootstrap finished but PostgreSQL is not running as {wanted}"),
             vec![Action::AbortBootstrap {
-                reason: "PostgreSQL is not running as primary after bootstrap".into(),
+                reason: format!("PostgreSQL is not running as {wanted} after bootstrap"),
             }],
         );
     }
@@ -439,6 +507,19 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
 
     // Row S-2.9/1.9: PostgreSQL not running: start it in the right role.
     if !o.local.running {
+        // Row SC-3: the standby leader's PostgreSQL is started again as a standby of the
+        // remote source, never as a primary.
+        if let Some(remote) = remote_source(o).filter(|_| i_am_leader) {
+            return decision(
+                "starting as a standby leader because i had the session lock",
+                vec![
+                    Action::RefreshLeaderKey,
+                    Action::Start {
+                        standby_of: Some(Some(remote)),
+                    },
+                ],
+            );
+        }
         if i_am_leader {
             // Row C-1 (crash of the leader's PostgreSQL): restart in place, same timeline,
             // unless primary_start_timeout says to fail over (Row C-2).
@@ -532,6 +613,9 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
         Some(_) if i_am_leader => {
             // Row H-2.1/1.1: refresh; 1.4 promote if we run as replica; 1.5 persist state.
             let mut actions = vec![Action::RefreshLeaderKey];
+            if let Some(remote) = remote_source(o) {
+                return standby_leader(o, remote, in_recovery);
+            }
             if in_recovery {
                 if paused {
                     // Row P-2: the lock holder is no longer a primary in maintenance mode.
@@ -647,7 +731,7 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                                 Action::AcquireLeaderKey,
                                 Action::ClearFailover { version: f.version },
                             ],
-                            promote(o),
+                            take_over(o),
                         ]
                         .concat(),
                     );
@@ -729,7 +813,7 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                         actions.push(Action::ClearFailover { version: f.version });
                     }
                     if in_recovery {
-                        actions.extend(promote(o));
+                        actions.extend(take_over(o));
                     }
                     decision("no leader: trying to acquire the leader key", actions)
                 }
@@ -745,6 +829,58 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
             }
         }
     }
+}
+
+/// Row SC-1: the remote source the leader of a standby cluster follows.
+fn remote_source(o: &Observation) -> Option<Upstream> {
+    o.dynamic.standby_cluster().map(|s| Upstream::remote(&s))
+}
+
+/// What a standby that takes the leader key does: promote, or in a standby cluster (row SC-1)
+/// follow the remote source as the standby leader.
+fn take_over(o: &Reach) -> Vec<Action> {
+    match remote_source(o) {
+        Some(remote) => vec![Action::Follow(remote)],
+        None => promote(o),
+    }
+}
+
+/// The lock holder of a standby cluster, PostgreSQL running.
+/// - Row SC-1: a standby: it is the standby leader: it follows the remote source, keeps the
+///   slots of the members that stream from it, carries out a planned switchover like a
+///   primary; synchronous replication does not apply.
+/// - Row SC-2: a primary (the section was just added: `demote-cluster`): it becomes the standby
+///   leader, keeping the key; not in maintenance mode.
+fn standby_leader(o: &Reach, remote: Upstream, in_recovery: bool) -> Decision {
+    if !in_recovery {
+        if o.cluster.is_paused() {
+            return decision(
+                "PAUSE: running as primary in a standby cluster: not demoting in maintenance mode",
+                vec![Action::RefreshLeaderKey],
+            );
+        }
+        return decision(
+            format!("demoting to a standby cluster: following {}", remote.name),
+            vec![Action::RefreshLeaderKey, Action::DemoteCluster(remote)],
+        );
+    }
+    if let Some(d) = manual_failover_from_leader(o) {
+        return d;
+    }
+    let mut actions = vec![Action::RefreshLeaderKey];
+    if o.mem.following.as_deref() != Some(remote.key().as_str()) {
+        actions.push(Action::Follow(remote.clone()));
+    }
+    actions.push(Action::EnsureSlots {
+        names: wanted_slots(o),
+    });
+    decision(
+        format!(
+            "no action. I am ({}), the standby leader with the lock, following {}",
+            o.me, remote.name
+        ),
+        actions,
+    )
 }
 
 /// Row Y-2: a promotion, after the synchronous-replication steps that must precede it.

@@ -83,3 +83,34 @@ fn h_1_2_primary_without_the_key_is_demoted() {
         }],
     );
 }
+
+#[test]
+fn h_1_6_a_leader_without_a_config_key_writes_it() {
+    let mut c = cluster(&[
+        "no-config",
+        &format!("initialize={SYSID}"),
+        "leader=pg0",
+        "member=pg0:primary",
+    ]);
+    let o = obs("pg0", c.clone(), running(false, 100));
+    let d = decide(&o);
+    assert_eq!(
+        &d.actions[..2],
+        &[Action::RefreshLeaderKey, Action::WriteConfig],
+        "{}",
+        d.reason
+    );
+    // Not over a config key that holds something unreadable, nor by a replica.
+    c.config_unreadable = Some(3);
+    let o = obs("pg0", c, running(false, 100));
+    assert!(!decide(&o).actions.contains(&Action::WriteConfig));
+    let c = cluster(&[
+        "no-config",
+        &format!("initialize={SYSID}"),
+        "leader=pg0",
+        "member=pg0:primary",
+        "member=pg1:replica",
+    ]);
+    let o = obs("pg1", c, running(true, 100));
+    assert!(!decide(&o).actions.contains(&Action::WriteConfig));
+}

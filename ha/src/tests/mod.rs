@@ -19,11 +19,22 @@ pub(super) fn member_json(role: &str, port: u16, tags: &str) -> String {
 
 /// A cluster from compact key specs: `leader=pg0`, `initialize=<sysid>`, `member=pg1:replica`,
 /// `member=pg2:replica:clonefrom`, `optime=<n>`, `config=<json>`, `sync=<json>`,
-/// `failsafe=<json>`.
+/// `failsafe=<json>`, `no-config` (no `config` key; else `config` is `{}` unless given).
 pub(super) fn cluster(specs: &[&str]) -> Cluster {
     let mut kvs = Vec::new();
+    if !specs
+        .iter()
+        .any(|s| s.starts_with("config=") || *s == "no-config")
+    {
+        kvs.push(Kv {
+            key: "config".into(),
+            value: "{}".into(),
+            mod_revision: 1,
+            lease: 0,
+        });
+    }
     let mut port = 5432;
-    for s in specs {
+    for s in specs.iter().filter(|s| **s != "no-config") {
         let (k, v) = s.split_once('=').expect("spec is key=value");
         let kv = |key: &str, value: String| Kv {
             key: key.to_string(),
@@ -130,6 +141,7 @@ pub(super) fn up(name: &str, port: u16) -> Upstream {
     Upstream {
         name: name.into(),
         conn_url: format!("postgres://127.0.0.1:{port}/postgres"),
+        remote: None,
     }
 }
 
@@ -233,6 +245,7 @@ mod manual;
 mod pre_promote;
 mod recovery;
 mod setbacks;
+mod standby_cluster;
 mod startup;
 mod sync;
 mod unhealthy;

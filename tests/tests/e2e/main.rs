@@ -27,6 +27,7 @@ mod reload;
 mod rest_api;
 mod router;
 mod slots;
+mod standby_cluster;
 mod stats_page;
 mod support;
 mod sync;

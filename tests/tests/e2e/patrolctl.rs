@@ -8,55 +8,10 @@ use std::process::{Command, Output, Stdio};
 use patrol_tests::{wait_until, Cluster};
 use serde_json::Value;
 
+use crate::support::ctl::{ok, patrolctl, patrolctl_in, text};
 use crate::support::{
     index_of, members, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT,
 };
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs `patrolctl -c <cluster's patronictl.yml> <args>` with `input` on stdin.
-fn patrolctl_in(cluster: &Cluster, args: &[&str], input: &str) -> Output {
-    let config = cluster.patronictl_config().expect("patronictl config");
-    let mut child = Command::new(patrol_tests::bin("patrolctl"))
-        .arg("-c")
-        .arg(&config)
-        .args(args)
-        .env_remove("PATRONICTL_CONFIG_FILE")
-        .env_remove("DCS_URL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn patrolctl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("patrolctl output")
-}
-
-fn patrolctl(cluster: &Cluster, args: &[&str]) -> Output {
-    patrolctl_in(cluster, args, "")
-}
-
-/// Runs patrolctl (blocking, from async code) and insists on exit 0; returns stdout.
-fn ok(cluster: &Cluster, args: &[&str]) -> String {
-    let out = tokio::task::block_in_place(|| patrolctl(cluster, args));
-    let (stdout, stderr) = text(&out);
-    assert!(
-        out.status.success(),
-        "patrolctl {args:?}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    stdout
-}
 
 fn patronictl_ok(cluster: &Cluster, args: &[&str]) -> String {
     let out = tokio::task::block_in_place(|| cluster.run_patronictl(args))

@@ -43,6 +43,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             Action::RemoveDataDirectory { reason } => self.remove_data_directory(reason).await,
             Action::WriteHistory(h) => self.write_history(h).await,
             Action::GracefulDemote => Ok(self.graceful_demote()),
+            Action::DemoteCluster(remote) => Ok(self.demote_cluster(remote)),
+            Action::WriteConfig => self.write_config().await,
             Action::ClearFailover { version } => Ok(self.clear_failover(*version).await),
             Action::Follow(up) => self.follow(up).await,
             Action::EnsureSlots { names } => Ok(self.ensure_slots(names, cluster).await),
@@ -100,8 +102,13 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             .map_err(dcs_stop)?;
         self.dcs.take_leader().await.map_err(dcs_stop)?;
         self.lease_deadline = self.dcs.lease_deadline().await;
-        tracing::info!(sysid = %sysid, "initialized a new cluster");
-        self.callbacks.fire("on_start", "primary");
+        if self.dynamic.is_standby_cluster() {
+            // Its clone already ran `on_start`; `on_role_change` follows with the new role.
+            tracing::info!(sysid = %sysid, "initialized a new standby cluster");
+        } else {
+            tracing::info!(sysid = %sysid, "initialized a new cluster");
+            self.callbacks.fire("on_start", "primary");
+        }
         Ok(Outcome::Bootstrapped)
     }
 
@@ -122,10 +129,17 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     /// Rows B-2.1/1.2 and B-2.3: create the data directory with the replica creation
     /// methods, then start as a standby of the source (or of nobody).
     fn create_replica(&mut self, from: Option<&Upstream>, basebackup_only: bool) -> Done {
-        let conninfo = from
-            .map(|up| self.upstream_conninfo(up))
-            .transpose()
-            .map_err(Step::Stop)?;
+        let conninfo = match from {
+            Some(up) => self.upstream_conninfo(up).map_err(Step::Stop)?,
+            None => None,
+        };
+        // Row SC-B: a standby cluster's own methods make the standby leader's directory.
+        let methods = if basebackup_only {
+            Some(vec!["basebackup".to_string()])
+        } else {
+            from.and_then(|up| up.remote.as_ref())
+                .and_then(|r| r.create_replica_methods.clone())
+        };
         let pg = self.pg.clone();
         let files = self.config_files(Some(from.cloned()));
         let params = self.pg.cmdline_params(&self.dynamic.parameters());
@@ -136,10 +150,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         let cb = self.callbacks.clone();
         self.spawn(Task::Clone, async move {
-            if let Err(e) = pg
-                .create_replica(conninfo.as_deref(), basebackup_only)
-                .await
-            {
+            if let Err(e) = pg.create_replica(conninfo.as_deref(), methods).await {
                 // A half-made directory is useless: remove it so the next cycle tries again.
                 let _ = pg.remove_data_dir();
                 return Err(e.to_string());
@@ -154,7 +165,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             cb.fire("on_start", "replica");
             Ok(())
         });
-        Ok(Outcome::Cloning(from.map(|u| u.name.clone())))
+        Ok(Outcome::Cloning(from.map(Upstream::key)))
     }
 
     async fn write_initialize(&mut self, sysid: &str) -> Done {
@@ -169,7 +180,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
 
     fn start(&mut self, standby_of: &Option<Option<Upstream>>) -> Done {
         let files = self.config_files(standby_of.clone());
-        let following = standby_of.clone().flatten().map(|u| u.name);
+        let following = standby_of.clone().flatten().map(|u| u.key());
         let pg = self.pg.clone();
         let params = self.pg.cmdline_params(&self.dynamic.parameters());
         let wait = self.pg_ctl_timeout();
@@ -373,6 +384,17 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         Ok(Outcome::DataDirectoryRemoved)
     }
 
+    /// Row H-1.6: the missing `config` key gets the dynamic configuration in effect (created
+    /// only if still absent).
+    async fn write_config(&mut self) -> Done {
+        self.dcs
+            .set_config(&self.dynamic.to_json(), Some(0))
+            .await
+            .map_err(dcs_stop)?;
+        tracing::info!("wrote the dynamic configuration to the DCS (its config key was missing)");
+        Ok(Outcome::Done)
+    }
+
     async fn write_history(&mut self, h: &History) -> Done {
         self.dcs.set_history(&h.to_json()).await.map_err(dcs_stop)?;
         tracing::info!(
@@ -392,6 +414,11 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let params = self.pg.cmdline_params(&self.dynamic.parameters());
         let wait = self.pg_ctl_timeout();
         tracing::info!("switchover: checkpoint, fast stop, release the leader key");
+        let stopped_role = if self.dynamic.is_standby_cluster() {
+            "standby_leader"
+        } else {
+            "primary"
+        };
         let cb = self.callbacks.clone();
         self.spawn(Task::Demote, async move {
             if let Err(e) = pg.checkpoint().await {
@@ -402,7 +429,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 .await
                 .map_err(|e| e.to_string())?;
             pg.reset().await;
-            cb.fire("on_stop", "primary");
+            cb.fire("on_stop", stopped_role);
             shared.set_leader(false, None);
             // A fast shutdown sends the shutdown checkpoint to connected standbys before the
             // postmaster exits, so the candidate has everything once we are stopped.
@@ -417,6 +444,50 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             Ok(())
         });
         Outcome::Streaming(None)
+    }
+
+    /// Row SC-2 (Patroni's `demote('demote-cluster')`): fast stop keeping the leader key,
+    /// archive the segment of the shutdown checkpoint when archiving is on, start as the
+    /// standby leader following the remote source.
+    fn demote_cluster(&mut self, remote: &Upstream) -> Outcome {
+        let archive = crate::postgres::archive_command(&self.config_files(None).parameters);
+        let files = self.config_files(Some(Some(remote.clone())));
+        let pg = self.pg.clone();
+        let params = self.pg.cmdline_params(&self.dynamic.parameters());
+        let wait = self.pg_ctl_timeout();
+        let cb = self.callbacks.clone();
+        tracing::info!(
+            "Demoting self (demote-cluster): fast stop, then following {}",
+            remote.name
+        );
+        self.spawn(Task::Demote, async move {
+            cb.before_stop().await;
+            pg.stop(StopMode::Fast, wait)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.reset().await;
+            cb.fire("on_stop", "primary");
+            match archive {
+                Some(command) => match pg.archive_shutdown_checkpoint_wal(&command).await {
+                    Ok(wal) => {
+                        tracing::info!("archived {wal}, which holds the shutdown checkpoint")
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "Failed to archive WAL file with the shutdown checkpoint: {e}"
+                        )
+                    }
+                },
+                None => tracing::info!(
+                    "Not archiving latest checkpoint WAL file. Archiving is not configured."
+                ),
+            }
+            pg.write_config(&files).map_err(|e| e.to_string())?;
+            pg.start(&params, wait).await.map_err(|e| e.to_string())?;
+            pg.reset().await;
+            Ok(())
+        });
+        Outcome::Streaming(Some(remote.key()))
     }
 
     async fn clear_failover(&mut self, version: i64) -> Outcome {
@@ -490,13 +561,19 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     ) -> Result<(), crate::postgres::PgError> {
         let standby_of = match self.mem.last_seen_primary {
             Some(true) => None,
-            _ => Some(
-                self.mem
-                    .following
-                    .as_deref()
-                    .and_then(|name| cluster.members.iter().find(|m| m.name == name))
-                    .map(Upstream::of),
-            ),
+            _ => Some(self.mem.following.as_deref().and_then(|key| {
+                self.dynamic
+                    .standby_cluster()
+                    .map(|s| Upstream::remote(&s))
+                    .filter(|u| u.key() == key)
+                    .or_else(|| {
+                        cluster
+                            .members
+                            .iter()
+                            .find(|m| m.name == key)
+                            .map(Upstream::of)
+                    })
+            })),
         };
         let files = self.config_files(standby_of);
         self.pg.write_config(&files)?;
@@ -508,29 +585,46 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         // A leader whose conn_url cannot be used is not followed (the error naming it is
         // logged by `report_unusable_members`): PostgreSQL keeps what it has.
         self.upstream_conninfo(up).map_err(Step::Stop)?;
-        tracing::info!("following a new leader: {}", up.name);
+        match &up.remote {
+            Some(_) => tracing::info!("following {} as the standby leader", up.name),
+            None => tracing::info!("following a new leader: {}", up.name),
+        }
         let files = self.config_files(Some(Some(up.clone())));
         self.pg.write_config(&files).map_err(pg_stop)?;
         self.pg.reload().await.map_err(pg_stop)?;
-        Ok(Outcome::Streaming(Some(up.name.clone())))
+        Ok(Outcome::Streaming(Some(up.key())))
     }
 
     pub(super) fn pg_ctl_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.postgresql.pg_ctl_timeout)
     }
 
-    pub(super) fn upstream_conninfo(&self, up: &Upstream) -> Result<String, String> {
-        let (host, port) = patrol_dcs::parse_conn_url(&up.conn_url)
-            .ok_or_else(|| format!("member {} has no usable conn_url", up.name))?;
+    /// The `primary_conninfo` to stream from `up`: `None` for a standby cluster's source that
+    /// is an archive only (no `host` or `port`).
+    pub(super) fn upstream_conninfo(&self, up: &Upstream) -> Result<Option<String>, String> {
         let repl = &self.cfg.postgresql.authentication.replication;
-        Ok(primary_conninfo(
+        let mut extra = repl.extra.clone();
+        let (host, port) = match &up.remote {
+            Some(r) if r.host.is_none() && r.port.is_none() => return Ok(None),
+            Some(r) => {
+                let host = r.host.clone().unwrap_or_else(|| "localhost".into());
+                // Several remote hosts: only the writable one is the source (as Patroni).
+                if host.contains(',') {
+                    extra.insert("target_session_attrs".into(), "read-write".into());
+                }
+                (host, r.port.unwrap_or(5432))
+            }
+            None => patrol_dcs::parse_conn_url(&up.conn_url)
+                .ok_or_else(|| format!("member {} has no usable conn_url", up.name))?,
+        };
+        Ok(Some(primary_conninfo(
             &host,
             port,
             &repl.username,
             &self.cfg.postgresql.pgpass,
             &self.cfg.name,
-            &repl.extra,
-        ))
+            &extra,
+        )))
     }
 
     /// Connection string for pg_rewind's source: the rewind user (else the superuser), a normal
@@ -575,12 +669,25 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             parameters.insert("hot_standby_feedback".into(), "on".into());
         }
         let recovery = standby_of.map(|up| {
-            Recovery::standby(
-                up.as_ref().and_then(|u| self.upstream_conninfo(u).ok()),
-                (self.dynamic.use_slots() && up.is_some())
+            let conninfo = up
+                .as_ref()
+                .and_then(|u| self.upstream_conninfo(u).ok().flatten());
+            let slot = match up.as_ref().and_then(|u| u.remote.as_ref()) {
+                // Row SC-1: the standby leader uses the section's slot on the remote primary.
+                Some(r) => r
+                    .primary_slot_name
+                    .as_deref()
+                    .filter(|_| conninfo.is_some())
+                    .map(patrol_dcs::slot_name_from_member_name),
+                None => (self.dynamic.use_slots() && up.is_some())
                     .then(|| patrol_dcs::slot_name_from_member_name(&self.cfg.name)),
-                &self.recovery_conf(),
-            )
+            };
+            let mut r = Recovery::standby(conninfo, slot, &self.recovery_conf());
+            r.set_all(standby_cluster_settings(
+                self.dynamic.standby_cluster().as_ref(),
+                up.as_ref().is_some_and(|u| u.remote.is_some()),
+            ));
+            r
         });
         ConfigFiles {
             parameters,
@@ -604,6 +711,30 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         rc
     }
+}
+
+/// Spec 5.9: in a standby cluster every member restores from the section's archive
+/// (`restore_command`, `archive_cleanup_command`); the standby leader also applies its
+/// `recovery_min_apply_delay`. They win over `recovery_conf` and the parameters.
+fn standby_cluster_settings(
+    source: Option<&patrol_dcs::StandbySource>,
+    leader: bool,
+) -> Vec<(String, String)> {
+    let Some(s) = source else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut put = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            out.push((k.to_string(), v.clone()));
+        }
+    };
+    put("restore_command", &s.restore_command);
+    put("archive_cleanup_command", &s.archive_cleanup_command);
+    if leader {
+        put("recovery_min_apply_delay", &s.recovery_min_apply_delay);
+    }
+    out
 }
 
 /// The shutdown checkpoint of a cleanly stopped primary (what `status.optime` says when the

@@ -8,6 +8,7 @@
 //! leader-key transaction in this cycle; what a failed one means is the core's
 //! ([`after_setback`]), answered in the same cycle.
 
+mod cache;
 mod execute;
 mod failsafe;
 mod observe;
@@ -50,6 +51,8 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     last_reason: String,
     last_member_json: Option<(String, i64)>,
     dynamic: ClusterConfig,
+    /// What `patroni.dynamic.json` holds, as far as this process knows (see `cache`).
+    cached_dynamic: Option<ClusterConfig>,
     lease_deadline: Option<Instant>,
     /// PostgreSQL was running under us at the end of the last cycle.
     was_running: bool,
@@ -120,9 +123,10 @@ enum Step {
 
 impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     pub fn new(cfg: Arc<Config>, dcs: Arc<D>, pg: P, peers: Q, shared: Arc<SharedState>) -> Self {
-        let dynamic = ClusterConfig::from_map(cfg.bootstrap.dcs.clone());
-        // `bootstrap.dcs` passed the same check at load; the DCS `config` key replaces it once
-        // read (`apply_dynamic`).
+        // `bootstrap.dcs` passed the same check at load, the cache is checked as it is read;
+        // the DCS `config` key replaces either once read (`apply_dynamic`).
+        let dynamic = cache::load(&cfg.postgresql.data_dir)
+            .unwrap_or_else(|| ClusterConfig::from_map(cfg.bootstrap.dcs.clone()));
         shared.set_dynamic(dynamic.timing(), dynamic.pause());
         let requests = shared.take_requests();
         let callbacks = crate::ha::Callbacks::new(&cfg);
@@ -139,6 +143,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             mem: Memory::default(),
             last_reason: String::new(),
             last_member_json: None,
+            cached_dynamic: Some(dynamic.clone()),
             dynamic,
             lease_deadline: None,
             was_running: false,
@@ -270,6 +275,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             self.take_dynamic(c).await;
             self.report_unusable_members(c);
         }
+        self.save_dynamic_cache();
         let (local, status) = self.observe_local(cluster.as_ref()).await;
         let i_lead = cluster
             .as_ref()
@@ -365,7 +371,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             self.answer_setback(&obs, &cluster, setback).await?;
             return Ok(());
         }
-        let role = self.role_now(status.as_ref());
+        let role = self.role_now(&cluster, status.as_ref());
         if status.is_some() {
             self.observe_role(role.clone());
         }

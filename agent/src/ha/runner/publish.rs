@@ -25,14 +25,21 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     }
 
     /// The role from this cycle's status query; without one (PostgreSQL stopped, crashed or not
-    /// answering) never "primary", so peers do not take a dead primary for a live one.
-    pub(super) fn role_now(&self, status: Option<&LocalStatus>) -> Role {
+    /// answering) never "primary", so peers do not take a dead primary for a live one. The
+    /// lock holder of a standby cluster running in recovery is its `standby_leader` (row SC-1).
+    pub(super) fn role_now(&self, cluster: &Cluster, status: Option<&LocalStatus>) -> Role {
         match self.pg.data_dir_state() {
             DataDir::Initialized(_) => {}
             _ => return Role::Uninitialized,
         }
         match status {
             Some(s) if !s.in_recovery => Role::Primary,
+            Some(_)
+                if self.dynamic.is_standby_cluster()
+                    && cluster.leader_name() == Some(self.cfg.name.as_str()) =>
+            {
+                Role::StandbyLeader
+            }
             _ => Role::Replica,
         }
     }
@@ -45,10 +52,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         let before = self.last_role.replace(role.clone());
         if before.is_some_and(|b| b != role) {
-            self.callbacks.fire(
-                "on_role_change",
-                crate::ha::Callbacks::role(role == Role::Primary),
-            );
+            self.callbacks.fire("on_role_change", role.as_str());
         }
     }
 
@@ -77,11 +81,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let pgc = &self.cfg.postgresql;
         let conn_url = self.conn_url();
         let api_url = self.api_url();
-        let role = match (self.pg.data_dir_state(), status) {
-            (DataDir::Initialized(_), Some(s)) if !s.in_recovery => Role::Primary,
-            (DataDir::Initialized(_), _) => Role::Replica,
-            _ => Role::Uninitialized,
-        };
+        let role = self.role_now(cluster, status);
         let mut m = MemberData::new(conn_url, api_url, state, role, PATRONI_VERSION);
         m.proxy_url = pgc
             .proxy_address

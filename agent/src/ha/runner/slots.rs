@@ -65,7 +65,10 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             return;
         }
         let me = self.cfg.name.as_str();
-        let primary = !s.in_recovery && cluster.leader_name() == Some(me);
+        // The standby leader of a standby cluster keeps the slots as a leader does (row SC-1):
+        // its members' and the permanent physical ones; it drops the others.
+        let primary = cluster.leader_name() == Some(me)
+            && (!s.in_recovery || self.dynamic.is_standby_cluster());
         let follows = s.in_recovery && cluster.leader_name().is_some_and(|l| l != me);
         if !primary && !follows {
             return;
@@ -148,6 +151,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             ignore: &ignore,
             paused: self.dynamic.pause(),
             drop_stray_logical: s.server_version < 160_000,
+            standby_leader: primary && s.in_recovery,
             leader_elsewhere: !primary,
             members: &wanted,
             member_names: &member_names,

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end test modules: cluster waits, table checks, the raw HTTP
 //! client, slow clients and the fault tests' observers.
 
+pub mod ctl;
 pub mod http;
 pub mod slow;
 pub mod watchdog;
