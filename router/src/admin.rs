@@ -79,6 +79,7 @@ pub fn stats_json(shared: &Shared) -> Value {
         "leader_since": leader_since.map(|(n, at)| json!({"name": n, "since": epoch(at)})),
         "write_backend": t.writer.as_ref().map(|w| json!({"name": w.name, "address": w.addr.to_string()})),
         "write_reason": t.writer_reason,
+        "standby_cluster": t.standby_cluster,
         "read_backends": t.readers.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "dcs": {"healthy": t.dcs_healthy, "watch_reconnects": shared.metrics.watch_reconnects_total.get()},
         "sessions": shared.sessions.total(),
@@ -149,7 +150,7 @@ tr.writer {{ background: #cfe8cf; }} tr.reader {{ background: #dde8f8; }} tr.out
 .dcs-ok {{ color: #070; }} .dcs-bad {{ color: #a00; font-weight: bold; }}
 </style></head><body>
 <h1>patrol-router: cluster <span id="cluster">{cluster}</span></h1>
-<p>Leader: <b id="leader">{leader}</b>{leader_for}. Write port → <b id="writer">{writer}</b> {wreason}</p>
+<p>{leader_kind}: <b id="leader">{leader}</b>{leader_for}. Write port → <b id="writer">{writer}</b> {wreason}</p>
 <p>Read pool: <b id="readers">{readers}</b>. Sessions: {sessions} (relayed in {relay}{redirect}). etcd view: <span class="{dcs_cls}">{dcs}</span> (watch re-established {reconnects} times).</p>
 <table id="members"><tr><th>member</th><th>address</th><th>role</th><th>sync</th><th>state</th><th>TL</th><th>lag bytes</th><th>lag s</th><th>write pool</th><th>read pool</th><th>why not</th><th>write sessions</th><th>read sessions</th></tr>
 {rows}</table>
@@ -159,6 +160,11 @@ tr.writer {{ background: #cfe8cf; }} tr.reader {{ background: #dde8f8; }} tr.out
 </body></html>
 "#,
         cluster = s(&v["cluster"]),
+        leader_kind = if v["standby_cluster"] == true {
+            "Standby leader (standby cluster)"
+        } else {
+            "Leader"
+        },
         leader = s(&v["leader"]),
         writer = s(&v["write_backend"]["name"]),
         wreason = if v["write_backend"].is_null() {

@@ -195,9 +195,11 @@ async fn resolve_conn_host(shared: &Shared, name: &str, cluster: Option<&Cluster
     }
 }
 
-/// Whether `name` holds the leader key in `cluster` but is not the table's writer yet.
+/// Whether `name` holds the leader key in `cluster` but is not the table's writer yet (a
+/// standby cluster's leader never becomes one).
 fn unconfirmed_leader(shared: &Shared, cluster: Option<&Cluster>, name: &str) -> bool {
     let holds = cluster
+        .filter(|c| !table::is_standby_cluster(c))
         .and_then(|c| c.leader.as_ref())
         .is_some_and(|l| l.name == name);
     holds && shared.table.load().writer.as_ref().map(|w| w.name.as_str()) != Some(name)
@@ -469,6 +471,7 @@ fn apply(shared: &Shared, prev: &Table, next: Table, event_at: Instant) {
         }
     }
     m.has_writer.set(i64::from(next.writer.is_some()));
+    m.standby_cluster.set(i64::from(next.standby_cluster));
     if let Some(local) = &shared.local {
         if let Err(e) = local.route(&shared.cfg, &next) {
             tracing::error!("redirect_local: {e}");

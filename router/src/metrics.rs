@@ -22,6 +22,7 @@ pub struct Metrics {
     pub watch_reconnects_total: IntCounter,
     pub dcs_up: IntGauge,
     pub has_writer: IntGauge,
+    pub standby_cluster: IntGauge,
     pub redirected_sessions: IntGaugeVec,
 }
 
@@ -123,6 +124,10 @@ impl Metrics {
                 "patrol_router_write_backend_up",
                 "1 while the write port has a backend",
             )),
+            standby_cluster: must(IntGauge::new(
+                "patrol_router_standby_cluster",
+                "1 while the cluster is a standby cluster (no write backend by design)",
+            )),
             redirected_sessions: must(IntGaugeVec::new(
                 Opts::new(
                     "patrol_router_redirected_sessions",
@@ -149,6 +154,7 @@ impl Metrics {
             Box::new(m.watch_reconnects_total.clone()),
             Box::new(m.dcs_up.clone()),
             Box::new(m.has_writer.clone()),
+            Box::new(m.standby_cluster.clone()),
             Box::new(m.redirected_sessions.clone()),
         ] {
             must(m.registry.register(c));

@@ -326,6 +326,10 @@ async fn pick(shared: &Shared, port: Port) -> Result<Backend, Refusal> {
                     return Ok(w.clone());
                 }
                 let reason = t.writer_reason.clone();
+                // A standby cluster has no writer to wait for.
+                if t.standby_cluster {
+                    return Err(Refusal::NoBackend(reason));
+                }
                 drop(t);
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return Err(Refusal::NoBackend(reason)) },
@@ -666,6 +670,39 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, Overrides};
+    use crate::table::Table;
+
+    #[tokio::test]
+    async fn a_standby_cluster_refuses_writes_at_once_with_its_reason() {
+        let o = Overrides {
+            scope: Some("c".into()),
+            ..Overrides::default()
+        };
+        let mut cfg = Config::load(None, &o).expect("valid");
+        // Long enough that a client held for a writer would time the test out.
+        cfg.hold = Duration::from_secs(3600);
+        let shared = Shared::new(Arc::new(cfg));
+        let reason = "cluster is a standby cluster: no writable primary \
+                      (standby leader a replicates from a remote primary)";
+        shared.table.store(Arc::new(Table {
+            standby_cluster: true,
+            writer_reason: reason.into(),
+            ..Table::default()
+        }));
+        let picked = timeout(Duration::from_secs(60), pick(&shared, Port::Write))
+            .await
+            .expect("no hold for a writer in a standby cluster");
+        let Err(r) = picked else {
+            panic!("a standby cluster has no writer: {picked:?}");
+        };
+        let msg = refusal(&shared, Port::Write, &r);
+        let body = String::from_utf8_lossy(&msg[5..]);
+        assert!(
+            body.contains(&format!("cluster \"c\" write port: no backend: {reason}")),
+            "{body}"
+        );
+    }
 
     #[test]
     fn error_response_is_a_valid_message() {

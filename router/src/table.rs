@@ -106,6 +106,9 @@ enum Standbys<'a> {
 
 impl<'a> Standbys<'a> {
     fn of(c: &'a Cluster, leader: Option<&str>) -> Standbys<'a> {
+        if is_standby_cluster(c) {
+            return Standbys::Nobody("a standby cluster has no synchronous standbys".into());
+        }
         let role = match c.synchronous_mode() {
             SynchronousMode::Off => return Standbys::Nobody("synchronous_mode is off".into()),
             SynchronousMode::On => SyncRole::Sync,
@@ -185,6 +188,16 @@ pub struct Table {
     pub readers: Vec<Backend>,
     pub members: Vec<MemberView>,
     pub dcs_healthy: bool,
+    /// The `config` key makes the cluster a standby cluster: it has no writer by design.
+    pub standby_cluster: bool,
+}
+
+/// Whether the `config` key makes `c` a standby cluster (spec 5.9): its leader is a read-only
+/// *standby leader* replicating from a remote primary, and the other members replicate from it.
+pub fn is_standby_cluster(c: &Cluster) -> bool {
+    c.config
+        .as_ref()
+        .is_some_and(|v| v.value.is_standby_cluster())
 }
 
 /// Host names of members' `conn_url`s and the address each last resolved to (the probes
@@ -230,6 +243,8 @@ pub fn build(
     };
     let leader = c.leader_name().map(String::from);
     t.leader = leader.clone();
+    let standby = is_standby_cluster(c);
+    t.standby_cluster = standby;
 
     // Writer: the lock holder, confirmed primary by its own API (fresh probe) or, without a
     // probe, by its member key. A holder still promoting is not a writer yet.
@@ -247,7 +262,15 @@ pub fn build(
             None => m.is_some_and(|m| m.data.role == Role::Primary && m.data.state == "running"),
         }
     };
-    if dcs_healthy {
+    if standby {
+        // No writer by design, whatever the leader's probe says (an old primary being demoted
+        // to standby leader is still primary for a moment: its write sessions end now).
+        let who = match &leader {
+            Some(l) => format!("standby leader {l} replicates from a remote primary"),
+            None => "no standby leader: the leader key is not held".into(),
+        };
+        t.writer_reason = format!("cluster is a standby cluster: no writable primary ({who})");
+    } else if dcs_healthy {
         match &leader {
             Some(l) if confirmed(l) => {
                 t.writer = c
@@ -307,11 +330,12 @@ pub fn build(
         }
     }
 
-    // Leader position for lag: live when we have it, else the DCS status.
+    // Leader position for lag: live when we have it (a primary's, or in a standby cluster the
+    // standby leader's received position), else the DCS status.
     let leader_pos = leader
         .as_deref()
         .and_then(|l| fresh(probes.get(l), now, max_age))
-        .filter(|p| p.reachable && p.primary)
+        .filter(|p| p.reachable && (p.primary || (standby && p.running)))
         .map(|p| p.wal_position)
         .into_iter()
         .chain(c.status.optime)
@@ -327,7 +351,9 @@ pub fn build(
         let mut v = MemberView {
             name: m.name.clone(),
             addr,
-            role: if is_leader {
+            role: if is_leader && standby {
+                Role::StandbyLeader.as_str().into()
+            } else if is_leader {
                 "leader".into()
             } else {
                 m.data.role.as_str().to_string()
@@ -375,14 +401,16 @@ pub fn build(
                 v.lag_bytes = lag;
                 v.lag_seconds = Some(p.replay_delay_seconds);
                 let noload = m.data.noloadbalance();
-                if is_leader {
+                // A standby cluster's leader reads like a replica, but it is the source of the
+                // cluster's data: it may follow the remote primary through an archive (not
+                // streaming), and no member is closer to the commits than it is.
+                if is_leader && !standby {
                     Some("leader (promoting)".into())
                 } else if noload {
                     Some("tagged noloadbalance".into())
-                } else if !p.streaming {
+                } else if !p.streaming && !is_leader {
                     Some("not streaming".into())
-                } else if let Some(why) = cfg
-                    .read_sync_only
+                } else if let Some(why) = (cfg.read_sync_only && !is_leader)
                     .then(|| standbys.why_not(&m.name))
                     .flatten()
                 {

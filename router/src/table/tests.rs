@@ -666,3 +666,266 @@ mod sync_only {
         assert_eq!(readers(&t), ["b"]);
     }
 }
+
+/// A standby cluster (spec 5.9): the `config` key's `standby_cluster` makes the leader a
+/// read-only standby leader; the write port has no backend, the read port serves reads.
+mod standby_cluster {
+    use super::*;
+
+    const STANDBY: &str = r#"{"standby_cluster":{"host":"10.9.9.9","port":5432}}"#;
+
+    /// Leader `leader` among `roles`, with the `config` key `config` (`None`: absent).
+    fn cluster(config: Option<&str>, leader: Option<&str>, roles: &[(&str, &str)]) -> Cluster {
+        let mut kvs = kvs(leader, roles);
+        if let Some(value) = config {
+            kvs.push(Kv {
+                key: "config".into(),
+                value: value.into(),
+                mod_revision: 2,
+                lease: 0,
+            });
+        }
+        Cluster::from_kvs(2, &kvs)
+    }
+
+    /// Standby leader `a` (in recovery, as its API says) and replicas `b` and `c`.
+    fn standby(config: &str) -> Cluster {
+        cluster(
+            Some(config),
+            Some("a"),
+            &[("a", "standby_leader"), ("b", "replica"), ("c", "replica")],
+        )
+    }
+
+    fn readers(t: &Table) -> Vec<&str> {
+        t.readers.iter().map(|b| b.name.as_str()).collect()
+    }
+
+    fn member<'t>(t: &'t Table, name: &str) -> &'t MemberView {
+        t.members.iter().find(|m| m.name == name).expect("member")
+    }
+
+    #[test]
+    fn no_writer_and_the_reason_names_the_standby_leader() {
+        let now = Instant::now();
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, false, 1000, 1000));
+        p.insert("b".into(), probe(now, false, 1000, 1000));
+        let t = build(
+            &cfg(),
+            Some(&standby(STANDBY)),
+            true,
+            &p,
+            &Table::default(),
+            now,
+        );
+        assert!(t.writer.is_none());
+        assert!(t.standby_cluster);
+        assert_eq!(
+            t.writer_reason,
+            "cluster is a standby cluster: no writable primary \
+             (standby leader a replicates from a remote primary)"
+        );
+        assert_eq!(member(&t, "a").role, "standby_leader");
+        assert!(!member(&t, "a").in_write_pool);
+
+        // No leader key: still no writer, and the reason says why.
+        let c = cluster(Some(STANDBY), None, &[("a", "replica"), ("b", "replica")]);
+        let t = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+        assert!(t.writer.is_none());
+        assert!(
+            t.writer_reason.starts_with("cluster is a standby cluster"),
+            "{}",
+            t.writer_reason
+        );
+        // With etcd unreachable too (the last view says standby cluster).
+        let t = build(&cfg(), Some(&standby(STANDBY)), false, &p, &t, now);
+        assert!(t.writer.is_none());
+        assert!(
+            t.writer_reason.contains("standby leader a"),
+            "{}",
+            t.writer_reason
+        );
+    }
+
+    #[test]
+    fn the_standby_leader_reads_and_replicas_lag_behind_it() {
+        let cfg = cfg();
+        let lim = cfg.max_lag_bytes;
+        let now = Instant::now();
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, false, 10 * lim, 10 * lim));
+        p.insert(
+            "b".into(),
+            probe(now, false, 10 * lim - 100, 10 * lim - 100),
+        );
+        p.insert("c".into(), probe(now, false, 8 * lim, 8 * lim));
+        let t = build(
+            &cfg,
+            Some(&standby(STANDBY)),
+            true,
+            &p,
+            &Table::default(),
+            now,
+        );
+        assert_eq!(readers(&t), ["a", "b"], "{:?}", t.members);
+        assert_eq!(member(&t, "a").lag_bytes, Some(0));
+        assert_eq!(member(&t, "b").lag_bytes, Some(100));
+        assert_eq!(member(&t, "c").lag_bytes, Some(2 * lim));
+        assert!(member(&t, "c").reason.contains("lag"), "{:?}", t.members);
+        assert_eq!(member(&t, "a").sync_role, None);
+        assert_eq!(member(&t, "b").sync_role, Some(SyncRole::Async));
+
+        // Without a probe of the standby leader, replicas are measured against the `status`
+        // key's optime (here absent: lag unknown, out).
+        p.remove("a");
+        let t = build(&cfg, Some(&standby(STANDBY)), true, &p, &t, now);
+        assert!(readers(&t).is_empty(), "{:?}", t.members);
+        assert!(
+            member(&t, "b").reason.contains("unknown"),
+            "{:?}",
+            t.members
+        );
+    }
+
+    #[test]
+    fn the_read_pool_rules_still_apply() {
+        let now = Instant::now();
+        let mut p = BTreeMap::new();
+        // Restoring from an archive, the standby leader does not stream: still in the pool.
+        let mut a = probe(now, false, 1000, 1000);
+        a.streaming = false;
+        p.insert("a".into(), a);
+        let mut b = probe(now, false, 1000, 1000);
+        b.streaming = false;
+        p.insert("b".into(), b);
+        p.insert("c".into(), probe(now, false, 1000, 1000));
+        let archive = r#"{"standby_cluster":{"restore_command":"cp /arch/%f %p"}}"#;
+        let t = build(
+            &cfg(),
+            Some(&standby(archive)),
+            true,
+            &p,
+            &Table::default(),
+            now,
+        );
+        assert_eq!(readers(&t), ["a", "c"], "{:?}", t.members);
+        assert!(member(&t, "b").reason.contains("not streaming"));
+
+        // Replay far behind what it received (max_lag_seconds), or tagged noloadbalance: out.
+        let mut seconds = cfg();
+        seconds.max_lag_seconds = Some(5.0);
+        let mut a = probe(now, false, 1000, 1000);
+        a.replay_delay_seconds = 10.0;
+        p.insert("a".into(), a);
+        let t = build(
+            &seconds,
+            Some(&standby(STANDBY)),
+            true,
+            &p,
+            &Table::default(),
+            now,
+        );
+        assert_eq!(readers(&t), ["c"], "{:?}", t.members);
+        let mut c = standby(STANDBY);
+        c.members[0]
+            .data
+            .tags
+            .insert("noloadbalance".into(), serde_json::json!(true));
+        let t = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+        assert_eq!(readers(&t), ["c"], "{:?}", t.members);
+        assert!(member(&t, "a").reason.contains("noloadbalance"));
+
+        // `read.sync_only`: a standby cluster has no synchronous standbys; its leader reads.
+        let mut sync_only = cfg();
+        sync_only.read_sync_only = true;
+        p.insert("a".into(), probe(now, false, 1000, 1000));
+        let t = build(
+            &sync_only,
+            Some(&standby(STANDBY)),
+            true,
+            &p,
+            &Table::default(),
+            now,
+        );
+        assert_eq!(readers(&t), ["a"], "{:?}", t.members);
+        assert!(
+            member(&t, "c").reason.contains("standby cluster"),
+            "{:?}",
+            t.members
+        );
+    }
+
+    #[test]
+    fn demotion_removes_the_writer_and_promotion_brings_it_back() {
+        let now = Instant::now();
+        let roles = [("a", "primary"), ("b", "replica")];
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, true, 1000, 0));
+        p.insert("b".into(), probe(now, false, 1000, 1000));
+        let normal = cluster(Some("{}"), Some("a"), &roles);
+        let t = build(&cfg(), Some(&normal), true, &p, &Table::default(), now);
+        assert_eq!(t.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
+
+        // The section is added: no writer at once, even while `a` still says primary.
+        let demoting = cluster(Some(STANDBY), Some("a"), &roles);
+        let t = build(&cfg(), Some(&demoting), true, &p, &t, now);
+        assert!(t.writer.is_none());
+        assert!(t.writer_reason.contains("standby cluster"));
+        assert!(!member(&t, "a").in_read_pool, "{:?}", t.members);
+        let demoted = standby(STANDBY);
+        p.insert("a".into(), probe(now, false, 1000, 1000));
+        let t = build(&cfg(), Some(&demoted), true, &p, &t, now);
+        assert!(t.writer.is_none());
+        assert_eq!(readers(&t), ["a", "b"], "{:?}", t.members);
+
+        // The section is removed (`standby_cluster: null`): a writer once `a` is primary.
+        let promoting = cluster(Some(r#"{"standby_cluster":null}"#), Some("a"), &roles);
+        let t = build(&cfg(), Some(&promoting), true, &p, &t, now);
+        assert!(!t.standby_cluster);
+        assert!(t.writer.is_none());
+        assert!(
+            t.writer_reason.contains("not confirmed primary"),
+            "{}",
+            t.writer_reason
+        );
+        p.insert("a".into(), probe(now, true, 1000, 0));
+        let t = build(&cfg(), Some(&promoting), true, &p, &t, now);
+        assert_eq!(t.writer.as_ref().map(|w| w.name.as_str()), Some("a"));
+        assert!(member(&t, "a").in_write_pool && !member(&t, "a").in_read_pool);
+        assert_eq!(member(&t, "a").role, "leader");
+    }
+
+    #[test]
+    fn odd_standby_cluster_values_do_not_make_a_standby_cluster() {
+        let now = Instant::now();
+        let mut p = BTreeMap::new();
+        p.insert("a".into(), probe(now, true, 1000, 0));
+        let roles = [("a", "primary")];
+        for config in [
+            r#"{"standby_cluster":"yes"}"#,
+            r#"{"standby_cluster":[1,2]}"#,
+            r#"{"standby_cluster":{}}"#,
+            r#"{"standby_cluster":{"host":null,"port":"","primary_slot_name":"s"}}"#,
+            r#""not an object""#,
+        ] {
+            let c = cluster(Some(config), Some("a"), &roles);
+            let t = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+            assert!(!t.standby_cluster, "{config}");
+            assert_eq!(
+                t.writer.as_ref().map(|w| w.name.as_str()),
+                Some("a"),
+                "{config}"
+            );
+        }
+        for config in [
+            r#"{"standby_cluster":{"port":5433}}"#,
+            r#"{"standby_cluster":{"host":"remote","port":"not a number"}}"#,
+        ] {
+            let c = cluster(Some(config), Some("a"), &roles);
+            let t = build(&cfg(), Some(&c), true, &p, &Table::default(), now);
+            assert!(t.standby_cluster, "{config}");
+            assert!(t.writer.is_none(), "{config}");
+        }
+    }
+}
