@@ -32,6 +32,18 @@ impl Deref for Reach<'_> {
 
 /// The decision for one cycle.
 pub fn decide(o: &Observation) -> Decision {
+    // Row SC-4: in a standby cluster nobody writes, and a standby leader is no rewind source:
+    // a data directory that was a primary (adopted into a new standby cluster, demoted by
+    // `demote-cluster`) follows without waiting for a rewind that cannot come.
+    let standby_cluster;
+    let o = if o.mem.needs_rewind && o.dynamic.is_standby_cluster() {
+        let mut c = o.clone();
+        c.mem.needs_rewind = false;
+        standby_cluster = c;
+        &standby_cluster
+    } else {
+        o
+    };
     let d = match &o.dcs {
         DcsView::Reachable(cluster) => {
             let d = match crate::failsafe::with_failsafe_leader(o, cluster) {

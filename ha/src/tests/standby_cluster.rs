@@ -192,3 +192,18 @@ fn sc_b_the_first_member_clones_the_remote_source() {
         }],
     );
 }
+
+#[test]
+fn sc_4_a_former_primary_follows_the_standby_leader_without_waiting_for_a_rewind() {
+    let mut o = standby_obs("pg1", standby_leader_pg0(), running(true, 100));
+    o.mem.needs_rewind = true;
+    check(&o, &[Action::Follow(up("pg0", 5433))]);
+    let mut o = standby_obs("pg1", standby_leader_pg0(), stopped(initialized()));
+    o.mem.needs_rewind = true;
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(Some(up("pg0", 5433))),
+        }],
+    );
+}
