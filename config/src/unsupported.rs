@@ -53,8 +53,6 @@ pub enum Effect {
 pub enum When {
     /// Present and not null, `""`, `[]` or `{}`.
     Set,
-    /// A boolean-ish true (`true`, `on`, `yes`, `1`).
-    True,
     /// A number above 0.
     Positive,
     /// Set to something other than one of these strings.
@@ -117,7 +115,7 @@ const fn warn_others(
 }
 
 use Scope::{Both, Dynamic, Local};
-use When::{NotOneOf, Positive, Set, True};
+use When::{NotOneOf, Positive, Set};
 
 const NO_LOG_FILES: &str = "no log files are written (see log.dir)";
 
@@ -137,8 +135,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     warn("log.loggers", Local, Set, "per-module log levels are set with RUST_LOG (e.g. RUST_LOG=info,patrol_agent=debug)"),
     Unsupported { key: "postgresql.authentication.superuser.*", except: &["username", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"], scope: Local, effect: Effect::Warn, when: When::SetOverTcp, reason: "the agent's own TCP connection to PostgreSQL uses sslmode, sslrootcert, sslcert and sslkey only (no revocation lists, encrypted keys, GSSAPI or channel binding settings)" },
     refuse("citus", Local, Set, "Citus clusters (a coordinator and worker groups registered with each other) are not managed: the node would run as a plain PostgreSQL cluster"),
-    warn("tags.replicatefrom", Local, Set, "cascading replication is not implemented: this member replicates from the leader"),
-    warn("tags.nostream", Local, True, "this member still streams from the leader (the leader only skips its replication slot)"),
     // The postgresql section, locally and in the dynamic configuration.
     warn("postgresql.custom_conf", Both, Set, "postgresql.conf always includes postgresql.base.conf, not this file"),
     warn("postgresql.config_base_name", Both, NotOneOf(&["postgresql"]), "the generated file is always postgresql.conf"),
@@ -396,7 +392,6 @@ fn asks(
 ) -> bool {
     match when {
         When::Set => is_set(value),
-        When::True => bool_ish(value) == Some(true),
         When::Positive => match value {
             Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f > 0.0),
             Some(Value::String(s)) => s.trim().parse::<f64>().is_ok_and(|f| f > 0.0),
@@ -526,7 +521,6 @@ mod tests {
                 ("log.format", Effect::Warn),
                 ("log.dir", Effect::Warn),
                 ("postgresql.authentication.superuser.sslcrl", Effect::Warn),
-                ("tags.replicatefrom", Effect::Warn),
             ]
         );
     }

@@ -300,11 +300,15 @@ impl MemberData {
 
     /// The `replicatefrom` tag.
     pub fn replicatefrom(&self) -> Option<String> {
-        lenient_str(self.tags.get("replicatefrom")).filter(|s| !s.is_empty())
+        tags_replicatefrom(&self.tags)
     }
 
     pub fn clonefrom(&self) -> bool {
         lenient_bool(self.tags.get("clonefrom")).unwrap_or(false)
+    }
+
+    pub fn nostream(&self) -> bool {
+        tags_nostream(&self.tags)
     }
 
     pub fn noloadbalance(&self) -> bool {
@@ -340,6 +344,16 @@ pub fn tags_nofailover(tags: &Map<String, Value>) -> bool {
         Some(b) => b,
         None => lenient_i64(tags.get("failover_priority")) == Some(0),
     }
+}
+
+/// `replicatefrom`: the member to stream from (cascading replication), when set.
+pub fn tags_replicatefrom(tags: &Map<String, Value>) -> Option<String> {
+    lenient_str(tags.get("replicatefrom")).filter(|s| !s.is_empty())
+}
+
+/// `nostream`: the member does not stream (recovery from the archive only).
+pub fn tags_nostream(tags: &Map<String, Value>) -> bool {
+    lenient_bool(tags.get("nostream")).unwrap_or(false)
 }
 
 /// `failover_priority` (default 1; 0 when `nofailover`).

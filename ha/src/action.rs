@@ -74,6 +74,9 @@ pub enum Action {
     },
     /// Point the standby at this upstream (rewrite config and reload) if it is not already.
     Follow(Upstream),
+    /// Row H-1.2n: stop streaming (the configuration rewritten without `primary_conninfo`, then
+    /// reloaded): a `nostream` member recovers from the archive only.
+    Unfollow,
     /// Leader only: make sure every other member has its physical slot.
     EnsureSlots {
         names: Vec<String>,

@@ -245,6 +245,10 @@ pub struct Observation {
     pub nofailover: bool,
     /// Our `failover_priority` (default 1).
     pub failover_priority: i64,
+    /// Our `replicatefrom` tag: the member to stream from instead of the leader (row H-1.2c).
+    pub replicatefrom: Option<String>,
+    /// Our `nostream` tag: no streaming, recovery from the archive only (row H-1.2n).
+    pub nostream: bool,
     /// Answers of the other members' REST APIs, probed when the cluster has no leader.
     /// Unreachable members are absent.
     pub peers: Vec<PeerStatus>,

@@ -292,6 +292,8 @@ prop_compose! {
             replica_without_leader: flags[0],
             nofailover: flags[2],
             failover_priority,
+            replicatefrom: None,
+            nostream: false,
             peers: peers.iter().map(|(n, v)| PeerStatus::from_status(n, v)).collect(),
             use_pg_rewind: flags[5],
             remove_data_directory_on_rewind_failure: flags[6],

@@ -15,9 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use patrol_dcs::{
-    lenient_bool, seconds_with_unit, slot_name_from_member_name, Cluster, ClusterConfig,
-};
+use patrol_dcs::{seconds_with_unit, slot_name_from_member_name, Cluster, ClusterConfig};
 use serde_json::Value;
 
 /// Patroni's default `member_slots_ttl`: 30 minutes.
@@ -137,18 +135,6 @@ pub struct MemberSlotsInput<'a> {
     /// `status.slots` ([`crate::permanent_slots::published_positions`]), or in failsafe mode
     /// what the leader sent.
     pub published: &'a BTreeMap<String, u64>,
-    /// Whether members stream from the member their `replicatefrom` names. Patrol does not
-    /// implement cascading streaming yet (every member streams from the leader, see
-    /// `config/src/unsupported.rs`), so the agent passes [`CASCADING_STREAMING`]: with `false`
-    /// the tag is read as absent, and the slots match where members really stream from.
-    pub replicatefrom: bool,
-}
-
-/// Whether Patrol members stream from their `replicatefrom` member (not yet: from the leader).
-pub const CASCADING_STREAMING: bool = false;
-
-fn nostream(m: &patrol_dcs::Member) -> bool {
-    lenient_bool(m.data.tags.get("nostream")).unwrap_or(false)
 }
 
 /// The members' physical slots this node keeps, by slot name (rows H-1.5, H-1.2m, H-1.2c):
@@ -175,7 +161,7 @@ pub fn member_slots(i: &MemberSlotsInput) -> BTreeMap<String, MemberSlot> {
     }
     let c = i.cluster;
     let leader_name = c.leader_name();
-    let upstream = |m: &patrol_dcs::Member| m.data.replicatefrom().filter(|_| i.replicatefrom);
+    let upstream = |m: &patrol_dcs::Member| m.data.replicatefrom();
     let streams_here = |m: &patrol_dcs::Member| match upstream(m) {
         _ if !i.leader => {
             upstream(m).as_deref() == Some(i.me) && Some(m.name.as_str()) != leader_name
@@ -184,7 +170,11 @@ pub fn member_slots(i: &MemberSlotsInput) -> BTreeMap<String, MemberSlot> {
         Some(up) => up == i.me || c.member(&up).is_none(),
     };
     let retention = member_slots_ttl_ms(i.dynamic) > 0;
-    for m in c.members.iter().filter(|m| m.name != i.me && !nostream(m)) {
+    for m in c
+        .members
+        .iter()
+        .filter(|m| m.name != i.me && !m.data.nostream())
+    {
         let active = streams_here(m);
         let wanted = if retention {
             i.leader || !i.nofailover || upstream(m).as_deref() == Some(i.me)
@@ -260,7 +250,6 @@ mod tests {
 
     fn wanted(
         c: &Cluster,
-        replicatefrom: bool,
         dynamic: &serde_json::Value,
         me: &str,
         leader: bool,
@@ -275,7 +264,6 @@ mod tests {
             leader,
             nofailover,
             published: &published,
-            replicatefrom,
         })
         .into_iter()
         .map(|(n, m)| (n, m.lsn, m.expected_active))
@@ -308,7 +296,7 @@ mod tests {
         // The leader: every member; pg3 streams from pg2, so its slot is advanced to pg3's own
         // position.
         assert_eq!(
-            wanted(&c, true, &retain, "pg0", true, false),
+            wanted(&c, &retain, "pg0", true, false),
             vec![
                 w("pg1", Some(700), Some(true)),
                 w("pg2", Some(700), Some(true)),
@@ -318,7 +306,7 @@ mod tests {
         // A replica that may become leader: every other member (the leader's at its WAL
         // position), and the retained names; nothing streams from them but pg3 from pg2.
         assert_eq!(
-            wanted(&c, true, &retain, "pg1", false, false),
+            wanted(&c, &retain, "pg1", false, false),
             vec![
                 w("gone", Some(300), None),
                 w("pg0", Some(900), Some(false)),
@@ -327,7 +315,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            wanted(&c, true, &retain, "pg2", false, false),
+            wanted(&c, &retain, "pg2", false, false),
             vec![
                 w("gone", Some(300), None),
                 w("pg0", Some(900), Some(false)),
@@ -337,39 +325,29 @@ mod tests {
         );
         // nofailover: only the members that stream from it.
         assert_eq!(
-            wanted(&c, true, &retain, "pg2", false, true),
+            wanted(&c, &retain, "pg2", false, true),
             vec![w("pg3", Some(600), Some(true))]
         );
-        assert!(wanted(&c, true, &retain, "pg1", false, true).is_empty());
+        assert!(wanted(&c, &retain, "pg1", false, true).is_empty());
         // member_slots_ttl: 0: the leader's for those that stream from it, a replica's for
         // those that cascade from it.
         let no_retain = serde_json::json!({"member_slots_ttl": 0});
         assert_eq!(
-            wanted(&c, true, &no_retain, "pg0", true, false),
+            wanted(&c, &no_retain, "pg0", true, false),
             vec![
                 w("pg1", Some(700), Some(true)),
                 w("pg2", Some(700), Some(true))
             ]
         );
-        assert!(wanted(&c, true, &no_retain, "pg1", false, false).is_empty());
+        assert!(wanted(&c, &no_retain, "pg1", false, false).is_empty());
         assert_eq!(
-            wanted(&c, true, &no_retain, "pg2", false, false),
+            wanted(&c, &no_retain, "pg2", false, false),
             vec![w("pg3", Some(600), Some(true))]
         );
-        // While Patrol streams every member from the leader, replicatefrom is read as absent.
-        assert_eq!(
-            wanted(&c, false, &no_retain, "pg0", true, false),
-            vec![
-                w("pg1", Some(700), Some(true)),
-                w("pg2", Some(700), Some(true)),
-                w("pg3", Some(500), Some(true)),
-            ]
-        );
-        assert!(wanted(&c, false, &no_retain, "pg2", false, false).is_empty());
         // use_slots off: none.
         let off = serde_json::json!({"postgresql": {"use_slots": false}});
-        assert!(wanted(&c, true, &off, "pg0", true, false).is_empty());
-        assert!(wanted(&c, true, &off, "pg2", false, false).is_empty());
+        assert!(wanted(&c, &off, "pg0", true, false).is_empty());
+        assert!(wanted(&c, &off, "pg2", false, false).is_empty());
     }
 
     #[test]
@@ -383,7 +361,7 @@ mod tests {
         );
         let no_retain = serde_json::json!({"member_slots_ttl": 0});
         assert_eq!(
-            wanted(&c, true, &no_retain, "pg0", true, false),
+            wanted(&c, &no_retain, "pg0", true, false),
             vec![w("pg1", Some(100), Some(true))]
         );
         // A member naming the leader does not cascade from a replica's point of view.
@@ -395,7 +373,7 @@ mod tests {
             r#"{"optime":900}"#,
         );
         assert_eq!(
-            wanted(&c, true, &no_retain, "pg0", true, false),
+            wanted(&c, &no_retain, "pg0", true, false),
             vec![w("pg1", Some(100), Some(true))]
         );
     }

@@ -408,7 +408,8 @@ pub fn build(
                     Some("leader (promoting)".into())
                 } else if noload {
                     Some("tagged noloadbalance".into())
-                } else if !p.streaming && !is_leader {
+                } else if !p.streaming && !is_leader && !m.data.nostream() {
+                    // A `nostream` member never streams: its lag alone decides.
                     Some("not streaming".into())
                 } else if let Some(why) = (cfg.read_sync_only && !is_leader)
                     .then(|| standbys.why_not(&m.name))

@@ -36,7 +36,6 @@ pub(super) fn wanted_slots(o: &Reach) -> Vec<String> {
         leader: true,
         nofailover: false,
         published: &Default::default(),
-        replicatefrom: crate::slots::CASCADING_STREAMING,
     })
     .into_keys()
     .collect()

@@ -597,9 +597,12 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                 (None, None) => {}
             }
         }
-        let up = leader_member.map(Upstream::of);
+        let up = upstream_of(o, leader_member);
         let reason = match &up {
             Some(u) => format!("starting PostgreSQL as a replica of {}", u.name),
+            None if o.nostream => {
+                "starting PostgreSQL as a replica without streaming (nostream)".to_string()
+            }
             None => "starting PostgreSQL read-only (no leader yet)".to_string(),
         };
         return decision(
@@ -662,7 +665,7 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
         }
         Some(l) => {
             // Row H-2.1/1.2: follow the leader.
-            let up = leader_member.map(Upstream::of);
+            let up = upstream_of(o, leader_member);
             if !in_recovery && paused {
                 // Row P-3: no demotion on our own in maintenance mode.
                 return decision(
@@ -677,7 +680,9 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                 // A running primary without the key must stop accepting writes at once.
                 return decision(
                     format!("demoting: {} holds the leader key", l.name),
-                    vec![Action::Demote { leader: up }],
+                    vec![Action::Demote {
+                        leader: leader_member.map(Upstream::of),
+                    }],
                 );
             }
             if (o.mem.needs_rewind || diverged_from_history(o)) && !paused {
@@ -704,6 +709,18 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
                         vec![]
                     } else {
                         vec![Action::Follow(u)]
+                    },
+                ),
+                // Row H-1.2n: a `nostream` member replicates from the archive only.
+                None if o.nostream => decision(
+                    format!(
+                        "no action. I am ({}), a secondary replicating from the archive only (nostream)",
+                        o.me
+                    ),
+                    if o.mem.following.is_some() {
+                        vec![Action::Unfollow]
+                    } else {
+                        vec![]
                     },
                 ),
                 None => decision(
@@ -841,6 +858,22 @@ pub(super) fn decide_with_data(o: &Reach, sysid: &str) -> Decision {
             }
         }
     }
+}
+
+/// Row H-1.2c: the member a standby streams from (none with `nostream`): the one its `replicatefrom` tag names
+/// (cascading replication) while that member has a key, else the leader, as Patroni's
+/// `_get_node_to_follow`.
+fn upstream_of(o: &Reach, leader: Option<&patrol_dcs::Member>) -> Option<Upstream> {
+    // Row H-1.2n: `nostream`: no streaming at all.
+    if o.nostream {
+        return None;
+    }
+    let cascade = o
+        .replicatefrom
+        .as_deref()
+        .filter(|name| *name != o.me)
+        .and_then(|name| o.cluster.member(name));
+    cascade.or(leader).map(Upstream::of)
 }
 
 /// Row SC-1: the remote source the leader of a standby cluster follows.

@@ -114,3 +114,50 @@ fn h_1_6_a_leader_without_a_config_key_writes_it() {
     let o = obs("pg1", c, running(true, 100));
     assert!(!decide(&o).actions.contains(&Action::WriteConfig));
 }
+
+#[test]
+fn h_1_2c_a_cascading_replica_follows_its_replicatefrom_member_while_it_has_a_key() {
+    let mut o = obs("pg2", healthy3(), running(true, 100));
+    o.replicatefrom = Some("pg1".into());
+    check(&o, &[Action::Follow(up("pg1", 5434))]);
+    o.mem.following = Some("pg1".into());
+    check(&o, &[]);
+    // Its upstream's key is gone: back to the leader.
+    let c = cluster(&[
+        &format!("initialize={SYSID}"),
+        "leader=pg0",
+        "member=pg0:primary",
+        "member=pg2:replica",
+    ]);
+    let mut o = obs("pg2", c, running(true, 100));
+    o.replicatefrom = Some("pg1".into());
+    o.mem.following = Some("pg1".into());
+    check(&o, &[Action::Follow(up("pg0", 5433))]);
+    // Started after a stop: from the upstream at once.
+    let mut o = obs("pg2", healthy3(), stopped(initialized()));
+    o.replicatefrom = Some("pg1".into());
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(Some(up("pg1", 5434))),
+        }],
+    );
+}
+
+#[test]
+fn h_1_2n_a_nostream_member_does_not_stream() {
+    let mut o = obs("pg2", healthy3(), running(true, 100));
+    o.nostream = true;
+    check(&o, &[]);
+    o.mem.following = Some("pg0".into());
+    check(&o, &[Action::Unfollow]);
+    let mut o = obs("pg2", healthy3(), stopped(initialized()));
+    o.nostream = true;
+    o.replicatefrom = Some("pg1".into());
+    check(
+        &o,
+        &[Action::Start {
+            standby_of: Some(None),
+        }],
+    );
+}

@@ -125,6 +125,8 @@ pub(super) fn obs(me: &str, cluster: Cluster, local: LocalPg) -> Observation {
         replica_without_leader: false,
         nofailover: false,
         failover_priority: 1,
+        replicatefrom: None,
+        nostream: false,
         peers: Vec::new(),
         use_pg_rewind: true,
         remove_data_directory_on_rewind_failure: false,

@@ -6,6 +6,7 @@
 
 mod bootstrap;
 mod callbacks;
+mod cascading;
 mod crate_graph;
 mod dcs_etcd;
 mod dcs_input;

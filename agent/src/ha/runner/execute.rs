@@ -47,6 +47,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             Action::WriteConfig => self.write_config().await,
             Action::ClearFailover { version } => Ok(self.clear_failover(*version).await),
             Action::Follow(up) => self.follow(up).await,
+            Action::Unfollow => self.unfollow().await,
             Action::EnsureSlots { names } => Ok(self.ensure_slots(names, cluster).await),
             Action::WriteSync {
                 leader,
@@ -593,6 +594,15 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         self.pg.write_config(&files).map_err(pg_stop)?;
         self.pg.reload().await.map_err(pg_stop)?;
         Ok(Outcome::Streaming(Some(up.key())))
+    }
+
+    /// Row H-1.2n: stop streaming; recovery goes on from the archive (`restore_command`).
+    async fn unfollow(&mut self) -> Done {
+        tracing::info!("nostream: no longer streaming; recovering from the archive only");
+        let files = self.config_files(Some(None));
+        self.pg.write_config(&files).map_err(pg_stop)?;
+        self.pg.reload().await.map_err(pg_stop)?;
+        Ok(Outcome::Streaming(None))
     }
 
     pub(super) fn pg_ctl_timeout(&self) -> Duration {

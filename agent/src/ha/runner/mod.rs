@@ -325,6 +325,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 .any(|m| m.no_leader),
             nofailover: patrol_dcs::tags_nofailover(&self.cfg.tags),
             failover_priority: patrol_dcs::tags_failover_priority(&self.cfg.tags),
+            replicatefrom: patrol_dcs::tags_replicatefrom(&self.cfg.tags),
+            nostream: patrol_dcs::tags_nostream(&self.cfg.tags),
             peers,
             use_pg_rewind: self
                 .cfg

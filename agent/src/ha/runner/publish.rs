@@ -183,7 +183,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let members: std::collections::BTreeSet<String> = cluster
             .members
             .iter()
-            .filter(|m| !patrol_dcs::lenient_bool(m.data.tags.get("nostream")).unwrap_or(false))
+            .filter(|m| !m.data.nostream())
             .map(|m| m.name.as_str())
             .chain(std::iter::once(self.cfg.name.as_str()))
             .map(patrol_dcs::slot_name_from_member_name)

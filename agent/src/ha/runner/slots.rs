@@ -35,7 +35,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     /// The permanent slots this member keeps under the dynamic configuration in effect.
     pub(super) fn my_permanent_slots(&self, cluster: &Cluster) -> Vec<PermanentSlot> {
         let all = ps::permanent_slots(&self.dynamic);
-        let nostream = patrol_dcs::lenient_bool(self.cfg.tags.get("nostream")).unwrap_or(false);
+        let nostream = patrol_dcs::tags_nostream(&self.cfg.tags);
         ps::for_member(
             &all,
             &self.dynamic,
@@ -126,7 +126,6 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             leader: primary,
             nofailover: patrol_dcs::tags_nofailover(&self.cfg.tags),
             published,
-            replicatefrom: patrol_ha::slots::CASCADING_STREAMING,
         });
         // The leader drops only the slots of members with a key that it does not keep (gone
         // members' are `member_slots_ttl`'s business); a standby also those of names seen
