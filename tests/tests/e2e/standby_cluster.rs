@@ -6,7 +6,7 @@
 
 use nix::sys::signal::Signal;
 use patrol_dcs::Role;
-use patrol_tests::{is_streaming_replica, wait_until, Cluster};
+use patrol_tests::{is_streaming_replica, wait_until, Cluster, Router};
 
 use crate::support::ctl::ok;
 use crate::support::{
@@ -146,6 +146,28 @@ async fn a_standby_cluster_follows_fails_over_and_swaps_roles() {
     );
     assert_eq!(b.api_get(1, "/replica").await.expect("GET").0, 200);
 
+    // B's router refuses writes with a clear error at once and serves reads.
+    let router = Router::start(&b, "").expect("router on B");
+    let refused = wait_until(
+        "B's router to refuse writes",
+        PROPAGATION_TIMEOUT,
+        || async { Ok(router.connect_write().await.err().map(|e| format!("{e:#}"))) },
+    )
+    .await
+    .expect("write port refuses");
+    assert!(
+        refused.contains("standby cluster") && refused.contains("no writable primary"),
+        "{refused}"
+    );
+    let rows = wait_until("a read through B's router", PROPAGATION_TIMEOUT, || async {
+        let c = router.connect_read().await?;
+        let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+        Ok(Some(n))
+    })
+    .await
+    .expect("read port serves");
+    assert_eq!(rows, 2);
+
     // Failover within B: its standby leader's host is lost; B1 becomes the standby leader and
     // follows A, and B0 comes back as its replica.
     b.kill_node(0);
@@ -204,9 +226,17 @@ async fn a_standby_cluster_follows_fails_over_and_swaps_roles() {
             .expect("B is a normal cluster"),
         1
     );
-    sql(&b, 1, "INSERT INTO t VALUES ('b1')")
+    // B's router now routes writes to its primary.
+    let w = wait_until(
+        "a write through B's router",
+        PROPAGATION_TIMEOUT,
+        || async { Ok(router.connect_write().await.ok()) },
+    )
+    .await
+    .expect("write port");
+    w.batch_execute("INSERT INTO t VALUES ('b1')")
         .await
-        .expect("write on B");
+        .expect("write on B through its router");
     wait_table_values(&a, 0, &["a1", "a2", "a3", "b1"], PROPAGATION_TIMEOUT)
         .await
         .expect("B's rows reach A");
