@@ -271,18 +271,13 @@ async fn unsupported_guarantees_refuse_to_start() {
     let cluster = Cluster::new(1).expect("cluster");
     let good = cluster.config_yaml(0);
     let dir = cluster.node_dir(0).to_path_buf();
-    assert!(good.contains("\n  dcs: {ttl: 10,"), "{good}");
-    let standby = good.replace(
-        "\n  dcs: {ttl: 10,",
-        "\n  dcs: {standby_cluster: {host: 10.0.0.1, port: 5432}, ttl: 10,",
-    );
-    assert_ne!(standby, good);
+    let citus = format!("{good}citus: {{group: 0, database: citus}}\n");
 
     // (file name, content, the key and value the message must name)
     let cases = [(
-        "standby.yml",
-        standby.as_str(),
-        "bootstrap.dcs.standby_cluster = {\"host\":\"10.0.0.1\",\"port\":5432}: ",
+        "citus.yml",
+        citus.as_str(),
+        "citus = {\"group\":0,\"database\":\"citus\"}: ",
     )];
     for (file, content, want) in cases {
         let path = dir.join(file);
