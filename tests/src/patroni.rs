@@ -15,6 +15,9 @@ use crate::bins::workspace_dir;
 use crate::cluster::{Cluster, NAMESPACE};
 use crate::util::tail_lines;
 
+/// How long a patronictl command may run.
+pub const PATRONICTL_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Path to `patronictl` in the venv at `$PATROL_PATRONI_VENV` (default
 /// `<workspace>/target/patroni-venv`), creating the venv with `python3 -m venv` and
 /// `pip install 'patroni[etcd3]' psycopg2-binary` if `bin/patronictl` is missing.
@@ -119,16 +122,60 @@ impl Cluster {
     /// `PATRONI_*` variables and with stdin from /dev/null (so confirmation prompts fail
     /// instead of hanging: pass `--force`).
     pub fn run_patronictl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.run_patronictl_with(args, &[], None)
+    }
+
+    /// [`Cluster::run_patronictl`] with extra environment variables and `stdin` as its input
+    /// (answers to its prompts). patronictl has no timeout of its own (`demote-cluster` polls
+    /// until it sees the result): it is killed after [`PATRONICTL_LIMIT`] and that is an error.
+    pub fn run_patronictl_with(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> anyhow::Result<Output> {
         let ctl = patronictl()?;
         let config = self.patronictl_config()?;
         let mut cmd = Command::new(&ctl);
-        cmd.arg("-c").arg(&config).args(args).stdin(Stdio::null());
+        cmd.arg("-c")
+            .arg(&config)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("PATRONI_") {
                 cmd.env_remove(k);
             }
         }
-        cmd.output()
-            .with_context(|| format!("running {} {args:?}", ctl.display()))
+        cmd.envs(env.iter().copied());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("running {} {args:?}", ctl.display()))?;
+        if let Some(input) = stdin {
+            use std::io::Write;
+            let mut pipe = child.stdin.take().context("patronictl's stdin")?;
+            pipe.write_all(input.as_bytes())
+                .context("writing patronictl's stdin")?;
+        }
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(PATRONICTL_LIMIT) {
+            Ok(out) => out.with_context(|| format!("running patronictl {args:?}")),
+            Err(_) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                bail!("patronictl {args:?} did not finish within {PATRONICTL_LIMIT:?}")
+            }
+        }
     }
 }

@@ -127,8 +127,14 @@ pub fn status_json(cfg: &Config, s: &Snapshot) -> Value {
     if let Some(id) = &s.node.sysid {
         o.insert("database_system_identifier".into(), id.clone().into());
     }
-    if s.status.as_ref().is_some_and(|x| x.pending_restart) {
+    if let Some(st) = s.status.as_ref().filter(|x| x.pending_restart) {
         o.insert("pending_restart".into(), true.into());
+        if !st.pending_restart_reason.is_empty() {
+            o.insert(
+                "pending_restart_reason".into(),
+                Value::Object(st.pending_restart_reason.clone()),
+            );
+        }
     }
     o.insert(
         "patroni".into(),

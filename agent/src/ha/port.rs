@@ -12,6 +12,7 @@ use patrol_ha::PeerStatus;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::postgres::gucs::PgSetting;
 use crate::postgres::{ConfigFiles, DataDir, LocalStatus, PgClient, PgError, Postgres, SlotState};
 use patrol_ha::permanent_slots::ExistingSlot;
 
@@ -52,6 +53,26 @@ pub trait LocalPostgres: Clone + Send + Sync + 'static {
     fn remove_copied_log(&self);
     /// The parameters passed on the command line at start.
     fn cmdline_params(&self, dynamic: &Map<String, Value>) -> Vec<(String, String)>;
+    /// Every parameter PostgreSQL is asked to run with, as text: `files`' parameters as they
+    /// are written, then the command line's (which win).
+    fn wanted_parameters(
+        &self,
+        files: &ConfigFiles,
+        dynamic: &Map<String, Value>,
+    ) -> Vec<(String, String)>;
+    /// Restart-only settings among `names` and those PostgreSQL flags `pending_restart`
+    /// (the simulation has none).
+    fn restart_settings(
+        &self,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<PgSetting>, PgError>> + Send {
+        let _ = names;
+        async { Ok(Vec::new()) }
+    }
+    /// The errors PostgreSQL found in its configuration files at the last reload.
+    fn config_file_errors(&self) -> impl Future<Output = Result<Vec<String>, PgError>> + Send {
+        async { Ok(Vec::new()) }
+    }
     fn start(
         &self,
         params: &[(String, String)],
@@ -199,6 +220,21 @@ impl LocalPostgres for Local {
     }
     fn cmdline_params(&self, dynamic: &Map<String, Value>) -> Vec<(String, String)> {
         self.pg.cmdline_params(dynamic)
+    }
+    fn wanted_parameters(
+        &self,
+        files: &ConfigFiles,
+        dynamic: &Map<String, Value>,
+    ) -> Vec<(String, String)> {
+        let mut out = self.pg.file_parameters(files);
+        out.extend(self.pg.cmdline_params(dynamic));
+        out
+    }
+    async fn restart_settings(&self, names: &[String]) -> Result<Vec<PgSetting>, PgError> {
+        self.client.restart_settings(names).await
+    }
+    async fn config_file_errors(&self) -> Result<Vec<String>, PgError> {
+        self.client.config_file_errors().await
     }
     async fn start(&self, params: &[(String, String)], wait: Duration) -> Result<(), PgError> {
         self.pg.start(params, wait).await

@@ -2,10 +2,12 @@
 //! `pg_hba.conf`, `standby.signal` and the recovery settings, and the parameters Patroni
 //! controls on the command line.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use super::gucs::GucSpec;
 use crate::config::Postgresql;
 
 /// Recovery settings (PostgreSQL 12+: in postgresql.conf plus a signal file).
@@ -131,7 +133,7 @@ pub fn is_cmdline_param(name: &str) -> bool {
     CMDLINE.iter().any(|(n, _, _)| *n == name) || CMDLINE_OTHER.contains(&name)
 }
 
-fn value_text(v: &Value) -> Option<String> {
+pub(super) fn value_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -221,11 +223,13 @@ pub fn is_valid_guc_name(name: &str) -> bool {
 /// exists; the default is 8 segments, 128MB), `wal_level: hot_standby` renamed `replica`, and
 /// every parameter this server does not know (`available`, from `postgres --describe-config`;
 /// `None` = not known, keep all) removed with a warning, except extension parameters (with a
-/// dot). A name that cannot be a GUC is removed too. Returns the warnings to log.
+/// dot). A name that cannot be a GUC is removed too, and so is a value PostgreSQL would
+/// refuse for its parameter's type ([`gucs::check_value`]: it would keep the server from
+/// starting). Returns the warnings to log.
 pub fn server_parameters(
     params: &Map<String, Value>,
     major: u32,
-    available: Option<&std::collections::HashSet<String>>,
+    available: Option<&HashMap<String, GucSpec>>,
 ) -> (Map<String, Value>, Vec<String>) {
     let mut out = Map::new();
     let mut warnings = Vec::new();
@@ -291,8 +295,18 @@ pub fn server_parameters(
     }
     if let Some(available) = available {
         out.retain(|name, value| {
+            let spec = available.get(&name.to_ascii_lowercase());
+            if let Some(spec) = spec {
+                let text = value_text(value).unwrap_or_default();
+                if let Err(why) = super::gucs::check_value(spec, &text) {
+                    warnings.push(format!(
+                        "removing parameter {name}={text:?}: PostgreSQL would refuse it: {why}"
+                    ));
+                    return false;
+                }
+            }
             let keep = name.contains('.')
-                || available.contains(&name.to_ascii_lowercase())
+                || spec.is_some()
                 || SETTABLE_NOT_DESCRIBED.contains(&name.to_ascii_lowercase().as_str())
                 || is_cmdline_param(name)
                 || is_recovery_param(name);
@@ -856,10 +870,7 @@ mod tests {
 
     #[test]
     fn unknown_and_malformed_parameters_are_removed_with_a_warning() {
-        let available: std::collections::HashSet<String> = ["work_mem", "wal_keep_size"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let available = specs(&["work_mem", "wal_keep_size"]);
         let (p, w) = server_parameters(
             &map(&[
                 ("work_mem", "4MB".into()),
@@ -894,10 +905,7 @@ mod tests {
 
     #[test]
     fn settable_parameters_describe_config_leaves_out_are_kept() {
-        let available: std::collections::HashSet<String> = ["work_mem", "wal_keep_size"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let available = specs(&["work_mem", "wal_keep_size"]);
         let (p, w) = server_parameters(
             &map(&[
                 ("application_name", "x".into()),
@@ -914,6 +922,38 @@ mod tests {
             "read-only: PostgreSQL would not start"
         );
         assert_eq!(w.len(), 1, "{w:?}");
+    }
+
+    fn specs(names: &[&str]) -> HashMap<String, GucSpec> {
+        names
+            .iter()
+            .map(|n| {
+                let spec = GucSpec {
+                    vartype: super::super::gucs::VarType::Integer,
+                    context: "user".into(),
+                    min: Some(64.0),
+                    max: None,
+                };
+                (n.to_string(), spec)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn values_postgresql_would_refuse_are_removed_with_a_warning() {
+        let available = specs(&["work_mem", "shared_buffers", "wal_keep_size"]);
+        let (p, w) = server_parameters(
+            &map(&[
+                ("work_mem", "8MB".into()),
+                ("shared_buffers", "lots".into()),
+            ]),
+            15,
+            Some(&available),
+        );
+        assert!(p.contains_key("work_mem"));
+        assert!(!p.contains_key("shared_buffers"));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("shared_buffers=\"lots\""), "{w:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod archive;
 pub mod bootstrap;
 mod conf;
 mod error;
+pub mod gucs;
 mod query;
 mod replica;
 mod slots;
@@ -112,7 +113,7 @@ const KEPT_LOG_DIRS: usize = 5;
 #[derive(Debug, Default)]
 struct BinaryFacts {
     major: std::sync::OnceLock<u32>,
-    gucs: std::sync::OnceLock<Option<std::collections::HashSet<String>>>,
+    gucs: std::sync::OnceLock<Option<std::collections::HashMap<String, gucs::GucSpec>>>,
 }
 
 /// `postgres (PostgreSQL) 15.8 (Debian 15.8-1)` or `15` (PG_VERSION) -> 15; `9.6` -> 9.
@@ -358,6 +359,20 @@ impl Postgres {
             .map_err(PgError::Io)
     }
 
+    /// `files`' parameters as [`Postgres::write_config`] writes them, as text (no warnings:
+    /// those are logged when they are written).
+    pub fn file_parameters(&self, files: &ConfigFiles) -> Vec<(String, String)> {
+        let (parameters, _) = conf::server_parameters(
+            &files.parameters,
+            self.major_version(),
+            self.available_gucs(),
+        );
+        parameters
+            .iter()
+            .filter_map(|(k, v)| conf::value_text(v).map(|t| (k.clone(), t)))
+            .collect()
+    }
+
     /// Keeps the newest [`KEPT_LOG_DIRS`] of the `<data dir>.log-*` directories, so that a
     /// bootstrap failing again and again does not fill the disk.
     fn prune_kept_logs(&self) {
@@ -400,9 +415,10 @@ impl Postgres {
         })
     }
 
-    /// Every parameter name the installed server knows, lower case (`postgres
-    /// --describe-config`, as Patroni reads it); `None` if that could not be run.
-    pub fn available_gucs(&self) -> Option<&std::collections::HashSet<String>> {
+    /// Every parameter the installed server knows, by lower-case name, with its type and
+    /// bounds (`postgres --describe-config`, as Patroni reads it); `None` if that could not be
+    /// run.
+    pub fn available_gucs(&self) -> Option<&std::collections::HashMap<String, gucs::GucSpec>> {
         self.facts
             .gucs
             .get_or_init(|| {
@@ -412,13 +428,8 @@ impl Postgres {
                     .output()
                     .ok()
                     .filter(|o| o.status.success())?;
-                let names: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter_map(|l| l.split('\t').next())
-                    .map(|n| n.trim().to_ascii_lowercase())
-                    .filter(|n| !n.is_empty())
-                    .collect();
-                (!names.is_empty()).then_some(names)
+                let specs = gucs::parse_describe_config(&String::from_utf8_lossy(&out.stdout));
+                (!specs.is_empty()).then_some(specs)
             })
             .as_ref()
     }
@@ -462,6 +473,18 @@ impl Postgres {
         }
         let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let started = std::time::SystemTime::now();
+        let mut params = params.to_vec();
+        if self.data_dir.join("standby.signal").exists() {
+            // A hot standby refuses to start below the primary's values of these (Patroni's
+            // `effective_configuration`); the configured value waits for a later restart.
+            if let Ok(cd) = self.controldata_sync() {
+                for name in gucs::raise_to_controldata(&mut params, &cd.fields) {
+                    tracing::info!(
+                        "starting with {name} from pg_controldata, higher than configured: pending restart"
+                    );
+                }
+            }
+        }
         let mut opts = format!(
             "--config-file={}",
             shell_quote(
@@ -472,7 +495,7 @@ impl Postgres {
                     .to_string()
             )
         );
-        for (k, v) in params {
+        for (k, v) in &params {
             opts.push_str(&format!(" --{}={}", k, shell_quote(v)));
         }
         let mut cmd = Command::new(self.bin("pg_ctl"));

@@ -25,8 +25,12 @@ pub struct LocalStatus {
     pub latest_end_lsn: Option<u64>,
     pub postmaster_start_time: Option<String>,
     pub replication: Vec<ReplicationRow>,
-    /// Some setting changed that needs a restart (`pg_settings.pending_restart`).
+    /// Some setting changed that needs a restart: `pg_settings.pending_restart` from the
+    /// query, then also whatever the runner found in [`LocalStatus::pending_restart_reason`].
     pub pending_restart: bool,
+    /// Patroni's `pending_restart_reason`: `{name: {old_value, new_value}}` (filled by the
+    /// runner, not the query).
+    pub pending_restart_reason: serde_json::Map<String, serde_json::Value>,
     /// `synchronous_standby_names` in effect.
     pub synchronous_standby_names: String,
     /// `synchronous_commit` in effect (which position a synchronous standby confirms).
@@ -178,6 +182,7 @@ impl PgClient {
             timeline: u64::try_from(timeline).unwrap_or(0),
             postmaster_start_time: row.try_get(11)?,
             pending_restart: row.try_get(12)?,
+            pending_restart_reason: serde_json::Map::new(),
             synchronous_standby_names: row.try_get(13)?,
             synchronous_commit: row.try_get(14)?,
             replication: rows
@@ -196,6 +201,77 @@ impl PgClient {
                 })
                 .collect(),
         })
+    }
+
+    /// The restart-only (`postmaster`) parameters among `names` (lower case), and those
+    /// PostgreSQL flags `pending_restart`, with the value postgresql.conf now asks for.
+    pub async fn restart_settings(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<super::gucs::PgSetting>, PgError> {
+        let r = async {
+            let guard = self.client().await?;
+            let c = guard.as_ref().expect("client() fills the slot");
+            let rows = c
+                .query(
+                    "SELECT s.name::text, pg_catalog.current_setting(s.name)::text, s.setting::text, \
+                       s.unit::text, s.vartype::text, s.pending_restart, \
+                       (SELECT f.setting FROM pg_catalog.pg_file_settings f WHERE f.name = s.name \
+                        ORDER BY f.seqno DESC LIMIT 1)::text \
+                     FROM pg_catalog.pg_settings s \
+                     WHERE s.context = 'postmaster' AND s.name <> 'hot_standby' \
+                       AND (pg_catalog.lower(s.name) = ANY($1) OR s.pending_restart)",
+                    &[&names],
+                )
+                .await?;
+            Ok::<_, PgError>(
+                rows.iter()
+                    .map(|r| super::gucs::PgSetting {
+                        name: r.get(0),
+                        shown: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                        setting: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                        unit: r.get(3),
+                        vartype: r.get::<_, Option<String>>(4).unwrap_or_default(),
+                        pending_restart: r.get::<_, Option<bool>>(5).unwrap_or(false),
+                        file_value: r.get(6),
+                    })
+                    .collect(),
+            )
+        }
+        .await;
+        if r.is_err() {
+            self.reset().await;
+        }
+        r
+    }
+
+    /// The errors PostgreSQL found in its configuration files at the last reload
+    /// (`pg_file_settings.error`, but not "could not be applied": those wait for a restart).
+    pub async fn config_file_errors(&self) -> Result<Vec<String>, PgError> {
+        let guard = self.client().await?;
+        let c = guard.as_ref().expect("client() fills the slot");
+        let rows = c
+            .query(
+                "SELECT coalesce(name, '')::text, coalesce(setting, '')::text, error::text, \
+                   coalesce(sourcefile, '')::text, coalesce(sourceline, 0)::int \
+                 FROM pg_catalog.pg_file_settings \
+                 WHERE error IS NOT NULL AND error <> 'setting could not be applied'",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}={:?} ({}:{}): {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(3),
+                    r.get::<_, i32>(4),
+                    r.get::<_, String>(2)
+                )
+            })
+            .collect())
     }
 
     /// Runs statements (no parameters) in one simple-query round trip.

@@ -182,6 +182,13 @@ impl LocalPostgres for SimPostgres {
     fn cmdline_params(&self, _dynamic: &Map<String, Value>) -> Vec<(String, String)> {
         Vec::new()
     }
+    fn wanted_parameters(
+        &self,
+        _files: &ConfigFiles,
+        _dynamic: &Map<String, Value>,
+    ) -> Vec<(String, String)> {
+        Vec::new()
+    }
 
     async fn start(&self, _params: &[(String, String)], _wait: Duration) -> Result<(), PgError> {
         self.op(200, 2_000, |w, i| {

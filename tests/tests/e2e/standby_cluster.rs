@@ -2,13 +2,14 @@
 //! cluster A's primary through a permanent slot: its first member clones A and becomes the
 //! *standby leader*, the other streams from it, rows written on A appear on both. B fails over
 //! within itself. Then the two swap roles with `patrolctl demote-cluster` and
-//! `promote-cluster` (A demoted to follow B, B promoted and written to), and swap back.
+//! `promote-cluster` (A demoted to follow B, B promoted and written to), and swap back with
+//! Patroni's own `patronictl`.
 
 use nix::sys::signal::Signal;
 use patrol_dcs::Role;
 use patrol_tests::{is_streaming_replica, wait_until, Cluster, Router};
 
-use crate::support::ctl::ok;
+use crate::support::ctl::{ok, patronictl_ok};
 use crate::support::{
     in_recovery, index_of, members, wait_healthy, wait_table_values, HEALTHY_TIMEOUT,
     PROPAGATION_TIMEOUT,
@@ -244,25 +245,28 @@ async fn a_standby_cluster_follows_fails_over_and_swaps_roles() {
         .await
         .expect("B's replica follows its primary");
 
-    // And back: B demoted to follow A, A promoted and written to.
+    // And back, with Patroni's own patronictl: B demoted to follow A, A promoted and written to.
     let a_port = a.pg_port(0).to_string();
-    ok(
+    let scope_b = b.scope().to_owned();
+    let out = patronictl_ok(
         &b,
         &[
             "demote-cluster",
+            &scope_b,
             "--host",
             "127.0.0.1",
             "--port",
             &a_port,
             "--force",
-            "--timeout",
-            "120",
         ],
     );
+    assert!(out.contains("demoted"), "{out}");
     wait_standby_healthy(&b, &[0, 1])
         .await
         .expect("B is a standby cluster again");
-    ok(&a, &["promote-cluster", "--force", "--timeout", "120"]);
+    let scope_a = a.scope().to_owned();
+    let out = patronictl_ok(&a, &["promote-cluster", &scope_a, "--force"]);
+    assert!(out.contains("promoted"), "{out}");
     wait_healthy(&a, &[0], HEALTHY_TIMEOUT)
         .await
         .expect("A leads again");

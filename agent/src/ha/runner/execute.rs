@@ -578,7 +578,18 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         };
         let files = self.config_files(standby_of);
         self.pg.write_config(&files)?;
-        self.pg.reload().await
+        self.pg.reload().await?;
+        // PostgreSQL keeps its old value of a setting it cannot parse: say so (the view reads
+        // the files again, so the reload need not have been processed yet).
+        match self.pg.config_file_errors().await {
+            Ok(errors) => {
+                for e in errors {
+                    tracing::warn!("PostgreSQL refused a configuration setting: {e}");
+                }
+            }
+            Err(e) => tracing::debug!("could not read pg_file_settings: {e}"),
+        }
+        Ok(())
     }
 
     /// Row H-1.2: point the standby at the leader (rewrite its configuration and reload).

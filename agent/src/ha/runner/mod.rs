@@ -33,6 +33,9 @@ use super::port::{LocalPostgres, Peers, StopMode};
 use super::state::{NodeState, Request, RestartFilters, SharedState};
 use crate::config::Config;
 
+/// What a pending restart reason was computed from.
+type PendingKey = (Option<String>, Vec<(String, String)>, bool);
+
 /// The version we publish (the model's): Patroni-compatible so peers and tools take its paths.
 pub use patrol_dcs::PATRONI_VERSION;
 
@@ -87,6 +90,10 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     /// The dynamic `postgresql.parameters` or `pg_hba` changed, or the local configuration was
     /// reloaded while a task ran: rewrite PostgreSQL's configuration and reload it.
     dynamic_params_changed: bool,
+    /// The pending restart reason last computed and what it was computed from (the
+    /// postmaster's start, the parameters wanted, PostgreSQL's own flag): asked again only when
+    /// one of them changes.
+    pending_restart: Option<(PendingKey, serde_json::Map<String, serde_json::Value>)>,
     /// The role PostgreSQL ran in at the last cycle that knew it (for `on_role_change`).
     last_role: Option<patrol_dcs::Role>,
     /// Callback scripts (`postgresql.callbacks`, `before_stop`).
@@ -162,6 +169,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             recheck_soon: false,
             disable_sync: false,
             dynamic_params_changed: false,
+            pending_restart: None,
             last_role: None,
             callbacks,
             last_failsafe: None,
@@ -190,6 +198,10 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     ) -> Exit {
         let guard = tokio::spawn(lease_guard(self.shared.clone(), self.pg.clone()));
         let _guard = AbortOnDrop(guard);
+        // The DCS client was made with `bootstrap.dcs`'s timing; the configuration in effect
+        // may be the cached one (`patroni.dynamic.json`), and `apply_dynamic` hands a timing
+        // on only when the configuration changes.
+        self.dcs.set_timing(self.timing()).await;
         let mut cycle: u64 = 0;
         loop {
             cycle += 1;

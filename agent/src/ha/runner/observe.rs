@@ -120,6 +120,49 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         self.dynamic_params_changed = false;
     }
 
+    /// Patroni's pending restart: each restart-only parameter the server runs with another
+    /// value than the configuration asks for (a changed `max_connections`; a standby kept at
+    /// the primary's higher value), and those PostgreSQL flags itself; published in the member
+    /// key, `GET /patroni` and the metrics, cleared by the restart that applies them.
+    async fn pending_restart(&mut self, s: &mut crate::postgres::LocalStatus) {
+        let files = self.config_files(None);
+        let wanted = self
+            .pg
+            .wanted_parameters(&files, &self.dynamic.parameters());
+        let key = (s.postmaster_start_time.clone(), wanted, s.pending_restart);
+        let fresh = match &self.pending_restart {
+            Some((k, reason)) if *k == key => Some(reason.clone()),
+            _ => None,
+        };
+        let reason = match fresh {
+            Some(r) => r,
+            None => {
+                let names: Vec<String> =
+                    key.1.iter().map(|(n, _)| n.to_ascii_lowercase()).collect();
+                match self.pg.restart_settings(&names).await {
+                    Ok(rows) => {
+                        let reason = crate::postgres::gucs::pending_restart_reason(&key.1, &rows);
+                        if !reason.is_empty() {
+                            let names: Vec<&String> = reason.keys().collect();
+                            tracing::info!("PostgreSQL needs a restart to apply {names:?}");
+                        }
+                        self.pending_restart = Some((key, reason.clone()));
+                        reason
+                    }
+                    Err(e) => {
+                        tracing::warn!("could not read the settings pending a restart: {e}");
+                        return;
+                    }
+                }
+            }
+        };
+        // The reason decides, not PostgreSQL's own flag alone: after a reload PostgreSQL flags a
+        // parameter set on the command line whenever a file (initdb's postgresql.base.conf)
+        // names another value, although a restart would change nothing.
+        s.pending_restart = !reason.is_empty();
+        s.pending_restart_reason = reason;
+    }
+
     /// Logs an error naming each member whose `conn_url` or `api_url` cannot be used (a host
     /// that is not an address or a DNS name, a bad port), once per change. Such a member is
     /// never cloned from, followed or probed: every reader of those URLs goes through
@@ -161,6 +204,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let status = if running && self.in_flight.is_none() {
             match self.pg.status().await {
                 Ok(mut s) => {
+                    self.pending_restart(&mut s).await;
                     if s.in_recovery {
                         // Without a WAL receiver the SQL view gives the last restartpoint's
                         // timeline; the WAL files say which timeline the node really holds.

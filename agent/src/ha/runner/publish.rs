@@ -94,6 +94,9 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         }
         m.pause = self.dynamic.pause();
         m.pending_restart = status.is_some_and(|s| s.pending_restart);
+        m.pending_restart_reason = status
+            .filter(|s| s.pending_restart && !s.pending_restart_reason.is_empty())
+            .map(|s| serde_json::Value::Object(s.pending_restart_reason.clone()));
         if let Some((f, schedule, _)) = &self.scheduled_restart {
             let mut o = serde_json::Map::new();
             o.insert("schedule".into(), schedule.clone().into());

@@ -110,13 +110,14 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         let i_lead = cluster.leader_name() == Some(self.cfg.name.as_str());
         let role = match &status {
             Some(s) if !s.in_recovery => "primary",
+            Some(_) if i_lead => "standby_leader",
             _ => "replica",
         };
         let role_ok = match f.role.as_deref() {
             None | Some("any") => true,
             Some("primary") | Some("master") | Some("leader") => role == "primary",
             Some("replica") | Some("standby") => role == "replica",
-            Some("standby_leader") | Some("standby-leader") => false,
+            Some("standby_leader") | Some("standby-leader") => role == "standby_leader",
             Some(_) => false,
         };
         let version_ok = match (&f.postgres_version, &status) {
@@ -124,11 +125,18 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             (Some(_), None) => false,
             _ => true,
         };
-        let pending_ok = !f.restart_pending || status.as_ref().is_some_and(|s| s.pending_restart);
+        let pending = status.as_ref().is_some_and(|s| s.pending_restart)
+            || self
+                .pending_restart
+                .as_ref()
+                .is_some_and(|(_, reason)| !reason.is_empty());
+        let pending_ok = !f.restart_pending || pending;
         if !(role_ok && version_ok && pending_ok) {
             return Some((503, "restart conditions are not satisfied".into()));
         }
-        let as_primary = i_lead || role == "primary";
+        // A standby cluster's leader restarts as its standby leader, following the remote source.
+        let standby_leader = i_lead && self.dynamic.standby_cluster().is_some();
+        let as_primary = (i_lead && !standby_leader) || role == "primary";
         if as_primary && !i_lead {
             // A primary without the key is the HA loop's to demote, not ours to restart.
             return Some((
@@ -143,6 +151,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         tracing::info!("restarting PostgreSQL on request");
         let standby_of = if as_primary {
             None
+        } else if standby_leader {
+            Some(self.dynamic.standby_cluster().map(|s| Upstream::remote(&s)))
         } else {
             Some(cluster.leader_member().map(Upstream::of))
         };
@@ -285,22 +295,12 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 .await
                 .map(|s| !s.in_recovery)
                 .unwrap_or(false);
-            let files = if primary {
-                self.config_files(None)
-            } else {
-                let up = cluster
-                    .leader_member()
-                    .filter(|m| m.name != self.cfg.name)
-                    .map(Upstream::of);
-                self.config_files(Some(up))
-            };
             if let Err(e) = self.pg.write_pgpass() {
                 return (503, format!("reload failed: {e}"));
             }
-            if let Err(e) = self.pg.write_config(&files) {
-                return (503, format!("reload failed: {e}"));
-            }
-            if let Err(e) = self.pg.reload().await {
+            // Written for the role and upstream PostgreSQL has now (a cascading replica's
+            // member, a standby leader's remote source).
+            if let Err(e) = self.rewrite_config_and_reload(cluster).await {
                 return (503, format!("reload failed: {e}"));
             }
             self.callbacks

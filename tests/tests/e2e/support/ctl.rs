@@ -51,3 +51,27 @@ pub fn ok(cluster: &Cluster, args: &[&str]) -> String {
     );
     stdout
 }
+
+/// Runs Patroni's own patronictl (blocking, from async code) and insists on exit 0; returns
+/// stdout and stderr.
+pub fn patronictl_ok(cluster: &Cluster, args: &[&str]) -> String {
+    patronictl_ok_with(cluster, args, &[], None)
+}
+
+/// [`patronictl_ok`] with environment variables and answers to its prompts.
+pub fn patronictl_ok_with(
+    cluster: &Cluster,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> String {
+    let out = tokio::task::block_in_place(|| cluster.run_patronictl_with(args, env, stdin))
+        .unwrap_or_else(|e| panic!("patronictl {args:?}: {e:#}"));
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "patronictl {args:?}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    format!("{stdout}{stderr}")
+}
