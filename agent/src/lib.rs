@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod generate;
 pub mod ha;
 pub mod logging;
 pub mod peer;

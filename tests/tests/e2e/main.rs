@@ -15,6 +15,7 @@ mod diagnostics;
 mod etcd_members;
 mod etcd_tls;
 mod failover;
+mod generate_config;
 mod haproxy;
 mod harness;
 mod methods;
