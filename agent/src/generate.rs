@@ -345,9 +345,11 @@ fn postmaster_bin_dir(data_dir: &Path) -> Result<String, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err("Obtained postmaster pid doesn't exist.".into())
         }
-        Err(e) => return Err(format!(
+        Err(e) => {
+            return Err(format!(
             "Unexpected exception: cannot read the executable of the postmaster (pid {pid}): {e}"
-        )),
+        ))
+        }
     };
     Ok(exe
         .parent()

@@ -6,6 +6,7 @@ pub mod api;
 pub mod generate;
 pub mod ha;
 pub mod logging;
+pub mod notify;
 pub mod peer;
 pub mod postgres;
 mod run;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use patrol_agent::config::{self, ConfigSource};
 use patrol_agent::generate;
+use patrol_agent::notify::Notifier;
 
 /// PostgreSQL high availability, a drop-in replacement for Patroni.
 #[derive(Parser, Debug)]
@@ -88,13 +89,26 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    // Children (PostgreSQL, scripts) must not inherit our secrets (Patroni removes them too).
+    // Children (PostgreSQL, scripts) must not inherit our secrets (Patroni removes them too),
+    // nor systemd's notification socket (PostgreSQL would report its own readiness there).
     for k in env.keys().filter(|k| k.starts_with("PATRONI_")) {
         std::env::remove_var(k);
     }
+    let notifier = Notifier::from_env(&env);
+    std::env::remove_var(Notifier::VAR);
     patrol_agent::logging::init(&loaded.config);
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    let notifier = notifier.unwrap_or_else(|e| {
+        tracing::warn!("systemd will not be notified: {e}");
+        Notifier::default()
+    });
+    if env.contains_key("WATCHDOG_USEC") {
+        tracing::warn!(
+            "the unit sets WatchdogSec=, but patrol sends no WATCHDOG=1 keep-alives: systemd will \
+             kill it; remove WatchdogSec= (use the watchdog section for a hardware watchdog)"
+        );
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -114,7 +128,7 @@ fn main() -> ExitCode {
         },
         env,
     };
-    match rt.block_on(patrol_agent::run(loaded.config, reload)) {
+    match rt.block_on(patrol_agent::run(loaded.config, reload, notifier)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(target: patrol_agent::logging::CRITICAL, "{e:#}");

@@ -33,3 +33,4 @@ mod standby_cluster;
 mod stats_page;
 mod support;
 mod sync;
+mod systemd_notify;
