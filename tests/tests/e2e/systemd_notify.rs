@@ -1,11 +1,12 @@
 //! End to end: systemd's readiness protocol without systemd. The agent runs with
 //! `NOTIFY_SOCKET` naming a datagram socket the test binds; `READY=1` arrives once the REST API
 //! answers and the member key is published, a `STATUS=` line follows the role, `STOPPING=1`
-//! comes on SIGTERM, and PostgreSQL does not inherit the socket.
+//! comes on SIGTERM, and PostgreSQL does not inherit the socket. `patrol-router` sends
+//! `READY=1` once it serves and `STOPPING=1` on SIGTERM.
 
 use std::time::{Duration, Instant};
 
-use patrol_tests::{chown_to_agent, Cluster, Signal};
+use patrol_tests::{chown_to_agent, Cluster, Router, Signal};
 use tokio::net::UnixDatagram;
 
 use crate::support::HEALTHY_TIMEOUT;
@@ -101,4 +102,29 @@ async fn ready_status_and_stopping_reach_notify_socket() {
         .await
         .expect("the agent exits after SIGTERM");
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_reports_ready_and_stopping() {
+    // Only for its etcd: the router needs no member to be ready.
+    let cluster = Cluster::new(1).expect("cluster");
+    let path = cluster.root().join("router-notify.sock");
+    let mut inbox = Inbox {
+        socket: UnixDatagram::bind(&path).expect("bind the notify socket"),
+        seen: Vec::new(),
+    };
+    let hosts: Vec<String> = cluster
+        .etcd_cluster()
+        .host_ports()
+        .iter()
+        .map(|h| format!("'{h}'"))
+        .collect();
+    let etcd = format!("etcd: {{hosts: [{}]}}", hosts.join(", "));
+    let path_text = path.to_str().expect("UTF-8 path").to_string();
+    // Started once its admin port answers.
+    let router = Router::start_with_env(&cluster, &etcd, "", &[("NOTIFY_SOCKET", &path_text)])
+        .expect("router");
+    inbox.wait_for("READY=1", Duration::from_secs(30)).await;
+    router.proc().signal(Signal::SIGTERM).expect("SIGTERM");
+    inbox.wait_for("STOPPING=1", Duration::from_secs(30)).await;
 }
