@@ -3,8 +3,10 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod generate;
 pub mod ha;
 pub mod logging;
+pub mod notify;
 pub mod peer;
 pub mod postgres;
 mod run;

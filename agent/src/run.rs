@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiContext};
 use crate::config::Config;
 use crate::ha::{Exit, Ha, SharedState};
+use crate::notify::Notifier;
 
 /// Where the local configuration came from, to re-read it on SIGHUP or `POST /reload`: the
 /// file (or directory), and the environment as it was at start (the `PATRONI_*` variables are
@@ -34,8 +35,9 @@ impl ReloadSource {
     }
 }
 
-/// Runs the agent until a signal or a fatal condition.
-pub async fn run(cfg: Config, reload: ReloadSource) -> anyhow::Result<()> {
+/// Runs the agent until a signal or a fatal condition; tells systemd through `notifier` when
+/// it is ready, what it does, and when it stops.
+pub async fn run(cfg: Config, reload: ReloadSource, notifier: Notifier) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let timing = ClusterConfig::from_map(cfg.bootstrap.dcs.clone()).timing();
     let settings = EtcdSettings {
@@ -48,7 +50,8 @@ pub async fn run(cfg: Config, reload: ReloadSource) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     let shared = Arc::new(SharedState::default());
-    spawn_signal_handler(shutdown.clone(), shared.clone())?;
+    spawn_signal_handler(shutdown.clone(), shared.clone(), notifier.clone())?;
+    notifier.status("connecting to etcd");
 
     // Connect and read the cluster, retrying until etcd answers (spec 5.1).
     let retry = Duration::from_secs(timing.retry_timeout);
@@ -62,6 +65,7 @@ pub async fn run(cfg: Config, reload: ReloadSource) -> anyhow::Result<()> {
             Ok(x) => break x,
             Err(e) => {
                 tracing::error!("Can not get cluster from dcs: {e}");
+                notifier.status(&format!("waiting for etcd: {e}"));
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -89,6 +93,8 @@ pub async fn run(cfg: Config, reload: ReloadSource) -> anyhow::Result<()> {
     let listener = api::bind(&cfg).await?;
     let ctx = Arc::new(ApiContext::new(cfg.clone(), shared.clone(), dcs.clone()).await);
     let api_task = tokio::spawn(api::serve(listener, ctx, shutdown.child_token()));
+    // READY=1 after the first cycle: the REST API serves, and the member key is published.
+    let notify_task = tokio::spawn(crate::notify::report(notifier, shared.clone()));
     tracing::info!(
         "patrol {} starting: member {} of cluster {} (prefix {})",
         env!("CARGO_PKG_VERSION"),
@@ -108,6 +114,7 @@ pub async fn run(cfg: Config, reload: ReloadSource) -> anyhow::Result<()> {
     .with_reload(reload);
     let exit = ha.run(cluster_rx, shutdown.clone()).await;
     shutdown.cancel();
+    notify_task.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
     match exit {
         Exit::Shutdown => {
@@ -128,15 +135,29 @@ async fn member_alive(cfg: &Config, api_url: &str) -> bool {
     client.get(format!("{base}/liveness")).send().await.is_ok()
 }
 
-fn spawn_signal_handler(token: CancellationToken, shared: Arc<SharedState>) -> anyhow::Result<()> {
+fn spawn_signal_handler(
+    token: CancellationToken,
+    shared: Arc<SharedState>,
+    notifier: Notifier,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("received SIGTERM"); token.cancel(); return; }
-                _ = int.recv() => { tracing::info!("received SIGINT"); token.cancel(); return; }
+                _ = term.recv() => {
+                    tracing::info!("received SIGTERM");
+                    notifier.stopping();
+                    token.cancel();
+                    return;
+                }
+                _ = int.recv() => {
+                    tracing::info!("received SIGINT");
+                    notifier.stopping();
+                    token.cancel();
+                    return;
+                }
                 _ = hup.recv() => {
                     tracing::info!("received SIGHUP: reloading the local configuration");
                     let shared = shared.clone();

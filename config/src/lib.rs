@@ -14,8 +14,10 @@
 pub mod compatibility_doc;
 mod env;
 mod error;
+pub mod generate;
 mod methods;
 mod parse;
+pub mod pyyaml;
 mod source;
 pub mod unsupported;
 

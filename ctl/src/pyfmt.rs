@@ -2,55 +2,10 @@
 //! (default and compact separators, `ensure_ascii`), float `repr`, and PyYAML's `safe_dump`
 //! (`default_flow_style` False or True, `allow_unicode=True`, `width=200`, sorted keys).
 
-mod yaml;
-
 use serde_json::Value;
 
-pub use yaml::{yaml11_plain_scalar, yaml_dump};
-
-/// Python's `repr(float)`: shortest round-trip digits, fixed notation for exponents -4..16,
-/// scientific (`1e+20`) otherwise, and always a `.0` on integral fixed values.
-pub fn float_repr(f: f64) -> String {
-    if f.is_nan() {
-        return "nan".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    if f == 0.0 {
-        return if f.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
-    }
-    let sci = format!("{:e}", f.abs());
-    let (mant, exp) = sci.split_once('e').expect("{:e} has an exponent");
-    let exp: i32 = exp.parse().expect("exponent is an integer");
-    let digits: String = mant.chars().filter(|c| *c != '.').collect();
-    let sign = if f < 0.0 { "-" } else { "" };
-    if (-4..16).contains(&exp) {
-        let n = digits.len() as i32;
-        let s = if exp < 0 {
-            format!("0.{}{}", "0".repeat((-exp - 1) as usize), digits)
-        } else if exp + 1 >= n {
-            format!("{}{}.0", digits, "0".repeat((exp + 1 - n) as usize))
-        } else {
-            let (a, b) = digits.split_at((exp + 1) as usize);
-            format!("{a}.{b}")
-        };
-        format!("{sign}{s}")
-    } else {
-        let (first, rest) = digits.split_at(1);
-        let mant = if rest.is_empty() {
-            first.to_string()
-        } else {
-            format!("{first}.{rest}")
-        };
-        let esign = if exp < 0 { '-' } else { '+' };
-        format!("{sign}{mant}e{esign}{:02}", exp.abs())
-    }
-}
+// PyYAML's emitter lives in the configuration crate, which the agent shares.
+pub use patrol_config::pyyaml::{float_repr, yaml11_plain_scalar, yaml_dump};
 
 fn number_repr(n: &serde_json::Number) -> String {
     if n.is_f64() {

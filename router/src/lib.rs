@@ -116,6 +116,9 @@ pub async fn run(cfg: Config, haproxy: Option<haproxy_sync::Settings>) -> anyhow
     tasks.spawn(admin::serve(shared.clone(), admin, shutdown.child_token()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    // systemd (`Type=notify`): the ports accept and etcd is connected; clients that arrive
+    // before the first routing table are held as during any leader change.
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     tokio::select! {
         _ = term.recv() => tracing::info!("received SIGTERM"),
         _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
@@ -124,6 +127,7 @@ pub async fn run(cfg: Config, haproxy: Option<haproxy_sync::Settings>) -> anyhow
             anyhow::bail!("a router task ended unexpectedly: {r:?}");
         }
     }
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     if shared.local.is_some() {
         let s = shared.clone();
@@ -185,4 +189,13 @@ fn data_thread(
             })
         })
         .context("starting a data-path thread")
+}
+
+/// Tells systemd through `NOTIFY_SOCKET` when it is set (nothing otherwise); a failure is
+/// logged, never fatal. The variable stays in the environment: the router's children
+/// (`haproxy -c`, `ip`) do not speak the protocol.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd (NOTIFY_SOCKET): {e}");
+    }
 }

@@ -53,6 +53,17 @@ impl Router {
         etcd_yaml: &str,
         extra_yaml: &str,
     ) -> anyhow::Result<Router> {
+        Self::start_with_env(cluster, etcd_yaml, extra_yaml, &[])
+    }
+
+    /// Like [`Router::start_with_etcd`] with environment variables added (e.g.
+    /// `NOTIFY_SOCKET`).
+    pub fn start_with_env(
+        cluster: &Cluster,
+        etcd_yaml: &str,
+        extra_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Router> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let (write_port, read_port, admin_port) = (free_port(), free_port(), free_port());
@@ -77,6 +88,7 @@ listen: {{write: '127.0.0.1:{write_port}', read: '127.0.0.1:{read_port}', admin:
         cmd.arg("-c")
             .arg(&config_path)
             .env("RUST_LOG", "info,patrol_router=debug")
+            .envs(env.iter().copied())
             .current_dir(cluster.root());
         let log = cluster.root().join(format!("router{n}.log"));
         let proc = Proc::spawn(format!("patrol-router {n}"), cmd, log)?;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use patrol_dcs::{Cluster, Role, Timing};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use crate::postgres::LocalStatus;
@@ -117,6 +117,8 @@ pub struct SharedState {
     pub wakeup: Notify,
     requests_tx: mpsc::UnboundedSender<Request>,
     requests_rx: Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
+    /// How many cycles completed, for those who wait for one (systemd's readiness).
+    cycles_tx: watch::Sender<u64>,
 }
 
 impl Default for SharedState {
@@ -146,6 +148,7 @@ impl Default for SharedState {
             wakeup: Notify::new(),
             requests_tx: tx,
             requests_rx: Mutex::new(Some(rx)),
+            cycles_tx: watch::Sender::new(0),
         }
     }
 }
@@ -178,10 +181,19 @@ impl SharedState {
     }
 
     pub fn update(&self, node: NodeState) {
-        let mut g = self.lock();
-        g.node = node;
-        g.last_cycle = Some(Instant::now());
-        g.cycles += 1;
+        let cycles = {
+            let mut g = self.lock();
+            g.node = node;
+            g.last_cycle = Some(Instant::now());
+            g.cycles += 1;
+            g.cycles
+        };
+        self.cycles_tx.send_replace(cycles);
+    }
+
+    /// Changes whenever a cycle completes (with the DCS, its state published).
+    pub fn subscribe_cycles(&self) -> watch::Receiver<u64> {
+        self.cycles_tx.subscribe()
     }
 
     /// Records whether we hold the leader key and until when its lease is safe. The margin

@@ -6,6 +6,7 @@ mod env;
 mod examples;
 mod fields;
 mod garbage;
+mod generate;
 mod sources;
 mod unsupported;
 mod validation;
