@@ -63,7 +63,13 @@ fn main() -> ExitCode {
     for k in env.keys().filter(|k| k.starts_with("PATRONI_")) {
         std::env::remove_var(k);
     }
-    patrol_agent::logging::init(&loaded.config);
+    let _log_guard = match patrol_agent::logging::init(&loaded.config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("patrol: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }

@@ -17,6 +17,7 @@ mod etcd_tls;
 mod failover;
 mod haproxy;
 mod harness;
+mod log_files;
 mod methods;
 mod observability;
 mod patrolctl;
