@@ -96,7 +96,13 @@ fn main() -> ExitCode {
     }
     let notifier = Notifier::from_env(&env);
     std::env::remove_var(Notifier::VAR);
-    patrol_agent::logging::init(&loaded.config);
+    let _log_guard = match patrol_agent::logging::init(&loaded.config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("patrol: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }

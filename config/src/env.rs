@@ -107,8 +107,34 @@ pub(crate) fn parse_bool(value: &str) -> Option<bool> {
     }
 }
 
+/// Patroni's `parse_int` (without units): C's `strtol` with base 0 (`0x1A` hex, `0640`
+/// octal), else a decimal number rounded half to even (`2.5` -> 2, `1e3` -> 1000).
 pub(crate) fn parse_int(value: &str) -> Option<i64> {
-    value.trim().parse().ok()
+    let s = value.trim();
+    let (negative, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let magnitude = if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+        i64::from_str_radix(hex, 16).ok()?
+    } else if body.len() > 1 && body.starts_with('0') && body.bytes().all(|b| b.is_ascii_digit()) {
+        i64::from_str_radix(&body[1..], 8).ok()?
+    } else if let Ok(n) = body.parse::<i64>() {
+        n
+    } else if body.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        let f = body
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())?
+            .round_ties_even();
+        if f >= i64::MAX as f64 {
+            return None;
+        }
+        f as i64
+    } else {
+        return None;
+    };
+    Some(if negative { -magnitude } else { magnitude })
 }
 
 struct Builder {

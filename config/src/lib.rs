@@ -15,6 +15,7 @@ pub mod compatibility_doc;
 mod env;
 mod error;
 pub mod generate;
+pub mod log;
 mod methods;
 mod parse;
 pub mod pyyaml;
@@ -259,6 +260,8 @@ pub struct Config {
     pub tags: Map<String, Value>,
     /// The `watchdog` section (Patroni's defaults when absent: `automatic`, `/dev/watchdog`).
     pub watchdog: Watchdog,
+    /// The `log` section (Patroni's defaults when absent).
+    pub log: log::Log,
     /// The merged document (file(s) + environment). Holds secrets: print [`Config::redacted_raw`].
     pub raw: Value,
     /// [`ALLOW_VAR`] is set: keys asking for guarantees Patrol does not give were let through,
@@ -339,6 +342,7 @@ impl fmt::Debug for Config {
             .field("postgresql", &self.postgresql)
             .field("tags", &self.tags)
             .field("watchdog", &self.watchdog)
+            .field("log", &self.log)
             .field("raw", &self.redacted_raw())
             .field("allow_unsupported", &self.allow_unsupported)
             .finish()

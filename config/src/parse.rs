@@ -85,7 +85,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "watchdog",
     "tags",
 ];
-/// `log` (Patroni's; only `level` is used, see `unsupported`).
+/// `log` (Patroni's; read by `log::parse_log`).
 pub(crate) const LOG_KEYS: &[&str] = &[
     "type",
     "level",
@@ -279,11 +279,11 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// Present and not null.
-fn get<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+pub(crate) fn get<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     map.get(key).filter(|v| !v.is_null())
 }
 
-fn wrong_type(key: String, expected: &str, found: &Value) -> ConfigError {
+pub(crate) fn wrong_type(key: String, expected: &str, found: &Value) -> ConfigError {
     ConfigError::invalid(
         key,
         format!("expected {expected}, found {}", describe(found)),
@@ -333,7 +333,7 @@ fn opt_path(map: &Map<String, Value>, path: &str, key: &str) -> Result<Option<Pa
 }
 
 /// Bool-ish: a boolean, one of on/true/yes/1/off/false/no/0 (any case), or the integers 0/1.
-fn value_as_bool(value: &Value) -> Option<bool> {
+pub(crate) fn value_as_bool(value: &Value) -> Option<bool> {
     match value {
         Value::Bool(b) => Some(*b),
         Value::String(s) => parse_bool(s),
@@ -466,7 +466,7 @@ fn str_map(map: &Map<String, Value>, path: &str, key: &str) -> Result<BTreeMap<S
     Ok(out)
 }
 
-fn warn_unknown(
+pub(crate) fn warn_unknown(
     map: &Map<String, Value>,
     path: &str,
     known: &[&str],
@@ -726,9 +726,7 @@ pub(crate) fn build(doc: &Map<String, Value>, home: &str) -> Result<(Config, Vec
     let tags = parse_tags(doc, &mut w)?;
 
     let watchdog = parse_watchdog(doc, &mut w)?;
-    if let Some(log) = opt_map(doc, "", "log")? {
-        warn_unknown(log, "log", LOG_KEYS, &[], &mut w);
-    }
+    let log = super::log::parse_log(doc, &mut w)?;
 
     let config = Config {
         name,
@@ -741,6 +739,7 @@ pub(crate) fn build(doc: &Map<String, Value>, home: &str) -> Result<(Config, Vec
         postgresql,
         tags,
         watchdog,
+        log,
         raw: Value::Object(doc.clone()),
         allow_unsupported: false,
     };

@@ -117,22 +117,11 @@ const fn warn_others(
 use Scope::{Both, Dynamic, Local};
 use When::{NotOneOf, Positive, Set};
 
-const NO_LOG_FILES: &str = "no log files are written (see log.dir)";
-
 /// Every key Patroni acts on that Patrol does not implement yet. More specific keys come before
 /// the `postgresql.*` catch-all, which only reports what they did not. One line per key.
 #[rustfmt::skip]
 pub const UNSUPPORTED: &[Unsupported] = &[
     // Local only.
-    warn("log.type", Local, NotOneOf(&["plain"]), "logs are plain lines in Patroni's default layout; JSON logs are not written"),
-    warn("log.format", Local, Set, "the line layout is fixed to Patroni's default, `<time> <LEVEL>: <message>`"),
-    warn("log.dateformat", Local, Set, "the time format is fixed (`2024-01-01 12:00:00,123`)"),
-    warn("log.static_fields", Local, Set, "JSON logs are not written"),
-    warn("log.dir", Local, Set, "logs go to stderr only (the journal under systemd); no log files are written or rotated"),
-    warn("log.mode", Local, Set, NO_LOG_FILES),
-    warn("log.file_num", Local, Set, NO_LOG_FILES),
-    warn("log.file_size", Local, Set, NO_LOG_FILES),
-    warn("log.loggers", Local, Set, "per-module log levels are set with RUST_LOG (e.g. RUST_LOG=info,patrol_agent=debug)"),
     Unsupported { key: "postgresql.authentication.superuser.*", except: &["username", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"], scope: Local, effect: Effect::Warn, when: When::SetOverTcp, reason: "the agent's own TCP connection to PostgreSQL uses sslmode, sslrootcert, sslcert and sslkey only (no revocation lists, encrypted keys, GSSAPI or channel binding settings)" },
     refuse("citus", Local, Set, "Citus clusters (a coordinator and worker groups registered with each other) are not managed: the node would run as a plain PostgreSQL cluster"),
     // The postgresql section, locally and in the dynamic configuration.
@@ -508,6 +497,7 @@ mod tests {
                 "create_replica_methods": ["basebackup"],
                 "use_unix_socket": false,
                 "config_base_name": "postgresql",
+                "custom_conf": "/etc/pg.conf",
                 "authentication": {
                     "superuser": {"username": "p", "password": "x", "sslmode": "require", "sslcrl": "/crl"},
                     "rewind": {"username": "r", "sslmode": "require"},
@@ -518,9 +508,8 @@ mod tests {
         assert_eq!(
             paths(&check_local(&doc)),
             vec![
-                ("log.format", Effect::Warn),
-                ("log.dir", Effect::Warn),
                 ("postgresql.authentication.superuser.sslcrl", Effect::Warn),
+                ("postgresql.custom_conf", Effect::Warn),
             ]
         );
     }
@@ -682,19 +671,24 @@ mod tests {
 
     #[test]
     fn env_origin_is_marked() {
-        let doc = map(json!({"log": {"dir": "/x", "format": "%(message)s"}}));
-        let env_doc = map(json!({"log": {"dir": "/x"}}));
+        const SSLCRL: &str = "postgresql.authentication.superuser.sslcrl";
+        let doc = map(json!({"postgresql": {
+            "custom_conf": "/x",
+            "authentication": {"superuser": {"sslcrl": "/crl"}},
+        }}));
+        let env_doc =
+            map(json!({"postgresql": {"authentication": {"superuser": {"sslcrl": "/crl"}}}}));
         let mut f = check_local(&doc);
         mark_env(&mut f, &env_doc);
-        let dir = f.iter().find(|f| f.path == "log.dir").expect("log.dir");
-        assert!(dir.from_env);
-        assert!(dir
+        let crl = f.iter().find(|f| f.path == SSLCRL).expect("sslcrl");
+        assert!(crl.from_env);
+        assert!(crl
             .warning()
-            .starts_with("log.dir (from the environment): not implemented"));
+            .starts_with(&format!("{SSLCRL} (from the environment): not implemented")));
         assert!(
             !f.iter()
-                .find(|f| f.path == "log.format")
-                .expect("format")
+                .find(|f| f.path == "postgresql.custom_conf")
+                .expect("custom_conf")
                 .from_env
         );
     }

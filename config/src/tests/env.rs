@@ -326,6 +326,65 @@ fn env_legacy_log_names_and_other_sections_go_to_raw() {
     assert_eq!(c.raw["kubernetes"]["labels"], json!({"app": "pg"}));
 }
 
+/// Every `PATRONI_LOG_*` variable, converted as Patroni converts it: integers with
+/// `parse_int` (`0640` octal), a format without `%(...)` as a YAML list, mappings as YAML.
+#[test]
+fn env_log_section() {
+    use crate::log::{LogAttr, LogFormat, LogLevel, LogType};
+    let c = load_ok(
+        MINIMAL,
+        &[
+            ("PATRONI_LOG_TYPE", "json"),
+            ("PATRONI_LOG_LEVEL", "WARNING"),
+            ("PATRONI_LOG_TRACEBACK_LEVEL", "DEBUG"),
+            ("PATRONI_LOG_FORMAT", "message, {levelname: level}"),
+            ("PATRONI_LOG_DATEFORMAT", "%H:%M:%S"),
+            ("PATRONI_LOG_STATIC_FIELDS", "app: patroni, dc: 1"),
+            ("PATRONI_LOG_MAX_QUEUE_SIZE", "50"),
+            ("PATRONI_LOG_DIR", "/var/log/patroni"),
+            ("PATRONI_LOG_MODE", "0640"),
+            ("PATRONI_LOG_FILE_SIZE", "0x400"),
+            ("PATRONI_LOG_FILE_NUM", "2"),
+            ("PATRONI_LOG_LOGGERS", "patroni.ha: DEBUG"),
+            ("PATRONI_LOG_DEDUPLICATE_HEARTBEAT_LOGS", "on"),
+        ],
+    );
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    let log = c.config.log;
+    assert_eq!(log.kind, LogType::Json);
+    assert_eq!(log.level, LogLevel::Warning);
+    assert_eq!(log.traceback_level, LogLevel::Debug);
+    let LogFormat::Json(fields) = &log.format else {
+        panic!("json fields: {:?}", log.format)
+    };
+    let keys: Vec<(Option<LogAttr>, &str)> =
+        fields.iter().map(|f| (f.attr, f.key.as_str())).collect();
+    assert_eq!(
+        keys,
+        vec![
+            (Some(LogAttr::Message), "message"),
+            (Some(LogAttr::Levelname), "level")
+        ]
+    );
+    assert_eq!(log.dateformat.as_deref(), Some("%H:%M:%S"));
+    assert_eq!(
+        Value::Object(log.static_fields),
+        json!({"app": "patroni", "dc": 1})
+    );
+    assert_eq!(log.max_queue_size, 50);
+    assert_eq!(log.dir, Some(PathBuf::from("/var/log/patroni")));
+    assert_eq!(log.mode, Some(0o640));
+    assert_eq!((log.file_size, log.file_num), (1024, 2));
+    assert_eq!(
+        log.loggers[0].targets,
+        vec!["patrol_agent::ha", "patrol_ha"]
+    );
+    assert_eq!(log.loggers[0].level, Some(LogLevel::Debug));
+
+    let bad = load_err(MINIMAL, &[("PATRONI_LOG_LEVEL", "LOUD")]);
+    assert!(bad.contains("log.level: expected one of DEBUG"), "{bad}");
+}
+
 #[test]
 fn env_only_configuration() {
     let vars = [

@@ -162,11 +162,11 @@ fn known_unsupported_sections_are_accepted() {
     let loaded = load_ok(&yaml, &[]);
     assert_warning(&loaded, "the consul section is ignored");
     assert_warning(&loaded, "ttl is a dynamic configuration setting");
-    assert_warning(
-        &loaded,
-        "log.dir: not implemented by Patrol yet, ignored: logs go to stderr only",
+    assert!(!has_warning(&loaded, "log."), "{:#?}", loaded.warnings);
+    assert_eq!(
+        loaded.config.log.dir.as_deref(),
+        Some(Path::new("/var/log"))
     );
-    assert!(!has_warning(&loaded, "log.level"), "{:#?}", loaded.warnings);
     assert!(!has_warning(&loaded, "thread_pool_size"));
     assert!(loaded.refusals.is_empty(), "{:#?}", loaded.refusals);
     assert_eq!(loaded.config.watchdog.mode, WatchdogMode::Required);

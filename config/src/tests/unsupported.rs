@@ -5,10 +5,15 @@ use super::*;
 #[test]
 fn unimplemented_local_keys_are_named_in_warnings() {
     let yaml = format!(
-        "{MINIMAL}  callbacks:\n    on_start: /bin/cb.sh\n    on_role_change: /bin/cb.sh\n  before_stop: /bin/drain.sh\n  create_replica_methods: [pgbackrest, basebackup]\n  pgbackrest:\n    command: /bin/restore\nlog:\n  level: INFO\n  format: '%(message)s'\ntags:\n  replicatefrom: m2\n"
+        "{MINIMAL}  callbacks:\n    on_start: /bin/cb.sh\n    on_role_change: /bin/cb.sh\n  before_stop: /bin/drain.sh\n  create_replica_methods: [pgbackrest, basebackup]\n  pgbackrest:\n    command: /bin/restore\n  custom_conf: /etc/pg.conf\nlog:\n  level: INFO\n  format: '%(message)s'\ntags:\n  replicatefrom: m2\n"
     );
     let loaded = load_ok(&yaml, &[]);
-    assert_warning(&loaded, "log.format: not implemented");
+    assert_warning(&loaded, "postgresql.custom_conf: not implemented");
+    assert!(
+        !has_warning(&loaded, "log."),
+        "the log section is implemented: {:#?}",
+        loaded.warnings
+    );
     assert!(
         !has_warning(&loaded, "replicatefrom"),
         "cascading replication is implemented: {:#?}",
@@ -30,38 +35,41 @@ fn unimplemented_local_keys_are_named_in_warnings() {
 
 #[test]
 fn unimplemented_keys_from_the_environment_say_so() {
+    const SSLCRL: &str = "postgresql.authentication.superuser.sslcrl";
     let loaded = load_ok(
         MINIMAL,
         &[
+            ("PATRONI_SUPERUSER_SSLCRL", "/crl"),
             ("PATRONI_LOG_DIR", "/var/log/patroni"),
-            ("PATRONI_LOG_FILE_NUM", "10"),
             ("PATRONI_RESTAPI_REQUEST_QUEUE_SIZE", "10"),
         ],
     );
     assert_warning(
         &loaded,
-        "log.dir (from the environment): not implemented by Patrol yet, ignored",
+        &format!("{SSLCRL} (from the environment): not implemented by Patrol yet, ignored"),
     );
-    assert_warning(
-        &loaded,
-        "log.file_num (from the environment): not implemented",
-    );
-    // Implemented (the REST API's listen backlog): no warning.
-    assert!(
-        !has_warning(&loaded, "request_queue_size"),
-        "{:#?}",
-        loaded.warnings
-    );
+    // Implemented (the REST API's listen backlog, log files): no warning.
+    for implemented in ["request_queue_size", "log.dir"] {
+        assert!(!has_warning(&loaded, implemented), "{:#?}", loaded.warnings);
+    }
     assert_eq!(loaded.config.restapi.request_queue_size, 10);
+    assert_eq!(
+        loaded.config.log.dir.as_deref(),
+        Some(Path::new("/var/log/patroni"))
+    );
 
     // A file key overridden from the environment is from the environment too; one only in
     // the file is not.
-    let loaded = load_ok(
-        &format!("{MINIMAL}log:\n  dir: /a\n  file_num: 3\n"),
-        &[("PATRONI_LOG_DIR", "/b")],
+    let yaml = format!(
+        "{}  custom_conf: /etc/pg.conf\n",
+        MINIMAL.replace(
+            "      username: postgres\n",
+            "      username: postgres\n      sslcrl: /a\n"
+        )
     );
-    assert_warning(&loaded, "log.dir (from the environment)");
-    assert_warning(&loaded, "log.file_num: not implemented");
+    let loaded = load_ok(&yaml, &[("PATRONI_SUPERUSER_SSLCRL", "/b")]);
+    assert_warning(&loaded, &format!("{SSLCRL} (from the environment)"));
+    assert_warning(&loaded, "postgresql.custom_conf: not implemented");
 
     let vars = [
         ("PATRONI_NAME", "n1"),
@@ -71,13 +79,13 @@ fn unimplemented_keys_from_the_environment_say_so() {
         ("PATRONI_POSTGRESQL_LISTEN", "127.0.0.1:5432"),
         ("PATRONI_POSTGRESQL_DATA_DIR", "/pg"),
         ("PATRONI_SUPERUSER_USERNAME", "postgres"),
+        ("PATRONI_SUPERUSER_SSLCRL", "/crl"),
         ("PATRONI_REPLICATION_USERNAME", "replicator"),
-        ("PATRONI_LOG_FORMAT", "%(asctime)s %(message)s"),
     ];
     let loaded = load(ConfigSource::EnvOnly, &env(&vars)).expect("env-only config loads");
     assert_warning(
         &loaded,
-        "log.format (from the environment): not implemented",
+        &format!("{SSLCRL} (from the environment): not implemented"),
     );
 }
 

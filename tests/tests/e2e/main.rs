@@ -19,6 +19,7 @@ mod generate_config;
 mod haproxy;
 mod harness;
 mod live_config;
+mod log_files;
 mod methods;
 mod observability;
 mod patrolctl;

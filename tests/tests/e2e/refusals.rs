@@ -152,9 +152,11 @@ async fn bad_config_exits_with_clear_message() {
     let syntax_error = good.replace("tags: {}", "tags: {unclosed: [1, 2\n");
     let bad_ttl = good.replace("ttl: 10,", "ttl: abc,");
     let top_level_list = format!("- {}\n- {}\n", "scope: x", "name: y");
+    let bad_log_level = format!("{good}log: {{level: LOUD}}\n");
+    let bad_log_format = format!("{good}log: {{format: '%(asctime)s %(hostname)s'}}\n");
 
     // (file name, content, text the message must contain)
-    let cases: [(&str, &str, &str); 5] = [
+    let cases: [(&str, &str, &str); 7] = [
         (
             "no-data-dir.yml",
             &without_data_dir,
@@ -172,6 +174,16 @@ async fn bad_config_exits_with_clear_message() {
             "invalid configuration: bootstrap.dcs.ttl: ",
         ),
         ("list.yml", &top_level_list, "invalid YAML in "),
+        (
+            "bad-log-level.yml",
+            &bad_log_level,
+            "invalid configuration: log.level: expected one of DEBUG",
+        ),
+        (
+            "bad-log-format.yml",
+            &bad_log_format,
+            "invalid configuration: log.format: unknown attribute 'hostname'",
+        ),
     ];
     for (file, content, want) in cases {
         let path = dir.join(file);

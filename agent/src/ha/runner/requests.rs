@@ -283,6 +283,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 needs_restart.join(", ")
             );
         }
+        crate::logging::reload(&new.log);
         self.cfg = Arc::new(new);
         self.watchdog.reload(&self.cfg.watchdog);
         self.pg = self.pg.reconfigured(&self.cfg);
