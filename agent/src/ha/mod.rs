@@ -7,6 +7,6 @@ pub mod runner;
 pub mod state;
 
 pub use callbacks::Callbacks;
-pub use port::{HttpPeers, Local, LocalPostgres, Peers, StopMode};
+pub use port::{FailsafeAnswers, HttpPeers, Local, LocalPostgres, Peers, StopMode};
 pub use runner::{Exit, Ha, PATRONI_VERSION};
 pub use state::{NodeState, Request, RestartFilters, SharedState, Snapshot};

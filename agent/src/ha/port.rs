@@ -165,14 +165,24 @@ pub trait Peers: Send + Sync + 'static {
         limit: Duration,
     ) -> impl Future<Output = Vec<PeerStatus>> + Send;
     /// Failsafe mode (row D-2F): `POST /failsafe` with `body` to each `(name, api_url)`, in
-    /// parallel, within `limit`; the names of those that did not answer 200 `Accepted`.
+    /// parallel, within `limit`.
     fn post_failsafe(
         &self,
         cfg: &Arc<Config>,
         members: Vec<(String, String)>,
         body: Value,
         limit: Duration,
-    ) -> impl Future<Output = Vec<String>> + Send;
+    ) -> impl Future<Output = FailsafeAnswers> + Send;
+}
+
+/// What the members asked in a failsafe round answered.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FailsafeAnswers {
+    /// Those that did not answer 200 `Accepted`.
+    pub refused: Vec<String>,
+    /// The received/replayed position each accepting standby sent in its `lsn` header (the
+    /// leader advances its copies of cascading members' slots to them while etcd is away).
+    pub lsn: std::collections::BTreeMap<String, u64>,
 }
 
 /// The real local PostgreSQL: its binaries and data directory, and a connection to it.
@@ -368,7 +378,7 @@ impl Peers for HttpPeers {
         members: Vec<(String, String)>,
         body: Value,
         limit: Duration,
-    ) -> Vec<String> {
+    ) -> FailsafeAnswers {
         let client = crate::peer::member_client(cfg, limit);
         let auth = cfg
             .ctl
@@ -393,24 +403,34 @@ impl Peers for HttpPeers {
                     }
                     let resp = req.send().await.ok()?;
                     let ok = resp.status() == reqwest::StatusCode::OK;
+                    let lsn = resp
+                        .headers()
+                        .get("lsn")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
                     let text = resp.text().await.ok()?;
                     if !ok || text != "Accepted" {
                         tracing::warn!("POST /failsafe to {name}: {text:?}");
                     }
-                    Some(ok && text == "Accepted")
+                    Some((ok && text == "Accepted", lsn))
                 }
                 .await;
                 if accepted.is_none() {
                     tracing::warn!("POST /failsafe to {name} ({url}) failed");
                 }
-                (name, accepted == Some(true))
+                (name, accepted)
             });
         }
+        let mut out = FailsafeAnswers::default();
         while let Some(r) = set.join_next().await {
-            if let Ok((name, true)) = r {
+            if let Ok((name, Some((true, lsn)))) = r {
                 refused.remove(&name);
+                if let Some(lsn) = lsn {
+                    out.lsn.insert(name, lsn);
+                }
             }
         }
-        refused.into_iter().collect()
+        out.refused = refused.into_iter().collect();
+        out
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use patrol_agent::config::Config;
-use patrol_agent::ha::{LocalPostgres, Peers, StopMode};
+use patrol_agent::ha::{FailsafeAnswers, LocalPostgres, Peers, StopMode};
 use patrol_agent::postgres::{ConfigFiles, ControlData, DataDir, LocalStatus, PgError, SlotState};
 use patrol_dcs::ClusterConfig;
 use patrol_ha::failsafe::FailsafeLeader;
@@ -587,7 +587,7 @@ impl Peers for SimPeers {
         members: Vec<(String, String)>,
         body: Value,
         _limit: Duration,
-    ) -> Vec<String> {
+    ) -> FailsafeAnswers {
         gate(&self.w, self.i, self.epoch).await;
         tokio::time::sleep(Duration::from_millis(3)).await;
         gate(&self.w, self.i, self.epoch).await;
@@ -598,7 +598,7 @@ impl Peers for SimPeers {
                 .unwrap_or_default()
                 .to_string()
         };
-        members
+        let refused = members
             .into_iter()
             .filter_map(|(name, _)| {
                 let accepted = w.index(&name).is_some_and(|i| {
@@ -618,6 +618,10 @@ impl Peers for SimPeers {
                 });
                 (!accepted).then_some(name)
             })
-            .collect()
+            .collect();
+        FailsafeAnswers {
+            refused,
+            lsn: Default::default(),
+        }
     }
 }

@@ -36,8 +36,8 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             "api_url": self.api_url(),
             "slots": self.published_slots.clone().unwrap_or_default(),
         });
-        let refused = if members.is_empty() {
-            Vec::new()
+        let answers = if members.is_empty() {
+            Default::default()
         } else {
             let limit = std::time::Duration::from_secs(2);
             self.peers
@@ -45,10 +45,24 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                 .await
         };
         self.failsafe_asked = Some(asked);
-        obs.failsafe_check = Some(if refused.is_empty() {
+        if answers.refused.is_empty() && !answers.lsn.is_empty() {
+            // The standbys' positions stand in for their member keys: the copies of the slots
+            // of members that cascade from another standby advance with them (Patroni's
+            // `update_slots` from the `lsn` headers).
+            if let (Some(c), Ok(s)) = (last.as_deref(), self.pg.status().await) {
+                let mut c = c.clone();
+                for m in &mut c.members {
+                    if let Some(lsn) = answers.lsn.get(&m.name) {
+                        m.data.xlog_location = Some(m.data.xlog_location.unwrap_or(0).max(*lsn));
+                    }
+                }
+                self.sync_permanent_slots(&c, Some(&s)).await;
+            }
+        }
+        obs.failsafe_check = Some(if answers.refused.is_empty() {
             FailsafeCheck::Accepted
         } else {
-            FailsafeCheck::Refused(refused)
+            FailsafeCheck::Refused(answers.refused)
         });
     }
 
