@@ -51,6 +51,12 @@ pub(super) fn history_to_write(o: &Reach) -> Option<History> {
         return None;
     }
     let mut lines = local.lines.clone();
+    // Trimmed first, so that a history stored trimmed compares equal (else it would be
+    // written again every cycle).
+    let keep = o.dynamic.max_timelines_history();
+    if keep > 0 && lines.len() > keep {
+        lines.drain(..lines.len() - keep);
+    }
     if let Some(stored) = &o.cluster.history {
         for l in lines.iter_mut() {
             if let Some(old) = stored.lines.iter().find(|s| s.timeline == l.timeline) {
@@ -63,10 +69,6 @@ pub(super) fn history_to_write(o: &Reach) -> Option<History> {
         if stored.lines == lines {
             return None;
         }
-    }
-    let keep = o.dynamic.max_timelines_history();
-    if keep > 0 && lines.len() > keep {
-        lines.drain(..lines.len() - keep);
     }
     Some(History { lines })
 }

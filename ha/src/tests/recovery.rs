@@ -184,6 +184,51 @@ fn h_history_is_published_after_promotion_and_keeps_old_stamps() {
 }
 
 #[test]
+fn h_a_history_stored_trimmed_is_not_written_again() {
+    // An idle cluster writes nothing: with `max_timelines_history` the stored history is the
+    // trimmed one, and it equals what the leader would write.
+    let mut c = leader_pg0();
+    c.config = Some(patrol_dcs::Versioned {
+        value: ClusterConfig::from_map(
+            serde_json::json!({"max_timelines_history": 2})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        version: 1,
+    });
+    c.history = Some(History {
+        lines: vec![
+            hline(2, Some("t2"), Some("pg1")),
+            hline(3, Some("t3"), Some("pg0")),
+        ],
+    });
+    let mut local = running(false, 100);
+    local.timeline = Some(4);
+    local.history = Some(History {
+        lines: vec![
+            hline(1, Some("t1"), None),
+            hline(2, Some("t2"), Some("pg1")),
+            hline(3, Some("t3"), Some("pg0")),
+        ],
+    });
+    let mut o = obs("pg0", c, local);
+    o.dynamic = ClusterConfig::from_map(
+        serde_json::json!({"max_timelines_history": 2})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let d = decide(&o);
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::WriteHistory(_))),
+        "{d:?}"
+    );
+}
+
+#[test]
 fn h_history_never_goes_backwards() {
     let mut c = leader_pg0();
     c.history = Some(History {
