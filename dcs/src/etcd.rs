@@ -65,6 +65,17 @@ fn classify(e: etcd_client::Error) -> DcsError {
         {
             DcsError::Unavailable(text)
         }
+        // The connection broke under the request (tonic reports hyper's or h2's error with code
+        // Unknown and the transport error as its source, e.g. a member killed mid-call): the
+        // member is gone, not the request refused.
+        etcd_client::Error::GRpcStatus(s)
+            if s.code() == tonic::Code::Unknown
+                && (std::error::Error::source(&s).is_some()
+                    || text.contains("h2 protocol error")
+                    || text.contains("broken pipe")) =>
+        {
+            DcsError::Unavailable(text)
+        }
         _ => DcsError::Other(text),
     }
 }
@@ -484,28 +495,34 @@ impl EtcdDcs {
                 Some(PutOptions::new().with_lease(lease.id)),
             )
         };
-        let txn = Txn::new()
+        // The check is a read-only transaction: etcd answers it as a linearizable read, with
+        // no raft proposal (an idle leader writes nothing). Only a key that is ours on another
+        // lease (granted anew after an expiry) is written, re-attached to this one.
+        let check = Txn::new()
             .when([
                 Compare::value(key.clone(), CompareOp::Equal, self.name.clone()),
                 Compare::lease(key.clone(), CompareOp::Equal, lease.id),
             ])
-            .or_else([TxnOp::txn(
-                Txn::new()
-                    .when([Compare::value(
-                        key.clone(),
-                        CompareOp::Equal,
-                        self.name.clone(),
-                    )])
-                    .and_then([put()]),
-            )]);
-        let resp = self.txn(txn).await?;
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self.txn(check).await?;
         if resp.succeeded() {
             return Ok((true, lease));
         }
-        let held = resp.op_responses().into_iter().any(|op| match op {
-            TxnOpResponse::Txn(inner) => inner.succeeded(),
+        let ours_elsewhere = resp.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Get(g) => g.kvs().iter().any(|kv| kv.value() == self.name.as_bytes()),
             _ => false,
         });
+        if !ours_elsewhere {
+            return Ok((false, lease));
+        }
+        let reattach = Txn::new()
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.name.clone(),
+            )])
+            .and_then([put()]);
+        let held = self.txn(reattach).await?.succeeded();
         if held {
             tracing::info!(
                 lease = lease.id,
@@ -843,5 +860,32 @@ async fn run_watch(
         }
         healthy.send_replace(false);
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_broken_under_a_request_is_the_member_s_failure() {
+        let broken = tonic::Status::new(
+            tonic::Code::Unknown,
+            "h2 protocol error: error reading a body from connection",
+        );
+        assert!(matches!(
+            classify(etcd_client::Error::GRpcStatus(broken)),
+            DcsError::Unavailable(_)
+        ));
+        let refused = tonic::Status::new(tonic::Code::Unknown, "etcdserver: request is too large");
+        assert!(matches!(
+            classify(etcd_client::Error::GRpcStatus(refused)),
+            DcsError::Other(_)
+        ));
+        let down = tonic::Status::new(tonic::Code::Unavailable, "etcdserver: no leader");
+        assert!(matches!(
+            classify(etcd_client::Error::GRpcStatus(down)),
+            DcsError::Unavailable(_)
+        ));
     }
 }
