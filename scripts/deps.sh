@@ -4,6 +4,7 @@
 #
 #   scripts/deps.sh demo    what the demo cluster needs (build + etcd, PostgreSQL, HAProxy)
 #   scripts/deps.sh test    that plus what the test suite runs (Prometheus, Chromium, PgBouncer, ...)
+#   scripts/deps.sh bench   the demo's plus what the etcd benchmarks read etcd with (etcdctl, curl)
 #   scripts/deps.sh list demo|test   print the list only
 #
 # Packages are installed with --no-install-recommends, so every package whose files we use is
@@ -22,13 +23,17 @@ demo=(etcd-server postgresql-15 postgresql-client-15 haproxy util-linux ca-certi
 # procps (ps, pkill in diagnostics), curl.
 test_extra=(prometheus chromium pgbouncer openssl python3-venv python3-pip iproute2 procps curl)
 
+# The etcd benchmarks (scripts/etcd-idle.sh): etcdctl's watch, curl for etcd's /metrics.
+bench_extra=(etcd-client curl)
+
 what="${1:-test}"
 list_only=false
 if [ "$what" = list ]; then list_only=true; what="${2:-test}"; fi
 case "$what" in
   demo) pkgs=("${build[@]}" "${demo[@]}") ;;
   test) pkgs=("${build[@]}" "${demo[@]}" "${test_extra[@]}") ;;
-  *) echo "usage: $0 [list] demo|test" >&2; exit 2 ;;
+  bench) pkgs=("${build[@]}" "${demo[@]}" "${bench_extra[@]}") ;;
+  *) echo "usage: $0 [list] demo|test|bench" >&2; exit 2 ;;
 esac
 if $list_only; then printf '%s\n' "${pkgs[@]}"; exit 0; fi
 

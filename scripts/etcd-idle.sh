@@ -14,6 +14,7 @@ agents=${AGENTS:-patrol patroni}
 patroni=${PATRONI:-$PWD/target/patroni-venv/bin/patroni}
 pgbin=/usr/lib/postgresql/15/bin
 work="$PWD/demo/etcd-idle"
+scripts/deps.sh bench >/dev/null
 cargo build --release -q -p patrol-agent
 patrol_bin="$PWD/target/release/patrol"
 id -u patrol >/dev/null 2>&1 || useradd --system --user-group --no-create-home --shell /usr/sbin/nologin patrol
@@ -87,11 +88,11 @@ YAML
   local ok=false
   for _ in $(seq 1 1200); do
     local keys
-    keys=$(ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$ec" get --prefix /service/idle/members/ --print-value-only 2>/dev/null || true)
-    if [ "$(grep -o '"state": *"streaming"' <<<"$keys" | wc -l)" -eq 2 ] && grep -q '"role": *"\(primary\|master\)"' <<<"$keys"; then ok=true; break; fi
+    keys=$(ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$ec" get --prefix /service/idle/members/ --print-value-only 2>&1 || true)
+    if [ "$(grep -o '"replication_state": *"streaming"' <<<"$keys" | wc -l)" -eq 2 ] && grep -q '"role": *"\(primary\|master\)"' <<<"$keys"; then ok=true; break; fi
     sleep 0.1
   done
-  $ok || { echo "$agent: the cluster did not bootstrap; see $dir/pg*/agent.log" >&2; return 1; }
+  $ok || { echo "$agent: the cluster did not bootstrap; see $dir/pg*/agent.log; the member keys: $keys" >&2; return 1; }
   sleep "$settle"
   ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$ec" watch --prefix /service/idle/ >"$dir/watch.txt" 2>/dev/null &
   local watch=$!

@@ -151,6 +151,11 @@ pub struct EtcdDcs {
     /// reaches it too.
     retry_timeout: Arc<std::sync::Mutex<Duration>>,
     lease: Mutex<LeaseState>,
+    /// The first watch's view and health: `get_cluster` answers from it while it is current
+    /// and has seen this process's last write, so an idle member reads nothing from etcd.
+    view: std::sync::OnceLock<(watch::Receiver<Option<Arc<Cluster>>>, watch::Receiver<bool>)>,
+    /// The store revision of this process's last write (read-your-writes for the view).
+    last_write: std::sync::atomic::AtomicI64,
 }
 
 /// Outcome of a lease refresh.
@@ -190,7 +195,17 @@ impl EtcdDcs {
                 keeper: None,
                 deadline: None,
             }),
+            view: std::sync::OnceLock::new(),
+            last_write: std::sync::atomic::AtomicI64::new(0),
         })
+    }
+
+    /// Notes the revision a write of ours produced.
+    fn wrote(&self, header: Option<&etcd_client::ResponseHeader>) {
+        if let Some(h) = header {
+            self.last_write
+                .fetch_max(h.revision(), std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -252,7 +267,28 @@ impl EtcdDcs {
     }
 
     /// One linearizable prefix read: the whole cluster with the revision it reflects.
+    /// The cluster: from the watch's view while it is current (the stream established, the
+    /// member answering its progress requests) and has seen our own last write, as Patroni
+    /// reads its KV cache; else one linearizable prefix read. What must not be stale is
+    /// checked against etcd itself: the leader's transaction in `update_leader`, the races and
+    /// compare-and-swap writes.
     pub async fn get_cluster(&self) -> Result<Cluster, DcsError> {
+        if let Some((view, healthy)) = self.view.get() {
+            let seen = self.last_write.load(std::sync::atomic::Ordering::SeqCst);
+            let current = view
+                .borrow()
+                .clone()
+                .filter(|c| *healthy.borrow() && c.revision >= seen);
+            if let Some(c) = current {
+                return Ok((*c).clone());
+            }
+        }
+        let (rev, kvs) = self.read_prefix().await?;
+        Ok(Cluster::from_kvs(rev, &kvs))
+    }
+
+    /// A linearizable prefix read, never from the view.
+    pub async fn read_cluster(&self) -> Result<Cluster, DcsError> {
         let (rev, kvs) = self.read_prefix().await?;
         Ok(Cluster::from_kvs(rev, &kvs))
     }
@@ -269,7 +305,17 @@ impl EtcdDcs {
         Ok((rev, kvs))
     }
 
+    /// A transaction that may write: a successful one's revision is noted (`wrote`).
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, DcsError> {
+        let r = self.txn_read(txn).await?;
+        if r.succeeded() {
+            self.wrote(r.header());
+        }
+        Ok(r)
+    }
+
+    /// A transaction that only compares and reads.
+    async fn txn_read(&self, txn: Txn) -> Result<etcd_client::TxnResponse, DcsError> {
         self.call(|mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
@@ -283,20 +329,25 @@ impl EtcdDcs {
         value: &str,
         options: Option<PutOptions>,
     ) -> Result<etcd_client::PutResponse, DcsError> {
-        self.call(|mut c| {
-            let (key, value, options) = (key.clone(), value.to_string(), options.clone());
-            async move { c.put(key, value, options).await }
-        })
-        .await
+        let r = self
+            .call(|mut c| {
+                let (key, value, options) = (key.clone(), value.to_string(), options.clone());
+                async move { c.put(key, value, options).await }
+            })
+            .await?;
+        self.wrote(r.header());
+        Ok(r)
     }
 
     async fn delete(&self, key: String, options: Option<DeleteOptions>) -> Result<(), DcsError> {
-        self.call(|mut c| {
-            let (key, options) = (key.clone(), options.clone());
-            async move { c.delete(key, options).await }
-        })
-        .await
-        .map(|_| ())
+        let r = self
+            .call(|mut c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { c.delete(key, options).await }
+            })
+            .await?;
+        self.wrote(r.header());
+        Ok(())
     }
 
     fn to_kv(&self, kv: &etcd_client::KeyValue) -> Option<Kv> {
@@ -504,7 +555,7 @@ impl EtcdDcs {
                 Compare::lease(key.clone(), CompareOp::Equal, lease.id),
             ])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let resp = self.txn(check).await?;
+        let resp = self.txn_read(check).await?;
         if resp.succeeded() {
             return Ok((true, lease));
         }
@@ -697,6 +748,7 @@ impl EtcdDcs {
         let prefix = self.prefix.clone();
         let retry = self.retry_timeout.clone();
         tokio::spawn(run_watch(members, prefix, retry, tx, htx));
+        let _ = self.view.set((rx.clone(), hrx.clone()));
         (rx, hrx)
     }
 }

@@ -301,7 +301,7 @@ pub async fn run_dcs_heartbeat(
     loop {
         let started = Instant::now();
         let ok = matches!(
-            tokio::time::timeout(limit, dcs.get_cluster()).await,
+            tokio::time::timeout(limit, dcs.read_cluster()).await,
             Ok(Ok(_))
         );
         if !ok {

@@ -190,7 +190,7 @@ fn dcs_down(e: &DcsError) -> Reply {
 }
 
 async fn fresh_cluster(ctx: &ApiContext) -> Result<Cluster, Reply> {
-    ctx.dcs.get_cluster().await.map_err(|e| dcs_down(&e))
+    ctx.dcs.read_cluster().await.map_err(|e| dcs_down(&e))
 }
 
 fn now_ms() -> i64 {
@@ -448,7 +448,7 @@ async fn switchover(ctx: &ApiContext, requested: Action, body: Map<String, Value
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(POLL_INTERVAL).await;
-        let Ok(now) = ctx.dcs.get_cluster().await else {
+        let Ok(now) = ctx.dcs.read_cluster().await else {
             continue;
         };
         if let Some((code, text)) = switchover_outcome(
