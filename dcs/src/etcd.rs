@@ -141,6 +141,9 @@ struct LeaseState {
     deadline: Option<Instant>,
 }
 
+/// A watch's view of the cluster and whether it is current.
+type WatchView = (watch::Receiver<Option<Arc<Cluster>>>, watch::Receiver<bool>);
+
 /// The etcd v3 DCS.
 pub struct EtcdDcs {
     /// The etcd members, the one in use and its client (shared with the watch task).
@@ -153,7 +156,7 @@ pub struct EtcdDcs {
     lease: Mutex<LeaseState>,
     /// The first watch's view and health: `get_cluster` answers from it while it is current
     /// and has seen this process's last write, so an idle member reads nothing from etcd.
-    view: std::sync::OnceLock<(watch::Receiver<Option<Arc<Cluster>>>, watch::Receiver<bool>)>,
+    view: std::sync::OnceLock<WatchView>,
     /// The store revision of this process's last write (read-your-writes for the view).
     last_write: std::sync::atomic::AtomicI64,
 }
