@@ -18,6 +18,7 @@ pub mod generate;
 pub mod log;
 mod methods;
 mod parse;
+pub mod pyfmt;
 pub mod pyyaml;
 mod source;
 pub mod unsupported;

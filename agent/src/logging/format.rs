@@ -11,6 +11,7 @@ use chrono::{DateTime, Local};
 use patrol_config::log::{
     AttrKind, ConvKind, Conversion, FormatPiece, JsonField, Log, LogAttr, LogFormat, LogLevel,
 };
+use patrol_config::pyfmt::{float_repr, json_dumps, str_repr};
 use serde_json::{Map, Value};
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::ErrorCounter;
@@ -89,7 +90,7 @@ impl PatroniFormat {
                 for (k, v) in static_fields {
                     object.insert(k.clone(), v.clone());
                 }
-                out.push_str(&python_json(&Value::Object(object)));
+                out.push_str(&json_dumps(&Value::Object(object)));
             }
         }
         out.push('\n');
@@ -264,49 +265,14 @@ impl<'a> Record<'a> {
     }
 }
 
-/// Python's `str()` of a float: `123.0`, `1700000000.123456`.
-fn python_float(f: f64) -> String {
-    if f.fract() == 0.0 && f.abs() < 1e16 {
-        format!("{f:.1}")
-    } else {
-        format!("{f}")
-    }
-}
-
-/// Python's `repr()` of a string: single quotes unless it holds one and no double quote.
-fn python_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
-    out
-}
-
 /// Applies a `%`-conversion as Python's `%` operator does. The parser only lets through
 /// conversions that apply to the attribute's kind.
 fn convert(value: &AttrValue<'_>, c: &Conversion, out: &mut String) {
     let text: String = match (c.kind, value) {
         (ConvKind::Str, AttrValue::Text(t)) => t.to_string(),
-        (ConvKind::Repr, AttrValue::Text(t)) => python_repr(t),
+        (ConvKind::Repr, AttrValue::Text(t)) => str_repr(t),
         (ConvKind::Str | ConvKind::Repr, AttrValue::Int(i)) => i.to_string(),
-        (ConvKind::Str | ConvKind::Repr, AttrValue::Float(f)) => python_float(*f),
+        (ConvKind::Str | ConvKind::Repr, AttrValue::Float(f)) => float_repr(*f),
         (ConvKind::Str | ConvKind::Repr, AttrValue::Null) => "None".to_string(),
         (ConvKind::Int, AttrValue::Int(i)) => {
             return number(*i < 0, i.unsigned_abs().to_string(), "", c, out)
@@ -339,7 +305,7 @@ fn convert(value: &AttrValue<'_>, c: &Conversion, out: &mut String) {
         }
         // Refused when the format is read; written as `str()` should one slip through.
         (_, AttrValue::Text(t)) => t.to_string(),
-        (_, AttrValue::Float(f)) => python_float(*f),
+        (_, AttrValue::Float(f)) => float_repr(*f),
         (_, AttrValue::Null) => "None".to_string(),
     };
     let text: Cow<'_, str> = match c.precision {
@@ -380,69 +346,6 @@ fn number(negative: bool, digits: String, prefix: &str, c: &Conversion, out: &mu
         out.push_str(&digits);
     } else {
         pad(&format!("{head}{digits}"), c.width, c.left, out);
-    }
-}
-
-/// `json.dumps` as Python writes it: `", "` and `": "` separators, non-ASCII as `\uXXXX`.
-pub(crate) fn python_json(value: &Value) -> String {
-    let mut buf = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut buf, PythonJson);
-    if serde::Serialize::serialize(value, &mut ser).is_err() {
-        return value.to_string();
-    }
-    String::from_utf8(buf).unwrap_or_else(|_| value.to_string())
-}
-
-struct PythonJson;
-
-impl serde_json::ser::Formatter for PythonJson {
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
-    }
-
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
-    }
-
-    fn begin_object_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-    ) -> std::io::Result<()> {
-        writer.write_all(b": ")
-    }
-
-    fn write_string_fragment<W: ?Sized + std::io::Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> std::io::Result<()> {
-        for c in fragment.chars() {
-            if c.is_ascii() {
-                writer.write_all(&[c as u8])?;
-            } else {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    write!(writer, "\\u{u:04x}")?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -696,12 +599,12 @@ mod tests {
 
     #[test]
     fn python_values() {
-        assert_eq!(python_float(123.0), "123.0");
-        assert_eq!(python_float(1700000000.25), "1700000000.25");
-        assert_eq!(python_repr("a'b"), "\"a'b\"");
-        assert_eq!(python_repr("a\\b\n"), "'a\\\\b\\n'");
+        assert_eq!(float_repr(123.0), "123.0");
+        assert_eq!(float_repr(1700000000.25), "1700000000.25");
+        assert_eq!(str_repr("a'b"), "\"a'b\"");
+        assert_eq!(str_repr("a\\b\n"), "'a\\\\b\\n'");
         assert_eq!(
-            python_json(&json!({"a": [1, "\u{1F600}"]})),
+            json_dumps(&json!({"a": [1, "\u{1F600}"]})),
             r#"{"a": [1, "\ud83d\ude00"]}"#
         );
     }
