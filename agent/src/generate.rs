@@ -395,7 +395,8 @@ mod tests {
         let dsn = generate::parse_dsn("host=db1 dbname=postgres sslmode=disable").expect("dsn");
         let env = map(&[
             ("PGPORT", "5433"),
-            ("PGHOST", "ignored"),
+            // The DSN's host wins over the environment's.
+            ("PGHOST", "db-from-environment"),
             ("PGAPPNAME", "gen"),
         ]);
         let (c, tls) = connection(&dsn, &su(&[("sslmode", "disable")]), &env).expect("connection");

@@ -286,8 +286,7 @@ impl EtcdDcs {
                 return Ok((*c).clone());
             }
         }
-        let (rev, kvs) = self.read_prefix().await?;
-        Ok(Cluster::from_kvs(rev, &kvs))
+        self.read_cluster().await
     }
 
     /// A linearizable prefix read, never from the view.

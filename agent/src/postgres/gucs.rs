@@ -177,9 +177,6 @@ pub fn check_value(spec: &GucSpec, value: &str) -> Result<(), String> {
                         spec.max.map(|m| m.to_string()).unwrap_or_default()
                     ));
                 }
-                if spec.vartype == VarType::Integer && n.fract() != 0.0 && spec.min.is_none() {
-                    return Err("requires an integer".into());
-                }
                 Ok(())
             } else if unit_factor(unit).is_some() {
                 Ok(())

@@ -3,38 +3,11 @@
 //! their failures exit 1 with Patroni's messages.
 
 use std::path::Path;
-use std::process::Output;
-use std::time::Duration;
 
-use patrol_tests::{as_agent_user, Cluster, PG_BIN_DIR};
+use patrol_tests::{Cluster, PG_BIN_DIR};
 use serde_json::Value;
 
-use crate::support::{wait_healthy, HEALTHY_TIMEOUT};
-
-/// Runs `patrol <args>` with a clean environment plus `env`, in `dir`, as the agent user
-/// (the data directory and the postmaster are that user's) or as this process's user.
-async fn patrol(args: &[&str], env: &[(&str, &str)], dir: &Path, agent_user: bool) -> Output {
-    let mut cmd = std::process::Command::new(patrol_tests::bin("patrol"));
-    cmd.args(args)
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-        )
-        .env("HOME", dir)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null());
-    if agent_user {
-        as_agent_user(&mut cmd).expect("as agent user");
-    }
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("patrol must exit within 30 s")
-        .expect("run patrol")
-}
+use crate::support::{patrol_cli, wait_healthy, HEALTHY_TIMEOUT};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -47,7 +20,7 @@ fn yaml(text: &str) -> Value {
 /// Exit 0 and "configuration is valid" from `patrol --validate-config <file>`.
 async fn assert_valid(file: &Path, dir: &Path, agent_user: bool) {
     let file = file.to_str().expect("UTF-8 path");
-    let out = patrol(&["--validate-config", file], &[], dir, agent_user).await;
+    let out = patrol_cli(&["--validate-config", file], &[], dir, agent_user).await;
     assert!(
         out.status.success() && text(&out.stdout).contains("configuration is valid"),
         "--validate-config {file}: {}\n{}{}",
@@ -72,7 +45,7 @@ async fn generate_config_from_a_running_instance() {
 
     // Into a file in a directory that does not exist yet.
     let out_file = dir.join("generated").join("patroni.yml");
-    let out = patrol(
+    let out = patrol_cli(
         &[
             "--generate-config",
             "--dsn",
@@ -149,7 +122,7 @@ async fn generate_config_from_a_running_instance() {
     assert_valid(&out_file, &dir, true).await;
 
     // To stdout, reaching the server through the libpq variables.
-    let out = patrol(
+    let out = patrol_cli(
         &["--generate-config"],
         &[
             ("PGHOST", "127.0.0.1"),
@@ -191,7 +164,7 @@ async fn generate_config_from_a_running_instance() {
             "The provided user does not have superuser privilege",
         ),
     ] {
-        let out = patrol(&["--generate-config", "--dsn", &dsn], &[], &dir, true).await;
+        let out = patrol_cli(&["--generate-config", "--dsn", &dsn], &[], &dir, true).await;
         assert_eq!(out.status.code(), Some(1), "{dsn}");
         assert!(
             text(&out.stderr).starts_with(expected),
@@ -215,7 +188,7 @@ async fn generate_sample_config() {
         ("PATRONI_REPLICATION_USERNAME", "repl"),
         ("PATRONI_ETCD3_HOSTS", "127.0.0.1:2379"),
     ];
-    let out = patrol(
+    let out = patrol_cli(
         &["--generate-sample-config", file.to_str().expect("UTF-8")],
         &env,
         dir.path(),
@@ -249,7 +222,7 @@ async fn generate_sample_config() {
 
     // With nothing but the binaries' directory: Patroni's placeholders, still a valid file
     // (on stdout).
-    let out = patrol(
+    let out = patrol_cli(
         &["--generate-sample-config"],
         &[("PATRONI_POSTGRESQL_BIN_DIR", PG_BIN_DIR)],
         dir.path(),
@@ -264,7 +237,7 @@ async fn generate_sample_config() {
 
     // No postgres binary: Patroni's message, exit code 1, nothing written.
     let missing = dir.path().join("missing.yml");
-    let out = patrol(
+    let out = patrol_cli(
         &["--generate-sample-config", missing.to_str().expect("UTF-8")],
         &[("PATRONI_POSTGRESQL_BIN_DIR", "/nonexistent/bin")],
         dir.path(),
@@ -280,7 +253,7 @@ async fn generate_sample_config() {
     assert!(!missing.exists());
 
     // The actions exclude each other, as Patroni's.
-    let out = patrol(
+    let out = patrol_cli(
         &["--generate-sample-config", "--generate-config"],
         &[],
         dir.path(),

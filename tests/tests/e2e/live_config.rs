@@ -8,16 +8,10 @@
 
 use serde_json::Value;
 
-use patrol_tests::{wait_until, Cluster};
+use patrol_tests::{tail_lines, wait_until, Cluster};
 
 use crate::support::ctl::{patronictl_ok, patronictl_ok_with};
-use crate::support::{start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
-
-async fn show(c: &Cluster, i: usize, guc: &str) -> anyhow::Result<String> {
-    let client = c.connect(i).await?;
-    let row = client.query_one(&format!("SHOW {guc}"), &[]).await?;
-    Ok(row.get(0))
-}
+use crate::support::{show, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
 
 async fn postmaster_start(c: &Cluster, i: usize) -> anyhow::Result<String> {
     let client = c.connect(i).await?;
@@ -25,12 +19,6 @@ async fn postmaster_start(c: &Cluster, i: usize) -> anyhow::Result<String> {
         .query_one("SELECT pg_postmaster_start_time()::text", &[])
         .await?;
     Ok(row.get(0))
-}
-
-/// The last lines of a log, for failure messages.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// `patronictl list -f json`'s rows.
@@ -130,13 +118,13 @@ async fn parameters_apply_live_and_restarts_wait_for_pending() {
             v["pending_restart"],
             true,
             "{body}\n{}",
-            tail(&c.agent_log(i))
+            tail_lines(&c.agent_log_path(i), 40)
         );
         assert_eq!(
             v["pending_restart_reason"]["max_connections"],
             serde_json::json!({"old_value": before, "new_value": "123"}),
             "{body}\n{}",
-            tail(&c.agent_log(i))
+            tail_lines(&c.agent_log_path(i), 40)
         );
         let (_, metrics) = c.api_get(i, "/metrics").await.expect("GET /metrics");
         assert!(

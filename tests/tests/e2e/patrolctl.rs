@@ -2,13 +2,12 @@
 //! compared with Patroni's own `patronictl` where both read the same keys, and Patroni's
 //! `patronictl` driving our agents (edit-config, pause/resume, switchover, list).
 
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use patrol_tests::{wait_until, Cluster};
 use serde_json::Value;
 
-use crate::support::ctl::{ok, patrolctl, patrolctl_in, text};
+use crate::support::ctl::{ok, patrolctl, patrolctl_in, patrolctl_with, text};
 use crate::support::{
     index_of, members, start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT,
 };
@@ -521,24 +520,7 @@ async fn configure_scaffold_and_remove() {
         written,
         format!("etcd3:\n  host: {etcd}\nnamespace: /service/\nscope: scaf\n")
     );
-    let run = |args: &[&str], input: &str| -> Output {
-        let mut child = Command::new(patrol_tests::bin("patrolctl"))
-            .arg("-c")
-            .arg(&cfg)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("stdin");
-        child.wait_with_output().expect("output")
-    };
+    let run = |args: &[&str], input: &str| -> Output { patrolctl_with(&cfg, args, input) };
 
     // scaffold: initialize, a permanent member and leader key, and the given config.
     let dyn_cfg = root.join("dcs.yaml");

@@ -1,33 +1,11 @@
 //! End to end: Patroni's own `patronictl` (from PyPI) reads a patrol cluster's keys as if
 //! Patroni had written them.
 
-use std::process::Output;
-
 use patrol_tests::{wait_until, Cluster};
 use serde_json::Value;
 
+use crate::support::ctl::{patronictl_ok, text};
 use crate::support::{start_all, system_identifier, PROPAGATION_TIMEOUT};
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs patronictl and insists on exit 0; returns stdout.
-fn patronictl_ok(cluster: &Cluster, args: &[&str]) -> String {
-    let out = cluster
-        .run_patronictl(args)
-        .unwrap_or_else(|e| panic!("patronictl {args:?}: {e:#}"));
-    let (stdout, stderr) = text(&out);
-    assert!(
-        out.status.success(),
-        "patronictl {args:?}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    stdout
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patronictl_lists_our_cluster() {

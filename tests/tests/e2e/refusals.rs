@@ -8,9 +8,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::Context;
-use patrol_tests::{as_agent_user, chown_to_agent, wait_until, Cluster, Signal};
+use patrol_tests::{chown_to_agent, wait_until, Cluster, Signal};
 
-use crate::support::{system_identifier, wait_healthy, HEALTHY_TIMEOUT};
+use crate::support::{patrol_cli, system_identifier, wait_healthy, HEALTHY_TIMEOUT};
 
 /// What node `i`'s most recent agent run wrote (its log after the last harness header).
 fn last_run_log(cluster: &Cluster, i: usize) -> String {
@@ -102,25 +102,11 @@ async fn run_patrol_with(
     env: &[(&str, &str)],
     home: &Path,
 ) -> Output {
-    let mut cmd = std::process::Command::new(patrol_tests::bin("patrol"));
-    cmd.args(flags)
-        .args(args)
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-        )
-        .env("HOME", home)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .current_dir(home);
-    as_agent_user(&mut cmd).expect("as agent user");
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("patrol must exit within 30 s")
-        .expect("run patrol")
+    let mut all: Vec<&std::ffi::OsStr> = flags.iter().map(std::ffi::OsStr::new).collect();
+    all.extend(args.iter().map(|p| p.as_os_str()));
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG", "info"));
+    patrol_cli(&all, &env, home, true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

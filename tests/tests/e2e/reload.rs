@@ -3,14 +3,8 @@
 
 use std::time::Duration;
 
-use crate::support::{wait_healthy, HEALTHY_TIMEOUT};
+use crate::support::{show, wait_healthy, HEALTHY_TIMEOUT};
 use patrol_tests::{wait_until, Cluster, Signal};
-
-async fn show(c: &Cluster, i: usize, guc: &str) -> anyhow::Result<String> {
-    let client = c.connect(i).await?;
-    let row = client.query_one(&format!("SHOW {guc}"), &[]).await?;
-    Ok(row.get(0))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_post_reload_apply_new_parameters() -> anyhow::Result<()> {

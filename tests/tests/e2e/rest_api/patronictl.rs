@@ -2,28 +2,10 @@
 //! API — pause/resume (PATCH /config), reload, restart, a scheduled restart flushed (DELETE
 //! /restart), reinit, and a switchover — and gets the answers it expects from Patroni.
 
-use std::process::Output;
-
 use patrol_tests::{wait_until, Cluster};
 
+use crate::support::ctl::patronictl_ok;
 use crate::support::{start_all, wait_healthy, HEALTHY_TIMEOUT, PROPAGATION_TIMEOUT};
-
-/// Runs patronictl and insists on exit 0; returns stdout + stderr.
-fn ctl_ok(cluster: &Cluster, args: &[&str]) -> String {
-    let out: Output = tokio::task::block_in_place(|| cluster.run_patronictl(args))
-        .unwrap_or_else(|e| panic!("patronictl {args:?}: {e:#}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "patronictl {args:?}: {}\n{text}",
-        out.status
-    );
-    text
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patronictl_operates_the_cluster_through_the_rest_api() {
@@ -43,19 +25,19 @@ async fn patronictl_operates_the_cluster_through_the_rest_api() {
     let cl = &cluster;
 
     // pause --wait: PATCH /config {"pause": true}, then every member publishes pause.
-    let out = ctl_ok(&cluster, &["pause", "--wait"]);
+    let out = patronictl_ok(&cluster, &["pause", "--wait"]);
     assert!(
         out.contains("Success: cluster management is paused"),
         "{out}"
     );
-    let out = ctl_ok(&cluster, &["resume", "--wait"]);
+    let out = patronictl_ok(&cluster, &["resume", "--wait"]);
     assert!(
         out.contains("Success: cluster management is resumed"),
         "{out}"
     );
 
     // reload: POST /reload on every member (202).
-    let out = ctl_ok(&cluster, &["reload", &scope, "--force"]);
+    let out = patronictl_ok(&cluster, &["reload", &scope, "--force"]);
     for i in 0..3 {
         assert!(
             out.contains(&format!(
@@ -67,7 +49,7 @@ async fn patronictl_operates_the_cluster_through_the_rest_api() {
     }
 
     // restart of one member: POST /restart (200).
-    let out = ctl_ok(&cluster, &["restart", &scope, &rname, "--force"]);
+    let out = patronictl_ok(&cluster, &["restart", &scope, &rname, "--force"]);
     assert!(
         out.contains(&format!("Success: restart on member {rname}")),
         "{out}"
@@ -77,7 +59,7 @@ async fn patronictl_operates_the_cluster_through_the_rest_api() {
         .expect("healthy after the restart");
 
     // A scheduled restart (202), then flushed (DELETE /restart).
-    let out = ctl_ok(
+    let out = patronictl_ok(
         &cluster,
         &[
             "restart",
@@ -92,7 +74,7 @@ async fn patronictl_operates_the_cluster_through_the_rest_api() {
         out.contains(&format!("Success: restart scheduled on member {rname}")),
         "{out}"
     );
-    let out = ctl_ok(&cluster, &["flush", &scope, &rname, "restart", "--force"]);
+    let out = patronictl_ok(&cluster, &["flush", &scope, &rname, "restart", "--force"]);
     assert!(
         out.contains(&format!(
             "Success: flush scheduled restart for member {rname}"
@@ -101,7 +83,7 @@ async fn patronictl_operates_the_cluster_through_the_rest_api() {
     );
 
     // reinit: POST /reinitialize (200), and the replica streams again.
-    let out = ctl_ok(&cluster, &["reinit", &scope, &rname, "--force", "--wait"]);
+    let out = patronictl_ok(&cluster, &["reinit", &scope, &rname, "--force", "--wait"]);
     assert!(
         out.contains(&format!("Success: reinitialize for member {rname}")),
         "{out}"
@@ -111,7 +93,7 @@ async fn patronictl_operates_the_cluster_through_the_rest_api() {
         .expect("healthy after the reinit");
 
     // switchover: POST /switchover to the leader, answered 200 with Patroni's text.
-    let out = ctl_ok(
+    let out = patronictl_ok(
         &cluster,
         &[
             "switchover",

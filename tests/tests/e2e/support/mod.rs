@@ -27,6 +27,44 @@ pub const TTL: Duration = Duration::from_secs(10);
 pub const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `SELECT pg_is_in_recovery()` on node `i`.
+/// Runs `patrol <args>` as a command (not an agent): a clean environment plus `env`, in
+/// `dir`, as the agent user (for files that user owns) or as this process's user; stdin from
+/// /dev/null; killed after 30 s.
+pub async fn patrol_cli<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    env: &[(&str, &str)],
+    dir: &std::path::Path,
+    agent_user: bool,
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(patrol_tests::bin("patrol"));
+    cmd.args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env("HOME", dir)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null());
+    if agent_user {
+        patrol_tests::as_agent_user(&mut cmd).expect("as agent user");
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("patrol must exit within 30 s")
+        .expect("run patrol")
+}
+
+/// `SHOW <guc>` on node `i`.
+pub async fn show(cluster: &Cluster, i: usize, guc: &str) -> anyhow::Result<String> {
+    let client = cluster.connect(i).await?;
+    let row = client.query_one(&format!("SHOW {guc}"), &[]).await?;
+    Ok(row.get(0))
+}
+
 pub async fn in_recovery(cluster: &Cluster, i: usize) -> anyhow::Result<bool> {
     let client = cluster.connect(i).await?;
     let row = client
