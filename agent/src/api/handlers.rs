@@ -56,15 +56,6 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
                             fresh.timeline = fresh.timeline.max(known.timeline);
                         }
                     }
-                    // The pending restart reason is the HA loop's (it compares what the
-                    // configuration wants with pg_settings); it holds until the next start.
-                    if let Some(known) = snap.status.as_ref().filter(|s| {
-                        !s.pending_restart_reason.is_empty()
-                            && s.postmaster_start_time == fresh.postmaster_start_time
-                    }) {
-                        fresh.pending_restart = true;
-                        fresh.pending_restart_reason = known.pending_restart_reason.clone();
-                    }
                     snap.status = Some(fresh);
                 }
             }

@@ -127,14 +127,12 @@ pub fn status_json(cfg: &Config, s: &Snapshot) -> Value {
     if let Some(id) = &s.node.sysid {
         o.insert("database_system_identifier".into(), id.clone().into());
     }
-    if let Some(st) = s.status.as_ref().filter(|x| x.pending_restart) {
+    if !s.node.pending_restart.is_empty() {
         o.insert("pending_restart".into(), true.into());
-        if !st.pending_restart_reason.is_empty() {
-            o.insert(
-                "pending_restart_reason".into(),
-                Value::Object(st.pending_restart_reason.clone()),
-            );
-        }
+        o.insert(
+            "pending_restart_reason".into(),
+            Value::Object(s.node.pending_restart.clone()),
+        );
     }
     o.insert(
         "patroni".into(),

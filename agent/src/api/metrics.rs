@@ -248,7 +248,7 @@ pub fn render(cfg: &Config, s: &Snapshot) -> String {
         "patroni_pending_restart",
         "gauge",
         "Value is 1 if the node needs a restart, 0 otherwise.",
-        flag(st.is_some_and(|x| x.pending_restart)),
+        flag(!s.node.pending_restart.is_empty()),
     );
     out.metric(
         "patroni_is_paused",

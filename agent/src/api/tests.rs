@@ -626,6 +626,7 @@ fn replica_snapshot() -> Snapshot {
             paused: false,
             maximum_lag_on_failover: 1 << 20,
             watchdog: Default::default(),
+            pending_restart: Default::default(),
         },
         status: Some(status),
         is_leader: false,

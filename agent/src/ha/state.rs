@@ -22,6 +22,9 @@ pub struct NodeState {
     pub maximum_lag_on_failover: i64,
     /// The watchdog as the last cycle left it.
     pub watchdog: patrol_ha::WatchdogView,
+    /// Patroni's `pending_restart_reason` (`{name: {old_value, new_value}}`); empty: no
+    /// restart pending (or PostgreSQL's state not known this cycle).
+    pub pending_restart: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A consistent copy for one request.
@@ -135,6 +138,7 @@ impl Default for SharedState {
                     paused: false,
                     maximum_lag_on_failover: 1_048_576,
                     watchdog: Default::default(),
+                    pending_restart: Default::default(),
                 },
                 leader: None,
                 dcs_last_seen: None,

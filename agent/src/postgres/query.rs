@@ -25,12 +25,9 @@ pub struct LocalStatus {
     pub latest_end_lsn: Option<u64>,
     pub postmaster_start_time: Option<String>,
     pub replication: Vec<ReplicationRow>,
-    /// Some setting changed that needs a restart: `pg_settings.pending_restart` from the
-    /// query, then also whatever the runner found in [`LocalStatus::pending_restart_reason`].
+    /// PostgreSQL flags some setting `pending_restart` (`pg_settings`). Not what the member
+    /// publishes: the HA loop's pending restart reason decides (`NodeState`).
     pub pending_restart: bool,
-    /// Patroni's `pending_restart_reason`: `{name: {old_value, new_value}}` (filled by the
-    /// runner, not the query).
-    pub pending_restart_reason: serde_json::Map<String, serde_json::Value>,
     /// `synchronous_standby_names` in effect.
     pub synchronous_standby_names: String,
     /// `synchronous_commit` in effect (which position a synchronous standby confirms).
@@ -182,7 +179,6 @@ impl PgClient {
             timeline: u64::try_from(timeline).unwrap_or(0),
             postmaster_start_time: row.try_get(11)?,
             pending_restart: row.try_get(12)?,
-            pending_restart_reason: serde_json::Map::new(),
             synchronous_standby_names: row.try_get(13)?,
             synchronous_commit: row.try_get(14)?,
             replication: rows

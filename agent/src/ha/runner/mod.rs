@@ -94,6 +94,8 @@ pub struct Ha<D: Dcs, P: LocalPostgres, Q: Peers> {
     /// postmaster's start, the parameters wanted, PostgreSQL's own flag): asked again only when
     /// one of them changes.
     pending_restart: Option<(PendingKey, serde_json::Map<String, serde_json::Value>)>,
+    /// This cycle's pending restart reason (empty when PostgreSQL's state is not known).
+    pending_now: serde_json::Map<String, serde_json::Value>,
     /// The role PostgreSQL ran in at the last cycle that knew it (for `on_role_change`).
     last_role: Option<patrol_dcs::Role>,
     /// Callback scripts (`postgresql.callbacks`, `before_stop`).
@@ -170,6 +172,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             disable_sync: false,
             dynamic_params_changed: false,
             pending_restart: None,
+            pending_now: Default::default(),
             last_role: None,
             callbacks,
             last_failsafe: None,
@@ -401,6 +404,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             paused: self.dynamic.pause(),
             maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover(),
             watchdog: self.watchdog.view(),
+            pending_restart: self.pending_now.clone(),
         });
         self.was_running = running;
         Ok(())

@@ -124,7 +124,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
     /// value than the configuration asks for (a changed `max_connections`; a standby kept at
     /// the primary's higher value), and those PostgreSQL flags itself; published in the member
     /// key, `GET /patroni` and the metrics, cleared by the restart that applies them.
-    async fn pending_restart(&mut self, s: &mut crate::postgres::LocalStatus) {
+    async fn pending_restart(&mut self, s: &crate::postgres::LocalStatus) {
         let files = self.config_files(None);
         let wanted = self
             .pg
@@ -151,7 +151,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
                     }
                     Err(e) => {
                         tracing::warn!("could not read the settings pending a restart: {e}");
-                        return;
+                        Default::default()
                     }
                 }
             }
@@ -159,8 +159,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         // The reason decides, not PostgreSQL's own flag alone: after a reload PostgreSQL flags a
         // parameter set on the command line whenever a file (initdb's postgresql.base.conf)
         // names another value, although a restart would change nothing.
-        s.pending_restart = !reason.is_empty();
-        s.pending_restart_reason = reason;
+        self.pending_now = reason;
     }
 
     /// Logs an error naming each member whose `conn_url` or `api_url` cannot be used (a host
@@ -201,10 +200,11 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
         };
         let running = self.pg.is_running();
         let stopped_at = stopped_at.filter(|_| !running);
+        self.pending_now.clear();
         let status = if running && self.in_flight.is_none() {
             match self.pg.status().await {
                 Ok(mut s) => {
-                    self.pending_restart(&mut s).await;
+                    self.pending_restart(&s).await;
                     if s.in_recovery {
                         // Without a WAL receiver the SQL view gives the last restartpoint's
                         // timeline; the WAL files say which timeline the node really holds.

@@ -93,10 +93,10 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             m.tags.insert("sync_priority".into(), 0.into());
         }
         m.pause = self.dynamic.pause();
-        m.pending_restart = status.is_some_and(|s| s.pending_restart);
-        m.pending_restart_reason = status
-            .filter(|s| s.pending_restart && !s.pending_restart_reason.is_empty())
-            .map(|s| serde_json::Value::Object(s.pending_restart_reason.clone()));
+        m.pending_restart = !self.pending_now.is_empty();
+        m.pending_restart_reason = m
+            .pending_restart
+            .then(|| serde_json::Value::Object(self.pending_now.clone()));
         if let Some((f, schedule, _)) = &self.scheduled_restart {
             let mut o = serde_json::Map::new();
             o.insert("schedule".into(), schedule.clone().into());

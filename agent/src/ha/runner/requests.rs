@@ -125,12 +125,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             (Some(_), None) => false,
             _ => true,
         };
-        let pending = status.as_ref().is_some_and(|s| s.pending_restart)
-            || self
-                .pending_restart
-                .as_ref()
-                .is_some_and(|(_, reason)| !reason.is_empty());
-        let pending_ok = !f.restart_pending || pending;
+        let pending_ok = !f.restart_pending || !self.pending_now.is_empty();
         if !(role_ok && version_ok && pending_ok) {
             return Some((503, "restart conditions are not satisfied".into()));
         }
