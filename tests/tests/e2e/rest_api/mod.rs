@@ -697,17 +697,20 @@ async fn restart_and_reinitialize() {
     )
     .await;
     assert_text(&r, 200, "reinitialize started", "reinitialize");
+    // The clone's end, not its start: the reason "cloning from" is logged just before the
+    // member key says "creating replica", so the old "running, streaming" key may still be read
+    // right after it.
     wait_until(
         "the reinitialized replica to clone",
-        PROPAGATION_TIMEOUT,
+        HEALTHY_TIMEOUT,
         || async move {
-            Ok(cl.agent_log(r2)[log_before..]
-                .contains("cloning from")
-                .then_some(()))
+            let log = cl.agent_log(r2);
+            let log = &log[log_before..];
+            Ok((log.contains("cloning from") && log.contains("Clone finished")).then_some(()))
         },
     )
     .await
-    .expect("clone started");
+    .expect("clone finished");
     wait_healthy(&cluster, &all, HEALTHY_TIMEOUT)
         .await
         .expect("the reinitialized replica streams again");
