@@ -18,4 +18,4 @@ mod compatibility_doc;
 /// The configuration reader lives in its own crate (the router and `patrolctl` read the same
 /// files); `crate::config::*` keeps naming it here.
 pub use patrol_config as config;
-pub use run::{run, ReloadSource};
+pub use run::{etcd_settings, run, ReloadSource};

@@ -35,19 +35,24 @@ impl ReloadSource {
     }
 }
 
-/// Runs the agent until a signal or a fatal condition; tells systemd through `notifier` when
-/// it is ready, what it does, and when it stops.
-pub async fn run(cfg: Config, reload: ReloadSource, notifier: Notifier) -> anyhow::Result<()> {
-    let cfg = Arc::new(cfg);
-    let timing = ClusterConfig::from_map(cfg.bootstrap.dcs.clone()).timing();
-    let settings = EtcdSettings {
+/// How the member of `cfg` connects to etcd: endpoints, credentials, TLS, its cluster's prefix.
+pub fn etcd_settings(cfg: &Config) -> EtcdSettings {
+    EtcdSettings {
         endpoints: cfg.etcd.endpoints.clone(),
         username: cfg.etcd.username.clone(),
         password: cfg.etcd.password.clone(),
         tls: cfg.etcd.tls(),
         prefix: cluster_prefix(&cfg.namespace, &cfg.scope),
         member_name: cfg.name.clone(),
-    };
+    }
+}
+
+/// Runs the agent until a signal or a fatal condition; tells systemd through `notifier` when
+/// it is ready, what it does, and when it stops.
+pub async fn run(cfg: Config, reload: ReloadSource, notifier: Notifier) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let timing = ClusterConfig::from_map(cfg.bootstrap.dcs.clone()).timing();
+    let settings = etcd_settings(&cfg);
     let shutdown = CancellationToken::new();
     let shared = Arc::new(SharedState::default());
     spawn_signal_handler(shutdown.clone(), shared.clone(), notifier.clone())?;

@@ -29,6 +29,16 @@ use members::Members;
 /// The least interval between two progress requests on the watch stream.
 const MIN_PROBE: Duration = Duration::from_millis(250);
 
+/// HTTP/2 pings on a connection that received nothing for this long. Above etcd's
+/// `--grpc-keepalive-min-time` (5 s by default): a client that pings more often while the
+/// server sends nothing is sent away (`too_many_pings`). Every call has its own deadline and
+/// the watch its progress requests, so the pings only close a connection that went dead.
+const PING_INTERVAL: Duration = Duration::from_secs(6);
+
+/// A keep-alive sent this recently (the leader's heartbeat, then its member key, in the same
+/// cycle) is not sent again; at most `ttl / 10`.
+const KEEPALIVE_REUSE: Duration = Duration::from_secs(2);
+
 use crate::model::{keys, Cluster, Kv, Status, Timing};
 use crate::tls::EtcdTls;
 
@@ -180,7 +190,7 @@ impl EtcdDcs {
     ) -> Result<EtcdDcs, DcsError> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(retry_timeout)
-            .with_keep_alive(Duration::from_secs(2), retry_timeout);
+            .with_keep_alive(PING_INTERVAL, retry_timeout);
         if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
             opts = opts.with_user(u.clone(), p.clone());
         }
@@ -397,6 +407,14 @@ impl EtcdDcs {
         let Some(id) = l.id else {
             return self.grant(&mut l).await;
         };
+        let ttl = Duration::from_secs(l.ttl);
+        if let Some(deadline) = l.deadline {
+            // Acknowledged moments ago: the deadline it gave still holds.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left > ttl.saturating_sub(KEEPALIVE_REUSE.min(ttl / 10)) {
+                return Ok(LeaseInfo { id, deadline });
+            }
+        }
         let total = self.deadline();
         let mut retry = self.members.retry(total);
         let mut last = None;
@@ -739,8 +757,9 @@ impl EtcdDcs {
     ///
     /// The stream lives on the member in use and follows it: it is reopened (after a fresh read)
     /// on the next member when a call moves on, and it checks the member itself with a progress
-    /// request every quarter of `retry_timeout`: a stream silent for three quarters of it is on
-    /// a stalled member, which is then left.
+    /// request once the stream was silent for three eighths of `retry_timeout` (looked at
+    /// every quarter): a stream silent for three quarters of it is on a stalled member, which
+    /// is then left.
     pub fn watch_with_health(
         &self,
     ) -> (watch::Receiver<Option<Arc<Cluster>>>, watch::Receiver<bool>) {
@@ -855,12 +874,21 @@ async fn run_watch(
                 }
                 _ = probe.tick() => {
                     let limit = current(&retry) * 3 / 4;
-                    if heard.elapsed() > limit {
+                    let silent = heard.elapsed();
+                    if silent > limit {
                         let e = DcsError::Unavailable(format!(
                             "watch stream silent for {limit:?}"
                         ));
                         members.failed(generation, &e);
                         break;
+                    }
+                    // A stream heard from recently needs no question yet: one is asked once
+                    // the next tick (a quarter of retry_timeout later, more on a loaded
+                    // machine) could find the stream past the limit. An idle stream then asks
+                    // every other tick, not every tick; a member that stopped answering is
+                    // still left by the first tick past the limit.
+                    if silent + probe.period() * 3 / 2 <= limit {
+                        continue;
                     }
                     // etcd answers a progress request with an empty response on the stream.
                     if stream.request_progress().await.is_err() {

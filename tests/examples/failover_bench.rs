@@ -16,11 +16,13 @@
 //! `{ttl: 10, loop_wait: 1, retry_timeout: 3}`; with `synchronous_mode` in it the fault waits
 //! until the sync key names a standby, and a switchover goes to that standby), `BENCH_SCENARIOS` (comma list of
 //! `crash,sigterm,hostloss,switchover`), `BENCH_ROUTER_YAML` (extra router settings, e.g.
-//! `splice: true`).
+//! `splice: true`), `BENCH_FLEET` (a number of simulated clusters sharing the cluster's etcd
+//! during each run, see the example `fleet_bench`).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use patrol_sim::fleet::{Fleet, FleetOptions};
 use patrol_tests::{wait_healthy, Cluster, Router, Signal, HEALTHY_TIMEOUT};
 use tokio_postgres::NoTls;
 
@@ -127,6 +129,15 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
         p.extend((0..3).filter(|i| *i != li).map(|i| c.pg_port(i)));
         p
     };
+    // With `BENCH_FLEET=<n>`, n more clusters (simulated PostgreSQL, the agents' real loops
+    // and etcd clients) share this cluster's etcd, bootstrapped and settled before the fault.
+    let fleet = match std::env::var("BENCH_FLEET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(clusters) => Some(start_fleet(&c, clusters).await?),
+        None => None,
+    };
     let via_router = std::env::var_os("BENCH_VIA_ROUTER").is_some();
     let router = if via_router {
         Some(Router::start(
@@ -171,7 +182,36 @@ async fn one_run(scenario: &str, dcs: &str) -> anyhow::Result<Duration> {
         other => anyhow::bail!("unknown scenario {other}"),
     }
     let gap = w.await?.context("writes did not resume within 120 s")?;
+    if let Some(f) = fleet {
+        let h = f.health();
+        eprintln!("  fleet: {} of {} clusters healthy", h.healthy, h.clusters);
+        f.stop().await;
+    }
     Ok(gap)
+}
+
+/// `clusters` simulated clusters on `c`'s etcd, every one healthy, then 30 s of quiet.
+async fn start_fleet(c: &Cluster, clusters: usize) -> anyhow::Result<Fleet> {
+    let fleet = Fleet::start(&FleetOptions {
+        endpoints: c.etcd_cluster().host_ports(),
+        clusters,
+        ..FleetOptions::default()
+    })?;
+    let started = Instant::now();
+    while fleet.health().healthy < clusters {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120 + clusters as u64),
+            "the fleet did not become healthy: {:?}",
+            fleet.health()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "  fleet of {clusters} clusters healthy after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    Ok(fleet)
 }
 
 /// The standbys the `sync` key names once it names any, when the cluster is in synchronous

@@ -1,7 +1,8 @@
 //! The ports of the HA loop: besides the DCS ([`patrol_dcs::Dcs`]), the local PostgreSQL
 //! ([`LocalPostgres`]) and the other members' REST APIs ([`Peers`]). The agent plugs in the
-//! real ones ([`Local`], [`HttpPeers`]); the simulation (`agent/tests/simulation`) plugs in an
-//! in-memory DCS and simulated PostgreSQL servers and runs the same loop.
+//! real ones ([`Local`], [`HttpPeers`]); the simulation (crate `patrol-sim`) plugs in an
+//! in-memory DCS and simulated PostgreSQL servers and runs the same loop, and its fleet
+//! benchmark the real etcd client beside simulated PostgreSQL servers.
 
 use std::future::Future;
 use std::sync::Arc;

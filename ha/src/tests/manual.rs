@@ -203,7 +203,7 @@ fn a_peer_whose_postgres_is_down_is_not_a_live_primary() {
 
 #[test]
 fn s_2_2_lost_key_during_promotion_demotes() {
-    // Row S-2.2': found by the simulation (the simulation in agent/tests/simulation/).
+    // Row S-2.2': found by the simulation (the simulation in sim/).
     let mut o = obs("pg2", leader_pg0(), running(true, 100));
     o.in_flight = Some(Task::Promote);
     check(

@@ -410,7 +410,7 @@ pub fn thaw(w: &Shared, i: usize) {
 }
 
 /// Primaries take writes (acknowledged when their node holds the leader key), standbys stream.
-fn run_postgres(w: &mut World) {
+pub fn run_postgres(w: &mut World) {
     let leader = w.etcd.value("leader").map(str::to_string);
     let mut primaries = Vec::new();
     for i in 0..w.nodes.len() {

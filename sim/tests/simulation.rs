@@ -26,22 +26,14 @@
 //! The default seeds are fixed (reproducible in CI); `PATROL_SIM_RANDOM=1` draws new ones.
 //! Each run prints its seed; replay one with `PATROL_SIM_SEED=<seed>`, print every event with
 //! `PATROL_SIM_TRACE=1`, run more seeds with `PATROL_SIM_RUNS=<n>`:
-//! `PATROL_SIM_SEED=<seed> PATROL_SIM_TRACE=1 cargo test -p patrol-agent --test simulation -- --nocapture`.
+//! `PATROL_SIM_SEED=<seed> PATROL_SIM_TRACE=1 cargo test -p patrol-sim --test simulation -- --nocapture`.
 //! `PATROL_SIM_LOG=info` prints the agents' log lines too.
 //! `PATROL_SIM_LENIENT=1` tolerates replicas stuck on WAL that diverged from the leader's.
 
-mod driver;
-mod etcd;
-mod pg;
-mod world;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use driver::Sim;
-use world::{lock, Rng, Stats};
-
-/// The simulated nodes' PostgreSQL ports start here (node `i` listens on `PG_PORT + i`).
-pub const PG_PORT: u16 = 5432;
+use patrol_sim::driver::{self, Sim};
+use patrol_sim::world::{self, lock, Rng, Stats};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -97,7 +89,7 @@ fn seeds(count: u64) -> Vec<u64> {
         0x5EED_0F9A_7B01
     };
     let mut r = Rng(base);
-    (0..count).map(|_| r.next()).collect()
+    (0..count).map(|_| r.draw()).collect()
 }
 
 /// Runs the seeds on the available cores (each run is deterministic on its own).
