@@ -29,6 +29,7 @@ trap cleanup EXIT
 
 # metric NAME FILE: the sum of every series of NAME in a /metrics dump.
 metric() { awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.0f", s }' "$2"; }
+metricf() { awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%.3f", s }' "$2"; }
 
 run() {
   local agent=$1 base=$2 dir="$work/$1"
@@ -100,15 +101,19 @@ YAML
   sleep "$window"
   curl -s "http://127.0.0.1:$ec/metrics" >"$dir/after.prom"
   kill "$watch" 2>/dev/null || true
-  local grpc props puts
+  local grpc msgs props puts
   grpc=$(( $(metric grpc_server_handled_total "$dir/after.prom") - $(metric grpc_server_handled_total "$dir/before.prom") ))
+  # Messages on streams too (lease keep-alives, watch progress requests), one per unary call.
+  msgs=$(( $(metric grpc_server_msg_received_total "$dir/after.prom") - $(metric grpc_server_msg_received_total "$dir/before.prom") ))
   props=$(( $(metric etcd_server_proposals_committed_total "$dir/after.prom") - $(metric etcd_server_proposals_committed_total "$dir/before.prom") ))
   puts=$(( $(metric etcd_mvcc_put_total "$dir/after.prom") - $(metric etcd_mvcc_put_total "$dir/before.prom") ))
   # The watch prints each event as PUT|DELETE, key, value: count the keys written.
   local written
   written=$(awk 'prev == "PUT" || prev == "DELETE" { n[$0]++ } { prev = $0 } END { for (k in n) printf "%s %d×, ", k, n[k] }' "$dir/watch.txt")
-  awk -v a="$agent" -v g="$grpc" -v p="$props" -v u="$puts" -v w="$window" -v k="${written:-none}" 'BEGIN {
-    printf "%-8s gRPC calls %.2f/s, raft proposals %.2f/s, puts %.2f/s over %d s; keys written: %s\n", a, g / w, p / w, u / w, w, k }'
+  local cpu
+  cpu=$(awk -v b="$(metricf process_cpu_seconds_total "$dir/before.prom")" -v a="$(metricf process_cpu_seconds_total "$dir/after.prom")" 'BEGIN { print a - b }')
+  awk -v a="$agent" -v g="$grpc" -v m="$msgs" -v p="$props" -v u="$puts" -v c="$cpu" -v w="$window" -v k="${written:-none}" 'BEGIN {
+    printf "%-8s gRPC calls %.2f/s, gRPC messages received %.2f/s, raft proposals %.2f/s, puts %.2f/s, etcd CPU %.2f%% over %d s; keys written: %s\n", a, g / w, m / w, p / w, u / w, c / w * 100, w, k }'
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for _ in $(seq 1 150); do pgrep -f "$dir/" >/dev/null || break; sleep 0.1; done
   pkill -9 -f "$dir/" 2>/dev/null || true

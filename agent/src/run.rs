@@ -62,7 +62,11 @@ pub async fn run(cfg: Config, reload: ReloadSource, notifier: Notifier) -> anyho
     let retry = Duration::from_secs(timing.retry_timeout);
     let (dcs, cluster) = loop {
         let attempt = async {
-            let dcs = EtcdDcs::connect(&settings, timing.ttl, retry).await?;
+            // The loop keeps the lease alive every cycle: that call leaves a stalled etcd
+            // member, and the watch follows it, without progress requests of its own.
+            let dcs = EtcdDcs::connect(&settings, timing.ttl, retry)
+                .await?
+                .without_watch_probes();
             let cluster = dcs.get_cluster().await?;
             Ok::<_, patrol_dcs::DcsError>((dcs, cluster))
         };

@@ -169,6 +169,8 @@ pub struct EtcdDcs {
     view: std::sync::OnceLock<WatchView>,
     /// The store revision of this process's last write (read-your-writes for the view).
     last_write: std::sync::atomic::AtomicI64,
+    /// The watch checks its member with progress requests (see [`EtcdDcs::without_watch_probes`]).
+    watch_probes: bool,
 }
 
 /// Outcome of a lease refresh.
@@ -210,6 +212,7 @@ impl EtcdDcs {
             }),
             view: std::sync::OnceLock::new(),
             last_write: std::sync::atomic::AtomicI64::new(0),
+            watch_probes: true,
         })
     }
 
@@ -744,6 +747,16 @@ impl EtcdDcs {
         .await
     }
 
+    /// For a process that calls etcd every cycle anyway (the agent: its lease keep-alive each
+    /// `loop_wait`): its watch sends no progress requests. A stalled member is then left when
+    /// that call finds it silent (within `loop_wait` + `retry_timeout`, as Patroni's HA loop
+    /// notices it), and the watch follows the call to the next member; a closed connection is
+    /// noticed at once either way. Saves an idle member most of what it would send etcd.
+    pub fn without_watch_probes(mut self) -> EtcdDcs {
+        self.watch_probes = false;
+        self
+    }
+
     /// Starts the background watch: one prefix read, a prefix watch from its revision, and on
     /// any loss of the stream a fresh read before resuming. Every change publishes a new
     /// `Arc<Cluster>`; `None` until the first read succeeds.
@@ -759,7 +772,7 @@ impl EtcdDcs {
     /// on the next member when a call moves on, and it checks the member itself with a progress
     /// request once the stream was silent for three eighths of `retry_timeout` (looked at
     /// every quarter): a stream silent for three quarters of it is on a stalled member, which
-    /// is then left.
+    /// is then left (unless [`EtcdDcs::without_watch_probes`]).
     pub fn watch_with_health(
         &self,
     ) -> (watch::Receiver<Option<Arc<Cluster>>>, watch::Receiver<bool>) {
@@ -768,7 +781,8 @@ impl EtcdDcs {
         let members = self.members.clone();
         let prefix = self.prefix.clone();
         let retry = self.retry_timeout.clone();
-        tokio::spawn(run_watch(members, prefix, retry, tx, htx));
+        let probes = self.watch_probes;
+        tokio::spawn(run_watch(members, prefix, retry, probes, tx, htx));
         let _ = self.view.set((rx.clone(), hrx.clone()));
         (rx, hrx)
     }
@@ -783,6 +797,7 @@ async fn run_watch(
     members: Arc<Members>,
     prefix: String,
     retry: Arc<std::sync::Mutex<Duration>>,
+    probes: bool,
     tx: watch::Sender<Option<Arc<Cluster>>>,
     healthy: watch::Sender<bool>,
 ) {
@@ -872,7 +887,7 @@ async fn run_watch(
                     }
                     continue;
                 }
-                _ = probe.tick() => {
+                _ = probe.tick(), if probes => {
                     let limit = current(&retry) * 3 / 4;
                     let silent = heard.elapsed();
                     if silent > limit {

@@ -189,7 +189,8 @@ async fn member(w: Shared, i: usize, token: CancellationToken) {
             c = EtcdDcs::connect(&settings, timing.ttl, retry) => c,
         };
         match connected {
-            Ok(d) => break Arc::new(d),
+            // As the agent connects (`patrol_agent::run`).
+            Ok(d) => break Arc::new(d.without_watch_probes()),
             Err(_) => tokio::select! {
                 _ = token.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -666,3 +666,46 @@ async fn a_watch_leaves_a_frozen_member_by_itself() {
     followed.expect("the watch left the frozen member");
     assert_ne!(moved_to, etcd.member(0).endpoint());
 }
+
+/// The agent's client (`without_watch_probes`) sends its watch no progress requests: a frozen
+/// member is left by the call the agent makes every cycle (the lease keep-alive), and the watch
+/// follows it to the next member, where it sees the changes made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_probes_the_watch_follows_the_keep_alive_off_a_frozen_member() {
+    let etcd = EtcdCluster::start(3).expect("etcd cluster");
+    let a = member_of(&etcd, 0, "a", ELECTION_RETRY)
+        .await
+        .without_watch_probes();
+    let (view, health) = a.watch_with_health();
+    a.refresh_lease().await.expect("lease");
+    cluster_put(&etcd, "config", r#"{"ttl":30}"#).await;
+    let (view, health) = (&view, &health);
+    wait_until("the first view", Duration::from_secs(20), || async move {
+        Ok((*health.borrow() && view.borrow().is_some()).then_some(()))
+    })
+    .await
+    .expect("watching");
+
+    etcd.member(0).pause().expect("SIGSTOP member 0");
+    cluster_put(&etcd, "config", r#"{"ttl":20}"#).await;
+    // The keep-alive, past the window in which the last answer is reused (1 s at ttl 10),
+    // finds member 0 silent and moves on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = a.refresh_lease().await;
+    let followed = wait_until(
+        "the view to follow",
+        Duration::from_secs(20),
+        || async move {
+            let v = view.borrow().clone();
+            Ok(v.and_then(|c| c.config.clone())
+                .filter(|c| c.value.data["ttl"] == 20 && *health.borrow())
+                .map(|_| ()))
+        },
+    )
+    .await;
+    let moved_to = a.endpoint();
+    etcd.member(0).resume().expect("SIGCONT member 0");
+    kept.expect("the lease kept alive on another member");
+    followed.expect("the watch followed the keep-alive");
+    assert_ne!(moved_to, etcd.member(0).endpoint());
+}
