@@ -238,10 +238,16 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             .retain_slots
             .clone()
             .unwrap_or_else(|| cluster.status.retain_slots.clone());
-        let slots = self
-            .published_slots
-            .clone()
-            .unwrap_or_else(|| cluster.status.slots.clone());
+        // The slot positions as they are now, read with the position above: those of the last
+        // slot pass (after this cycle's actions) would lag the position by a cycle, and every
+        // change of position would be written twice.
+        let slots = match &self.published_slots {
+            Some(last) => match self.pg.replication_slots().await {
+                Ok(existing) => self.slots_to_publish(cluster, &existing, Some(pos)),
+                Err(_) => last.clone(),
+            },
+            None => cluster.status.slots.clone(),
+        };
         if cluster.status.optime == Some(pos)
             && cluster.status.retain_slots == retain
             && cluster.status.slots == slots

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use patrol_dcs::{Cluster, Dcs};
-use patrol_ha::permanent_slots::{self as ps, PermanentSlot, SlotInput, SlotKind, SlotPlan};
+use patrol_ha::permanent_slots::{
+    self as ps, ExistingSlot, PermanentSlot, SlotInput, SlotKind, SlotPlan,
+};
 use patrol_ha::Task;
 
 use super::Ha;
@@ -85,6 +87,24 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             .await;
     }
 
+    /// The positions of the slots the leader publishes in `status`: its permanent slots', its
+    /// members' (when they are retained) and its own, as `existing` and `wal_position` say.
+    pub(super) fn slots_to_publish(
+        &self,
+        cluster: &Cluster,
+        existing: &[ExistingSlot],
+        wal_position: Option<u64>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        ps::to_publish(
+            existing,
+            &self.my_permanent_slots(cluster),
+            &member_slot_names(cluster),
+            &patrol_dcs::slot_name_from_member_name(&self.cfg.name),
+            wal_position,
+            patrol_ha::slots::member_slots_ttl_ms(&self.dynamic) > 0,
+        )
+    }
+
     /// For failsafe mode, while etcd is away: the leader sent the positions of its slots;
     /// advance this standby's copies of the permanent slots to them (nothing is copied).
     pub(super) async fn advance_slots_to(
@@ -156,14 +176,7 @@ impl<D: Dcs, P: LocalPostgres, Q: Peers> Ha<D, P, Q> {
             member_names: &member_names,
         });
         if primary {
-            self.published_slots = Some(ps::to_publish(
-                &existing,
-                &mine,
-                &members,
-                &patrol_dcs::slot_name_from_member_name(&self.cfg.name),
-                s.wal_position,
-                patrol_ha::slots::member_slots_ttl_ms(&self.dynamic) > 0,
-            ));
+            self.published_slots = Some(self.slots_to_publish(cluster, &existing, s.wal_position));
         }
         self.collect_advances().await;
         for name in std::mem::take(&mut self.slot_work.recopy) {
