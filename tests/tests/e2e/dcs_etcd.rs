@@ -262,6 +262,25 @@ async fn compare_and_swap_writes_lose_on_a_stale_revision() {
 
 type View = watch::Receiver<Option<Arc<Cluster>>>;
 
+/// Waits until the view is current and shows the configuration's `ttl` as `ttl`.
+async fn follows_to_ttl(
+    view: &View,
+    health: &watch::Receiver<bool>,
+    ttl: u64,
+) -> anyhow::Result<()> {
+    wait_until(
+        "the view to follow",
+        Duration::from_secs(20),
+        || async move {
+            let v = view.borrow().clone();
+            Ok(v.and_then(|c| c.config.clone())
+                .filter(|c| c.value.data["ttl"] == ttl && *health.borrow())
+                .map(|_| ()))
+        },
+    )
+    .await
+}
+
 /// Waits until `view` shows what a fresh linearizable read through `reader` shows (revision
 /// aside: the view moves only when something under the prefix changes) and returns it.
 async fn wait_current(view: &View, reader: &EtcdDcs, what: &str) -> Cluster {
@@ -650,17 +669,7 @@ async fn a_watch_leaves_a_frozen_member_by_itself() {
 
     etcd.member(0).pause().expect("SIGSTOP member 0");
     cluster_put(&etcd, "config", r#"{"ttl":20}"#).await;
-    let followed = wait_until(
-        "the view to follow",
-        Duration::from_secs(20),
-        || async move {
-            let v = view.borrow().clone();
-            Ok(v.and_then(|c| c.config.clone())
-                .filter(|c| c.value.data["ttl"] == 20 && *health.borrow())
-                .map(|_| ()))
-        },
-    )
-    .await;
+    let followed = follows_to_ttl(view, health, 20).await;
     let moved_to = watcher.endpoint();
     etcd.member(0).resume().expect("SIGCONT member 0");
     followed.expect("the watch left the frozen member");
@@ -692,17 +701,7 @@ async fn without_probes_the_watch_follows_the_keep_alive_off_a_frozen_member() {
     // finds member 0 silent and moves on.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let kept = a.refresh_lease().await;
-    let followed = wait_until(
-        "the view to follow",
-        Duration::from_secs(20),
-        || async move {
-            let v = view.borrow().clone();
-            Ok(v.and_then(|c| c.config.clone())
-                .filter(|c| c.value.data["ttl"] == 20 && *health.borrow())
-                .map(|_| ()))
-        },
-    )
-    .await;
+    let followed = follows_to_ttl(view, health, 20).await;
     let moved_to = a.endpoint();
     etcd.member(0).resume().expect("SIGCONT member 0");
     kept.expect("the lease kept alive on another member");
