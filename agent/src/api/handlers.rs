@@ -118,11 +118,7 @@ pub(super) async fn dispatch(ctx: &ApiContext, h: Handler, req: Request<Incoming
         Handler::PostFailsafe => with_body(req, true, |b| post_failsafe(ctx, b)).await,
         // Citus: we are never a coordinator; the event is acknowledged, with the warning below.
         Handler::Mpp => {
-            WARNED_MPP.call_once(|| {
-                tracing::warn!(
-                    "POST /citus received: Citus is not implemented by Patrol; the event is acknowledged and ignored"
-                )
-            });
+            WARNED_MPP.call_once(warn_mpp);
             with_body(req, true, |_| async { Reply::text(200, "OK") }).await
         }
     }
@@ -470,4 +466,9 @@ async fn cancel_switchover(ctx: &ApiContext) -> Reply {
         }
         _ => Reply::text(404, "no switchover is scheduled"),
     }
+}
+
+/// Logged once per process, on the first `POST /citus`.
+fn warn_mpp() {
+    tracing::warn!("POST /citus: Patrol does not implement Citus; event acknowledged, ignored");
 }

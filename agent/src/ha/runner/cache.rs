@@ -18,7 +18,7 @@ fn cache_path(data_dir: &Path) -> PathBuf {
 }
 
 /// The cached dynamic configuration of `data_dir`, when it is there and valid (a bad one is
-/// named in the log and ignored).
+/// left out with a warning that names it).
 pub(super) fn load(data_dir: &Path) -> Option<ClusterConfig> {
     let path = cache_path(data_dir);
     let text = std::fs::read_to_string(&path).ok()?;
