@@ -32,7 +32,8 @@ const MIN_PROBE: Duration = Duration::from_millis(250);
 /// HTTP/2 pings on a connection that received nothing for this long. Above etcd's
 /// `--grpc-keepalive-min-time` (5 s by default): a client that pings more often while the
 /// server sends nothing is sent away (`too_many_pings`). Every call has its own deadline and
-/// the watch its progress requests, so the pings only close a connection that went dead.
+/// the watch follows the calls (or asks its progress), so the pings only close a connection
+/// that went dead.
 const PING_INTERVAL: Duration = Duration::from_secs(6);
 
 /// A keep-alive sent this recently (the leader's heartbeat, then its member key, in the same
@@ -282,9 +283,8 @@ impl EtcdDcs {
         Err(last.unwrap_or_else(|| DcsError::Unavailable(format!("no answer within {total:?}"))))
     }
 
-    /// One linearizable prefix read: the whole cluster with the revision it reflects.
-    /// The cluster: from the watch's view while it is current (the stream established, the
-    /// member answering its progress requests) and has seen our own last write, as Patroni
+    /// The cluster: from the watch's view while it is current (the stream established on the
+    /// member in use, which calls or progress requests check) and has seen our own last write, as Patroni
     /// reads its KV cache; else one linearizable prefix read. What must not be stale is
     /// checked against etcd itself: the leader's transaction in `update_leader`, the races and
     /// compare-and-swap writes.

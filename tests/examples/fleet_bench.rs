@@ -22,19 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::sys::resource::{getrusage, UsageWho};
 use patrol_sim::fleet::{Fleet, FleetOptions};
-use patrol_tests::Etcd;
-
-/// The sum of every series of `name` in Prometheus text.
-fn sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            let series = k.strip_prefix(name)?;
-            (series.is_empty() || series.starts_with('{')).then(|| v.parse::<f64>().ok())?
-        })
-        .sum()
-}
+use patrol_tests::{metric_sum as sum, Etcd};
 
 /// This process's CPU time (every simulated agent runs in it).
 fn own_cpu() -> anyhow::Result<f64> {

@@ -37,5 +37,5 @@ pub use router::Router;
 pub use user::{
     as_agent_user, chown_to_agent, ensure_user, make_agent_dir, root_or_skip, AgentUser,
 };
-pub use util::{metric, tail_lines};
+pub use util::{metric, metric_sum, tail_lines};
 pub use wait::{assert_holds_for, wait_until};

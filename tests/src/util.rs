@@ -85,6 +85,18 @@ pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// The sum of every series of the metric `name` (any labels) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            let series = k.strip_prefix(name)?;
+            (series.is_empty() || series.starts_with('{')).then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// The value of the sample `name{labels}` (exactly as exported, labels sorted) in Prometheus
 /// text; 0 when absent, as an unset counter.
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {

@@ -697,9 +697,22 @@ async fn without_probes_the_watch_follows_the_keep_alive_off_a_frozen_member() {
 
     etcd.member(0).pause().expect("SIGSTOP member 0");
     cluster_put(&etcd, "config", r#"{"ttl":20}"#).await;
-    // The keep-alive, past the window in which the last answer is reused (1 s at ttl 10),
-    // finds member 0 silent and moves on.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The keep-alive, once past the window in which the last answer is reused (1 s at ttl
+    // 10), finds member 0 silent and moves on.
+    let a = &a;
+    wait_until(
+        "the last keep-alive to be older than the reuse window",
+        Duration::from_secs(10),
+        || async move {
+            let left = a
+                .lease_deadline()
+                .await
+                .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            Ok(left.filter(|l| *l < Duration::from_secs(9)).map(|_| ()))
+        },
+    )
+    .await
+    .expect("the keep-alive ages");
     let kept = a.refresh_lease().await;
     let followed = follows_to_ttl(view, health, 20).await;
     let moved_to = a.endpoint();
